@@ -1,0 +1,3 @@
+from magicflow.cli import main
+
+raise SystemExit(main())
