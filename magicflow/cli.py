@@ -15,6 +15,7 @@ from magicflow.errors import InputError
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-cohort": ("magicflow.demo.cohort", "write the synthetic demo BIDS cohort"),
 }
 
 
