@@ -16,6 +16,7 @@ from magicflow.errors import InputError
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-cohort": ("magicflow.demo.cohort", "write the synthetic demo BIDS cohort"),
+    "manifest": ("magicflow.datasets.commands", "write a dataset's manifest.tsv and manifest_excluded.tsv"),
 }
 
 

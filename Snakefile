@@ -1,0 +1,27 @@
+"""MAGIC-Flow pipeline. Stages are plain `magicflow` commands; the rules here only wire files.
+
+    snakemake --cores 8                 # everything the config asks for
+    snakemake --cores 8 manifest        # one stage (named targets are listed in README.md)
+"""
+
+import sys
+
+sys.path.insert(0, workflow.basedir)  # the magicflow package, importable without installing it
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/datasets.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.manifest.input,

@@ -1,0 +1,109 @@
+"""Config validation: the schema in ``workflow/schemas/config.schema.yaml`` plus the checks a
+schema cannot express (folders exist, names refer to things that are configured).
+
+Errors come out as one line naming the key and what was expected, since the first thing a
+user does after editing ``config/config.yaml`` is misspell something."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from magicflow.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+LIBRARY_PRESETS = ("paper", "small")
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _allowed_keys(schema: dict) -> list[str]:
+    keys = set(schema.get("properties", {}))
+    for branch in schema.get("allOf", []):
+        keys |= set(branch.get("then", {}).get("properties", {}))
+    return sorted(keys)
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    """One line for the most relevant schema error."""
+    where = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = _allowed_keys(error.schema)
+        extra = sorted(set(error.instance) - set(allowed))
+        hints = []
+        for key in extra:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return f"config key '{where}': unknown key {', '.join(hints)}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"config key '{where}': {error.message}"
+    if error.validator == "enum":
+        return f"config key '{where}': {error.instance!r} is not one of {error.validator_value}"
+    return f"config key '{where}': {error.message}"
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate against the schema, fill its defaults in place, then run the semantic checks.
+
+    Uses snakemake.utils.validate (which sets defaults); on failure the most relevant error
+    is reported as one line."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    original = copy.deepcopy(config)
+    try:
+        validate(config, str(SCHEMA_PATH), set_default=True)
+    except WorkflowError:
+        best = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(original))
+        raise InputError(_explain(best) if best else "config does not match its schema") from None
+    check_config(config)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """What the schema cannot say: roots exist, presets exist, experiments name configured datasets."""
+    for name, dataset in config["datasets"].items():
+        if dataset["kind"] != "demo":
+            root = Path(dataset["root"]).expanduser()
+            if not root.is_dir():
+                raise InputError(f"config key 'datasets.{name}.root': folder {str(root)!r} does not exist")
+    presets = set(LIBRARY_PRESETS) | set(config.get("model_presets", {}))
+    for name, experiment in config["experiments"].items():
+        if experiment["preset"] not in presets:
+            raise InputError(
+                f"config key 'experiments.{name}.preset': {experiment['preset']!r} is neither a library preset "
+                f"{list(LIBRARY_PRESETS)} nor a model_presets entry {sorted(config.get('model_presets', {}))}"
+            )
+
+
+def active_experiments(config: dict[str, Any]) -> tuple[dict[str, dict], list[str]]:
+    """Experiments whose datasets are all configured, and one line per skipped experiment."""
+    active, skipped = {}, []
+    for name, experiment in config["experiments"].items():
+        missing = [d for d in experiment["datasets"] if d not in config["datasets"]]
+        if missing:
+            skipped.append(f"experiment {name!r} skipped: dataset(s) {', '.join(missing)} not configured")
+        else:
+            active[name] = experiment
+    return active, skipped
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a config file (for use outside Snakemake)."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"cannot read config {str(path)!r}: {error}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"config {str(path)!r} must be a mapping of sections, got {type(config).__name__}")
+    return validate_config(config)

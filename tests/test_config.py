@@ -1,0 +1,63 @@
+"""Config validation: the shipped config passes, every kind of mistake names its key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from magicflow.config import REPO_ROOT, active_experiments, load_config, validate_config
+from magicflow.errors import InputError
+
+SHIPPED = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+
+
+def fresh() -> dict:
+    return copy.deepcopy(SHIPPED)
+
+
+def test_shipped_config_is_valid_and_gets_defaults():
+    config = validate_config(fresh())
+    assert config["registration"]["qc_threshold"] == 0.8  # default filled in from the schema
+    assert config["datasets"]["demo"]["tracers"] == ["FDG", "AV45", "AV1451"]
+    assert config["experiments"]["demo_scanner_classification"]["offsets"]["augment"] == {}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["datasets"]["demo"].update(kind="demoo"), "'datasets.demo.kind': 'demoo' is not one of"),
+        (lambda c: c["datasets"]["demo"].update(subjets=3), "unknown key 'subjets' (did you mean 'subjects'?)"),
+        (lambda c: c.update(trainig={}), "unknown key 'trainig' (did you mean 'training'?)"),
+        (lambda c: c.pop("training"), "'training' is a required property"),
+        (lambda c: c["datasets"].update(ext={"kind": "bids"}), "'datasets.ext': 'root' is a required property"),
+        (lambda c: c["datasets"].update(ext={"kind": "ixi", "root": "/no/such/folder"}), "'datasets.ext.root': folder '/no/such/folder' does not exist"),
+        (lambda c: c["training"].update(epochs="five"), "'training.epochs': 'five' is not of type 'integer'"),
+        (lambda c: c["experiments"]["demo_scanner_generation"].update(preset="huge"), "'experiments.demo_scanner_generation.preset': 'huge'"),
+        (lambda c: c["experiments"]["demo_scanner_generation"].update(modalities=["T3w"]), "'experiments.demo_scanner_generation.modalities.0'"),
+        (lambda c: c["datasets"].update({"bad-name": {"kind": "demo"}}), "'datasets'"),
+    ],
+)
+def test_bad_config_names_the_key(mutate, expected):
+    config = fresh()
+    mutate(config)
+    with pytest.raises(InputError) as error:
+        validate_config(config)
+    assert expected in str(error.value)
+
+
+def test_experiment_with_unconfigured_dataset_is_skipped_with_one_line():
+    config = fresh()
+    config["experiments"]["paper_task"] = {**config["experiments"]["demo_scanner_generation"], "datasets": ["ixi", "demo"]}
+    active, skipped = active_experiments(validate_config(config))
+    assert "paper_task" not in active and "demo_scanner_generation" in active
+    assert skipped == ["experiment 'paper_task' skipped: dataset(s) ixi not configured"]
+
+
+def test_load_config_rejects_a_non_mapping(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(InputError, match="must be a mapping"):
+        load_config(path)

@@ -1,0 +1,137 @@
+"""The synthetic demo cohort: real NIfTI in differing native spaces, PET with a corrupted
+frame, complete sidecars, balanced labels, ground truth that matches the images, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from magicflow.demo import write_demo_cohort
+from magicflow.demo.anatomy import TEMPLATE_SPACE, load_template_anatomy
+from magicflow.demo.cohort import plan_cohort
+from magicflow.demo.scanners import MRI_SCANNERS, TRACERS
+from magicflow.errors import InputError
+
+
+def images(root: Path, pattern: str) -> list[Path]:
+    return sorted(root.glob(f"sub-*/ses-01/*/{pattern}"))
+
+
+def test_every_image_opens_and_subjects_live_in_different_native_spaces(demo_bids: Path):
+    t1s = images(demo_bids, "*_T1w.nii.gz")
+    assert len(t1s) == 4
+    headers = [nib.load(p).header for p in t1s]
+    zooms = {tuple(np.round(h.get_zooms(), 2)) for h in headers}
+    orientations = {nib.aff2axcodes(nib.load(p).affine) for p in t1s}
+    assert len(zooms) == 4  # one scanner each, each with its own voxel size
+    assert {("R", "A", "S"), ("L", "A", "S")} <= orientations
+    assert len({tuple(np.round(nib.load(p).affine[:3, 3], 1)) for p in t1s}) == 4
+    for path in images(demo_bids, "*.nii.gz"):
+        data = np.asanyarray(nib.load(path).dataobj)
+        assert np.isfinite(data).all() and data.max() > 0, path
+
+
+def test_thick_slice_series_and_intensity_contrasts(demo_bids: Path):
+    t2 = nib.load(images(demo_bids, "*_T2w.nii.gz")[0])
+    flair = nib.load(images(demo_bids, "*_FLAIR.nii.gz")[0])
+    assert t2.header.get_zooms()[2] == pytest.approx(2.4)
+    assert flair.header.get_zooms()[2] == pytest.approx(3.0)
+
+
+def test_pet_is_4d_with_one_corrupted_frame(demo_bids: Path):
+    truth_dir = demo_bids / "derivatives" / "groundtruth"
+    for path in images(demo_bids, "*_pet.nii.gz"):
+        subject = path.name.split("_")[0]
+        tracer = path.name.split("trc-")[1].split("_")[0]
+        data = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
+        assert data.ndim == 4 and data.shape[3] == TRACERS[tracer].frames
+        corrupted = json.loads((truth_dir / subject / f"{subject}_groundtruth.json").read_text())["corrupted_pet_frame"][tracer]
+        median = np.median(data, axis=3)
+        deviation = [np.abs(data[..., f] - median).mean() for f in range(data.shape[3])]
+        others = [d for f, d in enumerate(deviation) if f != corrupted]
+        assert deviation[corrupted] > 2.0 * max(others), (path, deviation)
+        assert not np.allclose(median, data.mean(axis=3), rtol=0.05)
+
+
+def test_sidecars_carry_their_fields(demo_bids: Path):
+    for path in images(demo_bids, "*.json"):
+        sidecar = json.loads(path.read_text())
+        assert sidecar["Manufacturer"] and sidecar["ManufacturersModelName"]
+        if path.name.endswith("_pet.json"):
+            tracer = TRACERS[sidecar["TracerName"]]
+            assert sidecar["FrameTimesStart"] == tracer.frame_starts_s
+            assert sidecar["FrameDuration"] == [300.0] * tracer.frames
+    scanners = {json.loads(p.read_text())["ManufacturersModelName"] for p in images(demo_bids, "*_T1w.json")}
+    assert scanners == {s.model for s in MRI_SCANNERS}
+    participants = pd.read_csv(demo_bids / "participants.tsv", sep="\t", dtype=str)
+    assert list(participants.columns) == ["participant_id", "diagnosis", "age", "sex"]
+    assert sorted(participants["diagnosis"]) == ["AD", "AD", "CN", "CN"]
+
+
+@pytest.mark.parametrize(("subjects", "fraction", "n_ad"), [(16, 0.5, 8), (16, 0.25, 4), (6, 0.5, 3)])
+def test_labels_balanced_as_asked_and_not_confounded_with_scanner(subjects, fraction, n_ad):
+    plans = plan_cohort(subjects, seed=3, ad_fraction=fraction)
+    assert sum(p.diagnosis == "AD" for p in plans) == n_ad
+    assert len({p.subject for p in plans}) == subjects
+    if subjects >= 8 and fraction == 0.5:
+        for scanner in range(len(MRI_SCANNERS)):
+            assert {p.diagnosis for p in plans if p.scanner == scanner} == {"AD", "CN"}
+
+
+def test_ground_truth_points_land_on_the_same_anatomy(demo_bids: Path):
+    """Sampling a subject's T1w at the saved MNI -> T1w points must reproduce the template."""
+    anatomy = load_template_anatomy()
+    truth = demo_bids / "derivatives" / "groundtruth" / "sub-demo01"
+    points_img = nib.load(truth / f"sub-demo01_from-{TEMPLATE_SPACE}_to-T1w_mode-points_xfm.nii.gz")
+    points = points_img.get_fdata().reshape(-1, 3).T
+    t1 = nib.load(images(demo_bids, "sub-demo01_*_T1w.nii.gz")[0])
+    from scipy import ndimage
+
+    native = ndimage.map_coordinates(t1.get_fdata(), np.linalg.inv(t1.affine)[:3] @ np.vstack([points, np.ones(points.shape[1])]), order=1)
+    mni_mm = points_img.affine[:3] @ np.vstack([np.indices(points_img.shape[:3]).reshape(3, -1), np.ones(points.shape[1])])
+    ijk = np.linalg.inv(anatomy.affine)[:3] @ np.vstack([mni_mm, np.ones(mni_mm.shape[1])])
+    template = ndimage.map_coordinates(anatomy.mr["T1w"], ijk, order=1)
+    brain = ndimage.map_coordinates(anatomy.brain_mask.astype(np.float32), ijk, order=0) > 0
+    r = np.corrcoef(native[brain], template[brain])[0, 1]
+    assert r > 0.75  # noise, bias field and contrast curve keep it below 1
+    # a wrong transform (shifted by 6 mm) must score clearly worse
+    shifted = ndimage.map_coordinates(t1.get_fdata(), np.linalg.inv(t1.affine)[:3] @ np.vstack([points + [[6], [0], [0]], np.ones(points.shape[1])]), order=1)
+    assert np.corrcoef(shifted[brain], template[brain])[0, 1] < r - 0.2
+
+
+def test_ad_mask_only_for_ad_subjects(demo_bids: Path):
+    participants = pd.read_csv(demo_bids / "participants.tsv", sep="\t", dtype=str)
+    for _, row in participants.iterrows():
+        sub = row["participant_id"]
+        mask = nib.load(demo_bids / "derivatives" / "groundtruth" / sub / f"{sub}_space-{TEMPLATE_SPACE}_desc-ADtau_mask.nii.gz").get_fdata()
+        if row["diagnosis"] == "AD":
+            assert 2_000 < mask.sum() < 200_000
+        else:
+            assert mask.sum() == 0
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        write_demo_cohort(tmp_path / name, subjects=2, seed=seed, tracers=("FDG",), workers=1, progress=False)
+    a, b, c = (_digest(tmp_path / n) for n in "abc")
+    assert a == b
+    assert a.keys() == c.keys()
+    assert a["sub-demo01/ses-01/anat/sub-demo01_ses-01_T1w.nii.gz"] != c["sub-demo01/ses-01/anat/sub-demo01_ses-01_T1w.nii.gz"]
+
+
+def test_bad_arguments_raise_and_leave_nothing(tmp_path: Path):
+    with pytest.raises(InputError, match="unknown tracer"):
+        write_demo_cohort(tmp_path / "x", subjects=2, tracers=("PIB",))
+    with pytest.raises(InputError, match="ad-fraction"):
+        write_demo_cohort(tmp_path / "x", subjects=4, ad_fraction=1.0)
+    assert list(tmp_path.iterdir()) == []

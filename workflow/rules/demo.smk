@@ -1,0 +1,26 @@
+# The synthetic demo cohort, written as a BIDS dataset under results/<dataset>/bids.
+
+
+rule demo_cohort:
+    output:
+        directory(f"{RESULTS}/{{dataset}}/bids"),
+    wildcard_constraints:
+        dataset=name_regex(DEMO_DATASETS),
+    params:
+        subjects=lambda wc: config["datasets"][wc.dataset]["subjects"],
+        seed=lambda wc: config["datasets"][wc.dataset]["seed"],
+        ad_fraction=lambda wc: config["datasets"][wc.dataset]["ad_fraction"],
+        tracers=lambda wc: " ".join(config["datasets"][wc.dataset]["tracers"]),
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=20,
+    log:
+        log_path("demo_cohort", "{dataset}"),
+    benchmark:
+        benchmark_path("demo_cohort", "{dataset}")
+    conda:
+        ENV_MAGICFLOW
+    shell:
+        "{MAGICFLOW} demo-cohort {output} --subjects {params.subjects} --seed {params.seed}"
+        " --ad-fraction {params.ad_fraction} --tracers {params.tracers} --workers {threads} > {log} 2>&1"
