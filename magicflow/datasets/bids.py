@@ -65,8 +65,10 @@ def _read_participants(root: Path, columns: dict[str, str]) -> dict[str, dict[st
     return labels
 
 
-def _scanner(sidecar: dict) -> str:
-    parts = [str(sidecar.get(k, "")).strip() for k in ("Manufacturer", "ManufacturersModelName")]
+def scanner_name(sidecar: dict) -> str:
+    """'Manufacturer Model' from a sidecar. dcm2niix writes spaces in the model as '_'
+    ('Prisma_fit'); they become spaces again, and 'Prisma' and 'Prisma fit' stay apart."""
+    parts = [str(sidecar.get(k, "")).replace("_", " ").strip() for k in ("Manufacturer", "ManufacturersModelName")]
     name = " ".join(p for p in parts if p)
     return re.sub(r"\s+", " ", name) or MISSING
 
@@ -137,7 +139,7 @@ def _image_row(image: Path, root: Path, dataset: str, subject: str, labels: dict
         modality=suffix,
         tracer=tracer,
         tracer_name=tracer_name,
-        scanner=_scanner(sidecar),
+        scanner=scanner_name(sidecar),
         diagnosis=labels.get("diagnosis", MISSING),
         age=labels.get("age", MISSING),
         sex=labels.get("sex", MISSING),

@@ -72,6 +72,48 @@ def check_subject_ids(subjects: Iterable[str], source: str) -> None:
         seen[key] = subject
 
 
+def subject_id(raw: str) -> str:
+    """A source's subject ID as letters and digits only, by dropping every other character
+    (ADNI 941_S_1202 -> 941S1202, PPMI 3000 -> 3000). Deterministic, so reruns agree; a
+    collision this creates is caught by :func:`check_subject_ids`."""
+    return re.sub(r"[^A-Za-z0-9]", "", str(raw).strip())
+
+
+def file_stem(*parts: str) -> str:
+    """An image stem from BIDS-like parts: characters other than letters, digits, '-' and '_'
+    become '-' so the stem is safe in file names and shell commands."""
+    return "_".join(re.sub(r"[^A-Za-z0-9-]+", "-", p).strip("-") for p in parts if p)
+
+
+def format_age(value: object) -> str:
+    """Age in years as text (two decimals at most), MISSING when absent or not a number."""
+    try:
+        age = float(str(value).strip())
+    except ValueError:
+        return MISSING
+    if age != age or age < 0:  # NaN or negative
+        return MISSING
+    return f"{age:.2f}".rstrip("0").rstrip(".")
+
+
+def exclusion_of(row: ImageRow, reason: str) -> Exclusion:
+    """The exclusion of an image that was read but cannot be used."""
+    return Exclusion(row.dataset, row.subject, row.session, row.path, reason)
+
+
+def drop_duplicate_images(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Exclusion]]:
+    """One row per image ID: the same image downloaded or unpacked twice is kept once (the
+    first by path) and every other copy is excluded, naming the copy that was kept."""
+    kept: dict[str, ImageRow] = {}
+    gone = []
+    for row in sorted(rows, key=lambda r: r.path):
+        if row.image in kept:
+            gone.append(exclusion_of(row, f"duplicate image ID {row.image} (kept {kept[row.image].path})"))
+        else:
+            kept[row.image] = row
+    return list(kept.values()), gone
+
+
 def assign_references(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Exclusion]]:
     """Give every non-T1w image the T1w of the same subject to coregister to: the same session
     when there is one, else the nearest session (by label order). Images of subjects with no

@@ -1,0 +1,31 @@
+"""PPMI adapter: an IDA download (``PPMI/<subject>/<description>/<date>/<image id>/``, DICOM or
+NIfTI) with its collection CSV. The diagnosis is the collection's Group (PD, Control,
+Prodromal, SWEDD, ...), relabelled through config if wanted; scanner from the DICOM headers."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from magicflow.datasets.ida import read_ida
+from magicflow.datasets.manifest import Exclusion, ImageRow
+from magicflow.datasets.tables import relabel
+
+PROJECT = "PPMI"
+
+
+def read_ppmi(
+    root: str | Path,
+    dataset: str,
+    collection: str | Path,
+    nifti_dir: str | Path,
+    diagnosis_labels: dict[str, str] | None = None,
+) -> tuple[list[ImageRow], list[Exclusion]]:
+    """Manifest rows and exclusions for a PPMI download converted into ``nifti_dir``."""
+    labels = diagnosis_labels or {}
+
+    def diagnose(_subject: str, record: dict[str, str], _scan: date | None) -> tuple[str | None, str]:
+        group = record["Group"]
+        return (relabel(group, labels), "") if group else (None, "no Group for this image in the collection CSV")
+
+    return read_ida(root, dataset, PROJECT, collection, nifti_dir, diagnose)
