@@ -102,11 +102,12 @@ def exclusion_of(row: ImageRow, reason: str) -> Exclusion:
 
 
 def drop_duplicate_images(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Exclusion]]:
-    """One row per image ID: the same image downloaded or unpacked twice is kept once (the
-    first by path) and every other copy is excluded, naming the copy that was kept."""
+    """One row per image ID: the same image downloaded or unpacked twice is kept once (a copy
+    with a sidecar first, since it carries the headers; then the first by path) and every
+    other copy is excluded, naming the copy that was kept."""
     kept: dict[str, ImageRow] = {}
     gone = []
-    for row in sorted(rows, key=lambda r: r.path):
+    for row in sorted(rows, key=lambda r: (r.sidecar == MISSING, r.path)):
         if row.image in kept:
             gone.append(exclusion_of(row, f"duplicate image ID {row.image} (kept {kept[row.image].path})"))
         else:
