@@ -11,54 +11,12 @@ import nibabel as nib
 import pandas as pd
 import pytest
 
-from adapter_fixtures import collection_csv, dicom_series, nifti
+from adapter_fixtures import adni_download, collection_csv, nifti
 from magicflow.datasets.adni import read_adni, read_diagnoses
 from magicflow.datasets.ida import classify, convert_download
 from magicflow.datasets.manifest import read_manifest, write_manifest
 from magicflow.datasets.ppmi import read_ppmi
 from magicflow.errors import InputError
-
-COLLECTION = [
-    {"Image Data ID": "I100001", "Subject": "941_S_1202", "Group": "AD", "Modality": "MRI", "Description": "Accelerated Sagittal MPRAGE", "Acq Date": "5/10/2017"},
-    {"Image Data ID": "I100002", "Subject": "941_S_1202", "Group": "AD", "Modality": "MRI", "Description": "Sagittal 3D FLAIR", "Acq Date": "5/10/2017"},
-    {"Image Data ID": "I100003", "Subject": "941_S_1202", "Group": "AD", "Modality": "PET", "Description": "AV1451 Tau 6x5min", "Acq Date": "6/01/2017"},
-    {"Image Data ID": "I100004", "Subject": "002_S_0413", "Group": "CN", "Modality": "MRI", "Description": "MPRAGE", "Acq Date": "1/10/2018"},
-    {"Image Data ID": "I100005", "Subject": "002_S_0413", "Group": "CN", "Modality": "PET", "Description": "ADNI Brain PET: Raw FDG", "Acq Date": "1/12/2018"},
-    {"Image Data ID": "I100006", "Subject": "003_S_4288", "Group": "MCI", "Modality": "MRI", "Description": "Axial T2 STAR", "Acq Date": "12/01/2017"},
-    {"Image Data ID": "I100007", "Subject": "003_S_4288", "Group": "MCI", "Modality": "PET", "Description": "FBB Brain 4x5min", "Acq Date": "12/02/2017"},
-    {"Image Data ID": "I100009", "Subject": "136_S_0300", "Group": "MCI", "Modality": "MRI", "Description": "MPRAGE", "Acq Date": "3/01/2019"},
-]
-ADNIMERGE = pd.DataFrame({
-    "RID": [1202, 1202, 413, 4288, 300],
-    "PTID": ["941_S_1202", "941_S_1202", "002_S_0413", "003_S_4288", "136_S_0300"],
-    "VISCODE": ["bl", "m12", "m144", "bl", "m120"],
-    "EXAMDATE": ["2017-05-01", "2018-05-01", "2018-01-05", "2017-12-01", "2017-01-10"],
-    "DX": ["Dementia", "", "CN", "MCI", "MCI"],
-})
-
-
-def adni_download(root: Path) -> Path:
-    """ADNI/<PTID>/<description>/<date>_<time>/<image id>/ as IDA unpacks it."""
-    tree = root / "ADNI"
-    dicom_series(tree / "941_S_1202" / "Accelerated_Sagittal_MPRAGE" / "2017-05-10_13_45_12.0" / "I100001")
-    dicom_series(tree / "941_S_1202" / "Sagittal_3D_FLAIR" / "2017-05-10_13_45_12.0" / "I100002", description="Sagittal 3D FLAIR")
-    dicom_series(tree / "941_S_1202" / "AV1451_Tau_6x5min" / "2017-06-01_10_00_00.0" / "I100003", modality="PT",
-                 description="AV1451 Tau 6x5min", model="Biograph64", frames=3)
-    dicom_series(tree / "002_S_0413" / "MPRAGE" / "2018-01-10_09_00_00.0" / "I100004", description="MPRAGE", model="Prisma")
-    broken = tree / "002_S_0413" / "ADNI_Brain_PET__Raw_FDG" / "2018-01-12_09_00_00.0" / "I100005"
-    broken.mkdir(parents=True)
-    (broken / "ADNI_0001.dcm").write_bytes(b"\x00" * 300)
-    nifti(tree / "003_S_4288" / "Axial_T2_STAR" / "2017-12-01_10_00_00.0" / "I100006" / "ADNI_003_S_4288_MR_Axial_T2_STAR_I100006.nii")
-    for frame in range(3):  # a NIfTI download of a dynamic PET, one file per frame
-        nifti(tree / "003_S_4288" / "FBB_Brain_4x5min" / "2017-12-02_10_00_00.0" / "I100007" / f"ADNI_003_S_4288_PT_FBB_I100007_frame{frame}.nii")
-    nifti(tree / "941_S_1202" / "Accelerated_Sagittal_MPRAGE" / "2017-05-10_13_45_12.0" / "I100008" / "ADNI_941_S_1202_MR_I100008.nii")
-    nifti(tree / "136_S_0300" / "MPRAGE" / "2019-03-01_10_00_00.0" / "I100009" / "ADNI_136_S_0300_MR_MPRAGE_I100009.nii")
-    # an older download of I100004, its folder named by series ID (S...): a duplicate image
-    nifti(tree / "002_S_0413" / "MPRAGE" / "2018-01-10_09_00_00.0" / "S200004" / "ADNI_002_S_0413_MR_MPRAGE_br_raw_20180110_S200004_I100004.nii")
-    collection_csv(root / "ADNI_collection.csv", COLLECTION)
-    ADNIMERGE.to_csv(root / "ADNIMERGE.csv", index=False)
-    return root
-
 
 @pytest.fixture(scope="module")
 def adni(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

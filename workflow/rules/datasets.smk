@@ -1,5 +1,28 @@
 # Manifests: one row per usable image of a dataset, plus the exclusions with reasons.
 # A checkpoint, because which images exist is only known once the dataset has been read.
+# IDA downloads (ppmi, adni) are first converted DICOM -> NIfTI by their own rule, whose
+# output is kept: a rerun of the manifest never converts again, and a forced conversion
+# rerun converts only image folders it has not converted before.
+
+import shlex
+
+IDA_KINDS = ("ppmi", "adni")
+IDA_DATASETS = sorted(name for name, d in config["datasets"].items() if d["kind"] in IDA_KINDS)
+# config key -> `magicflow manifest` option; mappings become one KEY=VALUE option per entry
+MANIFEST_OPTIONS = {
+    "participant_columns": "--participant-column",
+    "demographics": "--demographics",
+    "sites": "--site",
+    "sex_labels": "--sex-label",
+    "diagnosis": "--diagnosis",
+    "scanner": "--scanner",
+    "t1_pattern": "--t1-pattern",
+    "collection": "--collection",
+    "diagnosis_table": "--diagnosis-table",
+    "visit_window_days": "--visit-window-days",
+    "diagnosis_labels": "--diagnosis-label",
+}
+TABLE_KEYS = ("demographics", "collection", "diagnosis_table")  # files read by the manifest: rule inputs
 
 
 def dataset_root(wc):
@@ -12,14 +35,64 @@ def manifest_kind(wc):
     return "bids" if kind == "demo" else kind
 
 
-def participant_columns(wc):
-    columns = config["datasets"][wc.dataset].get("participant_columns", {})
-    return " ".join(f"--participant-column {k}={v}" for k, v in sorted(columns.items()))
+def dataset_table(dataset, key):
+    path = Path(dataset[key]).expanduser()
+    return str(path if path.is_absolute() else Path(dataset["root"]).expanduser() / path)
+
+
+def manifest_inputs(wc):
+    dataset = config["datasets"][wc.dataset]
+    if dataset["kind"] == "demo":
+        return [dataset_root(wc)]
+    inputs = [dataset_table(dataset, key) for key in TABLE_KEYS if key in dataset]
+    if dataset["kind"] in IDA_KINDS:
+        inputs.append(f"{RESULTS}/{wc.dataset}/nifti/conversion.tsv")
+    return inputs
+
+
+def manifest_options(wc):
+    """The dataset's kind-specific settings as `magicflow manifest` options, shell-quoted."""
+    dataset = config["datasets"][wc.dataset]
+    words = []
+    for key, option in MANIFEST_OPTIONS.items():
+        value = dataset.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            words += [f"{option} {shlex.quote(f'{k}={v}')}" for k, v in sorted(value.items())]
+        else:
+            words.append(f"{option} {shlex.quote(str(value))}")
+    if dataset["kind"] in IDA_KINDS:
+        words.append(f"--nifti-dir {RESULTS}/{wc.dataset}/nifti")
+    return " ".join(words)
+
+
+rule dicom_to_nifti:
+    output:
+        f"{RESULTS}/{{dataset}}/nifti/conversion.tsv",
+    wildcard_constraints:
+        dataset=name_regex(IDA_DATASETS),
+    params:
+        kind=manifest_kind,
+        root=dataset_root,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    log:
+        log_path("dicom_to_nifti", "{dataset}"),
+    benchmark:
+        benchmark_path("dicom_to_nifti", "{dataset}")
+    conda:
+        ENV_MAGICFLOW
+    shell:
+        "{MAGICFLOW} manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
+        " --nifti-dir {RESULTS}/{wildcards.dataset}/nifti --convert-only > {log} 2>&1"
 
 
 checkpoint dataset_manifest:
     input:
-        lambda wc: dataset_root(wc) if config["datasets"][wc.dataset]["kind"] == "demo" else [],
+        manifest_inputs,
     output:
         manifest=f"{RESULTS}/{{dataset}}/manifest.tsv",
         excluded=f"{RESULTS}/{{dataset}}/manifest_excluded.tsv",
@@ -28,7 +101,7 @@ checkpoint dataset_manifest:
     params:
         kind=manifest_kind,
         root=dataset_root,
-        columns=participant_columns,
+        options=manifest_options,
     threads: 1
     resources:
         mem_mb=2000,
@@ -41,7 +114,7 @@ checkpoint dataset_manifest:
         ENV_MAGICFLOW
     shell:
         "{MAGICFLOW} manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
-        " --out {output.manifest} --excluded {output.excluded} {params.columns} > {log} 2>&1"
+        " --out {output.manifest} --excluded {output.excluded} {params.options} > {log} 2>&1"
 
 
 rule manifest:
