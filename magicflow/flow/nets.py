@@ -61,17 +61,17 @@ class GlobalContext(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__()
-        hidden = max(channels // reduction, 1)
+        hidden = max(channels // reduction, 2)  # LayerNorm over one feature would erase it
         self.key = nn.Conv2d(channels, 1, 1)
         self.transform = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1), nn.GroupNorm(1, hidden), nn.GELU(), nn.Conv2d(hidden, channels, 1)
+            nn.Linear(channels, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, channels)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         weights = torch.softmax(self.key(x).view(b, 1, h * w), dim=-1)
-        context = torch.bmm(x.view(b, c, h * w), weights.transpose(1, 2)).view(b, c, 1, 1)
-        return x + self.transform(context)
+        context = torch.bmm(x.view(b, c, h * w), weights.transpose(1, 2)).view(b, c)
+        return x + self.transform(context)[:, :, None, None]
 
 
 class SqueezeExcite(nn.Module):
