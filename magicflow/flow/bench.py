@@ -1,0 +1,232 @@
+"""``magicflow bench``: speed and memory of MAGIC-Flow against a plain conditional Glow.
+
+Prints one JSON object: for each coupling kind of the chosen preset, parameters, training
+step time and peak GPU memory at ``--batch``, generated images per second at
+``--sample-batch``, classification time per image over ``--classes`` labels and the
+reconstruction error; then the same figures for a conditional Glow of equal depth (24
+steps) from ``normflows``, and our figures as ratios to it. Runs on CPU at tiny sizes as a
+smoke test (``--size 32 --batch 2 --steps 2``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from magicflow.errors import InputError
+from magicflow.flow.layers import pad_amounts
+from magicflow.flow.model import MagicFlow
+from magicflow.flow.presets import COUPLINGS, PRESETS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument("--size", type=int, default=182, help="image side (182 for the MNI slice)")
+    parser.add_argument("--batch", type=int, default=8, help="training and classification batch")
+    parser.add_argument("--sample-batch", type=int, default=64, help="batch for the generation figure")
+    parser.add_argument("--steps", type=int, default=10, help="timed repetitions per figure")
+    parser.add_argument("--classes", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the coupling networks")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
+                        help="bfloat16 autocast inside coupling networks (log-dets stay fp32)")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="allow TF32 matmul/conv on CUDA")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                        help="store convolution weights channels-last")
+    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the normflows conditional Glow")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` in ms after one warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def _peak_memory(device: torch.device, fn: Callable[[], Any]) -> float | None:
+    """Peak GPU memory in MiB while ``fn`` runs; ``None`` on CPU."""
+    if device.type != "cuda":
+        fn()
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return step
+
+
+def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    model = MagicFlow.from_preset(args.preset, args.classes, coupling, image_size=args.size).to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    x = torch.rand(args.batch, 1, args.size, args.size, device=device)
+    y = torch.arange(args.batch, device=device) % args.classes
+    model.train()
+    model.log_prob(x, y)  # ActNorm data initialisation before any timing
+    if args.compile:
+        model.compile_networks()
+    model.set_bf16(args.bf16)
+    step = _train_step(model, lambda: -model.log_prob(x, y).mean())
+    result: dict[str, Any] = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_step_ms": _timed_ms(step, args.steps, device),
+        "peak_gpu_memory_mib": _peak_memory(device, step),
+    }
+    model.eval()
+    labels = torch.arange(args.sample_batch, device=device) % args.classes
+    with torch.no_grad():
+        sample_ms = _timed_ms(lambda: model.sample(labels), args.steps, device)
+        result["images_per_s"] = args.sample_batch / (sample_ms / 1000)
+        result["classify_ms_per_image"] = _timed_ms(lambda: model.class_log_likelihoods(x), args.steps, device) / args.batch
+        latents, _ = model(x, y)
+        result["reconstruction_max_error"] = float((model.inverse(latents, y) - x).abs().max())
+        if args.bf16:
+            predicted = model.class_log_likelihoods(x).argmax(1)
+            model.set_bf16(False)
+            reference = model.class_log_likelihoods(x).argmax(1)
+            result["bf16_predictions_equal_fp32"] = bool(torch.equal(predicted, reference))
+    return result
+
+
+def _peer_widths(preset: str) -> list[int]:
+    """Hidden width per peer level, coarsest first: the median widest coupling layer of our
+    steps at that resolution (after 3, 2 and 1 squeezes)."""
+    config = PRESETS[preset]
+    bounds = [*config["squeeze_before"], len(config["widths"])]
+    per_scale = [config["widths"][a:b] for a, b in zip(bounds, bounds[1:])]
+    return [int(statistics.median(w[2] for w in steps)) for steps in reversed(per_scale)]
+
+
+def _build_peer(num_classes: int, side: int, hidden: list[int]) -> torch.nn.Module:
+    """normflows' multiscale Glow: 3 levels x 8 Glow blocks = 24 steps, class-conditional base.
+
+    As in normflows' own Glow example, level 0 is the coarsest and every level starts with a
+    squeeze, so unlike MAGIC-Flow it has no full-resolution steps."""
+    import normflows as nf
+
+    levels, blocks = 3, 8
+    flows, merges, bases = [], [], []
+    for i in range(levels):
+        level = [nf.flows.GlowBlock(2 ** (levels + 1 - i), hidden[i], split_mode="channel", scale=True) for _ in range(blocks)]
+        flows.append(level + [nf.flows.Squeeze()])
+        if i > 0:
+            merges.append(nf.flows.Merge())
+            shape = (2 ** (levels - i), side // 2 ** (levels - i), side // 2 ** (levels - i))
+        else:
+            shape = (2 ** (levels + 1), side // 2**levels, side // 2**levels)
+        bases.append(nf.distributions.ClassCondDiagGaussian(shape, num_classes))
+    return nf.MultiscaleFlow(bases, flows, merges, class_cond=True)
+
+
+def _measure_peer(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    try:
+        import normflows  # noqa: F401
+    except Exception as error:  # not installed or incompatible with this torch
+        return {"available": False, "reason": f"normflows not importable: {error}"}
+    torch.manual_seed(args.seed)
+    side = args.size + sum(pad_amounts(args.size, 8))
+    hidden = _peer_widths(args.preset)
+    with warnings.catch_warnings():  # normflows' LU init calls a deprecated torch.lu
+        warnings.simplefilter("ignore", UserWarning)
+        model = _build_peer(args.classes, side, hidden).to(device)
+    x = torch.rand(args.batch, 1, side, side, device=device)
+    y = torch.arange(args.batch, device=device) % args.classes
+    model.train()
+    step = _train_step(model, lambda: -model.log_prob(x, y).mean())
+    result: dict[str, Any] = {
+        "available": True,
+        "library": f"normflows {normflows.__version__}",
+        "hidden_channels": hidden,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_step_ms": _timed_ms(step, args.steps, device),
+        "peak_gpu_memory_mib": _peak_memory(device, step),
+    }
+    model.eval()
+    labels = torch.arange(args.sample_batch, device=device) % args.classes
+    with torch.no_grad():
+        sample_ms = _timed_ms(lambda: model.sample(args.sample_batch, labels), args.steps, device)
+        result["images_per_s"] = args.sample_batch / (sample_ms / 1000)
+
+        def classify() -> torch.Tensor:  # the peer has no batched-label pass: one pass per label
+            return torch.stack([model.log_prob(x, torch.full_like(y, k)) for k in range(args.classes)], 1)
+
+        result["classify_ms_per_image"] = _timed_ms(classify, args.steps, device) / args.batch
+        z, _ = model.inverse_and_log_det(x)
+        back, _ = model.forward_and_log_det(z)
+        result["reconstruction_max_error"] = float((back - x).abs().max())
+    return result
+
+
+_RATIO_KEYS = ("parameters", "train_step_ms", "peak_gpu_memory_mib", "images_per_s", "classify_ms_per_image")
+
+
+def _ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        key: (ours[key] / peer[key] if ours.get(key) is not None and peer.get(key) else None)
+        for key in _RATIO_KEYS
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA device is available")
+    if args.size < 8 or args.batch < 1 or args.steps < 1 or args.sample_batch < 1 or args.classes < 1:
+        raise InputError("need --size >= 8 and positive --batch, --sample-batch, --steps, --classes")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cudnn.benchmark = True
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if use_cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "image_size": args.size,
+        "batch": args.batch,
+        "sample_batch": args.sample_batch,
+        "classes": args.classes,
+        "settings": {"compile": args.compile, "bf16": args.bf16, "tf32": args.tf32 and use_cuda,
+                     "channels_last": args.channels_last},
+        "magicflow": {kind: _measure_ours(args, kind, device) for kind in COUPLINGS},
+    }
+    if args.peer:
+        peer = _measure_peer(args, device)
+        report["peer"] = peer
+        if peer.get("available"):
+            report["ratio_to_peer"] = {kind: _ratios(report["magicflow"][kind], peer) for kind in COUPLINGS}
+    print(json.dumps(report, indent=2))
+    return 0

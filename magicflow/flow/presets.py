@@ -1,0 +1,64 @@
+"""Model configurations. A config is a plain JSON-able dict, stored in every checkpoint.
+
+``paper`` reproduces the authors' 24-step layout and per-step coupling widths; ``small``
+keeps the same layout with narrow couplings so it trains on a laptop CPU."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from magicflow.errors import InputError
+
+#: mask kind per step: 1 application, 4 checkerboard, 2 x (3 channel, 3 checkerboard), 3 channel, 4 checkerboard
+PAPER_MASKS: list[str] = (
+    ["application"] + ["checkerboard"] * 4
+    + (["channel"] * 3 + ["checkerboard"] * 3) * 2
+    + ["channel"] * 3 + ["checkerboard"] * 4
+)
+
+#: the authors' generation-coupling filter counts per step (three per step)
+PAPER_WIDTHS: list[list[int]] = (
+    [[16, 16, 32]] * 2 + [[16, 32, 32]] * 4 + [[16, 32, 64]] * 4 + [[16, 64, 64]]
+    + [[32, 64, 64]] * 3 + [[32, 64, 128]] * 3 + [[64, 64, 128]] * 3
+    + [[64, 128, 128]] * 2 + [[128, 256, 256]] * 2
+)
+
+#: narrow widths for CPU training: full-resolution steps stay thin, deep ones widen a little
+SMALL_WIDTHS: list[list[int]] = (
+    [[4, 4, 4]] * 5 + [[8, 8, 8]] * 6 + [[16, 16, 16]] * 6 + [[32, 32, 32]] * 7
+)
+
+_BASE: dict[str, Any] = {
+    "in_channels": 1,
+    "image_size": 182,
+    "background": 0.0,
+    "masks": PAPER_MASKS,
+    "squeeze_before": [5, 11, 17],
+    "split_after": [7, 13, 19],
+    "embed_dim": 32,
+    "scale_bound": 0.5,
+    "shared_nets": False,
+    "lite_steps": [],
+    "dropout": 0.1,
+    "actnorm_init_images": 64,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {**_BASE, "widths": PAPER_WIDTHS},
+    "small": {**_BASE, "widths": SMALL_WIDTHS, "embed_dim": 16, "shared_nets": True, "lite_steps": [0, 1, 2, 3, 4]},
+}
+
+COUPLINGS = ("generation", "classification")
+
+
+def preset_config(name: str, num_classes: int, coupling: str = "generation", **overrides: Any) -> dict[str, Any]:
+    """A full config for preset ``name``; ``overrides`` replace individual keys (e.g. image_size)."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    if coupling not in COUPLINGS:
+        raise InputError(f"unknown coupling {coupling!r}; expected one of {COUPLINGS}")
+    config = copy.deepcopy(PRESETS[name])
+    config.update(num_classes=num_classes, coupling=coupling)
+    config.update(copy.deepcopy(overrides))
+    return config
