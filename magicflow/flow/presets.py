@@ -24,7 +24,9 @@ PAPER_WIDTHS: list[list[int]] = (
     + [[64, 128, 128]] * 2 + [[128, 256, 256]] * 2
 )
 
-#: narrow widths for CPU training: full-resolution steps stay thin, deep ones widen a little
+#: narrow widths for CPU training: full-resolution steps stay thin, deep ones widen a little.
+#: The small preset also shares one network per coupling and uses lite networks (no
+#: attention, context or ASPP branches) before the second squeeze, where maps are largest.
 SMALL_WIDTHS: list[list[int]] = (
     [[4, 4, 4]] * 5 + [[8, 8, 8]] * 6 + [[16, 16, 16]] * 6 + [[32, 32, 32]] * 7
 )
@@ -46,7 +48,7 @@ _BASE: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {**_BASE, "widths": PAPER_WIDTHS},
-    "small": {**_BASE, "widths": SMALL_WIDTHS, "embed_dim": 16, "shared_nets": True, "lite_steps": [0, 1, 2, 3, 4]},
+    "small": {**_BASE, "widths": SMALL_WIDTHS, "embed_dim": 16, "shared_nets": True, "lite_steps": list(range(11))},
 }
 
 COUPLINGS = ("generation", "classification")
