@@ -1,0 +1,76 @@
+"""Assemble an experiment's images from the per-dataset slices.
+
+An experiment names datasets, a label column, image kinds (``T1w``, ``T2w``, ``FLAIR``,
+``pet-<tracer family>``) and slice offsets. Splits are made on images; slices are attached
+after the split, with the extra ``augment`` offsets for training subjects only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from magicflow.errors import InputError
+from magicflow.experiments.train import SliceSet
+
+MISSING = "n/a"
+
+
+def image_kind(table: pd.DataFrame) -> pd.Series:
+    """T1w | T2w | FLAIR | pet-<family>: the unit experiments select and modality labels use."""
+    pet = table["modality"] == "pet"
+    return table["modality"].where(~pet, "pet-" + table["tracer"])
+
+
+def experiment_slices(slice_tables: dict[str, Path], experiment: dict) -> pd.DataFrame:
+    """All slices of the experiment's datasets and image kinds, with a ``label`` column.
+
+    ``label: modality`` means the image kind (so PET tracers are separate classes)."""
+    parts = []
+    for dataset, path in slice_tables.items():
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table["dataset"] = dataset
+        table["kind"] = image_kind(table)
+        column = "kind" if experiment["label"] == "modality" else experiment["label"]
+        if column not in table:
+            raise InputError(f"{path}: no column {experiment['label']!r} to use as the label")
+        table["label"] = table[column]
+        parts.append(table[table["kind"].isin(experiment["modalities"])])
+    table = pd.concat(parts, ignore_index=True)
+    table = table[table["label"] != MISSING]
+    if table.empty:
+        raise InputError(f"no slices of kinds {experiment['modalities']} with a {experiment['label']!r} label in {sorted(slice_tables)}")
+    table["offset"] = table["offset"].astype(int)
+    table["index"] = table["index"].astype(int)
+    return table
+
+
+def experiment_images(slices: pd.DataFrame) -> pd.DataFrame:
+    """One row per image (what splits are made of)."""
+    return slices.drop_duplicates(["dataset", "image"])[["dataset", "subject", "session", "image", "label"]].reset_index(drop=True)
+
+
+def select_slices(slices: pd.DataFrame, images: pd.DataFrame, offsets: list[int], augment: dict[str, list[int]] | None = None) -> pd.DataFrame:
+    """Slices of these images at these offsets, plus each class's augment offsets (training only)."""
+    chosen = slices.merge(images[["dataset", "image"]], on=["dataset", "image"])
+    wanted = chosen["offset"].isin(offsets)
+    for label, extra in (augment or {}).items():
+        wanted |= (chosen["label"] == label) & chosen["offset"].isin(extra)
+    out = chosen[wanted]
+    missing = set(offsets) - set(out["offset"])
+    if missing and not out.empty:
+        raise InputError(f"offsets {sorted(missing)} were not extracted; add them to the slices stage")
+    return out.sort_values(["dataset", "image", "offset"]).reset_index(drop=True)
+
+
+def load_set(rows: pd.DataFrame, arrays: dict[str, np.ndarray], classes: list[str]) -> SliceSet:
+    """Images and label indices for the selected slice rows."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(rows["label"]) - set(lookup))
+    if unknown:
+        raise InputError(f"labels {unknown} not among the experiment's classes {classes}")
+    images = np.stack([arrays[d][i] for d, i in zip(rows["dataset"], rows["index"])]) if len(rows) else np.zeros((0, 1, 182, 182), np.float32)
+    labels = torch.tensor([lookup[v] for v in rows["label"]], dtype=torch.long)
+    return SliceSet(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), labels, rows.reset_index(drop=True))
