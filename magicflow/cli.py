@@ -1,7 +1,8 @@
 """The ``magicflow`` command line: one subcommand per pipeline stage.
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
-``run(args) -> int``. Modules are imported only when their command runs, so
+Each subcommand lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+an entry ``"module:name"`` instead uses that module's ``add_<name>_arguments`` and ``run_<name>``
+(several stages of one family in one module). Modules are imported only when their command runs, so
 ``magicflow --help`` stays fast and a stage that does not need torch never imports it."""
 
 from __future__ import annotations
@@ -17,7 +18,22 @@ from magicflow.errors import InputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-cohort": ("magicflow.demo.cohort", "write the synthetic demo BIDS cohort"),
     "manifest": ("magicflow.datasets.commands", "write a dataset's manifest.tsv and manifest_excluded.tsv"),
+    "split": ("magicflow.experiments.commands:split", "subject-level stratified k-fold splits of an experiment"),
+    "train": ("magicflow.experiments.commands:train", "train a MAGIC-Flow model on one fold (resumable)"),
+    "sample": ("magicflow.experiments.commands:sample", "draw class-conditional samples from a trained model"),
+    "classify": ("magicflow.experiments.commands:classify", "classify a fold's test slices by maximum likelihood"),
+    "attribution": ("magicflow.experiments.commands:attribution", "likelihood attribution maps of test slices"),
+    "bench": ("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
 }
+
+
+def _entry(target: str):
+    """(add_arguments, run) of a command target."""
+    module_name, _, name = target.partition(":")
+    module = importlib.import_module(module_name)
+    if name:
+        return getattr(module, f"add_{name}_arguments"), getattr(module, f"run_{name}")
+    return module.add_arguments, module.run
 
 
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
@@ -30,7 +46,7 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
-            importlib.import_module(module).add_arguments(command_parser)
+            _entry(module)[0](command_parser)
     return parser
 
 
@@ -38,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(selected).parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
+    run = _entry(COMMANDS[args.command][0])[1]
     try:
-        return int(module.run(args) or 0)
+        return int(run(args) or 0)
     except InputError as error:
         print(f"magicflow {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -107,3 +107,38 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise InputError(f"config {str(path)!r} must be a mapping of sections, got {type(config).__name__}")
     return validate_config(config)
+
+
+def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Everything the learning stages of one experiment need, resolved from the config.
+
+    Written to ``results/<experiment>/experiment.json`` by the workflow: a change here (and
+    only here) reruns that experiment's stages, never registration or slicing."""
+    experiment = config["experiments"][name]
+    preset = experiment["preset"]
+    if preset in LIBRARY_PRESETS:
+        base, overrides = preset, {}
+    else:
+        base, overrides = config["model_presets"][preset]["base"], config["model_presets"][preset].get("overrides", {})
+    training = {**config["training"], **experiment.get("training", {})}
+    folds = experiment["folds"]
+    run_folds = experiment["run_folds"] or (folds if experiment["model"] == "classification" else 1)
+    if run_folds > folds:
+        raise InputError(f"config key 'experiments.{name}.run_folds': {run_folds} is more than folds={folds}")
+    return {
+        "name": name,
+        "datasets": experiment["datasets"],
+        "label": experiment["label"],
+        "modalities": experiment["modalities"],
+        "offsets": experiment["offsets"],
+        "model": experiment["model"],
+        "preset": preset,
+        "preset_base": base,
+        "preset_overrides": overrides,
+        "folds": folds,
+        "run_folds": run_folds,
+        "seed": training["seed"],
+        "training": training,
+        "samples": experiment["samples"],
+        "attribution": experiment["attribution"],
+    }

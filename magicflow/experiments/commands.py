@@ -1,0 +1,214 @@
+"""Stage commands of an experiment: ``split``, ``train``, ``sample``, ``classify``, ``attribution``.
+
+Each reads ``results/<experiment>/experiment.json`` (the experiment's resolved settings,
+written by the workflow from the config) plus the files it is given, and writes only into
+its output folder, atomically."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from magicflow.errors import InputError
+from magicflow.experiments import data as exp_data
+from magicflow.experiments.split import make_splits, read_fold, write_splits
+from magicflow.io import atomic_path
+
+
+def _pairs(values: list[str], what: str) -> dict[str, Path]:
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--{what} {value!r}: expected DATASET=PATH")
+        out[name] = Path(path)
+    return out
+
+
+def _settings(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read experiment settings {path}: {error}") from None
+
+
+def _common(parser: argparse.ArgumentParser, arrays: bool = True) -> None:
+    parser.add_argument("--experiment", required=True, type=Path, help="results/<experiment>/experiment.json")
+    parser.add_argument("--slices", action="append", default=[], metavar="DATASET=TSV", help="a dataset's slices.tsv (repeat per dataset)")
+    if arrays:
+        parser.add_argument("--arrays", action="append", default=[], metavar="DATASET=NPZ", help="a dataset's slices.npz (repeat per dataset)")
+
+
+def _load(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
+    settings = _settings(args.experiment)
+    slices = exp_data.experiment_slices(_pairs(args.slices, "slices"), settings)
+    arrays, masks = {}, []
+    for name, path in _pairs(args.arrays, "arrays").items():
+        with np.load(path) as archive:
+            arrays[name] = archive["slices"]
+            masks.append(archive["mask_0"] if "mask_0" in archive else archive[[k for k in archive if k.startswith("mask_")][0]])
+    return settings, slices, arrays, masks[0][0]
+
+
+# --------------------------------------------------------------------------- split
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser, arrays=False)
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/splits")
+
+
+def run_split(args: argparse.Namespace) -> int:
+    settings = _settings(args.experiment)
+    slices = exp_data.experiment_slices(_pairs(args.slices, "slices"), settings)
+    images = exp_data.experiment_images(slices)
+    splits = make_splits(images, settings["folds"], settings["run_folds"], settings["seed"])
+    write_splits(splits, args.out, {"experiment": settings["name"], "label": settings["label"], "folds": settings["folds"],
+                                    "run_folds": settings["run_folds"], "seed": settings["seed"], "images": len(images)})
+    print(f"{settings['name']}: {len(images)} images of {images['subject'].nunique()} subjects in {settings['run_folds']} fold(s) -> {args.out}")
+    return 0
+
+
+def _fold_sets(args, settings, slices, arrays):
+    from magicflow.experiments.data import load_set, select_slices
+
+    classes = json.loads((args.fold_dir.parent / "split.json").read_text())["classes"]
+    sets = read_fold(args.fold_dir)
+    offsets = settings["offsets"]
+    rows = {
+        "train": select_slices(slices, sets["train"], offsets["train"], offsets.get("augment")),
+        "val": select_slices(slices, sets["val"], offsets["eval"]),
+        "test": select_slices(slices, sets["test"], offsets["eval"]),
+    }
+    return classes, {name: load_set(r, arrays, classes) for name, r in rows.items()}
+
+
+# --------------------------------------------------------------------------- train
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--fold-dir", required=True, type=Path, help="results/<experiment>/splits/fold-<k>")
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/models/fold-<k>")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from magicflow.experiments.train import TrainSettings, resolve_device, train_model
+    from magicflow.flow import MagicFlow
+
+    settings, slices, arrays, mask = _load(args)
+    classes, sets = _fold_sets(args, settings, slices, arrays)
+    t = settings["training"]
+    train_settings = TrainSettings(epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"])
+    torch.manual_seed(t["seed"])
+    model = MagicFlow.from_preset(settings["preset_base"], len(classes), coupling=settings["model"],
+                                  mask=torch.from_numpy(mask.astype(np.float32)), **settings["preset_overrides"])
+    device = resolve_device(t["device"])
+    print(f"{settings['name']} {args.fold_dir.name}: {len(sets['train'])} training / {len(sets['val'])} validation slices, "
+          f"{len(classes)} classes, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
+    train_model(model, sets["train"], sets["val"], args.out, train_settings, device, classification=settings["model"] == "classification",
+                extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name})
+    return 0
+
+
+def _model(path: Path, device: str):
+    from magicflow.experiments.train import resolve_device
+    from magicflow.flow import load_checkpoint
+
+    dev = resolve_device(device)
+    model, extra = load_checkpoint(path, map_location=dev)
+    return model, extra, dev
+
+
+# --------------------------------------------------------------------------- sample
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, type=Path)
+    parser.add_argument("--model", required=True, type=Path, help="best.pt")
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/samples/fold-<k>")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from magicflow.experiments.infer import draw_samples, write_samples
+
+    settings = _settings(args.experiment)
+    model, extra, device = _model(args.model, settings["training"]["device"])
+    s = settings["samples"]
+    samples = draw_samples(model, extra["classes"], s["per_class"], s["temperature"], settings["seed"], device)
+    write_samples(samples, extra["classes"], args.out)
+    print(f"{samples.shape[0] * samples.shape[1]} samples at temperature {s['temperature']} -> {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- classify
+def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--fold-dir", required=True, type=Path)
+    parser.add_argument("--model", required=True, type=Path, help="best.pt")
+    parser.add_argument("--out", required=True, type=Path, help="predictions.tsv")
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from magicflow.experiments.infer import class_log_likelihoods, predictions_table
+
+    settings, slices, arrays, _ = _load(args)
+    classes, sets = _fold_sets(args, settings, slices, arrays)
+    model, _, device = _model(args.model, settings["training"]["device"])
+    test_ll = class_log_likelihoods(model, sets["test"], device)
+    val_ll = class_log_likelihoods(model, sets["val"], device)
+    table, temperature = predictions_table(sets["test"], sets["val"], sets["train"].labels.numpy(), classes, test_ll, val_ll)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    accuracy = float((table["true"] == table["predicted"]).mean()) if len(table) else float("nan")
+    print(f"{len(table)} test slices, accuracy {accuracy:.3f}, temperature {temperature:.3g} -> {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- attribution
+def add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--fold-dir", required=True, type=Path)
+    parser.add_argument("--model", required=True, type=Path, help="best.pt")
+    parser.add_argument("--predictions", required=True, type=Path, help="predictions.tsv of the same fold")
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/attribution/fold-<k>")
+
+
+def run_attribution(args: argparse.Namespace) -> int:
+    from magicflow.experiments.infer import attribution_maps, overlay_png
+
+    settings, slices, arrays, mask = _load(args)
+    classes, sets = _fold_sets(args, settings, slices, arrays)
+    test = sets["test"]
+    limit = min(len(test), settings["attribution"]["max_images"])
+    predictions = pd.read_csv(args.predictions, sep="\t", dtype=str, keep_default_na=False).iloc[:limit]
+    if list(predictions["image"]) != list(test.meta["image"].iloc[:limit]):
+        raise InputError(f"{args.predictions} does not list this fold's test slices in order; rerun classify")
+    model, _, device = _model(args.model, settings["training"]["device"])
+    subset = type(test)(test.images[:limit], test.labels[:limit], test.meta.iloc[:limit])
+    lookup = {c: i for i, c in enumerate(classes)}
+    predicted = torch.tensor([lookup[p] for p in predictions["predicted"]], dtype=torch.long)
+    true_maps = attribution_maps(model, subset, subset.labels, device)
+    pred_maps = attribution_maps(model, subset, predicted, device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out / "maps.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, true_label=true_maps, predicted_label=pred_maps, images=subset.images.numpy(),
+                                image=np.array(subset.meta["image"]), true=np.array(predictions["true"]),
+                                predicted=np.array(predictions["predicted"]))
+    for i in range(limit):
+        name = subset.meta["image"].iloc[i]
+        t, p = predictions["true"].iloc[i], predictions["predicted"].iloc[i]
+        overlay_png(args.out / f"{name}_offset{subset.meta['offset'].iloc[i]}.png", subset.images[i, 0].numpy(),
+                    {f"H(x, true={t})": true_maps[i, 0], f"H(x, predicted={p})": pred_maps[i, 0]}, mask,
+                    f"{name}: true {t}, predicted {p}")
+    print(f"attribution maps for {limit} test slices -> {args.out}")
+    return 0
+
+
+SUBCOMMANDS = {
+    "split": (add_split_arguments, run_split),
+    "train": (add_train_arguments, run_train),
+    "sample": (add_sample_arguments, run_sample),
+    "classify": (add_classify_arguments, run_classify),
+    "attribution": (add_attribution_arguments, run_attribution),
+}
