@@ -43,7 +43,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # 2 mm template; SyN 60/40/5 iterations at 8/4/2 mm: ~1.3 mm mean error on the demo cohort
-    "demo": Preset("demo", 2, (60, 40, 5), (20, 20, 20), (500, 250, 100), (4, 2, 1), (2, 1, 0), 4),
+    "demo": Preset("demo", 2, (60, 40, 5), (20, 20, 20), (300, 150, 50), (8, 4, 2), (3, 2, 1), 4),
     # 1 mm template; SyN down to 1 mm, N4 with ANTs' default 4x50 iterations
     "full": Preset("full", 1, (100, 70, 40, 5), (50, 50, 50, 50), (2100, 1200, 1200, 10), (6, 4, 2, 1), (3, 2, 1, 0), 2),
 }
