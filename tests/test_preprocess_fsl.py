@@ -80,7 +80,7 @@ def test_fsl_end_to_end(tmp_path):
     from magicflow.preprocess.t1 import T1Outputs, preprocess_t1
     from magicflow.preprocess.template import build_template, load_template
 
-    write_demo_cohort(tmp_path / "demo", subjects=1, seed=0, progress=False)
+    write_demo_cohort(tmp_path / "demo", subjects=2, seed=0, tracers=("FDG",), progress=False)
     build_template(tmp_path / "tpl")
     t1 = next((tmp_path / "demo").glob("sub-*/ses-01/anat/*_T1w.nii.gz"))
     out = T1Outputs(*(tmp_path / "o" / n for n in ("mni.nii.gz", "mask.nii.gz", "native.nii.gz", "aff.mat", "warp.nii.gz", "t1.json")))
