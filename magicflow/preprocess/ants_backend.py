@@ -9,9 +9,6 @@ ANTs physical space is LPS (x and y negated relative to NIfTI's RAS world)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +72,7 @@ def reorient(img: nib.Nifti1Image) -> nib.Nifti1Image:
 
 
 def bias_correct(img: nib.Nifti1Image, preset: Preset, workdir: Path) -> nib.Nifti1Image:
-    """N4 bias-field correction over the head (Otsu-free: the whole field of view, as N4 default)."""
+    """N4 bias-field correction over the whole field of view (N4's default, no mask needed)."""
     ants = _ants()
     image = _read(img, workdir, "n4_in")
     corrected = ants.n4_bias_field_correction(
@@ -178,13 +175,3 @@ def mni_to_native_points(
     ras = (grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:4]).T.reshape(*grid.shape[:3], 3)
     lps = ras * np.array([-1.0, -1.0, 1.0])
     return (lps + field) * np.array([-1.0, -1.0, 1.0])
-
-
-def copy_transform(src: Path, dst: Path) -> None:
-    """Copy a transform file into place (callers wrap ``dst`` in an atomic path)."""
-    shutil.copyfile(src, dst)
-
-
-def workdir(prefix: str) -> tempfile.TemporaryDirectory:
-    """A scratch directory for ANTs' intermediate files, removed afterwards."""
-    return tempfile.TemporaryDirectory(prefix=f"magicflow-{prefix}-", dir=os.environ.get("TMPDIR"))
