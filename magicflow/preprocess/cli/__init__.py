@@ -1,0 +1,1 @@
+"""One module per ``magicflow`` preprocessing command, each with ``add_arguments`` and ``run``."""

@@ -1,0 +1,25 @@
+"""``magicflow preprocess-coregister``: a T2w, FLAIR or PET to its subject's T1, then to MNI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from magicflow.preprocess.coregister import MODALITIES, SecondaryOutputs, preprocess_secondary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", required=True, help="raw T2w/FLAIR NIfTI, or PET (3D or 4D, BIDS sidecar beside it)")
+    parser.add_argument("--modality", required=True, choices=MODALITIES)
+    parser.add_argument("--t1-json", required=True, help="sidecar written by preprocess-t1 for the same subject")
+    parser.add_argument("--bias-correct", action="store_true", help="N4 (ANTs) / FAST (FSL) before coregistration")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out-image", required=True, help="image in MNI, 182x218x182 float32")
+    parser.add_argument("--out-rigid", required=True, help="rigid transform to the native T1 (.mat)")
+    parser.add_argument("--out-json", required=True, help="sidecar: backend, frames, tracer, timing warning")
+
+
+def run(args: argparse.Namespace) -> int:
+    outputs = SecondaryOutputs(Path(args.out_image), Path(args.out_rigid), Path(args.out_json))
+    preprocess_secondary(args.image, args.modality, args.t1_json, outputs, args.bias_correct, args.threads)
+    return 0

@@ -1,0 +1,142 @@
+"""Real ANTs registration of one demo subject, checked against the cohort's ground truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from magicflow.preprocess.coregister import SecondaryOutputs, preprocess_secondary
+from magicflow.preprocess.t1 import T1Outputs, preprocess_t1
+from magicflow.preprocess.template import build_template, load_template
+
+pytestmark = pytest.mark.slow
+
+
+def _groundtruth_points(path: Path) -> nib.Nifti1Image:
+    """The cohort's MNI->T1w point map. Files written while the demo stored int16 with a
+    1/64 mm slope that nibabel did not apply hold rounded millimetres in the raw integers
+    (and absurdly small scaled values); read those raw."""
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    if np.abs(data).max() < 20:  # a head's coordinates always reach beyond 20 mm
+        data = np.asarray(img.dataobj.get_unscaled(), dtype=np.float64)
+    return nib.Nifti1Image(data, img.affine)
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    from magicflow.demo import write_demo_cohort
+
+    root = tmp_path_factory.mktemp("reg")
+    write_demo_cohort(root / "demo", subjects=2, seed=0, tracers=("FDG",), workers=2, progress=False)
+    build_template(root / "tpl", use_fsl=False)
+    sub = sorted(p.name for p in (root / "demo").glob("sub-*"))[0]
+    out = root / "out"
+    t1_out = T1Outputs(*(out / n for n in ("t1_mni.nii.gz", "mask.nii.gz", "native.nii.gz", "aff.mat", "warp.nii.gz", "t1.json")))
+    preprocess_t1(root / "demo" / sub / "ses-01" / "anat" / f"{sub}_ses-01_T1w.nii.gz", root / "tpl", t1_out,
+                  backend="ants", preset="demo", threads=2)
+    return {"root": root, "sub": sub, "t1": t1_out}
+
+
+def _ncc(path: Path, tpl_dir: Path) -> float:
+    tpl = load_template(tpl_dir, 1)
+    mask = nib.load(tpl.brain_mask).get_fdata() > 0
+    return float(np.corrcoef(nib.load(path).get_fdata()[mask], nib.load(tpl.t1).get_fdata()[mask])[0, 1])
+
+
+def test_t1_outputs_and_correlation(subject):
+    out: T1Outputs = subject["t1"]
+    img = nib.load(out.mni)
+    assert img.shape == (182, 218, 182) and img.get_data_dtype() == np.float32
+    record = json.loads(out.sidecar.read_text())
+    assert record["Backend"] == "ants" and record["Preset"] == "demo" and record["Space"] == "MNI152NLin2009aSym"
+    assert _ncc(out.mni, subject["root"] / "tpl") > 0.9
+
+
+def test_t1_transform_recovers_groundtruth(subject, tmp_path):
+    from magicflow.preprocess.ants_backend import mni_to_native_points
+    from nilearn import datasets
+    from nilearn.image import resample_to_img
+
+    root, sub, out = subject["root"], subject["sub"], subject["t1"]
+    truth = _groundtruth_points(root / "demo" / "derivatives" / "groundtruth" / sub /
+                                f"{sub}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz")
+    grid = nib.Nifti1Image(np.zeros(truth.shape[:3], np.float32), truth.affine)  # the 2 mm test grid
+    brain = resample_to_img(datasets.load_mni152_brain_mask(resolution=1), grid, interpolation="nearest",
+                            force_resample=True, copy_header=True).get_fdata() > 0
+    points = mni_to_native_points([out.warp, out.affine], grid, tmp_path)
+    error = np.linalg.norm(points - truth.get_fdata(), axis=-1)[brain]
+    print(f"mean displacement error {error.mean():.2f} mm (95th pct {np.percentile(error, 95):.2f})")
+    assert error.mean() < 2.0
+
+
+def test_t2w_rigid_recovers_groundtruth(subject):
+    import ants
+
+    root, sub, t1 = subject["root"], subject["sub"], subject["t1"]
+    out = SecondaryOutputs(*(root / "out" / n for n in ("t2_mni.nii.gz", "t2_rigid.mat", "t2.json")))
+    preprocess_secondary(root / "demo" / sub / "ses-01" / "anat" / f"{sub}_ses-01_T2w.nii.gz", "T2w", t1.sidecar, out, threads=2)
+    assert nib.load(out.mni).shape == (182, 218, 182)
+    move = np.loadtxt(root / "demo" / "derivatives" / "groundtruth" / sub / f"{sub}_from-T1w_to-T2w_mode-rigid_xfm.txt")
+    transform = ants.read_transform(str(out.rigid))
+    rng = np.random.default_rng(0)
+    ras = rng.uniform(-60, 60, (200, 3))  # points around the head centre, T1w world (RAS)
+    flip = np.array([-1.0, -1.0, 1.0])
+    found = np.array([np.asarray(transform.apply_to_point(tuple(p * flip))) * flip for p in ras])
+    expected = (move[:3, :3] @ ras.T + move[:3, 3:4]).T
+    assert np.linalg.norm(found - expected, axis=1).mean() < 2.0
+
+
+def test_pet_median_and_coregistration(subject):
+    root, sub, t1 = subject["root"], subject["sub"], subject["t1"]
+    out = SecondaryOutputs(*(root / "out" / n for n in ("pet_mni.nii.gz", "pet_rigid.mat", "pet.json")))
+    record = preprocess_secondary(root / "demo" / sub / "ses-01" / "pet" / f"{sub}_ses-01_trc-FDG_pet.nii.gz", "pet",
+                                  t1.sidecar, out, threads=2)
+    assert record["FrameCombination"] == "median" and record["Frames"] >= 4 and record["TracerName"] == "FDG"
+    pet = nib.load(out.mni).get_fdata()
+    tpl = load_template(root / "tpl", 1)
+    gm = nib.load(tpl.gm).get_fdata() > 0.5
+    wm = nib.load(tpl.wm).get_fdata() > 0.5
+    assert pet[gm].mean() > 1.2 * pet[wm].mean()  # FDG: grey matter uptake lands on the template's grey matter
+
+
+def test_qc_figure_and_table(subject, tmp_path):
+    import pandas as pd
+
+    from magicflow.preprocess.qc import gather_qc, image_qc
+
+    tpl = load_template(subject["root"] / "tpl", 1)
+    rec = image_qc(subject["t1"].mni, tpl, tmp_path / "t1.png", tmp_path / "t1.json", "t1")
+    assert rec["ncc"] > 0.9 and (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
+    rec2 = dict(rec, label="bad", ncc=0.3)
+    (tmp_path / "bad.json").write_text(json.dumps(rec2))
+    table = gather_qc([tmp_path / "t1.json", tmp_path / "bad.json"], tmp_path / "qc.tsv", threshold=0.8)
+    saved = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
+    assert list(saved["label"]) == ["bad", "t1"] and list(saved["flagged"]) == [True, False]
+    assert table["flagged"].sum() == 1
+
+
+def test_threads_bound_itk():
+    """With --threads 1, ITK must not use a second core: CPU time stays close to wall time."""
+    code = textwrap.dedent("""
+        import time
+        from magicflow.preprocess.backend import set_threads
+        set_threads(1)
+        import ants
+        from nilearn import datasets
+        img = ants.from_numpy(datasets.load_mni152_template(resolution=2).get_fdata().astype('float32'))
+        moving = ants.smooth_image(img, 1.5)
+        wall, cpu = time.perf_counter(), time.process_time()
+        ants.registration(img, moving, 'SyN', reg_iterations=(20, 10, 0))
+        print((time.process_time() - cpu) / (time.perf_counter() - wall))
+    """)
+    ratio = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).parents[1]).stdout.split()[-1])
+    assert ratio < 1.2
