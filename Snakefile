@@ -19,9 +19,15 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/datasets.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/experiments.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.manifest.input,
+        rules.preprocess.input,
+        rules.slices.input,
+        rules.sample.input,
+        rules.attribution.input,

@@ -18,6 +18,12 @@ from magicflow.errors import InputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-cohort": ("magicflow.demo.cohort", "write the synthetic demo BIDS cohort"),
     "manifest": ("magicflow.datasets.commands", "write a dataset's manifest.tsv and manifest_excluded.tsv"),
+    "preprocess-template": ("magicflow.preprocess.cli.template_cmd", "write the MNI152 1 mm template (FSL's grid) and its masks"),
+    "preprocess-t1": ("magicflow.preprocess.cli.t1_cmd", "register a T1w to MNI152 (FSL or ANTs): image, mask, transforms"),
+    "preprocess-coregister": ("magicflow.preprocess.cli.coregister_cmd", "T2w/FLAIR/PET: median frame, rigid to the T1w, then to MNI"),
+    "preprocess-qc": ("magicflow.preprocess.cli.qc_cmd", "QC figure and correlation with the template of one MNI image"),
+    "preprocess-qc-table": ("magicflow.preprocess.cli.qc_table_cmd", "gather QC values into a table and flag low ones"),
+    "slices": ("magicflow.slices", "coronal slices of every MNI image of a dataset"),
     "split": ("magicflow.experiments.commands:split", "subject-level stratified k-fold splits of an experiment"),
     "train": ("magicflow.experiments.commands:train", "train a MAGIC-Flow model on one fold (resumable)"),
     "sample": ("magicflow.experiments.commands:sample", "draw class-conditional samples from a trained model"),

@@ -83,6 +83,7 @@ def _excluded(row: pd.Series) -> bool:
 def extract_slices(
     manifest: str | os.PathLike[str], preproc_dir: str | os.PathLike[str], template_dir: str | os.PathLike[str],
     offsets: list[int], out_npz: str | os.PathLike[str], out_tsv: str | os.PathLike[str],
+    exclude_images: set[str] | None = None,
 ) -> pd.DataFrame:
     """Slice every included manifest row's MNI image into one compressed array + ``slices.tsv``.
 
@@ -93,17 +94,19 @@ def extract_slices(
     from magicflow.preprocess.template import load_template
 
     table = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
-    missing = [c for c in ("subject", "session", "modality") if c not in table.columns]
+    missing = [c for c in ("subject", "session", "image", "modality") if c not in table.columns]
     if missing:
         raise InputError(f"{manifest}: missing column(s) {', '.join(missing)}")
     template = load_template(template_dir, 1)
     mask = np.asarray(nib.load(template.brain_mask).dataobj) > 0
     carried = [c for c in table.columns if c != "path"]
     arrays, rows = [], []
-    included = [row for _, row in table.iterrows() if not _excluded(row)]
+    exclude_images = exclude_images or set()
+    included = [row for _, row in table.iterrows() if not _excluded(row) and row["image"] not in exclude_images]
+    if exclude_images:
+        print(f"[slices] {len(exclude_images & set(table['image']))} image(s) left out after failing QC", flush=True)
     for n, row in enumerate(included, 1):
-        tracer = row.get("tracer") or None
-        path = mni_image_path(preproc_dir, row["subject"], row["session"], row["modality"], tracer, template.space)
+        path = mni_image_path(preproc_dir, row["image"], template.space)
         if not path.is_file():
             raise InputError(f"{path}: preprocessed image missing for manifest row {row.to_dict()}")
         volume = np.asarray(nib.load(path).dataobj, dtype=np.float32)
@@ -131,9 +134,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offsets", default="0", help="slice offsets from y index 109: 'LO:HI' inclusive or 'a,b,c' (default 0)")
     parser.add_argument("--out-npz", required=True, help="compressed arrays: slices (N,1,182,182), mask_<offset>")
     parser.add_argument("--out-tsv", required=True, help="slices.tsv index, one row per slice")
+    parser.add_argument("--exclude-flagged", default=None, help="QC table (qc.tsv): leave out the images it flags")
 
 
 def run(args: argparse.Namespace) -> int:
+    excluded = set()
+    if args.exclude_flagged:
+        qc = pd.read_csv(args.exclude_flagged, sep="\t", dtype=str, keep_default_na=False)
+        excluded = set(qc.loc[qc["flagged"].str.lower() == "true", "label"])
     extract_slices(args.manifest, args.preproc_dir, args.template_dir, parse_offsets(args.offsets),
-                   Path(args.out_npz), Path(args.out_tsv))
+                   Path(args.out_npz), Path(args.out_tsv), excluded)
     return 0

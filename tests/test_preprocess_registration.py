@@ -113,14 +113,17 @@ def test_qc_figure_and_table(subject, tmp_path):
     from magicflow.preprocess.qc import gather_qc, image_qc
 
     tpl = load_template(subject["root"] / "tpl", 1)
-    rec = image_qc(subject["t1"].mni, tpl, tmp_path / "t1.png", tmp_path / "t1.json", "t1")
+    rec = image_qc(subject["t1"].mni, tpl, tmp_path / "t1.png", tmp_path / "t1.json", "sub-1_T1w")
     assert rec["ncc"] > 0.9 and (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
-    rec2 = dict(rec, label="bad", ncc=0.3)
-    (tmp_path / "bad.json").write_text(json.dumps(rec2))
-    table = gather_qc([tmp_path / "t1.json", tmp_path / "bad.json"], tmp_path / "qc.tsv", threshold=0.8)
-    saved = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
-    assert list(saved["label"]) == ["bad", "t1"] and list(saved["flagged"]) == [True, False]
-    assert table["flagged"].sum() == 1
+    others = {"bad_T1w": 0.3, "sub-1_T2w": -0.5, "sub-1_trc-FDG_pet": 0.3, "lost_FLAIR": 0.05}
+    for label, ncc in others.items():
+        (tmp_path / f"{label}.json").write_text(json.dumps(dict(rec, label=label, ncc=ncc)))
+    paths = [tmp_path / "t1.json", *(tmp_path / f"{label}.json" for label in others)]
+    table = gather_qc(paths, tmp_path / "qc.tsv", threshold=0.8)
+    saved = pd.read_csv(tmp_path / "qc.tsv", sep="\t").set_index("label")["flagged"].to_dict()
+    # a T1w under the threshold, and another contrast with nothing in common with the template
+    assert saved == {"bad_T1w": True, "lost_FLAIR": True, "sub-1_T1w": False, "sub-1_T2w": False, "sub-1_trc-FDG_pet": False}
+    assert table["flagged"].sum() == 2
 
 
 def test_threads_bound_itk():

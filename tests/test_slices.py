@@ -92,16 +92,16 @@ def _fake_template(root):
 def test_extract_slices_table_and_arrays(tmp_path):
     _fake_template(tmp_path / "tpl")
     rows = [
-        {"subject": "01", "session": "01", "modality": "T1w", "tracer": "", "diagnosis": "AD", "scanner": "A", "path": "raw1"},
-        {"subject": "02", "session": "01", "modality": "PET", "tracer": "FDG", "diagnosis": "CN", "scanner": "B", "path": "raw2"},
-        {"subject": "03", "session": "01", "modality": "T1w", "tracer": "", "diagnosis": "CN", "scanner": "B", "path": "raw3",
+        {"subject": "01", "session": "01", "image": "sub-01_ses-01_T1w", "modality": "T1w", "tracer": "", "diagnosis": "AD", "scanner": "A", "path": "raw1"},
+        {"subject": "02", "session": "01", "image": "sub-02_ses-01_trc-FDG_pet", "modality": "PET", "tracer": "FDG", "diagnosis": "CN", "scanner": "B", "path": "raw2"},
+        {"subject": "03", "session": "01", "image": "sub-03_ses-01_T1w", "modality": "T1w", "tracer": "", "diagnosis": "CN", "scanner": "B", "path": "raw3",
          "exclusion_reason": "motion"},
     ]
     manifest = tmp_path / "manifest.tsv"
     pd.DataFrame(rows).fillna("").to_csv(manifest, sep="\t", index=False)
     rng = np.random.default_rng(1)
     for row in rows[:2]:
-        path = mni_image_path(tmp_path / "preproc", row["subject"], row["session"], row["modality"], row["tracer"], "MNI152NLin2009aSym")
+        path = mni_image_path(tmp_path / "preproc", row["image"], "MNI152NLin2009aSym")
         path.parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(rng.random(GRID_1MM_SHAPE).astype(np.float32), GRID_1MM_AFFINE), path)
     table = extract_slices(manifest, tmp_path / "preproc", tmp_path / "tpl", [-1, 0, 1], tmp_path / "s.npz", tmp_path / "s.tsv")
@@ -119,7 +119,7 @@ def test_extract_slices_table_and_arrays(tmp_path):
 def test_extract_slices_missing_image_is_an_error(tmp_path):
     _fake_template(tmp_path / "tpl")
     manifest = tmp_path / "manifest.tsv"
-    pd.DataFrame([{"subject": "09", "session": "01", "modality": "T2w", "tracer": ""}]).to_csv(manifest, sep="\t", index=False)
+    pd.DataFrame([{"subject": "09", "session": "01", "image": "sub-09_ses-01_T2w", "modality": "T2w", "tracer": ""}]).to_csv(manifest, sep="\t", index=False)
     with pytest.raises(InputError, match="preprocessed image missing"):
         extract_slices(manifest, tmp_path / "preproc", tmp_path / "tpl", [0], tmp_path / "s.npz", tmp_path / "s.tsv")
     assert not (tmp_path / "s.npz").exists() and not (tmp_path / "s.tsv").exists()

@@ -25,14 +25,14 @@ def modality_suffix(modality: str) -> str:
     raise InputError(f"modality {modality!r}: expected T1w, T2w, FLAIR or PET")
 
 
-def mni_image_path(
-    preproc_dir: str | os.PathLike[str], subject: str, session: str, modality: str, tracer: str | None, space: str
-) -> Path:
-    """``<dir>/sub-S/ses-X/<anat|pet>/sub-S_ses-X[_trc-T]_space-<space>_desc-preproc_<suffix>.nii.gz``."""
-    suffix = modality_suffix(modality)
-    sub, ses = _strip(subject, "sub-"), _strip(session, "ses-")
-    folder = "pet" if suffix == "pet" else "anat"
-    if suffix == "pet" and not tracer:
-        raise InputError(f"sub-{sub} ses-{ses}: PET row without a tracer")
-    trc = f"_trc-{tracer}" if suffix == "pet" else ""
-    return Path(preproc_dir) / f"sub-{sub}" / f"ses-{ses}" / folder / f"sub-{sub}_ses-{ses}{trc}_space-{space}_desc-preproc_{suffix}.nii.gz"
+def image_dir(preproc_dir: str | os.PathLike[str], image: str) -> Path:
+    """Folder of one image's derivatives: ``<preproc_dir>/<image stem>/``.
+
+    Keyed on the manifest's unique ``image`` stem (not subject/session/modality), so two
+    series of one kind in one session, or datasets without sessions, never collide."""
+    return Path(preproc_dir) / image
+
+
+def mni_image_path(preproc_dir: str | os.PathLike[str], image: str, space: str) -> Path:
+    """``<preproc_dir>/<image>/<image>_space-<space>.nii.gz``: the image on the MNI 1 mm grid."""
+    return image_dir(preproc_dir, image) / f"{image}_space-{space}.nii.gz"

@@ -85,9 +85,16 @@ def image_qc(
     return record
 
 
+#: T2w, FLAIR and PET do not share the T1 template's contrast (T2w correlates negatively,
+#: PET weakly), so for them only a near-zero |NCC| -- no structure in common -- is a failure.
+OTHER_CONTRAST_MIN_ABS_NCC = 0.1
+
+
 def gather_qc(json_paths: list[str | os.PathLike[str]], out_tsv: str | os.PathLike[str],
               threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
-    """Collect per-image QC JSONs into one TSV; ``flagged`` marks NCC below ``threshold``."""
+    """Collect per-image QC JSONs into one TSV. ``flagged`` marks a T1w (label ending in
+    ``T1w``) with NCC below ``threshold``, or another contrast with |NCC| below
+    :data:`OTHER_CONTRAST_MIN_ABS_NCC`."""
     rows = []
     for path in json_paths:
         try:
@@ -95,8 +102,9 @@ def gather_qc(json_paths: list[str | os.PathLike[str]], out_tsv: str | os.PathLi
         except (OSError, json.JSONDecodeError) as error:
             raise InputError(f"{path}: unreadable QC record ({error})") from error
     table = pd.DataFrame(rows, columns=["label", "image", "space", "ncc", "png"])
-    table["threshold"] = threshold
-    table["flagged"] = table["ncc"] < threshold
+    is_t1 = table["label"].astype(str).str.endswith("T1w")
+    table["threshold"] = np.where(is_t1, threshold, OTHER_CONTRAST_MIN_ABS_NCC)
+    table["flagged"] = np.where(is_t1, table["ncc"] < threshold, table["ncc"].abs() < OTHER_CONTRAST_MIN_ABS_NCC)
     table = table.sort_values("label", kind="stable").reset_index(drop=True)
     with atomic_path(out_tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False)

@@ -1,0 +1,211 @@
+# Preprocessing (paper Appendix B.1): template, T1w -> MNI152, T2w/FLAIR/PET rigidly to their
+# T1w then through its transforms, QC per image, coronal slices per dataset.
+# Which images exist is read from the manifest checkpoint.
+
+from magicflow.datasets.manifest import read_manifest
+from magicflow.preprocess.backend import resolve_backend
+from magicflow.preprocess.template import template_space
+
+SPACE = template_space()
+BACKEND = resolve_backend(config["registration"]["backend"])
+PREPROC = f"{RESULTS}/{{dataset}}/preproc/{{image}}/{{image}}"
+TEMPLATE = f"{RESULTS}/template"
+ENV_REGISTRATION = "../../envs/fsl.yaml" if BACKEND == "fsl" else ENV_MAGICFLOW
+
+
+def manifest_of(dataset):
+    return read_manifest(checkpoints.dataset_manifest.get(dataset=dataset).output.manifest)
+
+
+def manifest_row(wc):
+    table = manifest_of(wc.dataset)
+    row = table[table["image"] == wc.image]
+    if row.empty:
+        raise WorkflowError(f"image {wc.image} is not in the manifest of dataset {wc.dataset}")
+    return row.iloc[0]
+
+
+def t1_outputs(dataset, image):
+    stem = PREPROC.format(dataset=dataset, image=image)
+    return {"json": f"{stem}_t1.json", "affine": f"{stem}_affine.mat", "warp": f"{stem}_warp.nii.gz", "native": f"{stem}_native.nii.gz"}
+
+
+def dataset_images(dataset, what):
+    """Per-image files of every manifest image of a dataset: what = 'mni' or 'qc'."""
+    suffix = {"mni": f"_space-{SPACE}.nii.gz", "qc": "_qc.json"}[what]
+    return [PREPROC.format(dataset=dataset, image=i) + suffix for i in manifest_of(dataset)["image"]]
+
+
+def dataset_offsets(dataset):
+    """Every slice offset an experiment using this dataset asks for (0 at least)."""
+    offsets = {0}
+    for experiment in EXPERIMENTS.values():
+        if dataset in experiment["datasets"]:
+            o = experiment["offsets"]
+            offsets |= set(o["train"]) | set(o["eval"]) | {v for extra in o.get("augment", {}).values() for v in extra}
+    return ",".join(str(v) for v in sorted(offsets))
+
+
+wildcard_constraints:
+    image=r"[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*",
+
+
+rule preprocess_template:
+    output:
+        directory(TEMPLATE),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    log:
+        log_path("preprocess_template", "template"),
+    benchmark:
+        benchmark_path("preprocess_template", "template")
+    conda:
+        ENV_MAGICFLOW
+    shell:
+        "{MAGICFLOW} preprocess-template --out-dir {output} > {log} 2>&1"
+
+
+rule preprocess_t1:
+    input:
+        image=lambda wc: manifest_row(wc)["path"],
+        template=TEMPLATE,
+    output:
+        image=f"{PREPROC}_space-{SPACE}.nii.gz",
+        mask=f"{PREPROC}_space-{SPACE}_brainmask.nii.gz",
+        native=f"{PREPROC}_native.nii.gz",
+        affine=f"{PREPROC}_affine.mat",
+        warp=f"{PREPROC}_warp.nii.gz",
+        json=f"{PREPROC}_t1.json",
+    wildcard_constraints:
+        image=r"[A-Za-z0-9_-]+_T1w",
+    params:
+        backend=BACKEND,
+        preset=config["registration"]["preset"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=90,
+    log:
+        log_path("preprocess_t1", "{dataset}_{image}"),
+    benchmark:
+        benchmark_path("preprocess_t1", "{dataset}_{image}")
+    conda:
+        ENV_REGISTRATION
+    shell:
+        "{MAGICFLOW} preprocess-t1 --t1 {input.image:q} --template-dir {input.template} --backend {params.backend}"
+        " --preset {params.preset} --threads {threads} --out-t1 {output.image} --out-mask {output.mask}"
+        " --out-native {output.native} --out-affine {output.affine} --out-warp {output.warp} --out-json {output.json}"
+        " > {log} 2>&1"
+
+
+rule preprocess_coregister:
+    input:
+        image=lambda wc: manifest_row(wc)["path"],
+        t1=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"]).values(),
+    output:
+        image=f"{PREPROC}_space-{SPACE}.nii.gz",
+        rigid=f"{PREPROC}_rigid.mat",
+        json=f"{PREPROC}_coreg.json",
+    wildcard_constraints:
+        image=r"[A-Za-z0-9_-]+_(T2w|FLAIR|pet)",
+    params:
+        modality=lambda wc: manifest_row(wc)["modality"],
+        t1_json=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"])["json"],
+        bias="--bias-correct" if config["registration"]["bias_correction"] else "",
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    log:
+        log_path("preprocess_coregister", "{dataset}_{image}"),
+    benchmark:
+        benchmark_path("preprocess_coregister", "{dataset}_{image}")
+    conda:
+        ENV_REGISTRATION
+    shell:
+        "{MAGICFLOW} preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
+        " {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
+        " > {log} 2>&1"
+
+
+rule preprocess_qc:
+    input:
+        image=f"{PREPROC}_space-{SPACE}.nii.gz",
+        template=TEMPLATE,
+    output:
+        png=f"{PREPROC}_qc.png",
+        json=f"{PREPROC}_qc.json",
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    log:
+        log_path("preprocess_qc", "{dataset}_{image}"),
+    benchmark:
+        benchmark_path("preprocess_qc", "{dataset}_{image}")
+    conda:
+        ENV_MAGICFLOW
+    shell:
+        "{MAGICFLOW} preprocess-qc --image {input.image} --template-dir {input.template} --label {wildcards.image}"
+        " --out-png {output.png} --out-json {output.json} > {log} 2>&1"
+
+
+rule qc_table:
+    input:
+        lambda wc: dataset_images(wc.dataset, "qc"),
+    output:
+        f"{RESULTS}/{{dataset}}/qc.tsv",
+    params:
+        threshold=config["registration"]["qc_threshold"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    log:
+        log_path("qc_table", "{dataset}"),
+    benchmark:
+        benchmark_path("qc_table", "{dataset}")
+    conda:
+        ENV_MAGICFLOW
+    shell:
+        "{MAGICFLOW} preprocess-qc-table --inputs {input} --threshold {params.threshold} --out-tsv {output} > {log} 2>&1"
+
+
+rule dataset_slices:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.tsv",
+        images=lambda wc: dataset_images(wc.dataset, "mni"),
+        qc=f"{RESULTS}/{{dataset}}/qc.tsv",
+        template=TEMPLATE,
+    output:
+        npz=f"{RESULTS}/{{dataset}}/slices/slices.npz",
+        tsv=f"{RESULTS}/{{dataset}}/slices/slices.tsv",
+    params:
+        offsets=lambda wc: dataset_offsets(wc.dataset),
+        exclude=lambda wc, input: f"--exclude-flagged {input.qc}" if config["registration"]["exclude_failed_qc"] else "",
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    log:
+        log_path("slices", "{dataset}"),
+    benchmark:
+        benchmark_path("slices", "{dataset}")
+    conda:
+        ENV_MAGICFLOW
+    shell:
+        "{MAGICFLOW} slices --manifest {input.manifest} --preproc-dir {RESULTS}/{wildcards.dataset}/preproc"
+        " --template-dir {input.template} --offsets={params.offsets} {params.exclude}"
+        " --out-npz {output.npz} --out-tsv {output.tsv} > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        expand(f"{RESULTS}/{{dataset}}/qc.tsv", dataset=DATASETS),
+
+
+rule slices:
+    input:
+        expand(f"{RESULTS}/{{dataset}}/slices/slices.tsv", dataset=DATASETS),
