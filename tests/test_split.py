@@ -63,6 +63,8 @@ def test_too_few_subjects_or_folds():
         make_splits(images(n_subjects=4), 5, 1, 0)
     with pytest.raises(InputError, match="at least 3"):
         make_splits(images(), 2, 1, 0)
+    with pytest.raises(InputError, match=r"every class has fewer images than the 5 folds \(A: 3, B: 3\)"):
+        make_splits(images(n_subjects=6, per_subject=1), 5, 1, 0)
     with pytest.raises(InputError, match="run_folds"):
         make_splits(images(), 5, 6, 0)
 

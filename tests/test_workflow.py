@@ -57,3 +57,39 @@ def test_manifest_target_runs_on_a_tiny_demo(tmp_path: Path):
     again = snakemake(work, "-n", "--cores", "2", "manifest")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     shutil.rmtree(work / "results")
+
+
+def tiny_experiment(config: dict) -> None:
+    """6 demo subjects (3 AD, 3 CN), MRI only, one classification experiment over 3 folds."""
+    config["datasets"]["demo"].update(subjects=6, tracers=[])
+    config["training"].update(epochs=1, batch_size=4, device="cpu")
+    config["experiments"] = {
+        "tiny": {"datasets": ["demo"], "label": "diagnosis", "modalities": ["T1w"], "offsets": {"train": [-1, 0], "eval": [0]},
+                 "model": "classification", "preset": "small", "folds": 3, "samples": {"per_class": 2}, "attribution": {"max_images": 2}},
+    }
+
+
+@pytest.mark.slow
+def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
+    work = workdir_with(tmp_path, tiny_experiment)
+    result = snakemake(work, "--cores", "2")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    results = work / "results"
+    for fold in ("fold-0", "fold-1", "fold-2"):
+        assert (results / "tiny" / "models" / fold / "best.pt").exists()
+        predictions = read_manifest(results / "tiny" / "predictions" / fold / "predictions.tsv")
+        assert set(predictions["true"]) <= {"AD", "CN"} and len(predictions) >= 1
+        assert (results / "tiny" / "attribution" / fold / "maps.npz").exists()
+        assert list((results / "tiny" / "samples" / fold).glob("samples_*.png"))
+    qc = read_manifest(results / "demo" / "qc.tsv")
+    assert len(qc) == 18 and (qc.loc[qc["label"].str.endswith("T1w"), "ncc"].astype(float) > 0.85).all()
+
+    # a changed training setting reruns training and what follows, never registration or slicing
+    edited = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    edited["training"]["lr"] = 0.0005
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(edited))
+    plan = snakemake(work, "-n", "--cores", "2")
+    jobs = plan.stdout + plan.stderr
+    assert "train_fold" in jobs and "attribution_fold" in jobs
+    for upstream in ("preprocess_t1", "preprocess_coregister", "dataset_slices", "demo_cohort"):
+        assert f"rule {upstream}:" not in jobs and f"localrule {upstream}:" not in jobs, upstream

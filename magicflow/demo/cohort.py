@@ -351,7 +351,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects", type=int, default=16, help="number of subjects (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     parser.add_argument("--ad-fraction", type=float, default=0.5, help="fraction of AD subjects (default 0.5)")
-    parser.add_argument("--tracers", nargs="+", default=list(TRACERS), help=f"PET tracers (default: {' '.join(TRACERS)})")
+    parser.add_argument("--tracers", nargs="*", default=list(TRACERS), help=f"PET tracers, none for MRI only (default: {' '.join(TRACERS)})")
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: CPU count)")
 
 

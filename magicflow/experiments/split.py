@@ -33,6 +33,10 @@ def assign_folds(images: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     n_subjects = groups.nunique()
     if n_subjects < folds:
         raise InputError(f"{n_subjects} subjects cannot fill {folds} folds; lower the number of folds or add data")
+    per_class = images.groupby("label")["subject"].count()
+    if (per_class < folds).all():
+        counts = ", ".join(f"{k}: {v}" for k, v in per_class.items())
+        raise InputError(f"every class has fewer images than the {folds} folds ({counts}); lower folds or add data")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     assignment = np.full(len(images), -1)
     with warnings.catch_warnings():

@@ -76,7 +76,7 @@ rule split:
         ENV_MAGICFLOW
     shell:
         "{MAGICFLOW} split --experiment {input.settings} {params.slices} --out {output.folds}.tmp > {log} 2>&1"
-        " && mv {output.folds}.tmp/split.json {output.info} && mv {output.folds}.tmp {output.folds}"
+        " && cp {output.folds}.tmp/split.json {output.info} && mv {output.folds}.tmp {output.folds}"
 
 
 rule train_fold:
