@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import pandas as pd
 
-from magicflow.datasets.manifest import MISSING, Exclusion, ImageRow, assign_references, check_subject_ids
+from magicflow.datasets.manifest import MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, volume_problem
 from magicflow.datasets.tracers import tracer_family
 from magicflow.errors import InputError
 
@@ -127,10 +127,8 @@ def _image_row(image: Path, root: Path, dataset: str, subject: str, labels: dict
             return None, f"unknown PET tracer {tracer_name or '(none given)'!r}"
         if len(shape) not in (3, 4):
             return None, f"PET has {len(shape)} dimensions (expected 3 or 4)"
-    elif len(shape) == 4 and shape[3] > 1:
-        return None, f"{suffix} is 4D with {shape[3]} volumes (expected one 3D volume)"
-    elif len(shape) not in (3, 4):
-        return None, f"{suffix} has {len(shape)} dimensions (expected 3)"
+    elif problem := volume_problem(image, suffix):
+        return None, problem
     return ImageRow(
         dataset=dataset,
         subject=subject,

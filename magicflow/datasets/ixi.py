@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import nibabel as nib
-
 from magicflow.datasets.manifest import (
     MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, drop_duplicate_images, format_age,
     subject_id,
+    volume_problem,
 )
 from magicflow.datasets.tables import column, read_table, relabel
 from magicflow.errors import InputError
@@ -83,12 +82,7 @@ def read_ixi(
         elif site not in sites:
             reason = f"unknown site code {site!r} (known: {', '.join(sorted(sites))}); the scanner cannot be named"
         else:
-            try:
-                shape = nib.load(image).shape
-                if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
-                    reason = f"{modality} has shape {shape} (expected one 3D volume)"
-            except Exception as error:  # nibabel raises several types for broken headers
-                reason = f"unreadable NIfTI header: {error}"
+            reason = volume_problem(image, modality)
         if reason:
             excluded.append(Exclusion(dataset, subject, MISSING, str(image), reason))
             continue

@@ -55,6 +55,21 @@ MANIFEST_COLUMNS = [f.name for f in fields(ImageRow)]
 EXCLUDED_COLUMNS = [f.name for f in fields(Exclusion)]
 
 
+def volume_problem(path: str | Path, what: str) -> str:
+    """Why a NIfTI cannot be used as one 3D anatomical volume ('' when it can). Header only."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(path).shape
+    except Exception as error:  # nibabel raises several types for broken headers
+        return f"unreadable NIfTI header: {error}"
+    if len(shape) == 4 and shape[3] > 1:
+        return f"{what} is 4D with {shape[3]} volumes (expected one 3D volume)"
+    if len(shape) not in (3, 4):
+        return f"{what} has shape {shape} (expected one 3D volume)"
+    return ""
+
+
 def check_subject_ids(subjects: Iterable[str], source: str) -> None:
     """Subject IDs reach file names and shell commands: letters and digits only, no duplicates
     (also none that differ only by case, which collide on case-insensitive file systems)."""

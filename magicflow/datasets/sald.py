@@ -10,10 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import nibabel as nib
-
 from magicflow.datasets.manifest import (
-    MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, file_stem, format_age,
+    MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, file_stem, format_age, volume_problem,
 )
 from magicflow.datasets.tables import column, read_table, relabel
 from magicflow.errors import InputError
@@ -75,12 +73,7 @@ def read_sald(
         elif int(subject) not in labels:
             reason = f"subject {subject} is not in the demographics sheet"
         else:
-            try:
-                shape = nib.load(image).shape
-                if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
-                    reason = f"T1 has shape {shape} (expected one 3D volume)"
-            except Exception as error:  # nibabel raises several types for broken headers
-                reason = f"unreadable NIfTI header: {error}"
+            reason = volume_problem(image, "T1")
         if reason:
             excluded.append(Exclusion(dataset, subject, MISSING, str(image), reason))
             continue
