@@ -129,6 +129,7 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         "name": name,
         "datasets": experiment["datasets"],
         "label": experiment["label"],
+        "classes": experiment["classes"],
         "modalities": experiment["modalities"],
         "offsets": experiment["offsets"],
         "model": experiment["model"],

@@ -53,7 +53,8 @@ def test_experiment_with_unconfigured_dataset_is_skipped_with_one_line():
     config["experiments"]["paper_task"] = {**config["experiments"]["demo_scanner_generation"], "datasets": ["ixi", "demo"]}
     active, skipped = active_experiments(validate_config(config))
     assert "paper_task" not in active and "demo_scanner_generation" in active
-    assert skipped == ["experiment 'paper_task' skipped: dataset(s) ixi not configured"]
+    assert "experiment 'paper_task' skipped: dataset(s) ixi not configured" in skipped
+    assert "experiment 'diagnosis_classification' skipped: dataset(s) adni not configured" in skipped
 
 
 def test_load_config_rejects_a_non_mapping(tmp_path: Path):

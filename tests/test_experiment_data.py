@@ -56,3 +56,15 @@ def test_missing_offsets_and_unknown_labels_are_errors(tmp_path: Path):
         load_set(select_slices(slices, images, [0]), {"d": np.zeros((18, 1, 2, 2), np.float32)}, ["AD"])
     with pytest.raises(InputError, match="no column 'site'"):
         experiment_slices({"d": slice_table(tmp_path)}, {"label": "site", "modalities": ["T1w"]})
+
+
+def test_dataset_scanner_label_and_class_filter(tmp_path: Path):
+    path = slice_table(tmp_path)
+    table = pd.read_csv(path, sep="\t", dtype=str)
+    table["scanner"] = ["Siemens TrioTim" if s == "01" else "GE 1.5T" for s in table["subject"]]
+    table.to_csv(path, sep="\t", index=False)
+    exp = {"label": "dataset_scanner", "modalities": ["T1w"], "classes": ["site1 Siemens TrioTim"]}
+    slices = experiment_slices({"site1": path}, exp)
+    assert set(slices["label"]) == {"site1 Siemens TrioTim"} and set(slices["subject"]) == {"01"}
+    with pytest.raises(InputError, match=r"classes \['site1 Prisma'\] have no slices"):
+        experiment_slices({"site1": path}, {**exp, "classes": ["site1 Prisma"]})

@@ -27,12 +27,15 @@ def image_kind(table: pd.DataFrame) -> pd.Series:
 def experiment_slices(slice_tables: dict[str, Path], experiment: dict) -> pd.DataFrame:
     """All slices of the experiment's datasets and image kinds, with a ``label`` column.
 
-    ``label: modality`` means the image kind (so PET tracers are separate classes)."""
+    ``label: modality`` means the image kind (so PET tracers are separate classes);
+    ``label: dataset_scanner`` is "<dataset> <scanner>", keeping one scanner model at two
+    sites apart. With ``classes`` given, only those label values are kept."""
     parts = []
     for dataset, path in slice_tables.items():
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         table["dataset"] = dataset
         table["kind"] = image_kind(table)
+        table["dataset_scanner"] = dataset + " " + table["scanner"] if "scanner" in table else MISSING
         column = "kind" if experiment["label"] == "modality" else experiment["label"]
         if column not in table:
             raise InputError(f"{path}: no column {experiment['label']!r} to use as the label")
@@ -40,6 +43,11 @@ def experiment_slices(slice_tables: dict[str, Path], experiment: dict) -> pd.Dat
         parts.append(table[table["kind"].isin(experiment["modalities"])])
     table = pd.concat(parts, ignore_index=True)
     table = table[table["label"] != MISSING]
+    if experiment.get("classes"):
+        absent = sorted(set(experiment["classes"]) - set(table["label"]))
+        if absent:
+            raise InputError(f"classes {absent} have no slices; labels present: {sorted(table['label'].unique())}")
+        table = table[table["label"].isin(experiment["classes"])]
     if table.empty:
         raise InputError(f"no slices of kinds {experiment['modalities']} with a {experiment['label']!r} label in {sorted(slice_tables)}")
     table["offset"] = table["offset"].astype(int)
