@@ -318,7 +318,7 @@ def _dataset_files(out: Path, plans: list[SubjectPlan], seed: int, tracers: tupl
 
 
 def write_demo_cohort(
-    out: str | os.PathLike[str], subjects: int = 16, seed: int = 0, ad_fraction: float = 0.5,
+    out: str | os.PathLike[str], subjects: int = 12, seed: int = 0, ad_fraction: float = 0.5,
     tracers: tuple[str, ...] = tuple(TRACERS), workers: int | None = None, progress: bool = True,
 ) -> list[SubjectPlan]:
     """Write the demo BIDS dataset to ``out`` (replacing it only once complete).
@@ -348,7 +348,7 @@ def write_demo_cohort(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output BIDS folder (replaced once complete)")
-    parser.add_argument("--subjects", type=int, default=16, help="number of subjects (default 16)")
+    parser.add_argument("--subjects", type=int, default=12, help="number of subjects (default 12)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     parser.add_argument("--ad-fraction", type=float, default=0.5, help="fraction of AD subjects (default 0.5)")
     parser.add_argument("--tracers", nargs="*", default=list(TRACERS), help=f"PET tracers, none for MRI only (default: {' '.join(TRACERS)})")
