@@ -4,4 +4,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/setup-env.sh"
 cd "$MAGICFLOW_ROOT"
-exec snakemake --cores "${CORES:-all}" "$@"
+# nproc, not --cores all: Snakemake counts the host's CPUs, not the ones this process may use
+exec snakemake --cores "${CORES:-$(nproc)}" "$@"
