@@ -10,7 +10,7 @@ EXPERIMENT_SETTINGS = {name: experiment_settings(config, name) for name in EXPER
 GPU = 0 if config["training"]["device"] == "cpu" else 1
 # torch's CPU thread pool (libgomp) spin-waits by default: jobs that share cores then slow each
 # other down many times over. Passive waiting keeps a shared machine usable.
-TORCH_ENV = "OMP_NUM_THREADS={threads} OMP_WAIT_POLICY=PASSIVE"
+TORCH_ENV = "OMP_WAIT_POLICY=PASSIVE"
 
 
 def folds_of(experiment):
@@ -106,7 +106,7 @@ rule train_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{TORCH_ENV} {MAGICFLOW} train --experiment {input.settings} {params.slices}"
+        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} train --experiment {input.settings} {params.slices}"
         " --fold-dir {input.folds}/{wildcards.fold} --out {params.out} > {log} 2>&1"
 
 
@@ -130,7 +130,7 @@ rule sample_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{TORCH_ENV} {MAGICFLOW} sample --experiment {input.settings} --model {input.model}"
+        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} sample --experiment {input.settings} --model {input.model}"
         " --out {params.out} > {log} 2>&1"
 
 
@@ -156,7 +156,7 @@ rule classify_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{TORCH_ENV} {MAGICFLOW} classify --experiment {input.settings} {params.slices}"
+        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} classify --experiment {input.settings} {params.slices}"
         " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output} > {log} 2>&1"
 
 
@@ -184,7 +184,7 @@ rule attribution_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{TORCH_ENV} {MAGICFLOW} attribution --experiment {input.settings} {params.slices}"
+        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} attribution --experiment {input.settings} {params.slices}"
         " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --predictions {input.predictions}"
         " --out {params.out} > {log} 2>&1"
 
