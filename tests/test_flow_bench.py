@@ -6,19 +6,12 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from magicflow.errors import InputError
 from magicflow.flow import bench
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads (see test_flow_layers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

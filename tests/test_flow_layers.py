@@ -21,14 +21,7 @@ from magicflow.flow.layers import (
 from magicflow.flow.masks import carry_application_mask, channelwise, checkerboard
 from magicflow.flow.nets import build_net
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine every hand-off between
-    threads costs milliseconds; run these tests single-threaded and restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def brute_logdet(fn, x: torch.Tensor) -> torch.Tensor:

@@ -13,14 +13,7 @@ from magicflow.flow.model import _normal_log_density
 
 TINY_WIDTHS = [[4, 4, 4]] * 11 + [[8, 8, 8]] * 13
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine every hand-off between
-    threads costs milliseconds; run these tests single-threaded and restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(kind: str = "generation", size: int = 32, classes: int = 3, mask: torch.Tensor | None = None, **kw) -> MagicFlow:

@@ -11,13 +11,7 @@ from magicflow.flow import MagicFlow, load_checkpoint, save_checkpoint
 WIDTHS = [[4, 4, 4]] * 11 + [[8, 8, 8]] * 13
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads (see test_flow_layers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
