@@ -19,17 +19,6 @@ from magicflow.preprocess.template import build_template, load_template
 pytestmark = pytest.mark.slow
 
 
-def _groundtruth_points(path: Path) -> nib.Nifti1Image:
-    """The cohort's MNI->T1w point map. Files written while the demo stored int16 with a
-    1/64 mm slope that nibabel did not apply hold rounded millimetres in the raw integers
-    (and absurdly small scaled values); read those raw."""
-    img = nib.load(path)
-    data = np.asarray(img.dataobj, dtype=np.float64)
-    if np.abs(data).max() < 20:  # a head's coordinates always reach beyond 20 mm
-        data = np.asarray(img.dataobj.get_unscaled(), dtype=np.float64)
-    return nib.Nifti1Image(data, img.affine)
-
-
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
     from magicflow.demo import write_demo_cohort
@@ -66,8 +55,8 @@ def test_t1_transform_recovers_groundtruth(subject, tmp_path):
     from nilearn.image import resample_to_img
 
     root, sub, out = subject["root"], subject["sub"], subject["t1"]
-    truth = _groundtruth_points(root / "demo" / "derivatives" / "groundtruth" / sub /
-                                f"{sub}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz")
+    truth = nib.load(root / "demo" / "derivatives" / "groundtruth" / sub /
+                     f"{sub}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz")
     grid = nib.Nifti1Image(np.zeros(truth.shape[:3], np.float32), truth.affine)  # the 2 mm test grid
     brain = resample_to_img(datasets.load_mni152_brain_mask(resolution=1), grid, interpolation="nearest",
                             force_resample=True, copy_header=True).get_fdata() > 0
