@@ -2,6 +2,7 @@
 
     snakemake --cores 8                 # everything the config asks for
     snakemake --cores 8 manifest        # one stage (named targets are listed in README.md)
+    snakemake --report results/snakemake-report.html   # Snakemake's own report of the main outputs
 """
 
 import sys
@@ -21,6 +22,10 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/experiments.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
@@ -31,3 +36,4 @@ rule all:
         rules.slices.input,
         rules.sample.input,
         rules.attribution.input,
+        rules.report.input,

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("magicflow.experiments.commands:sample", "draw class-conditional samples from a trained model"),
     "classify": ("magicflow.experiments.commands:classify", "classify a fold's test slices by maximum likelihood"),
     "attribution": ("magicflow.experiments.commands:attribution", "likelihood attribution maps of test slices"),
+    "evaluate": ("magicflow.evaluate.commands", "metrics (JSON, TSV) and figures of one experiment"),
+    "report": ("magicflow.report.experiment", "the self-contained HTML report of one experiment"),
     "bench": ("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from magicflow.experiments.split import make_splits, read_fold, write_splits
 from magicflow.io import atomic_path
 
 
-def _pairs(values: list[str], what: str) -> dict[str, Path]:
+def parse_pairs(values: list[str], what: str) -> dict[str, Path]:
     out = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -37,18 +38,18 @@ def _settings(path: Path) -> dict:
         raise InputError(f"cannot read experiment settings {path}: {error}") from None
 
 
-def _common(parser: argparse.ArgumentParser, arrays: bool = True) -> None:
+def add_experiment_inputs(parser: argparse.ArgumentParser, arrays: bool = True) -> None:
     parser.add_argument("--experiment", required=True, type=Path, help="results/<experiment>/experiment.json")
     parser.add_argument("--slices", action="append", default=[], metavar="DATASET=TSV", help="a dataset's slices.tsv (repeat per dataset)")
     if arrays:
         parser.add_argument("--arrays", action="append", default=[], metavar="DATASET=NPZ", help="a dataset's slices.npz (repeat per dataset)")
 
 
-def _load(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
+def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
     settings = _settings(args.experiment)
-    slices = exp_data.experiment_slices(_pairs(args.slices, "slices"), settings)
+    slices = exp_data.experiment_slices(parse_pairs(args.slices, "slices"), settings)
     arrays, masks = {}, []
-    for name, path in _pairs(args.arrays, "arrays").items():
+    for name, path in parse_pairs(args.arrays, "arrays").items():
         with np.load(path) as archive:
             arrays[name] = archive["slices"]
             masks.append(archive["mask_0"] if "mask_0" in archive else archive[[k for k in archive if k.startswith("mask_")][0]])
@@ -57,13 +58,13 @@ def _load(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str, np.nd
 
 # --------------------------------------------------------------------------- split
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    _common(parser, arrays=False)
+    add_experiment_inputs(parser, arrays=False)
     parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/splits")
 
 
 def run_split(args: argparse.Namespace) -> int:
     settings = _settings(args.experiment)
-    slices = exp_data.experiment_slices(_pairs(args.slices, "slices"), settings)
+    slices = exp_data.experiment_slices(parse_pairs(args.slices, "slices"), settings)
     images = exp_data.experiment_images(slices)
     splits = make_splits(images, settings["folds"], settings["run_folds"], settings["seed"])
     write_splits(splits, args.out, {"experiment": settings["name"], "label": settings["label"], "folds": settings["folds"],
@@ -88,7 +89,7 @@ def _fold_sets(args, settings, slices, arrays):
 
 # --------------------------------------------------------------------------- train
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    add_experiment_inputs(parser)
     parser.add_argument("--fold-dir", required=True, type=Path, help="results/<experiment>/splits/fold-<k>")
     parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/models/fold-<k>")
 
@@ -97,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
     from magicflow.experiments.train import TrainSettings, resolve_device, train_model
     from magicflow.flow import MagicFlow
 
-    settings, slices, arrays, mask = _load(args)
+    settings, slices, arrays, mask = load_inputs(args)
     classes, sets = _fold_sets(args, settings, slices, arrays)
     t = settings["training"]
     train_settings = TrainSettings(epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"])
@@ -134,15 +135,17 @@ def run_sample(args: argparse.Namespace) -> int:
     settings = _settings(args.experiment)
     model, extra, device = _model(args.model, settings["training"]["device"])
     s = settings["samples"]
+    started = time.perf_counter()
     samples = draw_samples(model, extra["classes"], s["per_class"], s["temperature"], settings["seed"], device)
-    write_samples(samples, extra["classes"], args.out)
+    seconds = time.perf_counter() - started
+    write_samples(samples, extra["classes"], args.out, seconds=seconds, device=str(device))
     print(f"{samples.shape[0] * samples.shape[1]} samples at temperature {s['temperature']} -> {args.out}")
     return 0
 
 
 # --------------------------------------------------------------------------- classify
 def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    add_experiment_inputs(parser)
     parser.add_argument("--fold-dir", required=True, type=Path)
     parser.add_argument("--model", required=True, type=Path, help="best.pt")
     parser.add_argument("--out", required=True, type=Path, help="predictions.tsv")
@@ -151,7 +154,7 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
 def run_classify(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import class_log_likelihoods, predictions_table
 
-    settings, slices, arrays, _ = _load(args)
+    settings, slices, arrays, _ = load_inputs(args)
     classes, sets = _fold_sets(args, settings, slices, arrays)
     model, _, device = _model(args.model, settings["training"]["device"])
     test_ll = class_log_likelihoods(model, sets["test"], device)
@@ -166,7 +169,7 @@ def run_classify(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- attribution
 def add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    add_experiment_inputs(parser)
     parser.add_argument("--fold-dir", required=True, type=Path)
     parser.add_argument("--model", required=True, type=Path, help="best.pt")
     parser.add_argument("--predictions", required=True, type=Path, help="predictions.tsv of the same fold")
@@ -176,7 +179,7 @@ def add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
 def run_attribution(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import attribution_maps, overlay_png
 
-    settings, slices, arrays, mask = _load(args)
+    settings, slices, arrays, mask = load_inputs(args)
     classes, sets = _fold_sets(args, settings, slices, arrays)
     test = sets["test"]
     limit = min(len(test), settings["attribution"]["max_images"])
@@ -187,14 +190,21 @@ def run_attribution(args: argparse.Namespace) -> int:
     subset = type(test)(test.images[:limit], test.labels[:limit], test.meta.iloc[:limit])
     lookup = {c: i for i, c in enumerate(classes)}
     predicted = torch.tensor([lookup[p] for p in predictions["predicted"]], dtype=torch.long)
-    true_maps = attribution_maps(model, subset, subset.labels, device)
-    pred_maps = attribution_maps(model, subset, predicted, device)
+    # one map per class (K passes): true- and predicted-label maps are rows of it, and the
+    # per-pixel log-likelihood ratio between classes is what evaluation scores against truth
+    class_maps = np.stack([attribution_maps(model, subset, torch.full((limit,), k, dtype=torch.long), device)[:, 0]
+                           for k in range(len(classes))], axis=1)
+    rows = np.arange(limit)
+    true_maps = class_maps[rows, subset.labels.numpy()][:, None]
+    pred_maps = class_maps[rows, predicted.numpy()][:, None]
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "maps.npz") as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, true_label=true_maps, predicted_label=pred_maps, images=subset.images.numpy(),
-                                image=np.array(subset.meta["image"]), true=np.array(predictions["true"]),
-                                predicted=np.array(predictions["predicted"]))
+            np.savez_compressed(handle, true_label=true_maps, predicted_label=pred_maps, class_maps=class_maps,
+                                classes=np.array(classes), images=subset.images.numpy(),
+                                image=np.array(subset.meta["image"]), dataset=np.array(subset.meta["dataset"]),
+                                subject=np.array(subset.meta["subject"]), offset=subset.meta["offset"].to_numpy(int),
+                                true=np.array(predictions["true"]), predicted=np.array(predictions["predicted"]))
     for i in range(limit):
         name = subset.meta["image"].iloc[i]
         t, p = predictions["true"].iloc[i], predictions["predicted"].iloc[i]

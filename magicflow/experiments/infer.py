@@ -59,13 +59,16 @@ def draw_samples(model: MagicFlow, classes: list[str], per_class: int, temperatu
     return np.stack(out)
 
 
-def write_samples(samples: np.ndarray, classes: list[str], out_dir: Path, nifti_per_class: int = 2) -> None:
-    """samples.npz, a grid PNG per class and a few NIfTI files per class."""
+def write_samples(samples: np.ndarray, classes: list[str], out_dir: Path, nifti_per_class: int = 2,
+                  seconds: float = float("nan"), device: str = "") -> None:
+    """samples.npz (with the sampling time, for the efficiency table), a grid PNG per class
+    and a few NIfTI files per class."""
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "samples.npz") as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, samples=samples.astype(np.float32), classes=np.array(classes))
+            np.savez_compressed(handle, samples=samples.astype(np.float32), classes=np.array(classes),
+                                seconds=np.float64(seconds), device=np.array(device))
     for k, name in enumerate(classes):
         safe = "".join(ch if ch.isalnum() else "-" for ch in name)
         n = samples.shape[1]

@@ -195,11 +195,14 @@ def train_model(
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", bpd=f"{losses[-1] / math.log(2):.3f}")
         bar.close()
+        train_seconds = time.perf_counter() - started
         metrics = evaluate(model, val, settings.batch_size, device, log_prior)
         train_nll = float(np.mean(losses)) * model.num_dims if losses else float("nan")
         row = {"epoch": epoch + 1, "lr": learning_rate(step - 1, total_steps, settings), "train_nll": train_nll,
                "train_bpd": train_nll / (model.num_dims * math.log(2)), **metrics,
-               "skipped_steps": skipped, "seconds": time.perf_counter() - started}
+               "skipped_steps": skipped, "steps": len(losses) + skipped, "train_seconds": train_seconds,
+               "seconds": time.perf_counter() - started,
+               "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")}
         history.append(row)
         score = metrics["val_balanced_accuracy"] if classification else -metrics["val_nll"]
         if score > best or not (out_dir / "best.pt").exists():

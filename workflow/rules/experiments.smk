@@ -90,7 +90,13 @@ rule train_fold:
     output:
         model=f"{RESULTS}/{{experiment}}/models/{{fold}}/best.pt",
         curves=f"{RESULTS}/{{experiment}}/models/{{fold}}/training.tsv",
-        plot=f"{RESULTS}/{{experiment}}/models/{{fold}}/training.png",
+        plot=report(
+            f"{RESULTS}/{{experiment}}/models/{{fold}}/training.png",
+            caption="../report/training.rst",
+            category="Training curves",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "fold": "{fold}"},
+        ),
     params:
         slices=slices_args,
         out=lambda wc: f"{RESULTS}/{wc.experiment}/models/{wc.fold}",

@@ -1,0 +1,105 @@
+"""``magicflow evaluate``: one experiment's metrics (JSON and TSV) and figures.
+
+Reads the experiment's settings and learning outputs (see :mod:`magicflow.evaluate.inputs`),
+writes ``evaluation/`` (figures, the frozen feature extractor) atomically, then
+``metrics.json`` and ``metrics.tsv``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from magicflow.errors import InputError
+from magicflow.io import atomic_dir, atomic_path, write_json
+
+#: evaluation settings and their defaults (config section ``evaluation``)
+DEFAULTS = {"features": {"kind": "in_domain", "epochs": 5}, "bootstrap": 200, "nearest_k": 5, "ms_ssim_pairs": 500,
+            "calibration_bins": 10}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from magicflow.experiments.commands import add_experiment_inputs
+
+    add_experiment_inputs(parser)
+    parser.add_argument("--evaluation", type=Path, help="evaluation settings JSON (config section 'evaluation'); defaults if absent")
+    parser.add_argument("--results", required=True, type=Path, help="results/<experiment>")
+    parser.add_argument("--benchmarks", type=Path, help="results/benchmarks (Snakemake benchmark files), for the efficiency table")
+    parser.add_argument("--groundtruth", action="append", default=[], metavar="DATASET=DIR", help="a demo dataset's derivatives/groundtruth")
+    parser.add_argument("--qc", action="append", default=[], metavar="DATASET=TSV", help="a dataset's qc.tsv (flags shown in the report)")
+    parser.add_argument("--out-dir", required=True, type=Path, help="results/<experiment>/evaluation (figures, feature extractor)")
+    parser.add_argument("--out-json", required=True, type=Path, help="results/<experiment>/metrics.json")
+    parser.add_argument("--out-tsv", required=True, type=Path, help="results/<experiment>/metrics.tsv")
+
+
+def evaluation_settings(path: Path | None, seed: int) -> dict:
+    settings = {**DEFAULTS, "seed": seed}
+    if path is not None:
+        try:
+            given = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"cannot read evaluation settings {path}: {error}") from None
+        settings.update({k: v for k, v in given.items() if v is not None})
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from magicflow.evaluate import experiment as ev
+    from magicflow.evaluate.features import extractor_from_config
+    from magicflow.evaluate.inputs import load_experiment
+    from magicflow.experiments.commands import load_inputs, parse_pairs
+    from magicflow.experiments.data import experiment_images, load_set, select_slices
+    from magicflow.experiments.split import read_fold
+
+    started = time.perf_counter()
+    experiment, slices, arrays, brain = load_inputs(args)
+    settings = evaluation_settings(args.evaluation, experiment["seed"])
+    ev.seed_everything(settings["seed"])
+    outputs = load_experiment(args.results, args.benchmarks)
+    classes = outputs.classes
+    fold0 = read_fold(args.results / "splits" / "folds" / outputs.folds[0].name)
+    offsets = experiment["offsets"]
+    train = load_set(select_slices(slices, fold0["train"], offsets["train"]), arrays, classes)
+    heldout = load_set(select_slices(slices, pd.concat([fold0["val"], fold0["test"]]), offsets["eval"]), arrays, classes)
+    qc = {name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False) for name, path in parse_pairs(args.qc, "qc").items()}
+
+    with atomic_dir(args.out_dir) as tmp:
+        fig_dir = tmp
+        print(f"{outputs.name}: feature extractor ({settings['features']['kind']}) on {len(train)} training slices", flush=True)
+        extractor = extractor_from_config(settings["features"], train.images, train.labels, len(classes), settings["seed"])
+        extractor.save(tmp / "feature_extractor.pt")
+        metrics = {
+            "experiment": outputs.name,
+            "model": experiment["model"],
+            "label": experiment["label"],
+            "classes": classes,
+            "datasets": experiment["datasets"],
+            "folds_run": len(outputs.folds),
+            "folds": experiment["folds"],
+            "settings": settings,
+            "feature_extractor": {"kind": extractor.kind, "name": extractor.name, "feature_dim": extractor.feature_dim,
+                                  "checksum": extractor.checksum, "suffix": extractor.metric_suffix},
+            "data": ev.data_section(slices, experiment_images(slices), experiment, qc),
+        }
+        print("generation metrics", flush=True)
+        metrics["generation"] = ev.generation_section(outputs, train, heldout, extractor, settings, fig_dir)
+        print("classification metrics", flush=True)
+        metrics["classification"] = ev.classification_section(outputs, settings, fig_dir)
+        print("attribution analysis", flush=True)
+        metrics["attribution"] = ev.attribution_section(outputs, brain, parse_pairs(args.groundtruth, "groundtruth"), settings, fig_dir)
+        metrics["efficiency"] = ev.efficiency_section(outputs)
+        metrics["figures"] = {k: v for k, v in ev.FIGURES.items() if (tmp / v).exists()}
+        metrics = ev.to_json(metrics)
+        write_json(tmp / "metrics.json", metrics)
+    write_json(args.out_json, metrics)
+    with atomic_path(args.out_tsv) as tmp:
+        pd.DataFrame(ev.flatten(metrics), columns=["metric", "value"]).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    summary = metrics["classification"]["pooled"]
+    print(f"{outputs.name}: balanced accuracy {summary.get('balanced_accuracy')}, "
+          f"FID_{extractor.metric_suffix} {metrics['generation']['overall']['generated'].get('fid')} "
+          f"in {time.perf_counter() - started:.1f} s -> {args.out_json}")
+    return 0

@@ -1,0 +1,266 @@
+"""Evaluate one experiment: generation, classification, attribution and efficiency.
+
+Choices that matter when reading the numbers:
+- Generation is scored on fold 0: its model's samples against that fold's held-out real
+  slices (validation + test subjects, evaluation offsets). The "real" reference row compares
+  the fold's real training slices with the same held-out slices, so it shows what a perfect
+  generator would score with these sample sizes.
+- Features come from the configured extractor; the default in-domain CNN is trained on fold
+  0's real training slices only, so FID_ID/KID_ID/PRDC_ID are comparable within this
+  pipeline, not with the paper's FID_Rad.
+- Classification metrics are per fold, then mean +/- std (the paper's Table 3); confusion,
+  calibration and the accuracy-rejection curve pool the test folds.
+- Attribution ROIs come from the predicted label's map, so the ROI never sees the true label
+  it is then used to predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from magicflow.errors import InputError
+from magicflow.evaluate import attribution as attr
+from magicflow.evaluate import classification as cls
+from magicflow.evaluate import figures
+from magicflow.evaluate import generation as gen
+from magicflow.evaluate.inputs import ExperimentOutputs, posterior_matrix
+
+#: figure file names inside the evaluation folder, in the order the report shows them
+FIGURES = {
+    "real_vs_generated": "real_vs_generated.png",
+    "memorisation": "memorisation.png",
+    "confusion": "confusion.png",
+    "reliability": "reliability.png",
+    "rejection": "rejection.png",
+    "thresholds": "attribution_thresholds.png",
+    "groundtruth": "attribution_groundtruth.png",
+}
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN/inf become None, numpy scalars become Python ones."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# --------------------------------------------------------------------------- generation
+def generation_section(outputs: ExperimentOutputs, train, heldout, extractor, settings: dict, fig_dir: Path) -> dict:
+    """Metrics of fold 0's samples against held-out real slices, overall and per class."""
+    classes = outputs.classes
+    fold = outputs.folds[0]
+    samples = fold.samples["samples"]  # (K, n, 1, H, W)
+    fake_labels = np.repeat(np.arange(samples.shape[0]), samples.shape[1])
+    fake = samples.reshape(-1, *samples.shape[2:])
+    f_fake = extractor.features(fake)
+    f_train = extractor.features(train.images)
+    f_held = extractor.features(heldout.images)
+    held_labels, train_labels = heldout.labels.numpy(), train.labels.numpy()
+    boot, seed = settings["bootstrap"], settings["seed"]
+
+    def both(mask_fake, mask_train, mask_held) -> dict:
+        row = {}
+        for name, candidate in (("generated", f_fake[mask_fake]), ("real", f_train[mask_train])):
+            try:
+                row[name] = gen.generation_metrics(f_held[mask_held], candidate, bootstrap=boot, seed=seed,
+                                                   nearest_k=settings["nearest_k"])
+            except InputError as error:
+                row[name] = {"skipped": str(error)}
+        return row
+
+    all_fake, all_train, all_held = (np.ones(len(a), bool) for a in (f_fake, f_train, f_held))
+    per_class = {c: both(fake_labels == k, train_labels == k, held_labels == k) for k, c in enumerate(classes)}
+    ms_ssim = {
+        "generated": gen.ms_ssim_pairs(fake, fake_labels, pairs=settings["ms_ssim_pairs"], seed=seed),
+        "real": gen.ms_ssim_pairs(heldout.images.numpy(), held_labels, pairs=settings["ms_ssim_pairs"], seed=seed),
+    }
+    flat = lambda images: np.asarray(images, dtype=np.float32).reshape(len(images), -1)  # noqa: E731
+    memo = gen.memorisation(flat(fake), flat(train.images.numpy()), flat(heldout.images.numpy()))
+    ratios = np.asarray(memo["ratio"], float)
+    closest = np.argsort(ratios)[:4]
+    figures.memorisation_figure(ratios, [(fake[i, 0], train.images[int(memo["nearest_train"][i]), 0].numpy(), float(ratios[i])) for i in closest],
+                                fig_dir / FIGURES["memorisation"])
+    real_by_class = {c: heldout.images.numpy()[held_labels == k] for k, c in enumerate(classes)}
+    figures.real_vs_generated_figure(real_by_class, {c: samples[k] for k, c in enumerate(classes)}, fig_dir / FIGURES["real_vs_generated"])
+    return {
+        "fold": fold.name,
+        "suffix": extractor.metric_suffix,
+        "n_generated": int(len(fake)), "n_train": int(len(train)), "n_heldout": int(len(heldout)),
+        "overall": both(all_fake, all_train, all_held),
+        "per_class": per_class,
+        "ms_ssim": ms_ssim,
+        "memorisation": {
+            "space": "pixels",
+            "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
+            "fraction_below_0.5": float((ratios < 0.5).mean()) if len(ratios) else float("nan"),
+            "fraction_below_1": float((ratios < 1.0).mean()) if len(ratios) else float("nan"),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- classification
+def classification_section(outputs: ExperimentOutputs, settings: dict, fig_dir: Path) -> dict:
+    classes = outputs.classes
+    per_fold, pooled = [], []
+    for fold in outputs.folds:
+        true, proba = posterior_matrix(fold.predictions, classes)
+        per_fold.append({"fold": fold.name, **cls.classification_metrics(true, proba, classes)})
+        pooled.append(fold.predictions)
+    table = pd.concat(pooled, ignore_index=True)
+    true, proba = posterior_matrix(table, classes)
+    matrix = cls.confusion(true, proba.argmax(1), len(classes))
+    calibration = cls.calibration(true, proba, bins=settings["calibration_bins"])
+    rejection = cls.rejection_curve(true, proba)
+    figures.confusion_figure(matrix, classes, fig_dir / FIGURES["confusion"])
+    figures.reliability_figure(calibration["bins"], calibration["ece"], fig_dir / FIGURES["reliability"])
+    figures.rejection_figure(rejection, fig_dir / FIGURES["rejection"])
+    summary = cls.fold_summary(per_fold)
+    per_dataset = {}
+    for dataset, rows in table.groupby("dataset"):
+        t, p = posterior_matrix(rows, classes)
+        per_dataset[str(dataset)] = cls.classification_metrics(t, p, classes)
+    return {
+        "per_fold": per_fold,
+        "summary": summary.reset_index().rename(columns={"index": "fold"}).to_dict(orient="records"),
+        "pooled": cls.classification_metrics(true, proba, classes),
+        "per_dataset": per_dataset,
+        "confusion": matrix,
+        "calibration": {"ece": calibration["ece"], "bins": calibration["bins"].to_dict(orient="records")},
+        "rejection": rejection.to_dict(orient="records"),
+    }
+
+
+# --------------------------------------------------------------------------- attribution
+def _pooled_maps(outputs: ExperimentOutputs) -> dict[str, np.ndarray]:
+    keys = ("class_maps", "predicted_label", "images", "true", "predicted", "dataset", "subject", "offset")
+    missing = [k for k in keys if k not in outputs.folds[0].maps]
+    if missing:
+        raise InputError(f"attribution maps of {outputs.name} lack {missing}; rerun the attribution stage")
+    return {k: np.concatenate([f.maps[k] for f in outputs.folds]) for k in keys}
+
+
+def attribution_section(outputs: ExperimentOutputs, brain: np.ndarray, groundtruth: dict[str, Path], settings: dict, fig_dir: Path) -> dict:
+    from magicflow.evaluate.groundtruth import slice_masks
+
+    maps = _pooled_maps(outputs)
+    lookup = {c: i for i, c in enumerate(outputs.classes)}
+    labels = np.array([lookup[t] for t in maps["true"]])
+    out: dict[str, Any] = {"n_maps": int(len(labels)), "map": "predicted label"}
+    try:
+        table = attr.threshold_analysis(maps["predicted_label"][:, 0], maps["images"][:, 0], labels, brain > 0, seed=settings["seed"])
+        figures.threshold_figure(table, fig_dir / FIGURES["thresholds"])
+        best = table.loc[table["f1"].idxmax()]
+        out.update(thresholds=table.to_dict(orient="records"), best_threshold=float(best["threshold"]), best_f1=float(best["f1"]))
+    except InputError as error:
+        out["thresholds_skipped"] = str(error)
+
+    # Demo datasets know where the disease signal was put: score the maps against it.
+    rows = np.flatnonzero(np.isin(maps["dataset"], list(groundtruth)))
+    if len(rows):
+        truth = np.zeros((len(labels), *brain.shape), bool)
+        for dataset, directory in groundtruth.items():
+            pick = rows[maps["dataset"][rows] == dataset]
+            truth[pick] = slice_masks(directory, list(maps["subject"][pick]), list(maps["offset"][pick]))
+        scored = np.flatnonzero(truth.reshape(len(truth), -1).any(1))
+        if len(scored):
+            cm = maps["class_maps"][scored]  # (n, K, H, W)
+            own = cm[np.arange(len(scored)), labels[scored]]
+            others = (cm.sum(1) - own) / max(cm.shape[1] - 1, 1)
+            evidence = own - others  # per-pixel log-likelihood ratio: true class vs the rest
+            out["groundtruth"] = {
+                "slices": int(len(scored)),
+                "auc_evidence": attr.mask_auc(evidence, truth[scored], brain > 0, low_is_positive=False),
+                "auc_low_likelihood": attr.mask_auc(own, truth[scored], brain > 0, low_is_positive=True),
+                "uptake_fraction": float(truth[scored][:, brain > 0].mean()),
+            }
+            i = scored[0]
+            figures.groundtruth_figure(maps["images"][i, 0], evidence[0], truth[i], brain,
+                                       f"{maps['subject'][i]} offset {maps['offset'][i]}: AUC {out['groundtruth']['auc_evidence']:.2f}",
+                                       fig_dir / FIGURES["groundtruth"])
+        else:
+            out["groundtruth"] = {"slices": 0, "note": "no test slice with ground-truth uptake (no AD subject among the mapped slices)"}
+    return out
+
+
+# --------------------------------------------------------------------------- efficiency
+def efficiency_section(outputs: ExperimentOutputs) -> list[dict]:
+    """The paper's Table 5 columns per fold, from training.tsv, samples.npz and Snakemake's benchmarks."""
+    rows = []
+    for fold in outputs.folds:
+        t = fold.training
+        steps = float(t["steps"].sum()) if "steps" in t else float("nan")
+        train_s = float(t["train_seconds"].sum()) if "train_seconds" in t else float(t["seconds"].sum())
+        n_images = int(np.prod(fold.samples["samples"].shape[:2]))
+        sample_s = float(fold.samples.get("seconds", np.nan))
+        rows.append({
+            "fold": fold.name,
+            "epochs": int(len(t)),
+            "steps": steps,
+            "training_s": train_s,
+            "epoch_s_with_validation": float(t["seconds"].mean()),
+            "ms_per_step": 1000 * train_s / steps if steps else float("nan"),
+            "peak_rss_mb": fold.benchmarks.get("train", {}).get("max_rss", float("nan")),
+            "peak_gpu_mb": float(t["peak_gpu_mb"].max()) if "peak_gpu_mb" in t else float("nan"),
+            "generated_per_s": n_images / sample_s if sample_s > 0 else float("nan"),
+            "device": str(fold.samples.get("device", "")),
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------- data
+def data_section(slices: pd.DataFrame, images: pd.DataFrame, experiment: dict, qc: dict[str, pd.DataFrame]) -> dict:
+    """Images and slices per class and dataset (training offsets, augmentation included), the
+    paper's Table 4 counts where the experiment is one of its tasks, and QC flags."""
+    from magicflow.evaluate.paper_counts import paper_counts
+
+    offsets = experiment["offsets"]
+    counts = []
+    for (dataset, label), group in images.groupby(["dataset", "label"]):
+        n_slices = len(group) * len(offsets["train"]) + len(group) * len(offsets.get("augment", {}).get(label, []))
+        counts.append({"dataset": dataset, "class": label, "subjects": int(group["subject"].nunique()),
+                       "images": int(len(group)), "slices": int(n_slices)})
+    flags = []
+    for dataset, table in qc.items():
+        used = set(images.loc[images["dataset"] == dataset, "image"])
+        if "flagged" in table:
+            bad = table[(table["flagged"].astype(str).str.lower().isin(["true", "1", "yes"])) & table["image"].isin(used)]
+            flags += [{"dataset": dataset, **{k: str(v) for k, v in r.items()}} for r in bad.to_dict(orient="records")]
+    return {"counts": counts, "paper_counts": paper_counts(experiment["name"]), "qc_flags": flags,
+            "slices_available": int(len(slices))}
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def to_json(metrics: dict) -> dict:
+    return _finite(metrics)
+
+
+def flatten(metrics: dict, prefix: str = "") -> list[tuple[str, float]]:
+    """Scalar leaves as (dotted key, value) rows for metrics.tsv; lists of records are skipped
+    except per-fold rows, which become ``<section>.<fold>.<metric>``."""
+    rows: list[tuple[str, float]] = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += flatten(value, name + ".")
+        elif isinstance(value, list) and value and isinstance(value[0], dict) and "fold" in value[0]:
+            for record in value:
+                rows += flatten({k: v for k, v in record.items() if k != "fold"}, f"{name}.{record['fold']}.")
+        elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool) or value is None:
+            rows.append((name, value))
+    return rows

@@ -1,0 +1,1 @@
+"""Reports: self-contained HTML pages built from the evaluation outputs."""
