@@ -3,6 +3,7 @@ real run of the manifest target on a tiny demo cohort in a scratch working direc
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def tiny_experiment(config: dict) -> None:
         "tiny": {"datasets": ["demo"], "label": "diagnosis", "modalities": ["T1w"], "offsets": {"train": [-1, 0], "eval": [0]},
                  "model": "classification", "preset": "small", "folds": 3, "samples": {"per_class": 2}, "attribution": {"max_images": 2}},
     }
+    config["evaluation"] = {"features": {"kind": "in_domain", "epochs": 1}, "bootstrap": 20, "ms_ssim_pairs": 20}
 
 
 @pytest.mark.slow
@@ -81,6 +83,14 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
         assert set(predictions["true"]) <= {"AD", "CN"} and len(predictions) >= 1
         assert (results / "tiny" / "attribution" / fold / "maps.npz").exists()
         assert list((results / "tiny" / "samples" / fold).glob("samples_*.png"))
+    metrics = json.loads((results / "tiny" / "metrics.json").read_text())
+    assert [r["fold"] for r in metrics["classification"]["per_fold"]] == ["fold-0", "fold-1", "fold-2"]
+    assert 0 <= metrics["classification"]["pooled"]["balanced_accuracy"] <= 1
+    assert metrics["generation"]["n_generated"] == 4 and metrics["feature_extractor"]["suffix"] == "ID"
+    assert len(metrics["efficiency"]) == 3 and metrics["efficiency"][0]["steps"] > 0
+    page = (results / "tiny" / "report.html").read_text()
+    assert all(f'id="{a}"' in page for a in ("overview", "data", "generation", "classification", "attribution", "efficiency", "dataset-demo"))
+    assert "figure missing" not in page
     qc = read_manifest(results / "demo" / "qc.tsv")
     assert len(qc) == 18 and (qc.loc[qc["label"].str.endswith("T1w"), "ncc"].astype(float) > 0.85).all()
 
@@ -90,6 +100,15 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(edited))
     plan = snakemake(work, "-n", "--cores", "2")
     jobs = plan.stdout + plan.stderr
-    assert "train_fold" in jobs and "attribution_fold" in jobs
+    assert "train_fold" in jobs and "attribution_fold" in jobs and "report_experiment" in jobs
     for upstream in ("preprocess_t1", "preprocess_coregister", "dataset_slices", "demo_cohort"):
         assert f"rule {upstream}:" not in jobs and f"localrule {upstream}:" not in jobs, upstream
+
+    # a changed evaluation setting redoes evaluation and the report only
+    edited["training"]["lr"] = 0.001
+    edited["evaluation"]["bootstrap"] = 30
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(edited))
+    plan = snakemake(work, "-n", "--cores", "2")
+    jobs = plan.stdout + plan.stderr
+    assert "rule evaluate_experiment:" in jobs and "rule report_experiment:" in jobs
+    assert "rule train_fold:" not in jobs and "rule classify_fold:" not in jobs

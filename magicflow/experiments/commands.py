@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from magicflow.errors import InputError
 from magicflow.experiments import data as exp_data
 from magicflow.experiments.split import make_splits, read_fold, write_splits
-from magicflow.io import atomic_path
+from magicflow.io import atomic_dir, atomic_path
 
 
 def parse_pairs(values: list[str], what: str) -> dict[str, Path]:
@@ -59,7 +60,8 @@ def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str,
 # --------------------------------------------------------------------------- split
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     add_experiment_inputs(parser, arrays=False)
-    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/splits")
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/splits/folds (replaced only when complete)")
+    parser.add_argument("--info", type=Path, help="also write split.json here (results/<experiment>/splits/split.json)")
 
 
 def run_split(args: argparse.Namespace) -> int:
@@ -67,8 +69,12 @@ def run_split(args: argparse.Namespace) -> int:
     slices = exp_data.experiment_slices(parse_pairs(args.slices, "slices"), settings)
     images = exp_data.experiment_images(slices)
     splits = make_splits(images, settings["folds"], settings["run_folds"], settings["seed"])
-    write_splits(splits, args.out, {"experiment": settings["name"], "label": settings["label"], "folds": settings["folds"],
-                                    "run_folds": settings["run_folds"], "seed": settings["seed"], "images": len(images)})
+    with atomic_dir(args.out) as tmp:
+        write_splits(splits, tmp, {"experiment": settings["name"], "label": settings["label"], "folds": settings["folds"],
+                                   "run_folds": settings["run_folds"], "seed": settings["seed"], "images": len(images)})
+        if args.info is not None:
+            with atomic_path(args.info) as info:
+                shutil.copyfile(tmp / "split.json", info)
     print(f"{settings['name']}: {len(images)} images of {images['subject'].nunique()} subjects in {settings['run_folds']} fold(s) -> {args.out}")
     return 0
 

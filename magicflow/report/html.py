@@ -79,10 +79,17 @@ def section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>{body}</section>'
 
 
+#: after loading, the page records how many of its images decoded (``<body data-images="n/m">``),
+#: so a headless browser can check that every embedded figure shows
+IMAGE_CHECK = ("<script>window.addEventListener('load',function(){var a=Array.prototype.slice.call(document.images);"
+               "var ok=a.filter(function(i){return i.complete&&i.naturalWidth>0}).length;"
+               "document.body.setAttribute('data-images',ok+'/'+a.length)});</script>")
+
+
 def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:
     """A whole document: header, a navigation bar of the sections, the sections."""
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t, _ in sections)
     body = "".join(section(a, t, b) for a, t, b in sections)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
-            f'<body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav><main>{body}</main></body></html>\n')
+            f'<body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav><main>{body}</main>{IMAGE_CHECK}</body></html>\n')

@@ -78,8 +78,7 @@ rule split:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} split --experiment {input.settings} {params.slices} --out {output.folds}.tmp > {log} 2>&1"
-        " && cp {output.folds}.tmp/split.json {output.info} && mv {output.folds}.tmp {output.folds}"
+        "{MAGICFLOW} split --experiment {input.settings} {params.slices} --out {output.folds} --info {output.info} > {log} 2>&1"
 
 
 rule train_fold:

@@ -1,0 +1,67 @@
+"""Evaluation glue: the paper's counts match the shipped config's classes, ground-truth masks
+land on the right slice, metrics flatten to TSV rows, the data and efficiency sections
+count what they should."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import yaml
+
+from magicflow.config import REPO_ROOT
+from magicflow.evaluate.experiment import data_section, efficiency_section, flatten, to_json
+from magicflow.evaluate.groundtruth import slice_masks
+from magicflow.evaluate.inputs import ExperimentOutputs, FoldOutputs
+from magicflow.evaluate.paper_counts import PAPER_SLICE_COUNTS
+from magicflow.preprocess.template import GRID_1MM_AFFINE
+
+
+def test_paper_counts_use_the_shipped_config_class_names():
+    experiments = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())["experiments"]
+    for name, counts in PAPER_SLICE_COUNTS.items():
+        classes = experiments[name].get("classes") or experiments[name]["modalities"]
+        assert sorted(counts) == sorted(classes), name
+    assert sum(PAPER_SLICE_COUNTS["modality_generation"].values()) == 3144  # the paper's stated total
+
+
+def test_groundtruth_mask_lands_on_the_slice_it_was_drawn_in(tmp_path):
+    # a mask voxel block on FSL's grid at y index 109 + 3 (offset 3), x index 20 (subject's right), z index 150
+    volume = np.zeros((182, 218, 182), np.uint8)
+    volume[18:23, 112, 148:153] = 1
+    sub = tmp_path / "sub-01"
+    sub.mkdir()
+    nib.save(nib.Nifti1Image(volume, GRID_1MM_AFFINE), sub / "sub-01_space-MNI152NLin2009aSym_desc-ADtau_mask.nii.gz")
+    masks = slice_masks(tmp_path, ["01", "sub-01", "02"], [3, 0, 3])
+    assert masks.shape == (3, 182, 182)
+    rows, cols = np.nonzero(masks[0])
+    # slices run superior (row 0) to inferior: z index 150 is row 181 - 150 = 31; columns are x indices
+    assert set(rows) == set(range(181 - 152, 181 - 147)) and set(cols) == set(range(18, 23))
+    assert not masks[1].any()  # another slice of the same subject
+    assert not masks[2].any()  # no ground truth for sub-02 (a CN subject): all False
+
+
+def test_flatten_keeps_scalars_and_fold_rows():
+    metrics = to_json({"a": {"b": 1.5, "c": float("nan"), "d": "text"}, "per_fold": [{"fold": "fold-0", "x": 2}], "n": np.int64(3)})
+    rows = dict(flatten(metrics))
+    assert rows == {"a.b": 1.5, "a.c": None, "per_fold.fold-0.x": 2, "n": 3}
+
+
+def test_data_section_counts_augmented_training_slices():
+    images = pd.DataFrame({"dataset": ["demo"] * 5, "subject": ["1", "2", "3", "4", "5"], "image": list("abcde"),
+                           "label": ["AD", "AD", "CN", "CN", "CN"]})
+    experiment = {"name": "diagnosis_classification", "offsets": {"train": [0], "eval": [0], "augment": {"AD": [-1, 1]}}}
+    qc = {"demo": pd.DataFrame({"label": ["a", "z"], "image": ["a", "z"], "ncc": ["0.2", "0.1"], "flagged": ["True", "True"]})}
+    section = data_section(pd.DataFrame(index=range(7)), images, experiment, qc)
+    counts = {r["class"]: r for r in section["counts"]}
+    assert counts["AD"]["slices"] == 2 * 3 and counts["CN"]["slices"] == 3
+    assert section["paper_counts"] == {"AD": 530, "CN": 631}
+    assert [f["image"] for f in section["qc_flags"]] == ["a"]  # only images the experiment uses
+
+
+def test_efficiency_from_training_log_and_samples():
+    training = pd.DataFrame({"epoch": [1, 2], "steps": [3, 3], "train_seconds": [3.0, 3.0], "seconds": [4.0, 4.0]})
+    fold = FoldOutputs("fold-0", training, pd.DataFrame(), {"samples": np.zeros((2, 4, 1, 2, 2)), "seconds": np.float64(2.0)}, {},
+                       {"train": {"max_rss": 900.0}})
+    (row,) = efficiency_section(ExperimentOutputs("x", ["a", "b"], {}, [fold]))
+    assert row["steps"] == 6 and row["ms_per_step"] == 1000.0 and row["generated_per_s"] == 4.0 and row["peak_rss_mb"] == 900.0
