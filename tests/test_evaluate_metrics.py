@@ -237,3 +237,131 @@ def test_memorisation_flags_exact_copies_of_training_rows():
     assert result["d_heldout"][2:] == pytest.approx(d)
     with pytest.raises(InputError, match="differ in size"):
         gen.memorisation(fake, train[:, :, :4], heldout)
+
+
+# --- classification ----------------------------------------------------------------------
+
+from magicflow.evaluate import classification as cls  # noqa: E402
+
+# Six predictions, classes A, B, C (columns), argmax in the last comment column.
+HAND_TRUE = np.array([0, 0, 0, 1, 1, 2])
+HAND_PROBA = np.array(
+    [
+        [0.7, 0.2, 0.1],  # A -> A
+        [0.5, 0.3, 0.2],  # A -> A
+        [0.2, 0.6, 0.2],  # A -> B  wrong
+        [0.3, 0.6, 0.1],  # B -> B
+        [0.1, 0.3, 0.6],  # B -> C  wrong
+        [0.1, 0.1, 0.8],  # C -> C
+    ]
+)
+
+
+def test_classification_metrics_on_a_three_class_case_worked_by_hand():
+    result = cls.classification_metrics(HAND_TRUE, HAND_PROBA, ["A", "B", "C"])
+    # accuracy 4/6; recalls A 2/3, B 1/2, C 1 -> balanced accuracy (2/3 + 1/2 + 1)/3 = 13/18
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["balanced_accuracy"] == pytest.approx(13 / 18)
+    assert result["macro_recall"] == pytest.approx(13 / 18)
+    assert result["per_class_recall"] == pytest.approx({"A": 2 / 3, "B": 1 / 2, "C": 1.0})
+    # one-vs-rest AUC = fraction of (positive, negative) pairs ranked right, ties count 1/2:
+    # A: pos 0.7, 0.5, 0.2 vs neg 0.3, 0.1, 0.1 -> 3 + 3 + 2 = 8 of 9
+    # B: pos 0.6, 0.3 vs neg 0.2, 0.3, 0.6, 0.1 -> (3 + 1/2) + (2 + 1/2) = 6 of 8
+    # C: pos 0.8 vs neg 0.1, 0.2, 0.2, 0.1, 0.6 -> 5 of 5
+    # macro AUC = (8/9 + 3/4 + 1)/3 = 95/108
+    assert result["macro_auc"] == pytest.approx(95 / 108)
+    # precision: A 2/2, B 1/2 (one of two B predictions right), C 1/2 -> macro 2/3
+    # F1: A 2(1)(2/3)/(5/3) = 0.8, B 0.5, C 2(1/2)(1)/(3/2) = 2/3 -> macro (0.8 + 0.5 + 2/3)/3 = 59/90
+    assert result["macro_precision"] == pytest.approx(2 / 3)
+    assert result["macro_f1"] == pytest.approx(59 / 90)
+    assert result["n"] == 6 and result["notes"] == []
+
+
+def test_binary_auc_uses_the_positive_column():
+    # positives' scores 0.9, 0.4 vs negatives' 0.6, 0.2: pairs right 0.9>0.6, 0.9>0.2, 0.4>0.2 -> 3/4
+    proba = np.array([[0.1, 0.9], [0.6, 0.4], [0.4, 0.6], [0.8, 0.2]])
+    result = cls.classification_metrics(np.array([1, 1, 0, 0]), proba, ["CN", "AD"])
+    assert result["macro_auc"] == pytest.approx(0.75)
+
+
+def test_auc_is_nan_with_a_reason_when_a_class_is_absent():
+    result = cls.classification_metrics(HAND_TRUE[:5], HAND_PROBA[:5], ["A", "B", "C"])
+    assert np.isnan(result["macro_auc"])
+    assert "['C'] absent" in result["notes"][0]
+    assert np.isnan(result["per_class_recall"]["C"])
+    assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+@pytest.mark.parametrize(
+    ("true", "proba", "message"),
+    [
+        (HAND_TRUE, HAND_PROBA[:, :1], r"proba: expected posteriors of shape \(N, K\) with K >= 2"),
+        (HAND_TRUE, HAND_PROBA * 2, "rows must sum to 1"),
+        (HAND_TRUE[:5], HAND_PROBA, "true has 5 labels but proba has 6 rows"),
+        (HAND_TRUE + 1, HAND_PROBA, r"must lie in \[0, 3\)"),
+        (HAND_TRUE[:, None], HAND_PROBA, r"true: expected class indices of shape \(N,\)"),
+    ],
+)
+def test_bad_classification_inputs_are_named(true, proba, message):
+    with pytest.raises(InputError, match=message):
+        cls.classification_metrics(true, proba, ["A", "B", "C"])
+
+
+def test_fold_summary_has_folds_then_mean_and_std():
+    folds = [
+        cls.classification_metrics(HAND_TRUE, HAND_PROBA, ["A", "B", "C"]),
+        cls.classification_metrics(HAND_TRUE, np.eye(3)[HAND_TRUE] * 0.9 + 0.1 / 3, ["A", "B", "C"]),
+    ]
+    table = cls.fold_summary(folds)
+    assert list(table.index) == ["fold-0", "fold-1", "mean", "std"]
+    assert "per_class_recall" not in table.columns and "notes" not in table.columns
+    assert table.loc["mean", "accuracy"] == pytest.approx((4 / 6 + 1.0) / 2)
+    assert table.loc["std", "accuracy"] == pytest.approx(np.std([4 / 6, 1.0], ddof=1))
+
+
+def test_confusion_keeps_every_class():
+    matrix = cls.confusion(np.array([0, 0, 1]), np.array([0, 1, 1]), 4)
+    assert matrix.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_ece_on_a_hand_case():
+    # confidences 0.95 (right), 0.85 (right), 0.85 (wrong), 0.55 (right), 1.0 (right)
+    # bins of 0.1: [0.5,0.6): conf 0.55 acc 1 -> gap 0.45, weight 1/5
+    #              [0.8,0.9): conf 0.85 acc 1/2 -> gap 0.35, weight 2/5
+    #              [0.9,1.0]: conf (0.95 + 1.0)/2 = 0.975 acc 1 -> gap 0.025, weight 2/5
+    # ECE = 0.45/5 + 0.35*2/5 + 0.025*2/5 = 0.09 + 0.14 + 0.01 = 0.24
+    proba = np.array([[0.95, 0.05], [0.85, 0.15], [0.85, 0.15], [0.45, 0.55], [1.0, 0.0]])
+    true = np.array([0, 0, 1, 1, 0])
+    result = cls.calibration(true, proba, bins=10)
+    assert result["ece"] == pytest.approx(0.24)
+    table = result["bins"]
+    assert table["count"].tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 2, 2]
+    assert table.loc[9, "confidence"] == pytest.approx(0.975)
+    assert table.loc[8, "accuracy"] == pytest.approx(0.5)
+    assert np.isnan(table.loc[0, "accuracy"])
+
+
+def test_ece_agrees_with_torchmetrics_away_from_confidence_one():
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    rng = np.random.default_rng(16)
+    logits = rng.normal(size=(300, 4)) * 2
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    true = rng.integers(0, 4, 300)
+    reference = multiclass_calibration_error(torch.from_numpy(proba), torch.from_numpy(true), num_classes=4, n_bins=10)
+    assert cls.calibration(true, proba, bins=10)["ece"] == pytest.approx(float(reference), abs=1e-5)
+
+
+def test_rejection_curve_rises_when_confidence_predicts_correctness():
+    # the six least confident predictions are wrong, the rest right
+    confidence = np.linspace(0.5, 0.99, 20)
+    proba = np.stack([confidence, 1 - confidence], axis=1)
+    true = np.where(np.arange(20) < 6, 1, 0)
+    curve = cls.rejection_curve(true, proba, steps=11)
+    assert list(curve.columns) == ["rejected_fraction", "retained", "accuracy"]
+    assert curve["accuracy"].iloc[0] == pytest.approx(14 / 20)
+    assert (np.diff(curve["accuracy"]) >= 0).all()
+    assert curve["accuracy"].iloc[-1] == 1.0 and curve["retained"].iloc[-1] == 1
+    assert curve["rejected_fraction"].tolist()[:3] == pytest.approx([0.0, 0.1, 0.2])
+    # rejecting 30% removes exactly the six wrong ones
+    assert curve.loc[curve["rejected_fraction"].round(6) == 0.3, "accuracy"].item() == 1.0
