@@ -365,3 +365,107 @@ def test_rejection_curve_rises_when_confidence_predicts_correctness():
     assert curve["rejected_fraction"].tolist()[:3] == pytest.approx([0.0, 0.1, 0.2])
     # rejecting 30% removes exactly the six wrong ones
     assert curve.loc[curve["rejected_fraction"].round(6) == 0.3, "accuracy"].item() == 1.0
+
+
+# --- attribution -------------------------------------------------------------------------
+
+from magicflow.evaluate import attribution as att  # noqa: E402
+
+
+def test_normalise_maps_puts_the_kept_side_at_zero_inside_the_mask():
+    maps = np.array([[[-10.0, -6.0], [-2.0, 100.0]], [[5.0, 5.0], [5.0, 0.0]]])
+    mask = np.array([[True, True], [True, False]])
+    low = att.normalise_maps(maps, mask, keep="low")
+    # map 0 inside the mask spans -10..-2: (m + 10) / 8; the 100 outside is ignored -> NaN
+    assert low[0, 0].tolist() == [0.0, 0.5] and low[0, 1, 0] == 1.0 and np.isnan(low[0, 1, 1])
+    assert np.nan_to_num(low[1], nan=-1).tolist() == [[0.0, 0.0], [0.0, -1.0]]  # constant map
+    high = att.normalise_maps(maps, mask, keep="high")
+    assert high[0, 0].tolist() == [1.0, 0.5] and high[0, 1, 0] == 0.0
+    with pytest.raises(InputError, match="keep must be"):
+        att.normalise_maps(maps, mask, keep="middle")
+    with pytest.raises(InputError, match=r"mask: shape \(3, 3\)"):
+        att.normalise_maps(maps, np.ones((3, 3), bool))
+
+
+def test_roi_features_by_hand():
+    image = np.zeros((4, 4))
+    image[0, :4] = [0.1, 0.2, 0.3, 0.4]
+    roi = np.zeros((4, 4), bool)
+    roi[0] = True
+    features = dict(zip(att.FEATURE_NAMES, att.roi_features(image, roi)))
+    # values 0.1..0.4: mean 0.25; squared deviations .0225,.0025,.0025,.0225 -> var .0125
+    # fourth moment (2 * .00050625 + 2 * .00000625)/4 = .00025625 -> kurtosis .00025625/.0125^2 - 3 = -1.36
+    # percentiles by linear interpolation: p10 = 0.1 + 0.3 * 0.1 = 0.13, p25 0.175, p50 0.25, p75 0.325, p90 0.37
+    # 32 bins over [0, 1]: the four values fall in bins 3, 6, 9, 12 -> entropy log2(4) = 2 bits
+    expected = {"mean": 0.25, "std": np.sqrt(0.0125), "skewness": 0.0, "kurtosis": -1.36, "p10": 0.13,
+                "p25": 0.175, "p50": 0.25, "p75": 0.325, "p90": 0.37, "entropy": 2.0}
+    assert features == pytest.approx(expected, abs=1e-12)
+    from scipy import stats
+
+    skewed = np.random.default_rng(20).gamma(2.0, size=(6, 6)) / 10
+    ours = att.roi_features(skewed, np.ones((6, 6), bool))
+    assert ours[2:4] == pytest.approx([stats.skew(skewed.ravel()), stats.kurtosis(skewed.ravel())], rel=1e-10)
+    assert att.roi_features(image, np.zeros((4, 4), bool)).tolist() == [0.0] * len(att.FEATURE_NAMES)
+    constant = att.roi_features(np.full((4, 4), 0.5), roi)
+    assert np.isfinite(constant).all() and constant[2] == constant[3] == 0.0
+    with pytest.raises(InputError, match="roi: shape"):
+        att.roi_features(image, roi[:2])
+
+
+def region_dataset(per_class: int, informative: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """32x32 images whose maps are low on an 8x8 region; in the informative case class 1 is
+    brighter than class 0 inside that region only, elsewhere both are the same noise."""
+    rng = np.random.default_rng(seed)
+    n = 2 * per_class
+    labels = np.repeat([0, 1], per_class)
+    images = rng.uniform(0.2, 0.8, size=(n, 32, 32))
+    region = np.zeros((32, 32), bool)
+    region[8:16, 12:20] = True
+    if informative:
+        images[:, region] = np.where(labels[:, None] == 1, 0.7, 0.3) + rng.normal(0, 0.05, (n, region.sum()))
+    maps = rng.normal(0, 0.05, size=(n, 32, 32))
+    maps[:, region] -= 3.0
+    return maps, images, labels, region
+
+
+def test_threshold_analysis_finds_the_informative_region():
+    maps, images, labels, region = region_dataset(12, informative=True, seed=17)
+    table = att.threshold_analysis(maps, images, labels, None, thresholds=[0.5, 0.99], folds=4)
+    assert list(table.columns) == ["threshold", "f1", "f1_std", "retained_area"]
+    at_region = table.iloc[0]
+    assert at_region["retained_area"] == pytest.approx(region.mean())  # exactly the low region
+    assert at_region["f1"] > 0.95
+    assert table.iloc[1]["retained_area"] > 0.9
+
+
+def test_threshold_analysis_is_near_chance_without_signal():
+    maps, images, labels, _ = region_dataset(20, informative=False, seed=18)
+    table = att.threshold_analysis(maps, images, labels, None, thresholds=[0.5, 0.99], folds=4)
+    assert (table["f1"] < 0.75).all()
+
+
+def test_threshold_analysis_lowers_folds_for_rare_classes_and_refuses_singletons():
+    maps, images, labels, _ = region_dataset(3, informative=True, seed=19)
+    table = att.threshold_analysis(maps, images, labels, None, thresholds=[0.5], folds=5)
+    assert table.attrs["folds"] == 3
+    with pytest.raises(InputError, match="rarest class has 1 sample"):
+        att.threshold_analysis(maps[:4], images[:4], np.array([0, 0, 0, 1]), None, thresholds=[0.5])
+    with pytest.raises(InputError, match=r"images: shape \(6, 32, 31\) does not match"):
+        att.threshold_analysis(maps, images[:, :, :31], labels, None)
+    with pytest.raises(InputError, match=r"labels: expected shape \(6,\)"):
+        att.threshold_analysis(maps, images, labels[:5], None)
+
+
+def test_mask_auc_is_one_for_a_map_exactly_low_inside_the_mask():
+    truth = np.zeros((2, 6, 6), bool)
+    truth[0, 1:3, 1:3] = True
+    truth[1, 3:5, 2:4] = True
+    maps = np.where(truth, -5.0, 0.0)
+    brain = np.ones((6, 6), bool)
+    brain[0] = False
+    assert att.mask_auc(maps, truth, brain) == 1.0
+    assert att.mask_auc(maps, truth, brain, low_is_positive=False) == 0.0
+    with pytest.raises(InputError, match="both lesion and non-lesion"):
+        att.mask_auc(maps, np.zeros_like(truth), brain)
+    with pytest.raises(InputError, match=r"truth: shape \(2, 6, 5\)"):
+        att.mask_auc(maps, truth[:, :, :5], brain)
