@@ -181,8 +181,9 @@ def attribution_section(outputs: ExperimentOutputs, brain: np.ndarray, groundtru
             evidence = own - others  # per-pixel log-likelihood ratio: true class vs the rest
             out["groundtruth"] = {
                 "slices": int(len(scored)),
-                "auc_evidence": attr.mask_auc(evidence, truth[scored], brain > 0, low_is_positive=False),
-                "auc_low_likelihood": attr.mask_auc(own, truth[scored], brain > 0, low_is_positive=True),
+                # per-slice [0, 1] scaling first: pooled pixels must not be ranked by each map's offset
+                "auc_evidence": attr.mask_auc(attr.normalise_maps(evidence, brain > 0), truth[scored], brain > 0, low_is_positive=False),
+                "auc_low_likelihood": attr.mask_auc(attr.normalise_maps(own, brain > 0), truth[scored], brain > 0, low_is_positive=True),
                 "uptake_fraction": float(truth[scored][:, brain > 0].mean()),
             }
             i = scored[0]
