@@ -120,7 +120,8 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         base, overrides = preset, {}
     else:
         base, overrides = config["model_presets"][preset]["base"], config["model_presets"][preset].get("overrides", {})
-    training = {**config["training"], **experiment.get("training", {})}
+    own = experiment.get("training", {})
+    training = {**config["training"], **own, "augment": {**config["training"]["augment"], **own.get("augment", {})}}
     folds = experiment["folds"]
     run_folds = experiment["run_folds"] or (folds if experiment["model"] == "classification" else 1)
     if run_folds > folds:

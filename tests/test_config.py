@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from magicflow.config import REPO_ROOT, active_experiments, load_config, validate_config
+from magicflow.config import REPO_ROOT, active_experiments, experiment_settings, load_config, validate_config
 from magicflow.errors import InputError
 
 SHIPPED = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
@@ -62,3 +62,13 @@ def test_load_config_rejects_a_non_mapping(tmp_path: Path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(InputError, match="must be a mapping"):
         load_config(path)
+
+
+def test_experiment_training_overrides_merge_augmentation_key_by_key():
+    config = fresh()
+    config["training"]["augment"] = {"rotate_degrees": 5.0}
+    config["experiments"]["demo_scanner_generation"]["training"] = {"epochs": 7, "augment": {"noise_sigma": 0.0}}
+    settings = experiment_settings(validate_config(config), "demo_scanner_generation")
+    assert settings["training"]["epochs"] == 7 and settings["training"]["lr"] == config["training"]["lr"]
+    assert settings["training"]["augment"] == {"rotate_degrees": 5.0, "shift_pixels": 2.0, "noise_sigma": 0.0}
+    assert "evaluation" not in settings  # evaluation settings never rerun training
