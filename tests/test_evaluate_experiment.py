@@ -51,12 +51,12 @@ def test_data_section_counts_augmented_training_slices():
     images = pd.DataFrame({"dataset": ["demo"] * 5, "subject": ["1", "2", "3", "4", "5"], "image": list("abcde"),
                            "label": ["AD", "AD", "CN", "CN", "CN"]})
     experiment = {"name": "diagnosis_classification", "offsets": {"train": [0], "eval": [0], "augment": {"AD": [-1, 1]}}}
-    qc = {"demo": pd.DataFrame({"label": ["a", "z"], "image": ["a", "z"], "ncc": ["0.2", "0.1"], "flagged": ["True", "True"]})}
+    qc = {"demo": pd.DataFrame({"label": ["a", "z"], "image": ["a.nii.gz", "z.nii.gz"], "ncc": ["0.2", "0.1"], "flagged": ["True", "True"]})}
     section = data_section(pd.DataFrame(index=range(7)), images, experiment, qc)
     counts = {r["class"]: r for r in section["counts"]}
     assert counts["AD"]["slices"] == 2 * 3 and counts["CN"]["slices"] == 3
     assert section["paper_counts"] == {"AD": 530, "CN": 631}
-    assert [f["image"] for f in section["qc_flags"]] == ["a"]  # only images the experiment uses
+    assert [f["label"] for f in section["qc_flags"]] == ["a"]  # only images the experiment uses
 
 
 def test_efficiency_from_training_log_and_samples():

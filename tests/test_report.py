@@ -13,16 +13,13 @@ import pandas as pd
 import pytest
 
 from magicflow.evaluate.paper_counts import PAPER_SLICE_COUNTS
+from magicflow.plotting import pyplot
 from magicflow.report.experiment import build_report
 from magicflow.report.html import fmt, table
 
 
 def _png(path: Path, value: float = 0.5) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, np.full((8, 8), value), cmap="gray", vmin=0, vmax=1)
 

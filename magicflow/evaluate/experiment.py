@@ -236,7 +236,8 @@ def data_section(slices: pd.DataFrame, images: pd.DataFrame, experiment: dict, q
     for dataset, table in qc.items():
         used = set(images.loc[images["dataset"] == dataset, "image"])
         if "flagged" in table:
-            bad = table[(table["flagged"].astype(str).str.lower().isin(["true", "1", "yes"])) & table["image"].isin(used)]
+            # qc.tsv's ``label`` is the image stem (its ``image`` column is the registered file's path)
+            bad = table[(table["flagged"].astype(str).str.lower().isin(["true", "1", "yes"])) & table["label"].isin(used)]
             flags += [{"dataset": dataset, **{k: str(v) for k, v in r.items()}} for r in bad.to_dict(orient="records")]
     return {"counts": counts, "paper_counts": paper_counts(experiment["name"]), "qc_flags": flags,
             "slices_available": int(len(slices))}

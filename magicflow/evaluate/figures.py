@@ -8,19 +8,11 @@ import numpy as np
 import pandas as pd
 
 from magicflow.io import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from magicflow.plotting import pyplot
 
 
 def _save(fig, path: Path, dpi: int = 90) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
@@ -30,7 +22,7 @@ def _save(fig, path: Path, dpi: int = 90) -> Path:
 
 def confusion_figure(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     """Counts with row-normalised shading: the diagonal reads as per-class recall."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(classes)
     size = 2.2 + 0.7 * k
     fig, ax = plt.subplots(figsize=(size + 1.0, size))
@@ -48,7 +40,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], path: Path) -> Path
 
 
 def reliability_figure(bins: pd.DataFrame, ece: float, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 4))
     filled = bins[bins["count"] > 0]
     centres = (bins["lower"] + bins["upper"]) / 2
@@ -62,7 +54,7 @@ def reliability_figure(bins: pd.DataFrame, ece: float, path: Path) -> Path:
 
 
 def rejection_figure(curve: pd.DataFrame, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     ax.plot(curve["rejected_fraction"], curve["accuracy"], "o-", ms=3)
     ax.set(xlabel="fraction rejected (least confident first)", ylabel="accuracy of the rest", xlim=(0, 1), ylim=(0, 1.02),
@@ -73,7 +65,7 @@ def rejection_figure(curve: pd.DataFrame, path: Path) -> Path:
 
 def threshold_figure(table: pd.DataFrame, path: Path) -> Path:
     """F1 of the ROI-feature classifier and the retained area against the threshold (paper's Figure 3)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
     ax.errorbar(table["threshold"], table["f1"], yerr=table.get("f1_std"), fmt="o-", ms=3, capsize=2, color="C0", label="macro F1 (CV)")
     ax.set(xlabel="threshold on normalised map", ylabel="macro F1", ylim=(0, 1.02))
@@ -88,7 +80,7 @@ def threshold_figure(table: pd.DataFrame, path: Path) -> Path:
 
 def real_vs_generated_figure(real: dict[str, np.ndarray], fake: dict[str, np.ndarray], path: Path, per_side: int = 4) -> Path:
     """A row per class: real held-out slices on the left, generated ones on the right."""
-    plt = _pyplot()
+    plt = pyplot()
     classes = list(fake)
     fig, axes = plt.subplots(len(classes), 2 * per_side, figsize=(1.5 * 2 * per_side, 1.6 * len(classes) + 0.5), squeeze=False)
     for row, name in enumerate(classes):
@@ -108,7 +100,7 @@ def real_vs_generated_figure(real: dict[str, np.ndarray], fake: dict[str, np.nda
 
 def memorisation_figure(ratios: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray, float]], path: Path) -> Path:
     """Histogram of d(nearest training) / d(nearest held-out) and the closest generated-training pairs."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(pairs)
     fig = plt.figure(figsize=(4 + 1.6 * max(n, 1), 3.6))
     grid = fig.add_gridspec(2, 1 + max(n, 1), width_ratios=[2.4] + [1] * max(n, 1))
@@ -127,7 +119,7 @@ def memorisation_figure(ratios: np.ndarray, pairs: list[tuple[np.ndarray, np.nda
 
 def groundtruth_figure(image: np.ndarray, evidence: np.ndarray, truth: np.ndarray, brain: np.ndarray, title: str, path: Path) -> Path:
     """One slice: the image, the evidence map with the true uptake region outlined."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("image", fontsize=8)

@@ -19,18 +19,10 @@ from magicflow.experiments.posterior import fit_temperature, log_priors, posteri
 from magicflow.experiments.train import SliceSet
 from magicflow.flow import MagicFlow
 from magicflow.io import atomic_path
+from magicflow.plotting import pyplot
 
 FSL_MNI_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
 CENTRAL_INDEX = 109
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def slice_to_nifti(plane: np.ndarray, offset: int = 0) -> nib.Nifti1Image:
@@ -63,7 +55,7 @@ def write_samples(samples: np.ndarray, classes: list[str], out_dir: Path, nifti_
                   seconds: float = float("nan"), device: str = "") -> None:
     """samples.npz (with the sampling time, for the efficiency table), a grid PNG per class
     and a few NIfTI files per class."""
-    plt = _pyplot()
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "samples.npz") as tmp:
         with open(tmp, "wb") as handle:
@@ -129,7 +121,7 @@ def overlay_png(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], mask
 
     Colours are centred on the map's median inside the brain and clipped at its 2nd/98th
     percentiles, so one extreme pixel does not wash out the rest."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import TwoSlopeNorm
 
     fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.6))

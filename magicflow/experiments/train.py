@@ -27,6 +27,7 @@ from tqdm import tqdm
 from magicflow.errors import InputError
 from magicflow.flow import MagicFlow, save_checkpoint
 from magicflow.io import atomic_path
+from magicflow.plotting import pyplot
 
 STATE_FORMAT = "magicflow.train/1"
 
@@ -230,10 +231,7 @@ def _save_state(path: Path, model: MagicFlow, optimizer: torch.optim.Optimizer, 
 
 def write_history(history: list[dict], out_dir: Path) -> None:
     """training.tsv and a PNG of the curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     table = pd.DataFrame(history)
     with atomic_path(out_dir / "training.tsv") as tmp:

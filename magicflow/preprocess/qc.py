@@ -11,19 +11,16 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from skimage import feature
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from skimage import feature  # noqa: E402
-
-from magicflow.errors import InputError  # noqa: E402
-from magicflow.io import atomic_path, write_json  # noqa: E402
-from magicflow.preprocess.template import Template  # noqa: E402
-from magicflow.preprocess.volumes import load_3d  # noqa: E402
+from magicflow.errors import InputError
+from magicflow.io import atomic_path, write_json
+from magicflow.plotting import pyplot
+from magicflow.preprocess.template import Template
+from magicflow.preprocess.volumes import load_3d
 
 DEFAULT_THRESHOLD = 0.8
 
@@ -52,6 +49,7 @@ def _views(volume: np.ndarray) -> list[np.ndarray]:
 def qc_figure(image: np.ndarray, template: np.ndarray, title: str, out_png: str | os.PathLike[str]) -> None:
     """Write the three-plane overlay PNG (atomically)."""
     vmax = np.percentile(image[image > 0], 99.5) if np.any(image > 0) else 1.0
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), dpi=100)
     for ax, img_view, tpl_view, name in zip(axes, _views(image), _views(template), ("sagittal", "coronal", "axial")):
         ax.imshow(img_view, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
