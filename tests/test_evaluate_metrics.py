@@ -469,3 +469,11 @@ def test_mask_auc_is_one_for_a_map_exactly_low_inside_the_mask():
         att.mask_auc(maps, np.zeros_like(truth), brain)
     with pytest.raises(InputError, match=r"truth: shape \(2, 6, 5\)"):
         att.mask_auc(maps, truth[:, :, :5], brain)
+
+
+def test_small_sets_still_get_fid_and_kid_with_a_note_for_prdc():
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    result = gen.generation_metrics(real, fake, bootstrap=0, nearest_k=5)
+    assert np.isfinite(result["fid"]) and np.isfinite(result["kid"])
+    assert np.isnan(result["coverage"]) and "at least 7" in result["note"]

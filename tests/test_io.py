@@ -19,6 +19,11 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "complete\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tsv"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_text() == "new\n" and target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_dir_replaces_only_on_success_with_normal_permissions(tmp_path):

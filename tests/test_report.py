@@ -43,7 +43,7 @@ def metrics_record() -> dict:
                  "qc_flags": [{"dataset": "demo", "label": "sub-demo03_ses-01_T1w", "ncc": "0.41", "threshold": "0.8"}]},
         "generation": {"fold": "fold-0", "suffix": "ID", "n_generated": 16, "n_train": 20, "n_heldout": 10,
                        "overall": {"generated": _gen(42.5), "real": _gen(3.25)},
-                       "per_class": {"AD": {"generated": _gen(50.0), "real": {"skipped": "too few held-out slices"}}},
+                       "per_class": {"AD": {"generated": {**_gen(50.0), "note": "PRDC needs more rows"}, "real": {"skipped": "too few held-out slices"}}},
                        "ms_ssim": {"generated": {"intra": 0.4, "inter": 0.3}, "real": {"intra": 0.35, "inter": 0.3}},
                        "memorisation": {"median_ratio": 1.1, "fraction_below_0.5": 0.0, "fraction_below_1": 0.3}},
         "classification": {
@@ -87,7 +87,7 @@ def test_report_has_every_section_and_embeds_its_figures(report_files):
     # numbers reach the page: FID of generated vs the real reference, the paper's Table 4 count, a QC flag, an exclusion reason
     assert "42.500" in page and "3.250" in page and ">530<" in page
     assert "sub-demo03_ses-01_T1w" in page and "unreadable" in page
-    assert "FID_ID" in page and "too few held-out slices" in page
+    assert "FID_ID" in page and "too few held-out slices" in page and "PRDC needs more rows" in page
 
 
 def test_missing_figure_is_shown_not_hidden(report_files):

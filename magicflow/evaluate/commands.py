@@ -90,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
         print("classification metrics", flush=True)
         metrics["classification"] = ev.classification_section(outputs, settings, fig_dir)
         print("attribution analysis", flush=True)
-        metrics["attribution"] = ev.attribution_section(outputs, brain, parse_pairs(args.groundtruth, "groundtruth"), settings, fig_dir)
+        # the demo's planted truth is AD tau uptake: it scores diagnosis maps on tau PET, nothing else
+        scores_truth = experiment["label"] == "diagnosis" and "pet-tau" in experiment["modalities"]
+        groundtruth = parse_pairs(args.groundtruth, "groundtruth") if scores_truth else {}
+        metrics["attribution"] = ev.attribution_section(outputs, brain, groundtruth, settings, fig_dir)
         metrics["efficiency"] = ev.efficiency_section(outputs)
         metrics["figures"] = {k: v for k, v in ev.FIGURES.items() if (tmp / v).exists()}
         metrics = ev.to_json(metrics)

@@ -182,15 +182,20 @@ def generation_metrics(
         )
     else:
         fid_ci = kid_ci = (float("nan"), float("nan"))
+    try:
+        prdc, note = prdc_metrics(r, f, nearest_k=nearest_k), ""
+    except InputError as error:  # a small class still gets FID and KID; PRDC says why it is missing
+        prdc, note = dict.fromkeys(("precision", "recall", "density", "coverage"), float("nan")), str(error)
     return {
         "fid": frechet_distance(r, f),
         "fid_ci": list(fid_ci),
         "kid": kid,
         "kid_std": kid_std,
         "kid_ci": list(kid_ci),
-        **prdc_metrics(r, f, nearest_k=nearest_k),
+        **prdc,
         "n_real": int(len(r)),
         "n_fake": int(len(f)),
+        **({"note": note} if note else {}),
     }
 
 

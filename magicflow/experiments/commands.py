@@ -207,10 +207,10 @@ def run_attribution(args: argparse.Namespace) -> int:
     with atomic_path(args.out / "maps.npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, true_label=true_maps, predicted_label=pred_maps, class_maps=class_maps,
-                                classes=np.array(classes), images=subset.images.numpy(),
-                                image=np.array(subset.meta["image"]), dataset=np.array(subset.meta["dataset"]),
-                                subject=np.array(subset.meta["subject"]), offset=subset.meta["offset"].to_numpy(int),
-                                true=np.array(predictions["true"]), predicted=np.array(predictions["predicted"]))
+                                classes=np.array(classes, dtype=str), images=subset.images.numpy(),
+                                image=subset.meta["image"].to_numpy(str), dataset=subset.meta["dataset"].to_numpy(str),
+                                subject=subset.meta["subject"].to_numpy(str), offset=subset.meta["offset"].to_numpy(int),
+                                true=predictions["true"].to_numpy(str), predicted=predictions["predicted"].to_numpy(str))
     for i in range(limit):
         name = subset.meta["image"].iloc[i]
         t, p = predictions["true"].iloc[i], predictions["predicted"].iloc[i]

@@ -37,9 +37,8 @@ def _generation_rows(block: dict, suffix: str) -> list[dict]:
     for source in ("generated", "real"):
         values = block.get(source, {})
         row = {"images": f"{source} vs held-out real" if source == "generated" else "real training vs held-out real (reference)"}
-        if "skipped" in values:
-            row["fid"] = values["skipped"]
         row.update({c: values.get(c) for c in GENERATION_COLUMNS if c in values})
+        row["note"] = values.get("skipped", values.get("note", ""))
         rows.append(row)
     return rows
 
@@ -102,12 +101,12 @@ def generation(m: dict, results: Path, evaluation: Path) -> str:
             f'(validation and test subjects). Metrics with the suffix _{h.esc(suffix)} use the {h.esc(m["feature_extractor"]["name"])} '
             f'features; they are comparable within this pipeline, not with the paper\'s FID_Rad. The reference row compares real '
             f'training slices with the same held-out slices.</p>')
-    body += "<h3>All classes</h3>" + h.table(_generation_rows(g["overall"], suffix), ["images", *GENERATION_COLUMNS], headers)
+    body += "<h3>All classes</h3>" + h.table(_generation_rows(g["overall"], suffix), ["images", *GENERATION_COLUMNS, "note"], headers)
     rows = []
     for name, block in g["per_class"].items():
         for r in _generation_rows(block, suffix):
             rows.append({"class": name, **r})
-    body += "<h3>Per class</h3>" + h.table(rows, ["class", "images", "fid", "kid", "precision", "recall", "density", "coverage", "n_real", "n_fake"], headers)
+    body += "<h3>Per class</h3>" + h.table(rows, ["class", "images", "fid", "kid", "precision", "recall", "density", "coverage", "n_real", "n_fake", "note"], headers)
     ms = [{"images": k, **v} for k, v in g["ms_ssim"].items()]
     body += "<h3>MS-SSIM (diversity: lower intra-class = more diverse)</h3>" + h.table(ms, ["images", "intra", "intra_std", "inter", "inter_std", "intra_pairs", "inter_pairs"])
     body += h.image(evaluation / "real_vs_generated.png", "Per class: held-out real slices (left) and generated slices (right).")
