@@ -11,8 +11,9 @@
 #
 # Needs root and apt-get; skips (exit 0, with a message) otherwise, or where /etc/slurm/slurm.conf
 # already exists (a real SLURM installation is never touched). Called by .ci/run after the test
-# suite. About 4 minutes of workflow on 2 idle cores, plus about 2 for building .venv-slurm
-# (the pipeline with the slurm extra of pyproject.toml) on first use.
+# suite. About 6 minutes of workflow on 2 otherwise idle cores, plus about 1.5 for building
+# .venv-slurm (the pipeline with the slurm extra of pyproject.toml) on first use; 10 minutes in all
+# when other work loads the machine.
 # Environment: MAGICFLOW_SLURM_VENV (default .venv-slurm), KEEP_SCRATCH=1 keeps the scratch folder.
 set -euo pipefail
 
