@@ -1,0 +1,28 @@
+"""Config of the SLURM cluster test: python write_config.py SHIPPED_CONFIG OUT_CONFIG.
+
+The tiny experiment of tests/test_workflow.py made smaller, since registration is most of the
+work on 2 cores: 3 demo subjects (the fewest that fill 3 folds), MRI only, T1w vs T2w (each class
+then has an image in every fold, which diagnosis would not with 3 subjects), one fold trained for
+one epoch, the demo registration preset without bias correction. device auto: the GPU rules ask
+SLURM for a GPU (the test node's /dev/null one) and train on the CPU. A second experiment,
+broken, asks for a class the cohort lacks, so its split job fails on the cluster while tiny
+trains on.
+"""
+
+import sys
+from pathlib import Path
+
+import yaml
+
+shipped, out = Path(sys.argv[1]), Path(sys.argv[2])
+config = yaml.safe_load(shipped.read_text())
+config["datasets"]["demo"].update(subjects=3, tracers=[])
+config["training"].update(epochs=1, batch_size=4, device="auto")
+config["registration"].update(backend="ants", preset="demo", bias_correction=False)
+tiny = {
+    "datasets": ["demo"], "label": "modality", "modalities": ["T1w", "T2w"], "offsets": {"train": [-1, 0], "eval": [0]},
+    "model": "classification", "preset": "small", "folds": 3, "run_folds": 1,
+}
+config["experiments"] = {"tiny": tiny, "broken": {**tiny, "classes": ["T1w", "PDw"]}}
+out.parent.mkdir(parents=True, exist_ok=True)
+out.write_text(yaml.safe_dump(config))
