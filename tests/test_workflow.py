@@ -91,6 +91,10 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     page = (results / "tiny" / "report.html").read_text()
     assert all(f'id="{a}"' in page for a in ("overview", "data", "generation", "classification", "attribution", "efficiency", "dataset-demo"))
     assert "figure missing" not in page
+    # Snakemake's own report gathers the experiment report, evaluation figures and training curves
+    snapshot = snakemake(work, "--report", "results/snakemake-report.html")
+    assert snapshot.returncode == 0, snapshot.stderr[-2000:]
+    assert (results / "snakemake-report.html").stat().st_size > 100_000
     qc = read_manifest(results / "demo" / "qc.tsv")
     assert len(qc) == 18 and (qc.loc[qc["label"].str.endswith("T1w"), "ncc"].astype(float) > 0.85).all()
 
