@@ -317,6 +317,8 @@ def test_fold_summary_has_folds_then_mean_and_std():
     assert "per_class_recall" not in table.columns and "notes" not in table.columns
     assert table.loc["mean", "accuracy"] == pytest.approx((4 / 6 + 1.0) / 2)
     assert table.loc["std", "accuracy"] == pytest.approx(np.std([4 / 6, 1.0], ddof=1))
+    named = cls.fold_summary([{"fold": "fold-3", **folds[0]}, {"fold": 4, **folds[1]}])
+    assert list(named.index) == ["fold-3", "fold-4", "mean", "std"]  # names are not prefixed twice
 
 
 def test_confusion_keeps_every_class():

@@ -119,7 +119,8 @@ def fold_summary(per_fold: list[dict[str, Any]]) -> pd.DataFrame:
         for key, value in per_fold[0].items()
         if key != "fold" and isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
     ]
-    index = [f"fold-{row.get('fold', i)}" for i, row in enumerate(per_fold)]
+    names = [str(row.get("fold", i)) for i, row in enumerate(per_fold)]
+    index = [name if name.startswith("fold-") else f"fold-{name}" for name in names]
     table = pd.DataFrame([{key: row.get(key, np.nan) for key in columns} for row in per_fold], index=index, dtype=float)
     summary = pd.concat([table, table.mean().to_frame("mean").T, table.std(ddof=1).to_frame("std").T])
     summary.index.name = "fold"

@@ -133,7 +133,7 @@ def classification_section(outputs: ExperimentOutputs, settings: dict, fig_dir: 
         per_dataset[str(dataset)] = cls.classification_metrics(t, p, classes)
     return {
         "per_fold": per_fold,
-        "summary": summary.reset_index().rename(columns={"index": "fold"}).to_dict(orient="records"),
+        "summary": summary.reset_index().to_dict(orient="records"),
         "pooled": cls.classification_metrics(true, proba, classes),
         "per_dataset": per_dataset,
         "confusion": matrix,
