@@ -67,11 +67,10 @@ def run(args: argparse.Namespace) -> int:
     heldout = load_set(select_slices(slices, pd.concat([fold0["val"], fold0["test"]]), offsets["eval"]), arrays, classes)
     qc = {name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False) for name, path in parse_pairs(args.qc, "qc").items()}
 
-    with atomic_dir(args.out_dir) as tmp:
-        fig_dir = tmp
+    with atomic_dir(args.out_dir) as fig_dir:
         print(f"{outputs.name}: feature extractor ({settings['features']['kind']}) on {len(train)} training slices", flush=True)
         extractor = extractor_from_config(settings["features"], train.images, train.labels, len(classes), settings["seed"])
-        extractor.save(tmp / "feature_extractor.pt")
+        extractor.save(fig_dir / "feature_extractor.pt")
         metrics = {
             "experiment": outputs.name,
             "model": experiment["model"],
@@ -95,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
         groundtruth = parse_pairs(args.groundtruth, "groundtruth") if scores_truth else {}
         metrics["attribution"] = ev.attribution_section(outputs, brain, groundtruth, settings, fig_dir)
         metrics["efficiency"] = ev.efficiency_section(outputs)
-        metrics["figures"] = {k: v for k, v in ev.FIGURES.items() if (tmp / v).exists()}
+        metrics["figures"] = {k: v for k, v in ev.FIGURES.items() if (fig_dir / v).exists()}
         metrics = ev.to_json(metrics)
-        write_json(tmp / "metrics.json", metrics)
     write_json(args.out_json, metrics)
     with atomic_path(args.out_tsv) as tmp:
         pd.DataFrame(ev.flatten(metrics), columns=["metric", "value"]).to_csv(tmp, sep="\t", index=False, float_format="%.6g")

@@ -71,7 +71,7 @@ def load_experiment(results: Path, benchmarks: Path | None = None) -> Experiment
         fold = f"fold-{k}"
         marks = {}
         if benchmarks is not None:
-            marks = {stage: _benchmark(Path(benchmarks) / stage / f"{name}_{fold}.tsv") for stage in ("train", "sample", "classify", "attribution")}
+            marks = {"train": _benchmark(Path(benchmarks) / "train" / f"{name}_{fold}.tsv")}  # peak RAM of training
         folds.append(FoldOutputs(
             name=fold,
             training=read_tsv(results / "models" / fold / "training.tsv"),

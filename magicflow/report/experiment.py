@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/report.html")
 
 
-def _generation_rows(block: dict, suffix: str) -> list[dict]:
+def _generation_rows(block: dict) -> list[dict]:
     rows = []
     for source in ("generated", "real"):
         values = block.get(source, {})
@@ -101,10 +101,10 @@ def generation(m: dict, results: Path, evaluation: Path) -> str:
             f'(validation and test subjects). Metrics with the suffix _{h.esc(suffix)} use the {h.esc(m["feature_extractor"]["name"])} '
             f'features; they are comparable within this pipeline, not with the paper\'s FID_Rad. The reference row compares real '
             f'training slices with the same held-out slices.</p>')
-    body += "<h3>All classes</h3>" + h.table(_generation_rows(g["overall"], suffix), ["images", *GENERATION_COLUMNS, "note"], headers)
+    body += "<h3>All classes</h3>" + h.table(_generation_rows(g["overall"]), ["images", *GENERATION_COLUMNS, "note"], headers)
     rows = []
     for name, block in g["per_class"].items():
-        for r in _generation_rows(block, suffix):
+        for r in _generation_rows(block):
             rows.append({"class": name, **r})
     body += "<h3>Per class</h3>" + h.table(rows, ["class", "images", "fid", "kid", "precision", "recall", "density", "coverage", "n_real", "n_fake", "note"], headers)
     ms = [{"images": k, **v} for k, v in g["ms_ssim"].items()]
