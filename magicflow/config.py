@@ -69,6 +69,13 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The schema's defaults for one top-level section, for commands run outside Snakemake
+    (the workflow passes them schema-filled already); one source, so the two cannot drift."""
+    properties = yaml.safe_load(SCHEMA_PATH.read_text())["properties"][section]["properties"]
+    return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
+
+
 def check_config(config: dict[str, Any]) -> None:
     """What the schema cannot say: roots exist, presets exist, experiments name configured datasets."""
     for name, dataset in config["datasets"].items():

@@ -72,3 +72,14 @@ def test_experiment_training_overrides_merge_augmentation_key_by_key():
     assert settings["training"]["epochs"] == 7 and settings["training"]["lr"] == config["training"]["lr"]
     assert settings["training"]["augment"] == {"rotate_degrees": 5.0, "shift_pixels": 2.0, "noise_sigma": 0.0}
     assert "evaluation" not in settings  # evaluation settings never rerun training
+
+
+def test_evaluate_without_a_settings_file_uses_the_schema_defaults(tmp_path: Path):
+    from magicflow.evaluate.commands import evaluation_settings
+
+    config = load_config(REPO_ROOT / "config" / "config.yaml")
+    expected = {**config["evaluation"], "ms_ssim_pairs": 500, "seed": 4}  # the shipped config lowers ms_ssim_pairs
+    assert evaluation_settings(None, seed=4) == expected
+    given = tmp_path / "evaluation.json"
+    given.write_text('{"bootstrap": 50, "nearest_k": null}')
+    assert evaluation_settings(given, seed=4) == {**expected, "bootstrap": 50}

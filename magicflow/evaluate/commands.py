@@ -17,10 +17,6 @@ import pandas as pd
 from magicflow.errors import InputError
 from magicflow.io import atomic_dir, atomic_path, write_json
 
-#: evaluation settings and their defaults (config section ``evaluation``)
-DEFAULTS = {"features": {"kind": "in_domain", "epochs": 5}, "bootstrap": 200, "nearest_k": 5, "ms_ssim_pairs": 500,
-            "calibration_bins": 10}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from magicflow.experiments.commands import add_experiment_inputs
@@ -37,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluation_settings(path: Path | None, seed: int) -> dict:
-    settings = {**DEFAULTS, "seed": seed}
+    """The schema's evaluation defaults, overridden by the settings file when given."""
+    from magicflow.config import schema_defaults
+
+    settings = {**schema_defaults("evaluation"), "seed": seed}
     if path is not None:
         try:
             given = json.loads(Path(path).read_text())
