@@ -84,6 +84,26 @@ def test_labels_balanced_as_asked_and_not_confounded_with_scanner(subjects, frac
             assert {p.diagnosis for p in plans if p.scanner == scanner} == {"AD", "CN"}
 
 
+def test_t1w_only_volunteers_follow_and_leave_the_full_cohort_unchanged(tmp_path: Path):
+    full = plan_cohort(12, seed=0)
+    plans = plan_cohort(12, seed=0, t1w_only=8)
+    assert plans[:12] == full
+    extra = plans[12:]
+    assert [p.subject for p in extra] == [f"demo{i:02d}" for i in range(13, 21)]
+    assert all(p.t1w_only and p.diagnosis == "CN" and p.severity == 0.0 for p in extra)
+    per_scanner = pd.Series([p.scanner for p in plans]).value_counts()
+    assert sorted(per_scanner) == [5, 5, 5, 5]
+    with pytest.raises(InputError, match="t1w-only"):
+        plan_cohort(4, seed=0, t1w_only=-1)
+
+    write_demo_cohort(tmp_path / "c", subjects=2, seed=0, tracers=("FDG",), workers=1, progress=False, t1w_only=1)
+    files = sorted(str(p.relative_to(tmp_path / "c" / "sub-demo03")) for p in (tmp_path / "c" / "sub-demo03").rglob("*.nii.gz"))
+    assert files == ["ses-01/anat/sub-demo03_ses-01_T1w.nii.gz"]
+    assert (tmp_path / "c" / "sub-demo01" / "ses-01" / "pet").is_dir()
+    participants = pd.read_csv(tmp_path / "c" / "participants.tsv", sep="\t", dtype=str)
+    assert participants["participant_id"].tolist() == ["sub-demo01", "sub-demo02", "sub-demo03"]
+
+
 def test_ground_truth_points_land_on_the_same_anatomy(demo_bids: Path):
     """Sampling a subject's T1w at the saved MNI -> T1w points must reproduce the template."""
     anatomy = load_template_anatomy()

@@ -3,7 +3,9 @@
 Every subject lives in its own native space (pose, scaling, smooth warp, scanner voxel
 size and orientation, bias field, non-brain margin) and is imaged by one of four MRI
 scanners (T1w, T2w, FLAIR) and one of three PET scanners (FDG, amyloid and tau, 4-6
-frames with one frame corrupted by head motion). AD subjects carry extra tau uptake in
+frames with one frame corrupted by head motion). Optional extra subjects are healthy
+volunteers with a T1w scan only, as in IXI and SALD: they feed the scanner experiments
+without the cost of registering series no experiment of theirs uses. AD subjects carry extra tau uptake in
 temporal and parietal cortex, hypometabolism there on FDG and cortical amyloid. The
 truth the pipeline should recover is written under ``derivatives/groundtruth/``: each
 subject's MNI -> T1w mapping, the rigid moves between its series, the AD tau mask.
@@ -59,15 +61,20 @@ class SubjectPlan:
     scanner: int  # index into MRI_SCANNERS
     pet_scanner: int  # index into PET_SCANNERS
     severity: float  # 0 for CN
+    t1w_only: bool = False  # a healthy volunteer with a T1w scan only (IXI/SALD-like)
 
 
-def plan_cohort(subjects: int, seed: int, ad_fraction: float = 0.5) -> list[SubjectPlan]:
+def plan_cohort(subjects: int, seed: int, ad_fraction: float = 0.5, t1w_only: int = 0) -> list[SubjectPlan]:
     """Who is who: scanners balanced round-robin, diagnosis stratified within scanner so
-    that scanner and diagnosis are not confounded."""
+    that scanner and diagnosis are not confounded. The ``t1w_only`` volunteers come after
+    the full-protocol subjects (whose plans they leave unchanged), scanners continuing
+    round-robin."""
     if subjects < 2:
         raise InputError(f"--subjects must be at least 2 (one AD and one CN), got {subjects}")
     if not 0.0 < ad_fraction < 1.0:
         raise InputError(f"--ad-fraction must be strictly between 0 and 1, got {ad_fraction}")
+    if t1w_only < 0:
+        raise InputError(f"--t1w-only must be 0 or more, got {t1w_only}")
     rng = np.random.default_rng([seed, 2**20])
     scanners = np.arange(subjects) % len(MRI_SCANNERS)
     n_ad = min(subjects - 1, max(1, round(subjects * ad_fraction)))
@@ -87,6 +94,18 @@ def plan_cohort(subjects: int, seed: int, ad_fraction: float = 0.5) -> list[Subj
             scanner=int(scanners[i]),
             pet_scanner=int(rng.integers(len(PET_SCANNERS))),
             severity=round(float(rng.uniform(0.7, 1.2)), 3) if ad else 0.0,
+        ))
+    for i in range(subjects, subjects + t1w_only):
+        plans.append(SubjectPlan(
+            index=i,
+            subject=f"demo{i + 1:02d}",
+            diagnosis="CN",
+            age=round(float(np.clip(rng.normal(70, 6), 55, 90)), 1),
+            sex=str(rng.choice(["F", "M"])),
+            scanner=i % len(MRI_SCANNERS),
+            pet_scanner=0,
+            severity=0.0,
+            t1w_only=True,
         ))
     return plans
 
@@ -242,7 +261,7 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
     moves: dict[str, np.ndarray] = {"T1w": np.eye(4)}
 
     _save(render_mr(anatomy, "T1w", scanner, scanner.voxel_mm, pose, warp, rng), anat / f"{stem}_T1w.nii.gz", _mr_sidecar(scanner, "T1w"))
-    for modality in ("T2w", "FLAIR"):
+    for modality in () if plan.t1w_only else ("T2w", "FLAIR"):
         moves[modality] = geo.rigid(rng, 3.0, 4.0)  # head motion between series: T1w world -> this series' world
         voxel = (scanner.voxel_mm[0], scanner.voxel_mm[1], THICK_SLICE_MM[modality])
         img = render_mr(anatomy, modality, scanner, voxel, moves[modality] @ pose, warp, rng)
@@ -250,7 +269,7 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
 
     weights = rng.uniform(0.6, 1.0, len(anatomy.ad_regions))
     corrupted_frames = {}
-    for name in tracers:
+    for name in () if plan.t1w_only else tracers:
         tracer = TRACERS[name]
         key = f"trc-{name}_pet"
         moves[key] = geo.rigid(rng, 8.0, 10.0)  # a separate visit on another scanner
@@ -286,6 +305,7 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
 
 
 def _dataset_files(out: Path, plans: list[SubjectPlan], seed: int, tracers: tuple[str, ...]) -> None:
+    n_t1w_only = sum(p.t1w_only for p in plans)
     description = {
         "Name": "MAGIC-Flow synthetic demo cohort",
         "BIDSVersion": "1.9.0",
@@ -293,7 +313,7 @@ def _dataset_files(out: Path, plans: list[SubjectPlan], seed: int, tracers: tupl
         "License": "CC0",
         "Authors": ["magicflow"],
         "GeneratedBy": [{"Name": "magicflow demo-cohort", "Version": __version__,
-                         "Description": f"seed={seed}, subjects={len(plans)}, tracers={','.join(tracers)}"}],
+                         "Description": f"seed={seed}, subjects={len(plans) - n_t1w_only}, t1w_only={n_t1w_only}, tracers={','.join(tracers)}"}],
         "HowToAcknowledge": "Synthetic data derived from the ICBM 2009a MNI152 template bundled with nilearn.",
     }
     (out / "dataset_description.json").write_text(json.dumps(description, indent=2) + "\n")
@@ -319,20 +339,21 @@ def _dataset_files(out: Path, plans: list[SubjectPlan], seed: int, tracers: tupl
 
 def write_demo_cohort(
     out: str | os.PathLike[str], subjects: int = 12, seed: int = 0, ad_fraction: float = 0.5,
-    tracers: tuple[str, ...] = tuple(TRACERS), workers: int | None = None, progress: bool = True,
+    tracers: tuple[str, ...] = tuple(TRACERS), workers: int | None = None, progress: bool = True, t1w_only: int = 0,
 ) -> list[SubjectPlan]:
-    """Write the demo BIDS dataset to ``out`` (replacing it only once complete).
+    """Write the demo BIDS dataset to ``out`` (replacing it only once complete): ``subjects``
+    with every series, then ``t1w_only`` volunteers with a T1w scan only.
 
     Deterministic: the same arguments give byte-identical files."""
     unknown = sorted(set(tracers) - set(TRACERS))
     if unknown:
         raise InputError(f"unknown tracer(s) {unknown}; expected some of {sorted(TRACERS)}")
-    plans = plan_cohort(subjects, seed, ad_fraction)
+    plans = plan_cohort(subjects, seed, ad_fraction, t1w_only)
     load_template_anatomy()  # built once here; forked workers share it
-    workers = max(1, min(workers or os.cpu_count() or 1, subjects))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(plans)))
     with atomic_dir(out) as tmp:
         _dataset_files(tmp, plans, seed, tuple(tracers))
-        bar = tqdm(total=subjects, desc="demo cohort", unit="subject", disable=not progress)
+        bar = tqdm(total=len(plans), desc="demo cohort", unit="subject", disable=not progress)
         if workers == 1:
             for plan in plans:
                 write_subject(plan, tmp, seed, tuple(tracers))
@@ -348,7 +369,8 @@ def write_demo_cohort(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output BIDS folder (replaced once complete)")
-    parser.add_argument("--subjects", type=int, default=12, help="number of subjects (default 12)")
+    parser.add_argument("--subjects", type=int, default=12, help="number of subjects with every series (default 12)")
+    parser.add_argument("--t1w-only", type=int, default=0, help="extra healthy volunteers with a T1w scan only (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     parser.add_argument("--ad-fraction", type=float, default=0.5, help="fraction of AD subjects (default 0.5)")
     parser.add_argument("--tracers", nargs="*", default=list(TRACERS), help=f"PET tracers, none for MRI only (default: {' '.join(TRACERS)})")
@@ -356,5 +378,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    write_demo_cohort(args.out, args.subjects, args.seed, args.ad_fraction, tuple(args.tracers), args.workers)
+    write_demo_cohort(args.out, args.subjects, args.seed, args.ad_fraction, tuple(args.tracers), args.workers, t1w_only=args.t1w_only)
     return 0

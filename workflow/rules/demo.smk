@@ -8,6 +8,7 @@ rule demo_cohort:
         dataset=name_regex(DEMO_DATASETS),
     params:
         subjects=lambda wc: config["datasets"][wc.dataset]["subjects"],
+        t1w_only=lambda wc: config["datasets"][wc.dataset]["t1w_only"],
         seed=lambda wc: config["datasets"][wc.dataset]["seed"],
         ad_fraction=lambda wc: config["datasets"][wc.dataset]["ad_fraction"],
         tracers=lambda wc: " ".join(config["datasets"][wc.dataset]["tracers"]),
@@ -22,5 +23,5 @@ rule demo_cohort:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} demo-cohort {output} --subjects {params.subjects} --seed {params.seed}"
+        "{MAGICFLOW} demo-cohort {output} --subjects {params.subjects} --t1w-only {params.t1w_only} --seed {params.seed}"
         " --ad-fraction {params.ad_fraction} --tracers {params.tracers} --workers {threads} > {log} 2>&1"
