@@ -83,7 +83,7 @@ rule preprocess_t1:
     params:
         backend=BACKEND,
         preset=config["registration"]["preset"],
-    threads: 2
+    threads: config["registration"]["threads"]
     resources:
         mem_mb=8000,
         runtime=90,
@@ -114,7 +114,7 @@ rule preprocess_coregister:
         modality=lambda wc: manifest_row(wc)["modality"],
         t1_json=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"])["json"],
         bias="--bias-correct" if config["registration"]["bias_correction"] else "",
-    threads: 2
+    threads: config["registration"]["threads"]
     resources:
         mem_mb=6000,
         runtime=30,
