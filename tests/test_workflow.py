@@ -47,7 +47,7 @@ def test_bad_config_stops_before_any_job(tmp_path: Path):
 
 @pytest.mark.slow
 def test_manifest_target_runs_on_a_tiny_demo(tmp_path: Path):
-    work = workdir_with(tmp_path, lambda c: c["datasets"]["demo"].update(subjects=2, tracers=["FDG"]))
+    work = workdir_with(tmp_path, lambda c: c["datasets"]["demo"].update(subjects=2, t1w_only=0, tracers=["FDG"]))
     result = snakemake(work, "--cores", "2", "manifest")
     assert result.returncode == 0, result.stderr[-3000:]
     table = read_manifest(work / "results" / "demo" / "manifest.tsv")
@@ -62,7 +62,7 @@ def test_manifest_target_runs_on_a_tiny_demo(tmp_path: Path):
 
 def tiny_experiment(config: dict) -> None:
     """6 demo subjects (3 AD, 3 CN), MRI only, one classification experiment over 3 folds."""
-    config["datasets"]["demo"].update(subjects=6, tracers=[])
+    config["datasets"]["demo"].update(subjects=6, t1w_only=0, tracers=[])
     config["training"].update(epochs=1, batch_size=4, device="cpu")
     config["experiments"] = {
         "tiny": {"datasets": ["demo"], "label": "diagnosis", "modalities": ["T1w"], "offsets": {"train": [-1, 0], "eval": [0]},

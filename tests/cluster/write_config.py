@@ -16,7 +16,7 @@ import yaml
 
 shipped, out = Path(sys.argv[1]), Path(sys.argv[2])
 config = yaml.safe_load(shipped.read_text())
-config["datasets"]["demo"].update(subjects=3, tracers=[])
+config["datasets"]["demo"].update(subjects=3, t1w_only=0, tracers=[])
 config["training"].update(epochs=1, batch_size=4, device="auto")
 config["registration"].update(backend="ants", preset="demo", bias_correction=False)
 tiny = {
