@@ -96,7 +96,9 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     assert snapshot.returncode == 0, snapshot.stderr[-2000:]
     assert (results / "snakemake-report.html").stat().st_size > 100_000
     qc = read_manifest(results / "demo" / "qc.tsv")
-    assert len(qc) == 18 and (qc.loc[qc["label"].str.endswith("T1w"), "ncc"].astype(float) > 0.85).all()
+    # well-registered demo T1w images score 0.82-0.95 (the scanners' contrast curves keep some below
+    # 0.85), a failed registration about 0.3: none may fall under the QC threshold
+    assert len(qc) == 18 and (qc.loc[qc["label"].str.endswith("T1w"), "ncc"].astype(float) > 0.8).all()
 
     # a changed training setting reruns training and what follows, never registration or slicing
     edited = yaml.safe_load((work / "config" / "config.yaml").read_text())
