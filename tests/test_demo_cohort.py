@@ -99,6 +99,8 @@ def test_t1w_only_volunteers_follow_and_leave_the_full_cohort_unchanged(tmp_path
     write_demo_cohort(tmp_path / "c", subjects=2, seed=0, tracers=("FDG",), workers=1, progress=False, t1w_only=1)
     files = sorted(str(p.relative_to(tmp_path / "c" / "sub-demo03")) for p in (tmp_path / "c" / "sub-demo03").rglob("*.nii.gz"))
     assert files == ["ses-01/anat/sub-demo03_ses-01_T1w.nii.gz"]
+    truth = json.loads((tmp_path / "c" / "derivatives" / "groundtruth" / "sub-demo03" / "sub-demo03_groundtruth.json").read_text())
+    assert truth["t1w_only"] is True and truth["pet_scanner"] is None and truth["corrupted_pet_frame"] == {}
     assert (tmp_path / "c" / "sub-demo01" / "ses-01" / "pet").is_dir()
     participants = pd.read_csv(tmp_path / "c" / "participants.tsv", sep="\t", dtype=str)
     assert participants["participant_id"].tolist() == ["sub-demo01", "sub-demo02", "sub-demo03"]

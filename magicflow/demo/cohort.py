@@ -5,10 +5,10 @@ size and orientation, bias field, non-brain margin) and is imaged by one of four
 scanners (T1w, T2w, FLAIR) and one of three PET scanners (FDG, amyloid and tau, 4-6
 frames with one frame corrupted by head motion). Optional extra subjects are healthy
 volunteers with a T1w scan only, as in IXI and SALD: they feed the scanner experiments
-without the cost of registering series no experiment of theirs uses. AD subjects carry extra tau uptake in
-temporal and parietal cortex, hypometabolism there on FDG and cortical amyloid. The
-truth the pipeline should recover is written under ``derivatives/groundtruth/``: each
-subject's MNI -> T1w mapping, the rigid moves between its series, the AD tau mask.
+without the cost of registering series no experiment of theirs uses. AD subjects carry
+extra tau uptake in temporal and parietal cortex, hypometabolism there on FDG and cortical
+amyloid. The truth the pipeline should recover is written under ``derivatives/groundtruth/``:
+each subject's MNI -> T1w mapping, the rigid moves between its series, the AD tau mask.
 
 The data are synthetic: they exercise every stage and let registration and attribution
 be scored against a known answer; they say nothing about real anatomy or disease."""
@@ -296,7 +296,7 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
     record = {
         **asdict(plan),
         "mri_scanner": asdict(scanner),
-        "pet_scanner": asdict(pet_scanner),
+        "pet_scanner": None if plan.t1w_only else asdict(pet_scanner),  # volunteers had no PET
         "pose_template_to_T1w": pose.round(8).tolist(),
         "region_weights": dict(zip(anatomy.ad_regions, weights.round(6).tolist())),
         "corrupted_pet_frame": corrupted_frames,
