@@ -24,3 +24,15 @@ def test_input_error_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "magicflow demo-cohort: error: --subjects must be at least 2 (one AD and one CN), got 1"
     assert not (tmp_path / "x").exists()
+
+
+def test_registration_qc_outputs_go_together(tmp_path):
+    """One QC output without the other is refused before any registration work or output."""
+    t1_json = tmp_path / "t1.json"  # never read: the check comes first
+    out = tmp_path / "out"
+    result = magicflow("preprocess-coregister", "--image", str(tmp_path / "t2.nii.gz"), "--modality", "T2w",
+                       "--t1-json", str(t1_json), "--out-image", str(out / "t2_mni.nii.gz"), "--out-rigid",
+                       str(out / "rigid.mat"), "--out-json", str(out / "t2.json"), "--qc-png", str(out / "qc.png"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "magicflow preprocess-coregister: error: --qc-png and --qc-json go together"
+    assert not out.exists()

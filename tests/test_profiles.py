@@ -64,7 +64,7 @@ def test_slurm_profile_settings():
     # registration sized for 1 mm, above the rules' own (local, demo-sized) settings
     assert slurm["set-threads"]["preprocess_t1"] >= 4 and slurm["set-resources"]["preprocess_t1"]["mem_mb"] >= 8000
     # per-subject preprocessing is grouped into one SLURM job
-    assert {slurm["groups"][r] for r in ("preprocess_t1", "preprocess_coregister", "preprocess_qc")} == {"subject"}
+    assert {slurm["groups"][r] for r in ("preprocess_t1", "preprocess_coregister")} == {"subject"}
 
 
 @pytest.mark.parametrize("rule", ["train_fold", "sample_fold", "classify_fold", "attribution_fold"])

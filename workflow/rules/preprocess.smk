@@ -1,5 +1,6 @@
 # Preprocessing (paper Appendix B.1): template, T1w -> MNI152, T2w/FLAIR/PET rigidly to their
-# T1w then through its transforms, QC per image, coronal slices per dataset.
+# T1w then through its transforms, each registration job also writing its image's QC figure and
+# correlation, then a QC table and coronal slices per dataset.
 # Which images exist is read from the manifest checkpoint.
 
 from magicflow.datasets.manifest import read_manifest
@@ -78,6 +79,8 @@ rule preprocess_t1:
         affine=f"{PREPROC}_affine.mat",
         warp=f"{PREPROC}_warp.nii.gz",
         json=f"{PREPROC}_t1.json",
+        qc_png=f"{PREPROC}_qc.png",
+        qc_json=f"{PREPROC}_qc.json",
     wildcard_constraints:
         image=r"[A-Za-z0-9_-]+_T1w",
     params:
@@ -97,7 +100,7 @@ rule preprocess_t1:
         "{MAGICFLOW} preprocess-t1 --t1 {input.image:q} --template-dir {input.template} --backend {params.backend}"
         " --preset {params.preset} --threads {threads} --out-t1 {output.image} --out-mask {output.mask}"
         " --out-native {output.native} --out-affine {output.affine} --out-warp {output.warp} --out-json {output.json}"
-        " > {log} 2>&1"
+        " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image} > {log} 2>&1"
 
 
 rule preprocess_coregister:
@@ -108,6 +111,8 @@ rule preprocess_coregister:
         image=f"{PREPROC}_space-{SPACE}.nii.gz",
         rigid=f"{PREPROC}_rigid.mat",
         json=f"{PREPROC}_coreg.json",
+        qc_png=f"{PREPROC}_qc.png",
+        qc_json=f"{PREPROC}_qc.json",
     wildcard_constraints:
         image=r"[A-Za-z0-9_-]+_(T2w|FLAIR|pet)",
     params:
@@ -127,29 +132,7 @@ rule preprocess_coregister:
     shell:
         "{MAGICFLOW} preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
         " {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
-        " > {log} 2>&1"
-
-
-rule preprocess_qc:
-    input:
-        image=f"{PREPROC}_space-{SPACE}.nii.gz",
-        template=TEMPLATE,
-    output:
-        png=f"{PREPROC}_qc.png",
-        json=f"{PREPROC}_qc.json",
-    threads: 1
-    resources:
-        mem_mb=3000,
-        runtime=10,
-    log:
-        log_path("preprocess_qc", "{dataset}_{image}"),
-    benchmark:
-        benchmark_path("preprocess_qc", "{dataset}_{image}")
-    conda:
-        ENV_MAGICFLOW
-    shell:
-        "{MAGICFLOW} preprocess-qc --image {input.image} --template-dir {input.template} --label {wildcards.image}"
-        " --out-png {output.png} --out-json {output.json} > {log} 2>&1"
+        " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image} > {log} 2>&1"
 
 
 rule qc_table:

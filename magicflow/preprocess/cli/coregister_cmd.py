@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from magicflow.preprocess.coregister import MODALITIES, SecondaryOutputs, preprocess_secondary
+from magicflow.preprocess.cli.qc_cmd import add_qc_arguments, qc_requested, write_qc
+from magicflow.preprocess.coregister import MODALITIES, SecondaryOutputs, preprocess_secondary, read_t1_record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,9 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-image", required=True, help="image in MNI, 182x218x182 float32")
     parser.add_argument("--out-rigid", required=True, help="rigid transform to the native T1 (.mat)")
     parser.add_argument("--out-json", required=True, help="sidecar: backend, frames, tracer, timing warning")
+    add_qc_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     outputs = SecondaryOutputs(Path(args.out_image), Path(args.out_rigid), Path(args.out_json))
+    qc = qc_requested(args)
     preprocess_secondary(args.image, args.modality, args.t1_json, outputs, args.bias_correct, args.threads)
+    if qc:
+        write_qc(args, args.out_image, read_t1_record(args.t1_json)["TemplateDir"], f"preprocess-{args.modality}")
     return 0

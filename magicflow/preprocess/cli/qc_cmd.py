@@ -1,9 +1,15 @@
-"""``magicflow preprocess-qc``: overlay PNG and template correlation for one MNI image."""
+"""``magicflow preprocess-qc``: overlay PNG and template correlation for one MNI image.
+
+The workflow does not call it: ``preprocess-t1`` and ``preprocess-coregister`` write the same QC
+files with ``--qc-png/--qc-json`` (one job per image instead of two: on the 2-core demo the
+separate QC jobs cost 56 Python start-ups). It stays for checking an image from elsewhere."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
+from magicflow.errors import InputError
 from magicflow.preprocess.qc import image_qc
 from magicflow.preprocess.template import load_template
 
@@ -14,6 +20,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", default=None, help="name shown in the figure and the table (default: file name)")
     parser.add_argument("--out-png", required=True)
     parser.add_argument("--out-json", required=True)
+
+
+def add_qc_arguments(parser: argparse.ArgumentParser) -> None:
+    """The QC outputs of the registration commands (both or neither)."""
+    group = parser.add_argument_group("QC of the MNI image (as preprocess-qc)")
+    group.add_argument("--qc-png", help="overlay figure of the image in MNI with the template's edges")
+    group.add_argument("--qc-json", help="correlation with the template inside its brain mask (for preprocess-qc-table)")
+    group.add_argument("--qc-label", default=None, help="name in the figure and the table (default: file name)")
+
+
+def qc_requested(args: argparse.Namespace) -> bool:
+    """Whether the QC files were asked for; only one of them is an error, raised before any work."""
+    if (args.qc_png is None) != (args.qc_json is None):
+        raise InputError("--qc-png and --qc-json go together")
+    return args.qc_png is not None
+
+
+def write_qc(args: argparse.Namespace, image: str | os.PathLike[str], template_dir: str | os.PathLike[str], stage: str) -> None:
+    """Write the QC files of a registered image (see :func:`qc_requested`)."""
+    record = image_qc(image, load_template(template_dir, 1), args.qc_png, args.qc_json, args.qc_label)
+    print(f"[{stage}] QC {record['label']}: NCC {record['ncc']:.3f}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from magicflow.preprocess.backend import BACKENDS
+from magicflow.preprocess.cli.qc_cmd import add_qc_arguments, qc_requested, write_qc
 from magicflow.preprocess.t1 import T1Outputs, preprocess_t1
 
 
@@ -21,10 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-affine", required=True, help="affine to MNI (.mat: ANTs or FLIRT format)")
     parser.add_argument("--out-warp", required=True, help="warp to MNI (.nii.gz: ANTs field or FNIRT coefficients)")
     parser.add_argument("--out-json", required=True, help="sidecar: backend, preset, space, transforms, seconds")
+    add_qc_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     outputs = T1Outputs(Path(args.out_t1), Path(args.out_mask), Path(args.out_native), Path(args.out_affine),
                         Path(args.out_warp), Path(args.out_json))
+    qc = qc_requested(args)
     preprocess_t1(args.t1, args.template_dir, outputs, args.backend, args.preset, args.threads)
+    if qc:
+        write_qc(args, args.out_t1, args.template_dir, "preprocess-t1")
     return 0
