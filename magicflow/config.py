@@ -129,6 +129,7 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         base, overrides = config["model_presets"][preset]["base"], config["model_presets"][preset].get("overrides", {})
     own = experiment.get("training", {})
     training = {**config["training"], **own, "augment": {**config["training"]["augment"], **own.get("augment", {})}}
+    training.pop("threads", None)  # how fast, not what is learned: changing it must rerun nothing
     folds = experiment["folds"]
     run_folds = experiment["run_folds"] or (folds if experiment["model"] == "classification" else 1)
     if run_folds > folds:

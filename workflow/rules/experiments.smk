@@ -99,7 +99,7 @@ rule train_fold:
     params:
         slices=slices_args,
         out=lambda wc: f"{RESULTS}/{wc.experiment}/models/{wc.fold}",
-    threads: 2
+    threads: config["training"]["threads"]
     resources:
         mem_mb=8000,
         runtime=240,

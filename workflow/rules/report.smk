@@ -38,7 +38,7 @@ rule evaluation_settings:
     output:
         f"{RESULTS}/{{experiment}}/evaluation.json",
     params:
-        settings=json.dumps(config["evaluation"], indent=2, sort_keys=True),
+        settings=json.dumps({k: v for k, v in config["evaluation"].items() if k != "threads"}, indent=2, sort_keys=True),
     log:
         log_path("evaluation_settings", "{experiment}"),
     run:
@@ -61,7 +61,7 @@ rule evaluate_experiment:
     params:
         inputs=evaluation_args,
         results=lambda wc: f"{RESULTS}/{wc.experiment}",
-    threads: 2
+    threads: config["evaluation"]["threads"]
     resources:
         mem_mb=6000,
         runtime=60,
