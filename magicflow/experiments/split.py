@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from magicflow.errors import InputError
 from magicflow.io import atomic_path
@@ -37,6 +36,8 @@ def assign_folds(images: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     if (per_class < folds).all():
         counts = ", ".join(f"{k}: {v}" for k, v in per_class.items())
         raise InputError(f"every class has fewer images than the {folds} folds ({counts}); lower folds or add data")
+    from sklearn.model_selection import StratifiedGroupKFold  # here: sklearn costs every train/infer job 0.8 s to import
+
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     assignment = np.full(len(images), -1)
     with warnings.catch_warnings():
