@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                         help="allow TF32 matmul/conv on CUDA")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
-                        help="run coupling networks channels-last (faster convolutions on CPU and GPU)")
+                        help="spatial convolutions of the coupling networks in channels-last layout (faster on CPU)")
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the normflows conditional Glow")
 

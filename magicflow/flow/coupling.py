@@ -18,9 +18,7 @@ class DoubleAffineCoupling(nn.Module):
     ``net_b`` gives (s1, t1) from ``x_A``; ``net_a`` gives (s2, t2) from ``u_B``. Passing the
     same module for both reuses one network (the authors' choice); two modules follow the
     paper's notation. With ``bf16`` set, the networks run under bfloat16 autocast while the
-    affine update and log-dets stay in the input precision (fp32). With ``channels_last`` set,
-    the networks see channels-last inputs (their weights must be converted too, see
-    :meth:`MagicFlow.set_channels_last`); the flow itself keeps contiguous tensors."""
+    affine update and log-dets stay in the input precision (fp32)."""
 
     def __init__(self, mask: torch.Tensor, net_b: nn.Module, net_a: nn.Module, scale_bound: float) -> None:
         super().__init__()
@@ -29,14 +27,12 @@ class DoubleAffineCoupling(nn.Module):
         self.net_a = net_a if net_a is not net_b else None
         self.scale_bound = scale_bound
         self.bf16 = False
-        self.channels_last = False
 
     def _params(self, net: nn.Module, h: torch.Tensor, y: torch.Tensor, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounded scale and shift from ``net``, zeroed outside ``side`` (the half they act on)."""
         ctx = torch.autocast(h.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        inputs = h.contiguous(memory_format=torch.channels_last) if self.channels_last else h
         with ctx:
-            raw, shift = net(inputs, y)
+            raw, shift = net(h, y)
         raw = raw.to(h.dtype).contiguous()
         shift = shift.to(h.dtype).contiguous()
         return self.scale_bound * torch.tanh(raw) * side, shift * side

@@ -35,7 +35,7 @@ from magicflow.flow.layers import (
     unsqueeze,
 )
 from magicflow.flow.masks import MASK_KINDS, build_mask, check_application_mask
-from magicflow.flow.nets import build_net
+from magicflow.flow.nets import SpatialConv2d, build_net
 from magicflow.flow.presets import COUPLINGS, preset_config
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -359,14 +359,14 @@ class MagicFlow(nn.Module):
             step.coupling.bf16 = enabled
 
     def set_channels_last(self, enabled: bool) -> None:
-        """Run coupling networks in channels-last layout: on CPU (oneDNN) convolutions with few
-        channels are several times faster so; on GPU it suits tensor cores."""
+        """Compute the coupling networks' spatial convolutions in channels-last layout (see
+        :class:`magicflow.flow.nets.SpatialConv2d`): on CPU a small-preset training step is
+        10-20 % faster; the training command turns it on for CPU runs."""
         layout = torch.channels_last if enabled else torch.contiguous_format
-        for step in self.steps:
-            step.coupling.channels_last = enabled
-            for module in step.coupling.modules():
-                if isinstance(module, nn.Conv2d):
-                    module.weight.data = module.weight.data.contiguous(memory_format=layout)
+        for module in self.modules():
+            if isinstance(module, SpatialConv2d):
+                module.channels_last = enabled
+                module.weight.data = module.weight.data.contiguous(memory_format=layout)
 
     def compile_networks(self, **kwargs: Any) -> None:
         """``torch.compile`` each coupling network (flow bookkeeping stays eager)."""

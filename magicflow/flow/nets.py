@@ -16,8 +16,27 @@ def _groups(channels: int) -> int:
     return next(g for g in (8, 4, 2, 1) if channels % g == 0)
 
 
+class SpatialConv2d(nn.Conv2d):
+    """A k x k convolution (k > 1) that can compute in channels-last layout while taking and
+    returning contiguous tensors.
+
+    On CPU, oneDNN's channels-first backward for few channels at full resolution is the
+    bottleneck of a training step: a 4 -> 4 channel 3x3 convolution with its GroupNorm over
+    8 x 184 x 184 took 41 ms forward and backward, 13 ms in channels-last. Converting only
+    around these layers, not whole networks, keeps GroupNorm and the element-wise layers in the
+    layout they are fastest in (whole-network channels-last gained 5 %, this 10-20 % per step).
+    Switched by :meth:`magicflow.flow.MagicFlow.set_channels_last`; results agree to rounding."""
+
+    channels_last = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 def _zero_conv(cin: int, cout: int, kernel: int = 3) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
+    conv = SpatialConv2d(cin, cout, kernel, padding=kernel // 2)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
@@ -46,7 +65,7 @@ class CBAM(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 1)
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.GELU(), nn.Conv2d(hidden, channels, 1))
-        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2)
+        self.spatial = SpatialConv2d(2, 1, kernel, padding=kernel // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = F.adaptive_avg_pool2d(x, 1)
@@ -95,7 +114,7 @@ class ASPPSE(nn.Module):
         super().__init__()
         branch = max(cout // 4, 4)
         self.branches = nn.ModuleList(
-            [nn.Conv2d(cin, branch, 1)] + [nn.Conv2d(cin, branch, 3, padding=d, dilation=d) for d in dilations]
+            [nn.Conv2d(cin, branch, 1)] + [SpatialConv2d(cin, branch, 3, padding=d, dilation=d) for d in dilations]
         )
         self.pool = nn.Conv2d(cin, branch, 1)
         total = branch * (len(dilations) + 2)
@@ -113,9 +132,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, embed_dim: int | None) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = SpatialConv2d(cin, cout, 3, padding=1)
         self.norm1 = nn.GroupNorm(_groups(cout), cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = SpatialConv2d(cout, cout, 3, padding=1)
         self.norm2 = nn.GroupNorm(_groups(cout), cout)
         self.film1 = FiLM(embed_dim, cout) if embed_dim else None
         self.film2 = FiLM(embed_dim, cout) if embed_dim else None
@@ -142,7 +161,7 @@ class GenerationNet(nn.Module):
         super().__init__()
         w1, w2, w3 = widths
         self.embed = nn.Embedding(num_classes, embed_dim)
-        self.stem = nn.Conv2d(channels, w1, 3, padding=1)
+        self.stem = SpatialConv2d(channels, w1, 3, padding=1)
         self.stem_norm = nn.GroupNorm(_groups(w1), w1)
         self.stem_film = FiLM(embed_dim, w1)
         self.cbam = nn.Identity() if lite else CBAM(w1)
@@ -197,7 +216,7 @@ class ClassificationNet(nn.Module):
         super().__init__()
         w1, w2, w3 = widths
         self.embed = LabelEmbedding(num_classes, embed_dim)
-        self.stem = nn.Conv2d(channels, w1, 3, padding=1)
+        self.stem = SpatialConv2d(channels, w1, 3, padding=1)
         self.stem_film = FiLM(embed_dim, w1)
         self.cbam = nn.Identity() if lite else CBAM(w1)
         self.block1 = ResBlock(w1, w3 if lite else w2, None)
