@@ -131,15 +131,18 @@ def test_log_prob_is_latent_density_plus_logdet_and_bits_per_dim():
 
 def test_class_likelihoods_match_per_label_loop_and_probabilities():
     model = tiny("classification", size=16, classes=3)
-    x = torch.rand(2, 1, 16, 16)
+    x = torch.rand(3, 1, 16, 16)
     with torch.no_grad():
-        batched = model.class_log_likelihoods(x)
-        looped = torch.stack([model.log_prob(x, torch.full((2,), k)) for k in range(3)], dim=1)
-        torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-4)
+        looped = torch.stack([model.log_prob(x, torch.full((3,), k)) for k in range(3)], dim=1)
+        # 9 image-label pairs: the CPU default (8 per pass), one pass, and uneven chunks of 4
+        for pairs in (None, 9, 4):
+            torch.testing.assert_close(model.class_log_likelihoods(x, pairs_per_pass=pairs), looped, rtol=1e-5, atol=1e-4)
+        with pytest.raises(InputError, match="pairs_per_pass"):
+            model.class_log_likelihoods(x, pairs_per_pass=0)
         prior = torch.log(torch.tensor([0.5, 0.3, 0.2]))
         proba = model.predict_proba(x, prior, temperature=2.0)
     torch.testing.assert_close(proba, torch.softmax((looped + prior) / 2.0, dim=1), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(proba.sum(1), torch.ones(2))
+    torch.testing.assert_close(proba.sum(1), torch.ones(3))
 
 
 def test_sample_shape_and_temperature():

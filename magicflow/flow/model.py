@@ -88,6 +88,12 @@ def validate_config(config: dict[str, Any]) -> None:
         raise InputError("need 0 <= dropout < 1, scale_bound > 0 and actnorm_init_images >= 1")
 
 
+#: Image-label pairs per forward pass when scoring every class on a CPU: full-resolution maps of
+#: larger batches ran at half the speed per pair (small preset, 1 thread: 0.076 s per pair at 8,
+#: 0.19 s at 32, where glibc hands every large buffer back to the system and faults it in again).
+CPU_PAIRS_PER_PASS = 8
+
+
 class FlowStep(nn.Module):
     """ActNorm -> invertible 1x1 convolution -> double affine coupling."""
 
@@ -302,15 +308,23 @@ class MagicFlow(nn.Module):
         ]
         return self.inverse(latents, y)
 
-    def class_log_likelihoods(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K) log p(x | y=k) for every label, in one batched pass of B*K images."""
+    def class_log_likelihoods(self, x: torch.Tensor, pairs_per_pass: int | None = None) -> torch.Tensor:
+        """(B, K) log p(x | y=k) for every label: the B*K image-label pairs in batched passes of
+        ``pairs_per_pass`` (default: all at once on a GPU, :data:`CPU_PAIRS_PER_PASS` on a CPU)."""
         x = self.prepare(x)
         batch, k = x.shape[0], self.num_classes
         images = x.repeat_interleave(k, dim=0)
         labels = torch.arange(k, device=x.device).repeat(batch)
-        latents, logdet = self._flow(images, labels, per_position=False)
-        prior = sum(_normal_log_density(z).flatten(1).sum(1) for z in latents)
-        return (prior + logdet).view(batch, k)
+        if pairs_per_pass is None:
+            pairs_per_pass = CPU_PAIRS_PER_PASS if images.device.type == "cpu" else len(images)
+        if pairs_per_pass < 1:
+            raise InputError(f"pairs_per_pass must be at least 1, got {pairs_per_pass}")
+        scores = []
+        for start in range(0, len(images), pairs_per_pass):
+            chunk = slice(start, start + pairs_per_pass)
+            latents, logdet = self._flow(images[chunk], labels[chunk], per_position=False)
+            scores.append(sum(_normal_log_density(z).flatten(1).sum(1) for z in latents) + logdet)
+        return torch.cat(scores).view(batch, k)
 
     def predict_proba(
         self, x: torch.Tensor, log_prior: torch.Tensor | None = None, temperature: float = 1.0
