@@ -321,6 +321,28 @@ def test_fold_summary_has_folds_then_mean_and_std():
     assert list(named.index) == ["fold-3", "fold-4", "mean", "std"]  # names are not prefixed twice
 
 
+def test_chance_test_p_values_worked_by_hand():
+    # 4 slices, 2 per class: of the 6 distinct orderings of the predictions [0, 0, 1, 1] one is perfect
+    perfect = cls.chance_test(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), 2)
+    assert perfect["balanced_accuracy"] == 1.0 and perfect["chance_level"] == 0.5 and perfect["n"] == 4
+    assert perfect["p_value"] == pytest.approx(1 / 6)
+    # predictions [0, 1, 1, 1] score 0.75 when the 0 falls on a true 0 (2 of 4 places), else 0.25
+    assert cls.chance_test(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)["p_value"] == pytest.approx(0.5)
+    # every prediction wrong: every shuffle scores at least as well
+    assert cls.chance_test(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0]), 2)["p_value"] == pytest.approx(1.0)
+
+
+def test_chance_test_on_the_demo_scale_is_seeded_and_checks_inputs():
+    true = np.repeat(np.arange(4), 5)  # 4 classes x 5 test slices, 11 right as in the demo
+    pred = true.copy()
+    pred[[2, 3, 4, 8, 9, 10, 11, 12, 18]] = [3, 3, 3, 3, 3, 3, 3, 0, 2]
+    first = cls.chance_test(true, pred, 4, resamples=2000, seed=3)
+    assert first["balanced_accuracy"] == pytest.approx(0.55) and first["chance_level"] == 0.25
+    assert 0 < first["p_value"] < 0.02 and first == cls.chance_test(true, pred, 4, resamples=2000, seed=3)
+    with pytest.raises(InputError, match="at least 2 predictions"):
+        cls.chance_test(true, pred[:-1], 4)
+
+
 def test_confusion_keeps_every_class():
     matrix = cls.confusion(np.array([0, 0, 1]), np.array([0, 1, 1]), 4)
     assert matrix.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]

@@ -51,7 +51,8 @@ def metrics_record() -> dict:
             "summary": [{"fold": "fold-0", **fold_metrics}, {"fold": "fold-1", **fold_metrics},
                         {"fold": "mean", **fold_metrics}, {"fold": "std", "balanced_accuracy": 0.0}],
             "pooled": fold_metrics, "per_dataset": {"adni": fold_metrics}, "confusion": [[3, 1], [1, 3]],
-            "calibration": {"ece": 0.12, "bins": []}, "rejection": []},
+            "calibration": {"ece": 0.12, "bins": []}, "rejection": [],
+            "chance": {"balanced_accuracy": 0.75, "chance_level": 0.5, "p_value": 0.0123, "resamples": 10000, "n": 8}},
         "attribution": {"n_maps": 8, "thresholds": [{"threshold": 0.5, "f1": 0.6, "f1_std": 0.1, "retained_area": 0.02}],
                         "best_threshold": 0.5, "best_f1": 0.6,
                         "groundtruth": {"slices": 2, "auc_evidence": 0.81, "auc_low_likelihood": 0.6, "uptake_fraction": 0.05}},
@@ -87,6 +88,7 @@ def test_report_has_every_section_and_embeds_its_figures(report_files):
     # numbers reach the page: FID of generated vs the real reference, the paper's Table 4 count, a QC flag, an exclusion reason
     assert "42.500" in page and "3.250" in page and ">530<" in page
     assert "sub-demo03_ses-01_T1w" in page and "unreadable" in page
+    assert "0.750 (p = 0.012, n = 8)" in page  # pooled balanced accuracy against label shuffles
     assert "FID_ID" in page and "too few held-out slices" in page and "PRDC needs more rows" in page
 
 

@@ -135,6 +135,7 @@ def classification_section(outputs: ExperimentOutputs, settings: dict, fig_dir: 
         "per_fold": per_fold,
         "summary": summary.reset_index().to_dict(orient="records"),
         "pooled": cls.classification_metrics(true, proba, classes),
+        "chance": cls.chance_test(true, proba.argmax(1), len(classes), seed=settings["seed"]),
         "per_dataset": per_dataset,
         "confusion": matrix,
         "calibration": {"ece": calibration["ece"], "bins": calibration["bins"].to_dict(orient="records")},

@@ -58,6 +58,8 @@ def overview(m: dict) -> str:
         ("balanced accuracy (mean over folds)", f"{h.fmt(mean.get('balanced_accuracy'))} ± {h.fmt(std.get('balanced_accuracy'))}"),
         ("macro AUC", h.fmt(mean.get("macro_auc"))),
         ("chance level", h.fmt(1 / len(m["classes"]))),
+        ("pooled balanced accuracy, p vs chance (label shuffles)",
+         f"{h.fmt(c['chance']['balanced_accuracy'])} (p = {c['chance']['p_value']:.2g}, n = {c['chance']['n']})"),
         ("expected calibration error", h.fmt(c["calibration"]["ece"])),
         (f"FID_{suffix} generated / real ref.", f"{h.fmt(g['overall']['generated'].get('fid'))} / {h.fmt(g['overall']['real'].get('fid'))}"),
         (f"coverage_{suffix}", h.fmt(g["overall"]["generated"].get("coverage"))),
