@@ -101,6 +101,15 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     # 0.85), a failed registration about 0.3: none may fall under the QC threshold
     assert len(qc) == 18 and (qc.loc[qc["label"].str.endswith("T1w"), "ncc"].astype(float) > 0.8).all()
 
+    # --forcerun train_fold (the training stage's rule) retrains every fold and redoes what follows
+    plan = snakemake(work, "-n", "--cores", "2", "--forcerun", "train_fold")
+    jobs = plan.stdout + plan.stderr
+    assert plan.returncode == 0 and jobs.count("rule train_fold:") == 3, jobs[-3000:]
+    for downstream in ("sample_fold", "classify_fold", "attribution_fold", "evaluate_experiment", "report_experiment"):
+        assert f"rule {downstream}:" in jobs, downstream
+    for upstream in ("preprocess_t1", "preprocess_coregister", "dataset_slices", "demo_cohort", "split"):
+        assert f"rule {upstream}:" not in jobs and f"localrule {upstream}:" not in jobs, upstream
+
     # a changed training setting reruns training and what follows, never registration or slicing
     edited = yaml.safe_load((work / "config" / "config.yaml").read_text())
     edited["training"]["lr"] = 0.0005
