@@ -26,5 +26,6 @@ def run(args: argparse.Namespace) -> int:
     qc = qc_requested(args)
     preprocess_secondary(args.image, args.modality, args.t1_json, outputs, args.bias_correct, args.threads)
     if qc:
-        write_qc(args, args.out_image, read_t1_record(args.t1_json)["TemplateDir"], f"preprocess-{args.modality}")
+        template_dir = read_t1_record(args.t1_json)["TemplateDir"]
+        write_qc(args.out_image, template_dir, args.qc_png, args.qc_json, args.qc_label, f"preprocess-{args.modality}")
     return 0

@@ -37,13 +37,13 @@ def qc_requested(args: argparse.Namespace) -> bool:
     return args.qc_png is not None
 
 
-def write_qc(args: argparse.Namespace, image: str | os.PathLike[str], template_dir: str | os.PathLike[str], stage: str) -> None:
-    """Write the QC files of a registered image (see :func:`qc_requested`)."""
-    record = image_qc(image, load_template(template_dir, 1), args.qc_png, args.qc_json, args.qc_label)
+def write_qc(image: str | os.PathLike[str], template_dir: str | os.PathLike[str], png: str, json_path: str,
+             label: str | None, stage: str) -> None:
+    """Write the QC figure and JSON of a registered image and log its correlation."""
+    record = image_qc(image, load_template(template_dir, 1), png, json_path, label)
     print(f"[{stage}] QC {record['label']}: NCC {record['ncc']:.3f}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    record = image_qc(args.image, load_template(args.template_dir, 1), args.out_png, args.out_json, args.label)
-    print(f"[preprocess-qc] {record['label']}: NCC {record['ncc']:.3f}")
+    write_qc(args.image, args.template_dir, args.out_png, args.out_json, args.label, "preprocess-qc")
     return 0

@@ -31,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
     qc = qc_requested(args)
     preprocess_t1(args.t1, args.template_dir, outputs, args.backend, args.preset, args.threads)
     if qc:
-        write_qc(args, args.out_t1, args.template_dir, "preprocess-t1")
+        write_qc(args.out_t1, args.template_dir, args.qc_png, args.qc_json, args.qc_label, "preprocess-t1")
     return 0
