@@ -8,6 +8,7 @@ import pytest
 import xlwt
 
 from adapter_fixtures import nifti
+from magicflow.datasets.commands import build_manifest
 from magicflow.datasets.ixi import read_ixi
 from magicflow.datasets.manifest import read_manifest, write_manifest
 from magicflow.errors import InputError
@@ -46,29 +47,30 @@ def ixi(tmp_path: Path) -> Path:
 
 
 def test_ixi_rows_scanners_labels_and_exclusions(ixi: Path, tmp_path: Path):
-    rows, excluded = read_ixi(ixi, "ixi")
+    rows, excluded = build_manifest("ixi", ixi, "ixi", {})
     write_manifest(rows, excluded, tmp_path / "m.tsv", tmp_path / "e.tsv", "ixi")
     table = read_manifest(tmp_path / "m.tsv").set_index("image")
-    assert sorted(table.index) == ["IXI002-Guys-0828-T1", "IXI002-Guys-0828-T2", "IXI012-HH-1211-T1", "IXI025-IOP-0890-T1"]
-    assert table.loc["IXI002-Guys-0828-T1", "scanner"] == "Philips Gyroscan Intera 1.5T"
-    assert table.loc["IXI012-HH-1211-T1", "scanner"] == "Philips Intera 3T"
-    assert table.loc["IXI025-IOP-0890-T1", "scanner"] == "GE 1.5T"
-    assert table.loc["IXI002-Guys-0828-T2", ["modality", "reference", "subject"]].tolist() == ["T2w", "IXI002-Guys-0828-T1", "IXI002"]
-    assert table.loc["IXI002-Guys-0828-T1", ["age", "sex", "diagnosis"]].tolist() == ["35.8", "M", "CN"]
-    assert table.loc["IXI012-HH-1211-T1", ["age", "sex"]].tolist() == ["38.78", "F"]
+    # stems follow the pipeline's contract, so the preprocessing rules take them
+    assert sorted(table.index) == ["sub-IXI002_T1w", "sub-IXI002_T2w", "sub-IXI012_T1w", "sub-IXI025_T1w"]
+    assert table.loc["sub-IXI002_T1w", "scanner"] == "Philips Gyroscan Intera 1.5T"
+    assert table.loc["sub-IXI012_T1w", "scanner"] == "Philips Intera 3T"
+    assert table.loc["sub-IXI025_T1w", "scanner"] == "GE 1.5T"
+    assert table.loc["sub-IXI002_T2w", ["modality", "reference", "subject"]].tolist() == ["T2w", "sub-IXI002_T1w", "IXI002"]
+    assert table.loc["sub-IXI002_T1w", ["age", "sex", "diagnosis"]].tolist() == ["35.8", "M", "CN"]
+    assert table.loc["sub-IXI012_T1w", ["age", "sex"]].tolist() == ["38.78", "F"]
     reasons = {Path(e.path).relative_to(ixi).as_posix(): e.reason for e in excluded}
     assert reasons["IXI-T1/IXI099-XYZ-0001-T1.nii.gz"].startswith("unknown site code 'XYZ'")
     assert reasons["IXI-PD/IXI013-HH-1212-PD.nii.gz"].startswith("modality PD is not used")
     assert reasons["IXI-DTI/IXI002-Guys-0828-DTI-00.nii.gz"].startswith("modality DTI is not used")
     assert reasons["IXI-T1/IXI026-IOP-0891-T1.nii.gz"].startswith("unreadable NIfTI header")
     assert reasons["IXI-T2/IXI013-HH-1212-T2.nii.gz"].startswith("no T1w for subject IXI013")
-    assert reasons["copy/IXI002-Guys-0828-T1.nii.gz"].startswith("duplicate image ID IXI002-Guys-0828-T1")
+    assert reasons["copy/IXI002-Guys-0828-T1.nii.gz"].endswith("IXI-T1/IXI002-Guys-0828-T1.nii.gz): the same image twice")
     assert len(reasons) == 6
 
 
 def test_ixi_settings_override_sites_and_diagnosis(ixi: Path):
     rows, excluded = read_ixi(ixi, "ixi", sites={"XYZ": "Acme 7T"}, diagnosis="healthy")
-    assert {r.image: r.scanner for r in rows} == {"IXI099-XYZ-0001-T1": "Acme 7T"}
+    assert {r.image: r.scanner for r in rows} == {"sub-IXI099_T1w": "Acme 7T"}
     assert {r.diagnosis for r in rows} == {"healthy"}
 
 

@@ -11,9 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from magicflow.datasets.bids import read_bids
+from magicflow.datasets.commands import build_manifest
 from magicflow.datasets.manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
 from magicflow.errors import InputError
+
+
+def read_bids(root: Path, name: str, participant_columns: dict[str, str] | None = None, **settings):
+    """What `magicflow manifest --kind bids` builds: the adapter, data checks, T1w pairing."""
+    options = {"participant_columns": participant_columns} if participant_columns else {}
+    return build_manifest("bids", root, name, options, **settings)
 
 
 def test_manifest_of_the_demo(demo_bids: Path, tmp_path: Path):
@@ -33,7 +39,7 @@ def test_manifest_of_the_demo(demo_bids: Path, tmp_path: Path):
 
 def nifti(path: Path, shape=(8, 8, 8), data=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.ones(shape, dtype=np.float32) if data is None else data
+    array = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) if data is None else data
     nib.save(nib.Nifti1Image(array, np.eye(4)), path)
     return path
 
@@ -101,7 +107,52 @@ def test_nearest_session_t1_is_the_reference(tmp_path: Path):
     p = nifti(root / "sub-01" / "ses-03" / "pet" / "sub-01_ses-03_trc-AV1451_pet.nii.gz", shape=(8, 8, 8, 2))
     (root / "sub-01" / "ses-03" / "pet" / "sub-01_ses-03_trc-AV1451_pet.json").write_text('{"TracerName": "AV1451"}')
     rows, _ = read_bids(root, "b")
-    assert {r.image: r.reference for r in rows}[p.name.removesuffix(".nii.gz")] == "sub-01_ses-04_T1w"
+    row = {r.image: r for r in rows}[p.name.removesuffix(".nii.gz")]
+    assert (row.reference, row.reference_gap_days) == ("sub-01_ses-04_T1w", "n/a")  # labels, not dates
+
+
+def test_dated_sessions_pair_by_days_within_the_gap(tmp_path: Path):
+    root = tmp_path / "b"
+    for ses in ("20170515", "20180102"):
+        nifti(root / "sub-01" / f"ses-{ses}" / "anat" / f"sub-01_ses-{ses}_T1w.nii.gz")
+    for ses in ("20171229", "20190601"):
+        pet_dir = root / "sub-01" / f"ses-{ses}" / "pet"
+        nifti(pet_dir / f"sub-01_ses-{ses}_trc-FDG_pet.nii.gz", shape=(8, 8, 8, 3))
+        (pet_dir / f"sub-01_ses-{ses}_trc-FDG_pet.json").write_text('{"TracerName": "FDG"}')
+    rows, excluded = read_bids(root, "b", max_reference_gap_days=365)
+    row = {r.image: r for r in rows}["sub-01_ses-20171229_trc-FDG_pet"]
+    # 2017-12-29 is 4 days from 2018-01-02 and 228 days from 2017-05-15 (20171229 - 20170515 = 714 as integers)
+    assert (row.reference, row.reference_gap_days) == ("sub-01_ses-20180102_T1w", "4")
+    assert {r.image: r.reference_gap_days for r in rows}["sub-01_ses-20170515_T1w"] == "0"
+    assert [e.reason for e in excluded] == [
+        "nearest T1w of subject 01 (sub-01_ses-20180102_T1w) is 515 days away, more than max_reference_gap_days (365)"]
+    rows, excluded = read_bids(root, "b", max_reference_gap_days=600)
+    assert excluded == [] and {r.image: r.reference_gap_days for r in rows}["sub-01_ses-20190601_trc-FDG_pet"] == "515"
+
+
+def test_broken_image_data_are_excluded_and_the_rest_goes_on(tmp_path: Path):
+    root = bids(tmp_path / "b", subjects=("01", "02", "03", "04", "05"), participants=False)
+    shape = (8, 8, 8)
+    nan = np.arange(512, dtype=np.float32).reshape(shape)
+    nan[2, 2, 2] = np.nan
+    nifti(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz", data=nan)
+    nifti(root / "sub-01" / "anat" / "sub-01_T2w.nii.gz")  # its T1w is broken: nothing to register it to
+    nifti(root / "sub-02" / "anat" / "sub-02_T1w.nii.gz", data=np.zeros(shape, np.float32))
+    whole = (root / "sub-03" / "anat" / "sub-03_T1w.nii.gz").read_bytes()
+    (root / "sub-03" / "anat" / "sub-03_T1w.nii.gz").write_bytes(whole[: len(whole) // 2])  # header intact, data cut
+    nifti(root / "sub-04" / "anat" / "sub-04_T1w.nii.gz", shape=(8, 8))
+    nifti(root / "sub-05" / "anat" / "sub-05 copy_T1w.nii.gz")
+    rows, excluded = read_bids(root, "b")
+    reasons = {Path(e.path).name: e.reason for e in excluded}
+    assert reasons["sub-01_T1w.nii.gz"] == "1 NaN or infinite voxels"
+    assert reasons["sub-01_T2w.nii.gz"].startswith("no T1w for subject 01")
+    assert reasons["sub-02_T1w.nii.gz"] == "image is all zero"
+    assert reasons["sub-03_T1w.nii.gz"].startswith("unreadable or truncated NIfTI")
+    assert reasons["sub-04_T1w.nii.gz"] == "T1w has shape (8, 8) (expected one 3D volume)"
+    assert reasons["sub-05 copy_T1w.nii.gz"].startswith("the file name has whitespace")
+    assert {r.image for r in rows} == {"sub-05_T1w"}
+    write_manifest(rows, excluded, tmp_path / "m.tsv", tmp_path / "e.tsv", "b")
+    assert len(read_manifest(tmp_path / "e.tsv")) == 6
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import pandas as pd
 
-from magicflow.datasets.manifest import MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, volume_problem
+from magicflow.datasets.manifest import MISSING, Exclusion, ImageRow, check_subject_ids, volume_problem
 from magicflow.datasets.tracers import tracer_family
 from magicflow.errors import InputError
 
@@ -74,7 +74,7 @@ def scanner_name(sidecar: dict) -> str:
 
 
 def read_bids(root: str | Path, dataset: str, participant_columns: dict[str, str] | None = None) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Manifest rows and exclusions for a BIDS dataset."""
+    """Manifest rows (references not yet assigned) and exclusions for a BIDS dataset."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"dataset {dataset!r}: BIDS root {str(root)!r} does not exist")
@@ -97,8 +97,7 @@ def read_bids(root: str | Path, dataset: str, participant_columns: dict[str, str
             else:
                 entities = _entities(image.name)
                 excluded.append(Exclusion(dataset, subject, entities.get("ses", MISSING), str(image), reason))
-    kept, no_t1 = assign_references(rows)
-    return kept, excluded + no_t1
+    return rows, excluded
 
 
 def _image_row(image: Path, root: Path, dataset: str, subject: str, labels: dict[str, str]) -> tuple[ImageRow | None, str]:

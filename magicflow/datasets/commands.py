@@ -1,7 +1,10 @@
 """``magicflow manifest``: write a dataset's manifest and exclusions from its download.
 
-IDA downloads (ppmi, adni) are read in two steps, each its own Snakemake rule: ``--convert-only``
-turns the image folders into NIfTI (cached in ``--nifti-dir``), then the manifest is built."""
+Every kind goes the same way (:func:`build_manifest`): the adapter reads the download, then the
+images whose data cannot be registered are left out with their reasons, and every other image
+gets the T1w it registers through. IDA downloads (ppmi, adni) are read in two steps, each its
+own Snakemake rule: ``--convert-only`` turns the image folders into NIfTI (cached in
+``--nifti-dir``), then the manifest is built."""
 
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ from magicflow.datasets.adni import read_adni
 from magicflow.datasets.bids import LABEL_COLUMNS, read_bids
 from magicflow.datasets.ida import convert_download
 from magicflow.datasets.ixi import read_ixi
-from magicflow.datasets.manifest import write_manifest
+from magicflow.datasets.manifest import (
+    MAX_REFERENCE_GAP_DAYS, Exclusion, ImageRow, assign_references, screen_images, write_manifest,
+)
 from magicflow.datasets.ppmi import read_ppmi
 from magicflow.datasets.sald import DEMOGRAPHIC_COLUMNS, read_sald
 from magicflow.errors import InputError
@@ -68,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--visit-window-days", type=int, help="adni: largest gap between scan and diagnosed visit")
     parser.add_argument("--diagnosis-label", action="append", default=[], metavar="VALUE=LABEL",
                         help="ppmi, adni: relabel diagnosis values (e.g. Dementia=AD)")
+    parser.add_argument("--max-reference-gap-days", type=int, default=MAX_REFERENCE_GAP_DAYS,
+                        help=f"largest gap in days between an image and the T1w it registers through (default {MAX_REFERENCE_GAP_DAYS})")
+    parser.add_argument("--workers", type=int, default=2, help="threads reading images for the data checks (default 2)")
 
 
 def reader_options(args: argparse.Namespace) -> dict[str, object]:
@@ -84,7 +92,26 @@ def reader_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
+def build_manifest(kind: str, root: Path, dataset: str, options: dict[str, object],
+                   max_reference_gap_days: int | None = MAX_REFERENCE_GAP_DAYS, workers: int = 2) -> tuple[list[ImageRow], list[Exclusion]]:
+    """Rows and exclusions of one dataset: the adapter's, minus images with broken data, each
+    other image paired with its T1w (after the checks, so a broken T1w is never a reference)."""
+    reader = READERS[kind]
+    needed = [name for name, p in list(inspect.signature(reader).parameters.items())[2:] if p.default is inspect.Parameter.empty]
+    missing = [n for n in needed if n not in options]
+    if missing:
+        raise InputError(f"--kind {kind} needs {', '.join('--' + n.replace('_', '-') for n in missing)}")
+    rows, excluded = reader(root, dataset, **options)
+    rows, broken = screen_images(rows, workers)
+    rows, unpaired = assign_references(rows, max_reference_gap_days)
+    return rows, excluded + broken + unpaired
+
+
 def run(args: argparse.Namespace) -> int:
+    args.root = args.root.expanduser()
+    for dest in ("demographics", "collection", "nifti_dir", "diagnosis_table"):
+        if getattr(args, dest) is not None:
+            setattr(args, dest, getattr(args, dest).expanduser())
     options = reader_options(args)
     if args.kind in IDA_PROJECTS and "nifti_dir" not in options:
         raise InputError(f"--kind {args.kind} needs --nifti-dir (where DICOM series are converted)")
@@ -96,12 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None or args.excluded is None:
         raise InputError("--out and --excluded are required (unless --convert-only)")
-    reader = READERS[args.kind]
-    needed = [name for name, p in list(inspect.signature(reader).parameters.items())[2:] if p.default is inspect.Parameter.empty]
-    missing = [n for n in needed if n not in options]
-    if missing:
-        raise InputError(f"--kind {args.kind} needs {', '.join('--' + n.replace('_', '-') for n in missing)}")
-    rows, excluded = reader(args.root, args.dataset, **options)
+    rows, excluded = build_manifest(args.kind, args.root, args.dataset, options, args.max_reference_gap_days, args.workers)
     write_manifest(rows, excluded, args.out, args.excluded, f"dataset {args.dataset!r} ({args.root})")
     print(f"{args.dataset}: {len(rows)} images in {args.out}, {len(excluded)} excluded (see {args.excluded})")
     for item in excluded:

@@ -3,7 +3,8 @@ plus the IXI.xls demographics sheet.
 
 Files are named ``IXI<id>-<site>-<number>-<modality>.nii.gz`` (``-DTI-<nn>`` for diffusion).
 The scanner is known only through the site, so an unknown site code excludes the image
-rather than guessing. IXI subjects are healthy volunteers: one diagnosis label for all."""
+rather than guessing. IXI subjects are healthy volunteers: one diagnosis label for all. Image
+stems follow the pipeline's contract (``sub-IXI002_T1w``); IXI has no sessions."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import re
 from pathlib import Path
 
 from magicflow.datasets.manifest import (
-    MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, drop_duplicate_images, format_age,
-    subject_id,
-    volume_problem,
+    MISSING, Exclusion, ImageRow, check_subject_ids, drop_duplicate_images, format_age, image_stem, subject_id, volume_problem,
 )
 from magicflow.datasets.tables import column, read_table, relabel
 from magicflow.errors import InputError
@@ -56,8 +55,8 @@ def read_ixi(
     diagnosis: str = "CN",
     sex_labels: dict[str, str] | None = None,
 ) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Manifest rows and exclusions for an unpacked IXI download; ``demographics`` is relative
-    to ``root`` unless absolute."""
+    """Manifest rows (references not yet assigned) and exclusions for an unpacked IXI download;
+    ``demographics`` is relative to ``root`` unless absolute."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"dataset {dataset!r}: IXI root {str(root)!r} does not exist")
@@ -89,7 +88,7 @@ def read_ixi(
         person = labels.get(ixi_id, {})
         rows.append(ImageRow(
             dataset=dataset, subject=subject, session=MISSING,
-            image=re.sub(r"\.nii(\.gz)?$", "", image.name),
+            image=image_stem(subject, MODALITIES[modality]),
             modality=MODALITIES[modality], tracer=MISSING, tracer_name=MISSING,
             scanner=sites[site], diagnosis=diagnosis,
             age=person.get("age", MISSING), sex=person.get("sex", MISSING),
@@ -97,6 +96,5 @@ def read_ixi(
         ))
     rows, duplicates = drop_duplicate_images(rows)
     check_subject_ids(sorted({r.subject for r in rows}), f"IXI dataset {root}")
-    kept, no_t1 = assign_references(rows)
-    return kept, excluded + duplicates + no_t1
+    return rows, excluded + duplicates
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from datetime import date, datetime
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -22,6 +24,14 @@ from magicflow.io import atomic_path
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "manifest.schema.yaml"
 MISSING = "n/a"  # BIDS's spelling of a missing value
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")
+#: what every image stem looks like: BIDS-like `_`-separated parts, the last one the modality
+#: suffix. The preprocessing rules constrain their `image` wildcard with exactly this pattern and
+#: pick the T1w rule or the coregistration rule by the suffix; the manifest schema holds the same.
+IMAGE_STEM = r"[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*"
+SUFFIXES = ("T1w", "T2w", "FLAIR", "pet")
+#: default of the datasets' max_reference_gap_days setting: a PET a year from its T1w is still
+#: placed by it (brain shape changes little in a year); farther ones are left out
+MAX_REFERENCE_GAP_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -29,7 +39,7 @@ class ImageRow:
     dataset: str
     subject: str
     session: str  # MISSING when the dataset has no sessions
-    image: str  # unique, file-name-safe stem, e.g. sub-01_ses-01_trc-FDG_pet
+    image: str  # unique stem ending in the modality: sub-01_ses-01_trc-FDG_pet (see image_stem)
     modality: str  # T1w | T2w | FLAIR | pet
     tracer: str  # fdg | amyloid | tau for PET, else MISSING
     tracer_name: str
@@ -40,6 +50,7 @@ class ImageRow:
     reference: str  # image stem of the T1w this image is coregistered to (itself for a T1w)
     path: str
     sidecar: str
+    reference_gap_days: str = MISSING  # days between this image and its reference T1w (0 for a T1w; n/a when undated)
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,43 @@ def volume_problem(path: str | Path, what: str) -> str:
     if len(shape) not in (3, 4):
         return f"{what} has shape {shape} (expected one 3D volume)"
     return ""
+
+
+def data_problem(path: str | Path, modality: str) -> str:
+    """Why an image's data cannot be registered ('' when they can): unreadable or truncated
+    file, NaN/infinite, all-zero or constant voxels, or the wrong number of dimensions (3D for
+    MRI, 3D or 4D for PET). Reads the whole file once, so a bad download is left out when the
+    manifest is built instead of failing a registration job and blocking its dataset."""
+    from magicflow.preprocess.volumes import check_values, load_nifti
+
+    try:
+        img = load_nifti(path)
+        data = np.asarray(img.dataobj)
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        allowed = (3, 4) if modality == "pet" else (3,)
+        if data.ndim not in allowed:
+            raise InputError(f"{path}: {modality} has shape {data.shape} (expected {' or '.join(f'{n}D' for n in allowed)})")
+        check_values(path, data)
+    except InputError as error:
+        return str(error).removeprefix(f"{path}: ")
+    return ""
+
+
+def screen_images(rows: list[ImageRow], workers: int = 2) -> tuple[list[ImageRow], list[Exclusion]]:
+    """Leave out the images the rules cannot take (a file name with whitespace) or whose data are
+    broken (:func:`data_problem`), each with its reason; the others go on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(row: ImageRow) -> str:
+        if re.search(r"\s", Path(row.path).name):
+            return "the file name has whitespace, which the workflow's rules cannot pass safely: rename the file"
+        return data_problem(row.path, row.modality)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # zlib and numpy release the GIL
+        problems = list(pool.map(problem, rows))
+    kept = [row for row, why in zip(rows, problems) if not why]
+    return kept, [exclusion_of(row, why) for row, why in zip(rows, problems) if why]
 
 
 def check_subject_ids(subjects: Iterable[str], source: str) -> None:
@@ -100,6 +148,15 @@ def file_stem(*parts: str) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9-]+", "-", p).strip("-") for p in parts if p)
 
 
+def image_stem(subject: str, modality: str, session: str = MISSING, tracer: str = MISSING, image_id: str = MISSING) -> str:
+    """The stem every adapter writes, ``sub-<id>[_ses-<s>][_trc-<tracer>][_img-<id>]_<modality>``:
+    what the preprocessing rules take (see :data:`IMAGE_STEM`)."""
+    if modality not in SUFFIXES:
+        raise InputError(f"modality {modality!r}: expected one of {', '.join(SUFFIXES)}")
+    given = [(key, value) for key, value in (("sub", subject), ("ses", session), ("trc", tracer), ("img", image_id)) if value not in ("", MISSING)]
+    return file_stem(*(f"{key}-{value}" for key, value in given), modality)
+
+
 def format_age(value: object) -> str:
     """Age in years as text (two decimals at most), MISSING when absent or not a number."""
     try:
@@ -123,37 +180,74 @@ def drop_duplicate_images(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Ex
     kept: dict[str, ImageRow] = {}
     gone = []
     for row in sorted(rows, key=lambda r: (r.sidecar == MISSING, r.path)):
-        if row.image in kept:
-            gone.append(exclusion_of(row, f"duplicate image ID {row.image} (kept {kept[row.image].path})"))
-        else:
+        first = kept.get(row.image)
+        if first is None:
             kept[row.image] = row
+        elif Path(first.path).name == Path(row.path).name:
+            gone.append(exclusion_of(row, f"duplicate image ID {row.image} (kept {first.path}): the same image twice"))
+        else:
+            gone.append(exclusion_of(row, f"duplicate image ID {row.image} (kept {first.path}): a second {row.modality} "
+                                          f"of subject {row.subject}{'' if row.session == MISSING else ' session ' + row.session}, not merged"))
     return list(kept.values()), gone
 
 
-def assign_references(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Exclusion]]:
+def session_date(session: str) -> date | None:
+    """The date a session label names (``20170510``, ``2017-05-10`` or ``ses-20170510``), else None."""
+    text = session.removeprefix("ses-")
+    for fmt in ("%Y%m%d", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def assign_references(rows: list[ImageRow], max_gap_days: int | None = None) -> tuple[list[ImageRow], list[Exclusion]]:
     """Give every non-T1w image the T1w of the same subject to coregister to: the same session
-    when there is one, else the nearest session (by label order). Images of subjects with no
-    T1w at all are excluded."""
-    t1 = {}
+    when there is one, else the nearest dated session (sessions that are dates are compared as
+    dates, others by label order). ``reference_gap_days`` records the distance in days (n/a
+    when a session is undated). Images of subjects with no T1w, or whose nearest T1w lies more
+    than ``max_gap_days`` away, are excluded with that reason."""
+    t1: dict[str, list[ImageRow]] = {}
     for row in rows:
         if row.modality == "T1w":
             t1.setdefault(row.subject, []).append(row)
     kept, excluded = [], []
     for row in rows:
         if row.modality == "T1w":
-            kept.append(_replace(row, reference=row.image))
+            kept.append(_replace(row, reference=row.image, reference_gap_days="0"))
             continue
-        candidates = sorted(t1.get(row.subject, []), key=lambda r: (r.session != row.session, _session_distance(r.session, row.session), r.image))
+        candidates = sorted(t1.get(row.subject, []), key=lambda r: (_session_distance(r.session, row.session), r.image))
         if not candidates:
-            excluded.append(Exclusion(row.dataset, row.subject, row.session, row.path, f"no T1w for subject {row.subject}: {row.modality} cannot be registered to MNI"))
-        else:
-            kept.append(_replace(row, reference=candidates[0].image))
+            excluded.append(exclusion_of(row, f"no T1w for subject {row.subject}: {row.modality} cannot be registered to MNI"))
+            continue
+        best = candidates[0]
+        gap = _gap_days(best.session, row.session)
+        if gap is not None and max_gap_days is not None and gap > max_gap_days:
+            excluded.append(exclusion_of(row, f"nearest T1w of subject {row.subject} ({best.image}) is {gap} days away, "
+                                              f"more than max_reference_gap_days ({max_gap_days})"))
+            continue
+        kept.append(_replace(row, reference=best.image, reference_gap_days=MISSING if gap is None else str(gap)))
     return kept, excluded
 
 
-def _session_distance(a: str, b: str) -> float:
-    da, db = re.findall(r"\d+", a), re.findall(r"\d+", b)
-    return abs(int(da[-1]) - int(db[-1])) if da and db else 0.0
+def _gap_days(a: str, b: str) -> int | None:
+    if a == b:
+        return 0
+    da, db = session_date(a), session_date(b)
+    return abs((da - db).days) if da and db else None
+
+
+def _session_distance(a: str, b: str) -> tuple[int, float]:
+    """Sort key: the same session, then dated sessions by days apart, then labels by the
+    difference of their last numbers (ses-M012 vs ses-M000), then anything else."""
+    if a == b:
+        return (0, 0.0)
+    gap = _gap_days(a, b)
+    if gap is not None:
+        return (1, float(gap))
+    na, nb = re.findall(r"\d+", a), re.findall(r"\d+", b)
+    return (2, float(abs(int(na[-1]) - int(nb[-1])))) if na and nb else (3, 0.0)
 
 
 def _replace(row: ImageRow, **changes: str) -> ImageRow:

@@ -1,6 +1,7 @@
 # Shared by every rule file: config validation, paths, and how rules call the package.
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ RESULTS = "results"
 # Snakemake, so no activation is needed.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 _USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-MAGICFLOW = f"{'python' if _USES_CONDA else sys.executable} -m magicflow"
+MAGICFLOW = f"{'python' if _USES_CONDA else shlex.quote(sys.executable)} -m magicflow"
 ENV_MAGICFLOW = "../../envs/magicflow.yaml"
 
 

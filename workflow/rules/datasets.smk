@@ -4,8 +4,6 @@
 # output is kept: a rerun of the manifest never converts again, and a forced conversion
 # rerun converts only image folders it has not converted before.
 
-import shlex
-
 IDA_KINDS = ("ppmi", "adni")
 IDA_DATASETS = sorted(name for name, d in config["datasets"].items() if d["kind"] in IDA_KINDS)
 # config key -> `magicflow manifest` option; mappings become one KEY=VALUE option per entry
@@ -21,13 +19,14 @@ MANIFEST_OPTIONS = {
     "diagnosis_table": "--diagnosis-table",
     "visit_window_days": "--visit-window-days",
     "diagnosis_labels": "--diagnosis-label",
+    "max_reference_gap_days": "--max-reference-gap-days",
 }
 TABLE_KEYS = ("demographics", "collection", "diagnosis_table")  # files read by the manifest: rule inputs
 
 
 def dataset_root(wc):
     dataset = config["datasets"][wc.dataset]
-    return f"{RESULTS}/{wc.dataset}/bids" if dataset["kind"] == "demo" else dataset["root"]
+    return f"{RESULTS}/{wc.dataset}/bids" if dataset["kind"] == "demo" else str(Path(dataset["root"]).expanduser())
 
 
 def manifest_kind(wc):

@@ -3,7 +3,7 @@
 # correlation, then a QC table and coronal slices per dataset.
 # Which images exist is read from the manifest checkpoint.
 
-from magicflow.datasets.manifest import read_manifest
+from magicflow.datasets.manifest import IMAGE_STEM, read_manifest
 from magicflow.preprocess.backend import resolve_backend
 from magicflow.preprocess.template import template_space
 
@@ -47,8 +47,9 @@ def dataset_offsets(dataset):
     return ",".join(str(v) for v in sorted(offsets))
 
 
+# the manifest schema holds every image stem to this pattern, so any manifest image has a rule
 wildcard_constraints:
-    image=r"[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*",
+    image=IMAGE_STEM,
 
 
 rule preprocess_template:
@@ -82,7 +83,7 @@ rule preprocess_t1:
         qc_png=f"{PREPROC}_qc.png",
         qc_json=f"{PREPROC}_qc.json",
     wildcard_constraints:
-        image=r"[A-Za-z0-9_-]+_T1w",
+        image=IMAGE_STEM + "_T1w",
     params:
         backend=BACKEND,
         preset=config["registration"]["preset"],
@@ -114,7 +115,7 @@ rule preprocess_coregister:
         qc_png=f"{PREPROC}_qc.png",
         qc_json=f"{PREPROC}_qc.json",
     wildcard_constraints:
-        image=r"[A-Za-z0-9_-]+_(T2w|FLAIR|pet)",
+        image=IMAGE_STEM + "_(T2w|FLAIR|pet)",
     params:
         modality=lambda wc: manifest_row(wc)["modality"],
         t1_json=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"])["json"],
