@@ -268,7 +268,9 @@ def write_manifest(rows: list[ImageRow], excluded: list[Exclusion], manifest: Pa
         error = jsonschema.exceptions.best_match(validator.iter_errors(record))
         if error is not None:
             raise InputError(f"{source}: manifest row for {record['path']}: column '{'.'.join(map(str, error.absolute_path))}': {error.message}")
-    gone = pd.DataFrame([asdict(e) for e in excluded], columns=EXCLUDED_COLUMNS).sort_values(["subject", "path"])
+    # one line per reason: library messages may hold newlines, which logs and reports would break on
+    gone = pd.DataFrame([{**asdict(e), "reason": " ".join(e.reason.split())} for e in excluded],
+                        columns=EXCLUDED_COLUMNS).sort_values(["subject", "path"])
     with atomic_path(manifest) as tmp_manifest, atomic_path(excluded_path) as tmp_excluded:
         table.to_csv(tmp_manifest, sep="\t", index=False)
         gone.to_csv(tmp_excluded, sep="\t", index=False)
