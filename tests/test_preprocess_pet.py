@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from magicflow.errors import InputError
-from magicflow.preprocess.pet import TimingWarning, canonical_tracer, median_frames, static_pet
+from magicflow.datasets.tracers import canonical_tracer
+from magicflow.preprocess.pet import TimingWarning, median_frames, static_pet
 
 
 def _write_pet(tmp_path, data, tracer="FDG", starts=None, durations=None, sidecar=True):
