@@ -13,7 +13,9 @@ the image), read as BIDS and as dcm2niix write it:
 * starts: ``FrameTimesStart``; where it is absent (dcm2niix writes it only when the DICOM has a
   Series Time) or its frames overlap (dcm2niix writes [0, 0, 0] for a series crossing
   midnight), ``FrameReferenceTime - FrameDuration / 2``: DICOM's Frame Reference Time is an
-  offset from the Series Time, at mid-frame for a long-lived isotope (PS3.3 C.8.9.4.1.5);
+  offset from the Series Time, at mid-frame for a long-lived isotope (PS3.3 C.8.9.4.1.5;
+  where that would start the first frame before the series, the references are frame starts,
+  as some vendors write them);
 * what they count from: BIDS counts from ``TimeZero`` and gives the injection as
   ``InjectionStart`` on the same clock; a clock ``RadiopharmaceuticalStartTime`` (DICOM
   0018,1072) with ``TimeZero``/``SeriesTime`` gives it too, across midnight. Without either,
@@ -23,8 +25,9 @@ the image), read as BIDS and as dcm2niix write it:
   plateau is recorded as not checked rather than reported as missed. dcm2niix (v1.0.20260724)
   never writes the injection time: since v1.0.20260416 it omits InjectionStart on purpose, as
   Siemens store the dose-measurement time in Radiopharmaceutical Start Time. A bare
-  ``FrameTimesStart`` with none of these keys is read as post-injection, as BIDS's TimeZero
-  usually is.
+  ``FrameTimesStart`` with none of these keys (no converter writes one; hand-made sidecars
+  do) is read as post-injection, as this module always has: an assumption, recorded in the
+  sidecar of the coregistration.
 * tracer: the sidecar's ``TracerName``, else the manifest's ``tracer_name`` (dcm2niix writes
   none when the DICOM Radiopharmaceutical is empty)."""
 
@@ -94,7 +97,7 @@ def sidecar_path(pet_path: str | os.PathLike[str]) -> Path:
     return path.with_suffix(".json")
 
 
-def given(value: str | os.PathLike[str] | None) -> str | None:
+def _given(value: str | os.PathLike[str] | None) -> str | None:
     """A command-line value, None when absent or the manifest's 'n/a'."""
     text = None if value is None else str(value).strip()
     return None if not text or text == MISSING else text
@@ -155,7 +158,7 @@ def read_timing(pet_path: str | os.PathLike[str], frames: int, sidecar: str | os
     A missing sidecar beside the image is a warning (the image is usable, only the timing
     cannot be checked); a named sidecar that is missing, or one that contradicts the image, is
     an error. ``tracer`` (the manifest's tracer_name) stands in for a missing TracerName."""
-    named = given(sidecar)
+    named = _given(sidecar)
     side = Path(named) if named else sidecar_path(pet_path)
     if not side.is_file():
         if named:
@@ -169,8 +172,8 @@ def read_timing(pet_path: str | os.PathLike[str], frames: int, sidecar: str | os
     if not isinstance(meta, dict):
         raise InputError(f"{side}: a sidecar must be a JSON object, got {type(meta).__name__}")
     tracer_name, tracer_source = str(meta.get("TracerName") or "").strip(), "sidecar TracerName"
-    if not tracer_name and given(tracer):
-        tracer_name, tracer_source = str(given(tracer)), "manifest tracer_name"
+    if not tracer_name and _given(tracer):
+        tracer_name, tracer_source = str(_given(tracer)), "manifest tracer_name"
     durations = _numbers(meta, "FrameDuration", side)
     starts, source, zero = frame_starts(meta, side, durations or [])
     missing = [name for name, value in (("TracerName", tracer_name), ("FrameDuration", durations)) if not value]
