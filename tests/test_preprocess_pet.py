@@ -353,3 +353,19 @@ def test_coregister_command_passes_sidecar_and_tracer(tmp_path, monkeypatch):
     assert cli.main(base) == 0
     assert seen == [(True, {"sidecar": "bids/trc-18FAV1451_pet.json", "tracer": "18FAV1451"}),
                     (True, {"sidecar": None, "tracer": None})]
+
+
+def test_frame_reference_times_at_frame_starts(tmp_path):
+    # mid-frame references would put the first frame at -150 s: these references are the starts
+    path = _sidecar(tmp_path, TracerName="FDG", FrameReferenceTime=[0, 300, 600], FrameDuration=[300, 300, 300])
+    result, said = _quiet(lambda: static_pet(path))
+    assert result.timing.starts_s == (0.0, 300.0, 600.0) and "frame-start references" in result.timing.source
+    assert result.timing.origin == "scan start" and said == []
+
+
+def test_dynamic_scan_started_before_the_injection(tmp_path):
+    # series 09:59:50, injection 10:00:00: the first frame starts 10 s before it, not 23 h 59 min after
+    path = _sidecar(tmp_path, TracerName="FDG", SeriesTime="09:59:50", RadiopharmaceuticalStartTime="100000",
+                    FrameTimesStart=[0, 300, 600], FrameDuration=[300, 300, 300])
+    result, said = _quiet(lambda: static_pet(path))
+    assert result.timing.starts_s == (-10.0, 290.0, 590.0) and result.plateau == "outside" and len(said) == 1

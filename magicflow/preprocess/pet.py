@@ -42,7 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from magicflow.datasets.clock import clock_seconds, seconds_after, signed_seconds
+from magicflow.datasets.clock import clock_seconds, signed_seconds
 from magicflow.datasets.manifest import MISSING
 from magicflow.datasets.tracers import canonical_tracer
 from magicflow.errors import InputError
@@ -147,7 +147,7 @@ def injection_offset(meta: dict, zero: float | None) -> float | None:
         return shift - float(start)
     injected = clock_seconds(meta.get("RadiopharmaceuticalStartTime"))
     if injected is not None and zero is not None:
-        return seconds_after(zero, injected)
+        return signed_seconds(zero, injected)  # a dynamic scan may start just before the injection
     return None
 
 
