@@ -90,6 +90,17 @@ def test_unusable_images_are_excluded_with_reasons(tmp_path: Path):
     assert {r.image for r in rows} == {"sub-01_T1w", "sub-02_T1w"}
 
 
+def test_clinica_tracer_labels_and_sidecar_fallback(tmp_path: Path):
+    root = bids(tmp_path / "b")
+    pet(root, "01", tracer="18FFBB")  # Clinica's isotope-prefixed label
+    tau = pet(root, "02", tracer="tau")  # not a tracer: the sidecar's TracerName decides
+    tau.with_name(tau.name.replace(".nii.gz", ".json")).write_text(json.dumps({"TracerName": "[18F]AV-1451"}))
+    rows, excluded = read_bids(root, "b")
+    tracers = {r.image: (r.tracer, r.tracer_name) for r in rows if r.modality == "pet"}
+    assert tracers == {"sub-01_trc-18FFBB_pet": ("amyloid", "18FFBB"), "sub-02_trc-tau_pet": ("tau", "[18F]AV-1451")}
+    assert excluded == []
+
+
 def test_pet_without_any_t1_is_excluded(tmp_path: Path):
     root = bids(tmp_path / "b", subjects=("01",))
     (tmp_path / "b" / "sub-01" / "anat" / "sub-01_T1w.nii.gz").rename(tmp_path / "b" / "sub-01" / "anat" / "sub-01_T2w.nii.gz")

@@ -120,10 +120,12 @@ def _image_row(image: Path, root: Path, dataset: str, subject: str, labels: dict
     if suffix == "pet":
         if sidecar_path is None:
             return None, "PET without a JSON sidecar: tracer and frame timing unknown"
-        tracer_name = entities.get("trc") or str(sidecar.get("TracerName", ""))
-        tracer = tracer_family(tracer_name) if tracer_name else None
-        if tracer is None:
-            return None, f"unknown PET tracer {tracer_name or '(none given)'!r}"
+        # the trc- label first (Clinica writes 18FAV45, 11CPIB), then the sidecar's TracerName
+        names = list(dict.fromkeys(n for n in (entities.get("trc", ""), str(sidecar.get("TracerName") or "").strip()) if n))
+        tracer_name = next((n for n in names if tracer_family(n)), "")
+        if not tracer_name:
+            return None, f"unknown PET tracer {' or '.join(repr(n) for n in names) or repr('(none given)')}"
+        tracer = tracer_family(tracer_name)
         if len(shape) not in (3, 4):
             return None, f"PET has {len(shape)} dimensions (expected 3 or 4)"
     elif problem := volume_problem(image, suffix):

@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from magicflow.datasets.clock import DAY_S, clock_seconds, series_offsets, signed_seconds
 from magicflow.errors import InputError
 from magicflow.io import atomic_path
 
@@ -68,25 +69,46 @@ def convert_series(folder: Path, out: Path, stem: str) -> tuple[Path, Path]:
 
 
 def _acquisition_seconds(meta: dict) -> float | None:
-    value = meta.get("AcquisitionTime")
-    if not value:
-        return None
+    """A frame's AcquisitionTime (its start, DICOM PS3.3 C.8.9.4.1.6) in seconds after
+    midnight; None when absent or unparsable."""
+    return clock_seconds(meta.get("AcquisitionTime"))
+
+
+def _frame_offsets(metas: list[dict]) -> list[float] | None:
+    """Each frame's start in seconds after the first frame's, or None when a frame has no time.
+    Full AcquisitionDateTime values (dcm2niix writes them when not anonymising) are compared as
+    they are; clock times alone go through
+    :func:`series_offsets`, so a series crossing midnight keeps positive, ordered times."""
     try:
-        t = datetime.strptime(str(value).split(".")[0], "%H:%M:%S")
-    except ValueError:
+        stamps = [datetime.fromisoformat(str(m["AcquisitionDateTime"])) for m in metas]
+    except (KeyError, ValueError):
+        stamps = None
+    if stamps is not None:
+        return [(s - min(stamps)).total_seconds() for s in stamps]
+    clocks = [_acquisition_seconds(m) for m in metas]
+    if any(c is None for c in clocks):
         return None
-    return t.hour * 3600.0 + t.minute * 60.0 + t.second
+    return series_offsets([c for c in clocks if c is not None])
+
+
+def _clock_text(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600:02d}:{whole // 60 % 60:02d}:{seconds - whole // 60 * 60:09.6f}"
 
 
 def assemble_frames(frames: list[Path], image: Path, sidecar: Path) -> None:
     """Stack 3D frames of one acquisition into a 4D image, in acquisition order (sidecar
-    AcquisitionTime, else file name), and write FrameTimesStart/FrameDuration (seconds from
-    the first frame) where the frames' sidecars give them."""
+    AcquisitionDateTime or AcquisitionTime, else file name), and write their timing where the
+    frames' sidecars give it, as BIDS counts it: FrameTimesStart in seconds from the first
+    frame's start, with ``ScanStart`` 0 and ``TimeZero`` that start's clock time. These are not
+    post-injection times; an injection time in the first frame's sidecar (InjectionStart with
+    its TimeZero, or a clock RadiopharmaceuticalStartTime) is kept on the new clock."""
     metas = []
     for frame in frames:
         meta_path = frame.with_name(NIFTI.sub(".json", frame.name))
         metas.append(json.loads(meta_path.read_text()) if meta_path.exists() else {})
-    order = sorted(range(len(frames)), key=lambda i: (_acquisition_seconds(metas[i]) is None, _acquisition_seconds(metas[i]) or 0.0, frames[i].name))
+    offsets = _frame_offsets(metas)
+    order = sorted(range(len(frames)), key=lambda i: (offsets[i] if offsets else 0.0, frames[i].name))
     loaded = [nib.load(frames[i]) for i in order]
     first = loaded[0]
     for i, img in zip(order, loaded):
@@ -96,9 +118,18 @@ def assemble_frames(frames: list[Path], image: Path, sidecar: Path) -> None:
             raise InputError(f"cannot assemble frames: {frames[i].name} is not on the grid of {frames[order[0]].name}")
     data = np.stack([np.asarray(img.dataobj, dtype=np.float32).reshape(first.shape[:3]) for img in loaded], axis=-1)
     meta = dict(metas[order[0]])
-    starts = [_acquisition_seconds(metas[i]) for i in order]
-    if all(s is not None for s in starts):
-        meta["FrameTimesStart"] = [s - starts[0] for s in starts]
+    # the first frame's own single-frame timing does not describe the stack
+    for key in ("FrameTimesStart", "FrameDuration", "FrameReferenceTime", "ScanStart", "TimeZero", "InjectionStart"):
+        meta.pop(key, None)
+    if offsets is not None:
+        meta["FrameTimesStart"] = [offsets[i] for i in order]
+        meta["ScanStart"] = 0
+        zero = _acquisition_seconds(metas[order[0]])
+        if zero is not None:
+            meta["TimeZero"] = _clock_text(zero)
+            injection = _injection_clock(metas[order[0]])
+            if injection is not None:
+                meta["InjectionStart"] = signed_seconds(injection, zero)
     durations = [metas[i].get("FrameDuration") for i in order]
     if all(isinstance(d, (int, float)) or (isinstance(d, list) and len(d) == 1) for d in durations):
         meta["FrameDuration"] = [float(d[0] if isinstance(d, list) else d) for d in durations]
@@ -109,3 +140,12 @@ def assemble_frames(frames: list[Path], image: Path, sidecar: Path) -> None:
         nib.save(nib.Nifti1Image(data, first.affine, header), tmp)
     with atomic_path(sidecar) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def _injection_clock(meta: dict) -> float | None:
+    """Clock time of the injection in one frame's sidecar: BIDS InjectionStart on its TimeZero,
+    or a clock RadiopharmaceuticalStartTime."""
+    start, zero = meta.get("InjectionStart"), clock_seconds(meta.get("TimeZero"))
+    if isinstance(start, (int, float)) and not isinstance(start, bool) and zero is not None:
+        return (zero + float(start)) % DAY_S
+    return clock_seconds(meta.get("RadiopharmaceuticalStartTime"))

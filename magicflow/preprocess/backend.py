@@ -8,6 +8,9 @@ from magicflow.errors import InputError
 from magicflow.preprocess.template import fsl_available
 
 BACKENDS = ("auto", "fsl", "ants")
+#: secondary images that --bias-correct reaches. PET is never bias-corrected: its intensity
+#: variations are the uptake being measured, not a receive-coil field
+BIAS_CORRECTED = ("T2w", "FLAIR")
 
 
 def resolve_backend(name: str) -> str:
@@ -19,6 +22,11 @@ def resolve_backend(name: str) -> str:
     if name == "fsl" and not fsl_available():
         raise InputError("backend 'fsl': FSL not found ($FSLDIR unset or `flirt` not on PATH); use 'ants' or 'auto'")
     return name
+
+
+def bias_correction_applies(modality: str, requested: bool) -> bool:
+    """Whether a requested bias correction (N4 or FAST) runs on this secondary modality."""
+    return requested and modality in BIAS_CORRECTED
 
 
 def thread_environment(threads: int) -> dict[str, str]:

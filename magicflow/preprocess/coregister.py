@@ -17,7 +17,7 @@ import numpy as np
 
 from magicflow.errors import InputError
 from magicflow.io import atomic_path, write_json
-from magicflow.preprocess.backend import set_threads
+from magicflow.preprocess.backend import bias_correction_applies, set_threads
 from magicflow.preprocess.template import load_template
 from magicflow.preprocess.volumes import load_3d
 
@@ -47,20 +47,25 @@ def read_t1_record(t1_sidecar: str | os.PathLike[str]) -> dict:
 def preprocess_secondary(
     image_path: str | os.PathLike[str], modality: str, t1_sidecar: str | os.PathLike[str],
     out: SecondaryOutputs, bias_correct: bool = False, threads: int = 1,
+    sidecar: str | os.PathLike[str] | None = None, tracer: str | None = None,
 ) -> dict[str, object]:
-    """Coregister one T2w/FLAIR/PET to its T1 and resample it into MNI (backend follows the T1's)."""
+    """Coregister one T2w/FLAIR/PET to its T1 and resample it into MNI (backend follows the T1's).
+
+    ``bias_correct`` applies to T2w and FLAIR only (see :func:`bias_correction_applies`).
+    ``sidecar`` and ``tracer`` are the manifest's for a PET (its sidecar may be inherited from
+    higher in a BIDS tree; its tracer_name stands in for a missing TracerName)."""
     if modality not in MODALITIES:
         raise InputError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
     set_threads(threads)
     t1 = read_t1_record(t1_sidecar)
+    bias_correct = bias_correction_applies(modality, bias_correct)
     pet_info: dict[str, object] = {}
     if modality == "pet":
-        from magicflow.preprocess.pet import static_pet
+        from magicflow.preprocess.pet import pet_record, static_pet
 
-        static = static_pet(image_path)
+        static = static_pet(image_path, sidecar, tracer)
         moving = static.image
-        pet_info = {"Frames": static.frames, "FrameCombination": "median" if static.frames > 1 else "none (static)",
-                    "TracerName": static.timing.tracer if static.timing else None, "TimingWarning": static.warning}
+        pet_info = pet_record(static)
     else:
         moving = load_3d(image_path, modality)
     tpl1 = load_template(t1["TemplateDir"], 1)

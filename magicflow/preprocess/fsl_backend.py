@@ -3,7 +3,7 @@
 T1: ``fslreorient2std`` -> ``fast`` bias correction (fsl_anat's settings: -t 1 -l 20 -I 10,
 no partial volumes) -> ``flirt`` 12 dof to the 2 mm template -> ``fnirt`` with FSL's
 T1_2_MNI152_2mm config and the dilated 2 mm brain mask -> ``applywarp`` onto the 1 mm grid.
-Secondary images: ``fslreorient2std`` -> (optional ``fast``) -> ``flirt -dof 6 -cost normmi``
+Secondary images: ``fslreorient2std`` -> (optional ``fast``, T2w and FLAIR only) -> ``flirt -dof 6 -cost normmi``
 to the bias-corrected native T1 -> ``applywarp --premat`` with the T1's warp (one resampling).
 
 Each step is built by a function returning the nipype interface, so the command lines can be
@@ -16,9 +16,10 @@ from pathlib import Path
 from nipype.interfaces import fsl
 from nipype.interfaces.base import CommandLine
 
-from magicflow.preprocess.backend import thread_environment
+from magicflow.preprocess.backend import bias_correction_applies, thread_environment
 
-FAST_TYPES = {"T1w": 1, "T2w": 2, "FLAIR": 2, "pet": 1}
+#: FAST image types of the images it bias-corrects (never PET: see backend.BIAS_CORRECTED)
+FAST_TYPES = {"T1w": 1, "T2w": 2, "FLAIR": 2}
 
 
 def _environ(threads: int) -> dict[str, str]:
@@ -130,7 +131,9 @@ def t1_steps(t1: Path, template_1mm_t1: Path, template_2mm_t1: Path, template_2m
 
 def secondary_steps(image: Path, t1_native: Path, t1_warp: Path, template_1mm_t1: Path, modality: str,
                     bias: bool, work: Path, threads: int) -> dict[str, object]:
-    """Reorient, optional FAST, FLIRT normmi 6 dof to the native T1, one applywarp to MNI."""
+    """Reorient, optional FAST (T2w and FLAIR only), FLIRT normmi 6 dof to the native T1, one
+    applywarp to MNI."""
+    bias = bias_correction_applies(modality, bias)
     files = {
         "reoriented": work / "img_reorient.nii.gz",
         "fast_base": work / "img_fast",
