@@ -104,10 +104,18 @@ rule preprocess_t1:
         " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image} > {log} 2>&1"
 
 
+def sidecar_input(wc):
+    """The image's JSON sidecar as the manifest names it (it may be inherited from higher up a
+    BIDS tree), as a rule input so a changed sidecar reruns the job; none when there is none."""
+    sidecar = manifest_row(wc)["sidecar"]
+    return [] if sidecar == "n/a" else [sidecar]
+
+
 rule preprocess_coregister:
     input:
         image=lambda wc: manifest_row(wc)["path"],
         t1=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"]).values(),
+        sidecar=sidecar_input,
     output:
         image=f"{PREPROC}_space-{SPACE}.nii.gz",
         rigid=f"{PREPROC}_rigid.mat",
@@ -120,6 +128,8 @@ rule preprocess_coregister:
         modality=lambda wc: manifest_row(wc)["modality"],
         t1_json=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"])["json"],
         bias="--bias-correct" if config["registration"]["bias_correction"] else "",
+        sidecar=lambda wc: manifest_row(wc)["sidecar"],
+        tracer=lambda wc: manifest_row(wc)["tracer_name"],
     threads: config["registration"]["threads"]
     resources:
         mem_mb=6000,
@@ -132,7 +142,7 @@ rule preprocess_coregister:
         ENV_REGISTRATION
     shell:
         "{MAGICFLOW} preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
-        " {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
+        " --sidecar {params.sidecar:q} --tracer {params.tracer:q} {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
         " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image} > {log} 2>&1"
 
 
