@@ -429,20 +429,15 @@ def read_ida(
 
 
 def one_image_per_scan(candidates: list[Candidate], level: str) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Processed MRI is left out (the pipeline processes the original series itself); of each PET
-    scan (subject, date, tracer) the image at ``level`` is kept, the highest image ID if
-    several (the latest upload, as Clinica's adni-to-bids does), and the others are excluded
-    naming it. A scan with no image at ``level`` is excluded whole, with what it has."""
-    rows: list[ImageRow] = []
+    """Of each PET scan (subject, date, tracer) the image at ``level`` is kept, the highest image
+    ID if several (the latest upload, as Clinica's adni-to-bids does), and the others are
+    excluded naming it; a scan with no image at ``level`` is excluded whole, with what it has.
+    MRI passes as it is (processed MRI never gets here)."""
+    rows = [c.row for c in candidates if c.row.modality != "pet"]
     excluded: list[Exclusion] = []
     scans: dict[tuple[str, str, str], list[Candidate]] = {}
     for c in candidates:
-        if c.row.modality != "pet":
-            if c.step == "raw":
-                rows.append(c.row)
-            else:
-                excluded.append(exclusion_of(c.row, f"processed MRI ({c.description!r}): the pipeline registers the original series itself"))
-        else:
+        if c.row.modality == "pet":
             scans.setdefault((c.row.subject, c.row.session, c.row.tracer_name), []).append(c)
     for scan in scans.values():
         chosen = [c for c in scan if c.step == level]
@@ -488,6 +483,8 @@ def _candidate(folder: ImageFolder, subject: str, dataset: str, record: dict[str
     header = {**xml_meta, **sidecar}  # the sidecar wins; the XML fills in what it lacks (NIfTI downloads)
     is_pet = record["Modality"].strip().upper() == "PET" or str(header.get("Modality", "")).upper() == "PT"
     if not is_pet:
+        if step != "raw":
+            return f"processed MRI ({record['Description'] or folder.description!r}): the pipeline registers the original series itself"
         problem = series_filter.problem(texts)
         if problem:
             return problem

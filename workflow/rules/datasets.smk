@@ -21,6 +21,9 @@ MANIFEST_OPTIONS = {
     "diagnosis_table": "--diagnosis-table",
     "visit_window_days": "--visit-window-days",
     "diagnosis_labels": "--diagnosis-label",
+    "processing_level": "--processing-level",
+    "mri_series_include": "--mri-series-include",
+    "mri_series_exclude": "--mri-series-exclude",
 }
 TABLE_KEYS = ("demographics", "collection", "diagnosis_table")  # files read by the manifest: rule inputs
 
