@@ -11,11 +11,13 @@ from pathlib import Path
 import nibabel as nib
 import pandas as pd
 import pytest
+import yaml
 
 from adapter_fixtures import ADNIMERGE, adni_download, collection_csv, dicom_series, ida_xml, nifti
 from magicflow.datasets.adni import read_adni, read_diagnoses
 from magicflow.datasets.dicom import main_image
-from magicflow.datasets.ida import classify, convert_download, processing_step
+from magicflow.config import REPO_ROOT
+from magicflow.datasets.ida import PROCESSING_LEVELS, classify, convert_download, processing_step
 from magicflow.datasets.manifest import read_manifest, write_manifest
 from magicflow.datasets.ppmi import read_ppmi
 from magicflow.errors import InputError
@@ -228,6 +230,12 @@ def test_mri_names_a_neuroimager_would_refuse(texts, expected):
 ])
 def test_processing_step(description, image_type, step):
     assert processing_step(description, image_type) == step
+
+
+def test_processing_levels_match_the_config_schema():
+    schema = yaml.safe_load((REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    adni = next(b["then"]["properties"] for b in schema["$defs"]["dataset"]["allOf"] if b["if"]["properties"]["kind"]["const"] == "adni")
+    assert tuple(adni["processing_level"]["enum"]) == PROCESSING_LEVELS and adni["processing_level"]["default"] == "raw"
 
 
 FDG_STEPS = [  # (image id, description, collection Type) of one FDG scan, as the ADNI PET core uploads it

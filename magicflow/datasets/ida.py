@@ -429,7 +429,7 @@ def read_ida(
 
 
 def one_image_per_scan(candidates: list[Candidate], level: str) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Of each PET scan (subject, date, tracer) the image at ``level`` is kept, the highest image
+    """Of each PET scan (subject, date, tracer family) the image at ``level`` is kept, the highest image
     ID if several (the latest upload, as Clinica's adni-to-bids does), and the others are
     excluded naming it; a scan with no image at ``level`` is excluded whole, with what it has.
     MRI passes as it is (processed MRI never gets here)."""
@@ -438,7 +438,8 @@ def one_image_per_scan(candidates: list[Candidate], level: str) -> tuple[list[Im
     scans: dict[tuple[str, str, str], list[Candidate]] = {}
     for c in candidates:
         if c.row.modality == "pet":
-            scans.setdefault((c.row.subject, c.row.session, c.row.tracer_name), []).append(c)
+            # by tracer family, so one tracer spelled two ways (FDG, FLUORODEOXYGLUCOSE) is one scan
+            scans.setdefault((c.row.subject, c.row.session, c.row.tracer), []).append(c)
     for scan in scans.values():
         chosen = [c for c in scan if c.step == level]
         if not chosen:
