@@ -1,6 +1,8 @@
 """PPMI and ADNI adapters on IDA download trees: DICOM series converted by the real dcm2niix
-(a dynamic PET becomes one 4D image with frame timing), NIfTI downloads, the collection CSV,
-and ADNI diagnoses from ADNIMERGE or DXSUM within the visit window."""
+(a dynamic PET becomes one 4D image with frame timing, a dual echo gives _e1/_e2 files of which
+one is used), NIfTI downloads with IDA's XML metadata, the collection CSV with raw series and
+ADNI's processed steps, MRI series a neuroimager would refuse, and ADNI diagnoses from
+ADNIMERGE or DXSUM within the visit window."""
 
 from __future__ import annotations
 

@@ -5,7 +5,10 @@ with DICOM files or NIfTI files inside, and exports the collection as a CSV with
 Image Data ID, Subject, Group, Sex, Age, Visit, Modality, Description, Type, Acq Date, ...
 Reading is two steps: :func:`convert_download` turns every image folder into one NIfTI +
 sidecar (cached, its own Snakemake rule) and records the outcome in ``conversion.tsv``;
-:func:`read_ida` then builds the manifest rows from that table and the collection CSV."""
+:func:`read_ida` then builds the manifest rows from that table, the collection CSV and IDA's
+per-image XML metadata (the scanner of NIfTI downloads, which come without a sidecar). A
+collection can hold a PET scan's raw series beside ADNI's processed steps of it; one of them
+is used per scan, the raw series unless the setting says otherwise."""
 
 from __future__ import annotations
 
@@ -283,7 +286,7 @@ def _word(pattern: str) -> str:
 
 #: descriptions of series that are named T1/T2 yet are not the T1w/T2w the pipeline registers
 NOT_T1W_T2W = (
-    (re.compile(r"(?i)" + _word(r"PD|DE|dual[-_ ]?echo|proton[-_ ]?density") + r"|(?i:PD[-_/ ]*T2|T2[-_/ ]*PD)"),
+    (re.compile(r"(?i)" + _word(r"PD|DE|PDT2|T2PD|dual[-_ ]?echo|proton[-_ ]?density")),
      "a proton-density or PD/T2 dual-echo image"),
     (re.compile(r"(?i)T1W?[-_ ]*" + _word(r"SE|TSE|FSE|spin[-_ ]?echo") + "|" + _word(r"SE|TSE|FSE") + r"[-_ ]*T1"),
      "a T1 spin echo, not a 3D T1 gradient echo (MPRAGE, IR-SPGR)"),
