@@ -485,8 +485,8 @@ def _candidate(folder: ImageFolder, subject: str, dataset: str, record: dict[str
     texts = list(dict.fromkeys(t for t in texts + xml_meta.pop("descriptions", []) if t))
     step = processing_step(record["Description"] or folder.description.replace("_", " "), record.get("Type", ""))
     header = {**xml_meta, **sidecar}  # the sidecar wins; the XML fills in what it lacks (NIfTI downloads)
-    is_pet = record["Modality"].strip().upper() == "PET" or str(header.get("Modality", "")).upper() == "PT"
-    if not is_pet:
+    is_mri = record["Modality"].strip().upper() in ("MRI", "MR") and str(header.get("Modality", "MR")).upper() == "MR"
+    if is_mri:
         if step != "raw":
             return f"processed MRI ({record['Description'] or folder.description!r}): the pipeline registers the original series itself"
         problem = series_filter.problem(texts)
