@@ -227,7 +227,9 @@ def test_mri_names_a_neuroimager_would_refuse(texts, expected):
     ("Coreg, Avg, Std Img and Vox Siz, Uniform Resolution", "Pre-processed", "uniform_resolution"),
     ("AV1451 Coreg, Avg, Std Img and Vox Siz, Uniform Resolution", "Pre-processed", "uniform_resolution"),
     ("Coreg, Avg, Std Img and Vox Siz, Uniform 6mm Res", "Pre-processed", "uniform_6mm"),
-    ("MPR; GradWarp; B1 Correction; N3", "Processed", "processed"),
+    ("MPR; GradWarp; B1 Correction; N3", "Pre-processed", "processed"),
+    ("MT1; N3m", "Pre-processed", "processed"),
+    ("FreeSurfer Cross-Sectional Processing brainmask", "Post-processed", "processed"),
     ("MPRAGE", "", "raw"),
 ])
 def test_processing_step(description, image_type, step):
@@ -257,7 +259,7 @@ def adni_processed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     rows = []
     for image, description, kind, modality, when, shape in [
         ("I300001", "Accelerated Sagittal MPRAGE", "Original", "MRI", "2017-05-10", (6, 6, 6)),
-        ("I300002", "MPR; GradWarp; B1 Correction; N3", "Processed", "MRI", "2017-05-10", (6, 6, 6)),
+        ("I300002", "MPR; GradWarp; B1 Correction; N3", "Pre-processed", "MRI", "2017-05-10", (6, 6, 6)),
         *[(i, d, t, "PET", "2017-06-01", (6, 6, 6, 3) if "Dynamic" in d or "Raw" in d else (6, 6, 6)) for i, d, t in FDG_STEPS],
         ("I300020", "ADNI Brain PET: Raw AV45", "Original", "PET", "2017-07-01", (6, 6, 6, 4)),
         ("I300021", "AV45 Co-registered, Averaged", "Pre-processed", "PET", "2017-07-01", (6, 6, 6)),
