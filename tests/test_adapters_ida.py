@@ -200,8 +200,24 @@ def test_main_image_of_an_mr_series(names, kept, reasons):
 
 
 def test_main_image_refuses_to_guess():
-    with pytest.raises(InputError, match="dcm2niix wrote 2 images for one MR series and none is the main one: 3_i00001.nii.gz, 3_i00002.nii.gz"):
+    with pytest.raises(InputError, match=r"2 images for one MR series and none is the main one \(frames are stacked for PET only\): 3_i00001.nii.gz, 3_i00002.nii.gz"):
         main_image([Path("3_i00001.nii.gz"), Path("3_i00002.nii.gz")])
+
+
+def test_mr_nifti_download_is_never_stacked(tmp_path: Path):
+    folder = tmp_path / "dl" / "ADNI" / "941_S_1202" / "Axial_PD-T2_TSE" / "2017-05-10_13_45_12.0" / "I400001"
+    for echo in (1, 2):  # IDA's NIfTI file names say MR (or PT) after the subject
+        nifti(folder / f"ADNI_941_S_1202_MR_Axial_PD-T2_TSE_br_raw_20170510134512_{echo}_S600001_I400001.nii")
+    conversion = pd.read_csv(convert_download(tmp_path / "dl", "ADNI", tmp_path / "nifti"), sep="\t", dtype=str, keep_default_na=False)
+    assert conversion["status"].tolist() == ["failed"]
+    assert conversion["reason"][0].startswith("2 images for one MR series and none is the main one (frames are stacked for PET only): ADNI_941_S_1202_MR_")
+    (folder / "ADNI_941_S_1202_MR_Axial_PD-T2_TSE_br_raw_20170510134512_2_S600001_I400001.nii").rename(folder / "3_e2.nii")
+    (folder / "ADNI_941_S_1202_MR_Axial_PD-T2_TSE_br_raw_20170510134512_1_S600001_I400001.nii").rename(folder / "3_e1.nii")
+    for name in ("3_e1.json", "3_e2.json"):  # a folder converted by dcm2niix elsewhere: its sidecars say MR
+        (folder / name).write_text(json.dumps({"Modality": "MR", "EchoNumber": int(name[3])}))
+    conversion = pd.read_csv(convert_download(tmp_path / "dl", "ADNI", tmp_path / "nifti"), sep="\t", dtype=str, keep_default_na=False)
+    assert [(s, Path(n).name, r) for s, n, r in conversion[["status", "nifti", "reason"]].itertuples(index=False)] == [
+        ("ok", "3_e1.nii", ""), ("set aside", "3_e2.nii", "echo 2 of a multi-echo series (echo 1 is the one used); kept 3_e1.nii")]
 
 
 @pytest.mark.parametrize(("texts", "expected"), [

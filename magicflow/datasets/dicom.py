@@ -92,7 +92,7 @@ def main_image(images: list[Path]) -> tuple[Path, list[tuple[Path, str]]]:
         left = [best]
     if len(left) != 1:
         names = ", ".join(p.name for p in images)
-        raise InputError(f"dcm2niix wrote {len(images)} images for one MR series and none is the main one: {names}")
+        raise InputError(f"{len(images)} images for one MR series and none is the main one (frames are stacked for PET only): {names}")
     return left[0], sorted(reasons.items())
 
 

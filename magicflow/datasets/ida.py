@@ -24,7 +24,7 @@ import nibabel as nib
 import pandas as pd
 
 from magicflow.datasets.bids import scanner_name
-from magicflow.datasets.dicom import NIFTI, assemble_frames, convert_series
+from magicflow.datasets.dicom import NIFTI, assemble_frames, convert_series, main_image
 from magicflow.datasets.manifest import (
     MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, drop_duplicate_images, exclusion_of,
     file_stem, format_age, subject_id,
@@ -93,7 +93,8 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
     """Give every image folder one NIfTI + sidecar and write ``nifti_dir/conversion.tsv``.
 
     DICOM folders are converted by dcm2niix into ``nifti_dir/<key>/``; NIfTI folders with one
-    file are used where they lie; several 3D files (one per PET frame) are stacked into 4D.
+    file are used where they lie; several 3D files (one per PET frame) are stacked into 4D,
+    unless they are an MR image's (echoes, copies), of which the main one is used.
     Extra files dcm2niix writes for one MR series (other echoes, uncorrected copies, overlays)
     are listed with status 'set aside' and their reason, so the manifest lists them as excluded.
     A folder already converted in an earlier run is reused, never converted again."""
@@ -107,13 +108,16 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
         files = sorted(p for p in folder.path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".xml")
         niftis = [p for p in files if NIFTI.search(p.name)]
         record["format"] = "nifti" if niftis else "dicom"
-        set_aside: list[tuple[Path, Path, str]] = []
+        set_aside: list[tuple[Path, Path | str, str]] = []
         try:
             if not files:
                 raise InputError("empty image folder")
             if len(niftis) == 1:
-                own = niftis[0].with_name(NIFTI.sub(".json", niftis[0].name))
-                image, sidecar = niftis[0], own if own.exists() else None
+                image, sidecar = niftis[0], _own_sidecar(niftis[0])
+            elif niftis and _is_mr(niftis):  # echoes or copies of one MR image, used where they lie: never frames
+                image, others = main_image(niftis)
+                sidecar = _own_sidecar(image)
+                set_aside = [(p, _own_sidecar(p) or MISSING, f"{why}; kept {image.name}") for p, why in others]
             else:
                 image, sidecar, set_aside = _cached(folder, nifti_dir / folder.key, niftis)
             record.update(nifti=str(image), sidecar=str(sidecar) if sidecar else MISSING)
@@ -126,6 +130,18 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return out
+
+
+def _own_sidecar(image: Path) -> Path | None:
+    own = image.with_name(NIFTI.sub(".json", image.name))
+    return own if own.exists() else None
+
+
+def _is_mr(niftis: list[Path]) -> bool:
+    """An MR image by its sidecars' Modality, else by IDA's NIfTI file name
+    (``ADNI_941_S_1202_MR_<description>_..._I<image>.nii``; PET files say ``_PT_``)."""
+    modalities = {json.loads(s.read_text()).get("Modality") for s in map(_own_sidecar, niftis) if s is not None}
+    return modalities == {"MR"} if modalities else all("_MR_" in p.name for p in niftis)
 
 
 def _cached(folder: ImageFolder, out: Path, niftis: list[Path]) -> tuple[Path, Path, list[tuple[Path, Path, str]]]:
