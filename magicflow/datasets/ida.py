@@ -140,7 +140,12 @@ def _own_sidecar(image: Path) -> Path | None:
 def _is_mr(niftis: list[Path]) -> bool:
     """An MR image by its sidecars' Modality, else by IDA's NIfTI file name
     (``ADNI_941_S_1202_MR_<description>_..._I<image>.nii``; PET files say ``_PT_``)."""
-    modalities = {json.loads(s.read_text()).get("Modality") for s in map(_own_sidecar, niftis) if s is not None}
+    modalities = set()
+    for sidecar in filter(None, map(_own_sidecar, niftis)):
+        try:
+            modalities.add(json.loads(sidecar.read_text()).get("Modality"))
+        except (OSError, json.JSONDecodeError, AttributeError):  # unreadable: the file name decides
+            continue
     return modalities == {"MR"} if modalities else all("_MR_" in p.name for p in niftis)
 
 
