@@ -20,12 +20,14 @@ def nifti(path: Path, shape=(6, 6, 6)) -> Path:
 
 def dicom_series(folder: Path, modality: str = "MR", description: str = "Accelerated Sagittal MPRAGE",
                  model: str = "Prisma_fit", frames: int = 1, slices: int = 3, tracer: str | None = None,
-                 echo_times: tuple[float, ...] = (3.0,), sequence: tuple[str, str] = ("GR\\IR", "*tfl3d1_16ns")) -> Path:
+                 echo_times: tuple[float, ...] = (3.0,), sequence: tuple[str, str] = ("GR\\IR", "*tfl3d1_16ns"),
+                 gap_after: int | None = None) -> Path:
     """A DICOM series as a scanner writes it (one file per slice; a dynamic PET repeats the
     slice positions once per frame, with frame timing; a multi-echo MR repeats them once per
     echo, with EchoNumbers), for the real dcm2niix to convert. ``sequence`` is the MR
     (ScanningSequence, SequenceName): MPRAGE by default, ('SE', '*se2d1') a spin echo,
-    ('GR', '*fl2d1') a FLASH gradient echo, ('SE', '*tse2d2_7') a dual-echo TSE."""
+    ('GR', '*fl2d1') a FLASH gradient echo, ('SE', '*tse2d2_7') a dual-echo TSE. ``gap_after``:
+    the slices after that one lie a slice further on (a missing slice: unequal spacing)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -49,11 +51,11 @@ def dicom_series(folder: Path, modality: str = "MR", description: str = "Acceler
             ds.SeriesNumber, ds.InstanceNumber = 3, number
             ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = "20170510"
             ds.AcquisitionTime = f"10{frame * 5:02d}00.000000"
-            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * s], [1, 0, 0, 0, 1, 0]
+            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * (s + (gap_after is not None and s > gap_after))], [1, 0, 0, 0, 1, 0]
             ds.PixelSpacing, ds.SliceThickness = [2.0, 2.0], 2.0
             ds.Rows = ds.Columns = 6
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1  # signed, as MR scanners write
             ds.RescaleSlope, ds.RescaleIntercept = 1, 0
             if modality == "PT":
                 ds.NumberOfSlices, ds.NumberOfTimeSlices, ds.ImageIndex = slices, frames, number
@@ -66,7 +68,7 @@ def dicom_series(folder: Path, modality: str = "MR", description: str = "Acceler
                 ds.MagneticFieldStrength, ds.EchoTime, ds.RepetitionTime = 3, echo_times[echo], 2300
                 ds.EchoNumbers = echo + 1
                 ds.ScanningSequence, ds.SequenceName = sequence
-            ds.PixelData = (np.arange(36, dtype=np.uint16).reshape(6, 6) + number).tobytes()
+            ds.PixelData = (np.arange(36, dtype=np.int16).reshape(6, 6) + number).tobytes()
             ds.save_as(folder / f"ADNI_{number:04d}.dcm", enforce_file_format=True)
     return folder
 

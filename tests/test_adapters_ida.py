@@ -137,6 +137,7 @@ MRI_SERIES = [  # (image id, description, echo times, (ScanningSequence, Sequenc
     ("I200004", "Sagittal T1", (12.0,), ("SE", "*se2d1")),  # a T1 spin echo
     ("I200005", "Axial T2", (20.0,), ("GR", "*fl2d1")),  # a T2* FLASH
     ("I200006", "Sagittal 3D FLAIR", (390.0,), ("SE\\IR", "*spcir_278ns")),
+    ("I200007", "Axial T2 FLAIR", (90.0,), ("SE\\IR", "*tir2d1_11")),  # a slice missing: dcm2niix adds an _Eq copy
 ]
 
 
@@ -146,7 +147,7 @@ def mri_choices(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root, tree = base / "download", base / "download" / "ADNI" / "941_S_1202"
     for image, description, echoes, sequence in MRI_SERIES:
         dicom_series(tree / description.replace(" ", "_") / "2017-05-10_13_45_12.0" / image, description=description,
-                     echo_times=echoes, sequence=sequence)
+                     echo_times=echoes, sequence=sequence, slices=4 if image == "I200007" else 3, gap_after=1 if image == "I200007" else None)
     collection_csv(root / "ADNI_collection.csv", [
         {"Image Data ID": image, "Subject": "941_S_1202", "Group": "AD", "Modality": "MRI", "Description": description, "Acq Date": "5/10/2017"}
         for image, description, _, _ in MRI_SERIES])
@@ -159,17 +160,24 @@ def test_mri_series_choice(mri_choices: tuple[Path, Path]):
     root, converted = mri_choices
     conversion = pd.read_csv(converted / "conversion.tsv", sep="\t", dtype=str, keep_default_na=False)
     aside = conversion[conversion["status"] == "set aside"]
-    assert sorted(Path(p).name for p in aside["nifti"]) == ["I200002_e2.nii.gz", "I200003_e2.nii.gz"]  # dcm2niix's _e1/_e2
-    assert all(nib.load(p).shape == (6, 6, 3) for p in conversion.loc[conversion["status"] == "ok", "nifti"])  # never stacked
+    # dcm2niix's own names kept after the image ID: 3_e1/3_e2 for the dual echoes, 3 beside 3_Eq_1
+    assert sorted(Path(p).name for p in aside["nifti"]) == ["I200002_3_e2.nii.gz", "I200003_3_e2.nii.gz", "I200007_3.nii.gz"]
+    ok = conversion[conversion["status"] == "ok"].set_index("image_id")
+    assert all(nib.load(p).shape[3:] in ((), (1,)) for p in ok["nifti"])  # never stacked
+    assert nib.load(ok.loc["I200007", "nifti"]).shape[2] == 5  # resliced to equal spacing: the gap filled
+    assert json.loads(Path(ok.loc["I200007", "sidecar"]).read_text())["SeriesDescription"] == "Axial T2 FLAIR"  # its twin's headers
     rows, excluded = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv")
-    assert sorted(r.image for r in rows) == ["sub-941S1202_ses-20170510_img-I200001_T1w", "sub-941S1202_ses-20170510_img-I200006_FLAIR"]
+    assert sorted(r.image for r in rows) == ["sub-941S1202_ses-20170510_img-I200001_T1w", "sub-941S1202_ses-20170510_img-I200006_FLAIR",
+                                             "sub-941S1202_ses-20170510_img-I200007_FLAIR"]
     reasons = {Path(e.path).name: e.reason for e in excluded}
-    assert reasons["I200002_e2.nii.gz"] == "echo 2 of a multi-echo series (echo 1 is the one used); kept I200002.nii.gz"
+    assert reasons["I200002_3_e2.nii.gz"] == "echo 2 of a multi-echo series (echo 1 is the one used); kept I200002.nii.gz"
+    assert reasons["I200007_3.nii.gz"] == ("uncorrected for unequal slice spacing (dcm2niix also wrote the corrected copy, which is used); "
+                                           "kept I200007.nii.gz")
     assert reasons["I200002"] == "series 'Axial PD-T2 TSE' is a proton-density or PD/T2 dual-echo image"
     assert reasons["I200003"] == "series 'Axial T2 TSE' is echo 1 of a multi-echo series (a PD/T2 dual echo or multi-echo image), not a single-echo T2w"
     assert reasons["I200004"] == "series 'Sagittal T1' is a T1 spin echo (ScanningSequence SE), not a 3D T1 gradient echo"
     assert reasons["I200005"] == "series 'Axial T2' is a T2* gradient echo (ScanningSequence GR), not a T2w spin echo"
-    assert len(excluded) == 6
+    assert len(excluded) == 7
     convert_download(root, "ADNI", converted)  # reused conversions list their set-aside files again
     assert pd.read_csv(converted / "conversion.tsv", sep="\t", dtype=str, keep_default_na=False).equals(conversion)
 

@@ -101,7 +101,7 @@ def convert_series(folder: Path, out: Path, stem: str) -> tuple[Path, Path, list
 
     Several output files of a PET series are its frames, stacked by :func:`assemble_frames`;
     several of an MR series are echoes, corrected copies or derived files: the main image is
-    kept and the others are moved to ``out/<stem>_<post-fixes>.nii.gz`` and returned as
+    kept and the others are moved to ``out/<stem>_<dcm2niix name>.nii.gz`` and returned as
     (image, sidecar, reason), so they can be listed as excluded rather than stacked as frames.
     Raises InputError with dcm2niix's own words when nothing usable comes out (unreadable
     DICOM, no image data)."""
@@ -119,11 +119,11 @@ def convert_series(folder: Path, out: Path, stem: str) -> tuple[Path, Path, list
         raise InputError(f"unreadable DICOM: dcm2niix made no image from {folder} ({detail})")
     image, sidecar = out / f"{stem}.nii.gz", out / f"{stem}.json"
     set_aside: list[tuple[Path, Path, str]] = []
-    if len(images) > 1 and all(_sidecar_of(p).get("Modality") == "MR" for p in images):
+    if len(images) > 1 and {_sidecar_of(p).get("Modality") for p in images} - {None} == {"MR"}:
         kept, others = main_image(images)
-        _move(kept, image, sidecar)
+        _move(kept, image, sidecar, twin=_twin(kept, images))
         for other, reason in others:
-            name = stem + "".join(f"_{x}" for x in postfixes(other.name))
+            name = f"{stem}_{NIFTI.sub('', other.name)}"  # keeps dcm2niix's name: unique, post-fixes and all
             moved = (out / f"{name}.nii.gz", out / f"{name}.json")
             _move(other, *moved)
             set_aside.append((*moved, f"{reason}; kept {image.name}"))
@@ -140,12 +140,23 @@ def _sidecar_of(image: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _move(source: Path, image: Path, sidecar: Path) -> None:
-    """A dcm2niix output and its sidecar to their final names (an empty sidecar if it wrote none)."""
-    source.rename(image)
+def _twin(kept: Path, images: list[Path]) -> Path | None:
+    """The uncorrected image a _Tilt/_Eq copy was made from (dcm2niix writes no sidecar for the
+    copy, e.g. '3_Eq_1.nii.gz' beside '3.nii.gz' + '3.json')."""
+    base = re.sub(r"_(Tilt|Eq)(_\d+)?(?=_|$)", "", NIFTI.sub("", kept.name))
+    return next((p for p in images if p != kept and NIFTI.sub("", p.name) == base), None)
+
+
+def _move(source: Path, image: Path, sidecar: Path, twin: Path | None = None) -> None:
+    """A dcm2niix output and its sidecar to their final names; without a sidecar of its own, a
+    copy of its twin's (the same series' headers), else an empty one."""
     source_json = source.with_name(NIFTI.sub(".json", source.name))
+    twin_json = twin.with_name(NIFTI.sub(".json", twin.name)) if twin is not None else None
+    source.rename(image)
     if source_json.exists():
         source_json.rename(sidecar)
+    elif twin_json is not None and twin_json.exists():
+        shutil.copyfile(twin_json, sidecar)
     else:
         sidecar.write_text("{}\n")
 
