@@ -19,9 +19,15 @@ def nifti(path: Path, shape=(6, 6, 6)) -> Path:
 
 
 def dicom_series(folder: Path, modality: str = "MR", description: str = "Accelerated Sagittal MPRAGE",
-                 model: str = "Prisma_fit", frames: int = 1, slices: int = 3, tracer: str | None = None) -> Path:
+                 model: str = "Prisma_fit", frames: int = 1, slices: int = 3, tracer: str | None = None,
+                 echo_times: tuple[float, ...] = (3.0,), sequence: tuple[str, str] = ("GR\\IR", "*tfl3d1_16ns"),
+                 gap_after: int | None = None) -> Path:
     """A DICOM series as a scanner writes it (one file per slice; a dynamic PET repeats the
-    slice positions once per frame, with frame timing), for the real dcm2niix to convert."""
+    slice positions once per frame, with frame timing; a multi-echo MR repeats them once per
+    echo, with EchoNumbers), for the real dcm2niix to convert. ``sequence`` is the MR
+    (ScanningSequence, SequenceName): MPRAGE by default, ('SE', '*se2d1') a spin echo,
+    ('GR', '*fl2d1') a FLASH gradient echo, ('SE', '*tse2d2_7') a dual-echo TSE. ``gap_after``:
+    the slices after that one lie a slice further on (a missing slice: unequal spacing)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -29,7 +35,7 @@ def dicom_series(folder: Path, modality: str = "MR", description: str = "Acceler
     study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     sop_class = "1.2.840.10008.5.1.4.1.1.128" if modality == "PT" else "1.2.840.10008.5.1.4.1.1.4"
     number = 0
-    for frame in range(frames):
+    for frame, echo in [(f, e) for f in range(frames) for e in range(len(echo_times))]:
         for s in range(slices):
             number += 1
             meta = FileMetaDataset()
@@ -45,11 +51,11 @@ def dicom_series(folder: Path, modality: str = "MR", description: str = "Acceler
             ds.SeriesNumber, ds.InstanceNumber = 3, number
             ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = "20170510"
             ds.AcquisitionTime = f"10{frame * 5:02d}00.000000"
-            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * s], [1, 0, 0, 0, 1, 0]
+            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * (s + (gap_after is not None and s > gap_after))], [1, 0, 0, 0, 1, 0]
             ds.PixelSpacing, ds.SliceThickness = [2.0, 2.0], 2.0
             ds.Rows = ds.Columns = 6
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1  # signed, as MR scanners write
             ds.RescaleSlope, ds.RescaleIntercept = 1, 0
             if modality == "PT":
                 ds.NumberOfSlices, ds.NumberOfTimeSlices, ds.ImageIndex = slices, frames, number
@@ -59,10 +65,42 @@ def dicom_series(folder: Path, modality: str = "MR", description: str = "Acceler
                 drug.Radiopharmaceutical = tracer or ""
                 ds.RadiopharmaceuticalInformationSequence = [drug]
             else:
-                ds.MagneticFieldStrength, ds.EchoTime, ds.RepetitionTime = 3, 3, 2300
-            ds.PixelData = (np.arange(36, dtype=np.uint16).reshape(6, 6) + number).tobytes()
+                ds.MagneticFieldStrength, ds.EchoTime, ds.RepetitionTime = 3, echo_times[echo], 2300
+                ds.EchoNumbers = echo + 1
+                ds.ScanningSequence, ds.SequenceName = sequence
+            ds.PixelData = (np.arange(36, dtype=np.int16).reshape(6, 6) + number).tobytes()
             ds.save_as(folder / f"ADNI_{number:04d}.dcm", enforce_file_format=True)
     return folder
+
+
+def ida_xml(path: Path, subject: str, image_id: str, description: str, modality: str = "MRI", manufacturer: str = "SIEMENS",
+            model: str = "Prisma_fit", processed: str | None = None, original_description: str | None = None,
+            radiopharmaceutical: str | None = None) -> Path:
+    """IDA's per-image metadata XML (the idaxs layout Clinica's adni-to-bids parses): an original
+    image has imagingProtocol/protocolTerm; a processed one (``processed`` = its
+    processedDataLabel) has the original's protocol under seriesLevelMeta/relatedImageDetail."""
+    terms = [("Manufacturer", manufacturer), ("Mfg Model", model)] + ([("Radiopharmaceutical", radiopharmaceutical)] if radiopharmaceutical else [])
+    protocol = "".join(f'<protocol term="{t}">{v}</protocol>' for t, v in terms)
+    if processed is None:
+        image = f"<imagingProtocol><imageUID>{image_id[1:]}</imageUID><description>{description}</description><protocolTerm>{protocol}</protocolTerm></imagingProtocol>"
+        series_meta = ""
+    else:
+        image = ""
+        series_meta = (f"<seriesLevelMeta><annotation><text>ADNI PET Core</text></annotation><derivedProduct><imageUID>{image_id[1:]}</imageUID>"
+                       f"<processedDataLabel>{processed}</processedDataLabel><imageType>image volume</imageType><creationDate>0000-00-00</creationDate></derivedProduct>"
+                       f"<relatedImageDetail><originalRelatedImage><imageUID>1</imageUID><description>{original_description or description}</description>"
+                       f"<protocolTerm>{protocol}</protocolTerm></originalRelatedImage></relatedImageDetail></seriesLevelMeta>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<idaxs xmlns="http://ida.loni.usc.edu" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        'xsi:schemaLocation="/xsds/idaxs_2_0.xsd">\n<project xmlns=""><projectIdentifier>ADNI</projectIdentifier>'
+        "<projectDescription>Alzheimer&#039;s Disease Neuroimaging Initiative</projectDescription><siteKey>941</siteKey>"
+        f"<subject><subjectIdentifier>{subject}</subjectIdentifier><researchGroup>AD</researchGroup><subjectSex>F</subjectSex>"
+        "<visit><visitIdentifier>ADNI3 Initial Visit-Cont Pt</visitIdentifier></visit>"
+        "<study><studyIdentifier>1</studyIdentifier><subjectAge>71.2</subjectAge><ageQualifier>Y</ageQualifier><weightKg>60</weightKg><postMortem>F</postMortem>"
+        f"<series><seriesIdentifier>2</seriesIdentifier><modality>{modality}</modality><dateAcquired>2017-05-10</dateAcquired>{series_meta}</series>"
+        f"{image}</study></subject></project>\n</idaxs>\n")
+    return path
 
 
 def collection_csv(path: Path, rows: list[dict]) -> Path:

@@ -1,19 +1,25 @@
 """PPMI and ADNI adapters on IDA download trees: DICOM series converted by the real dcm2niix
-(a dynamic PET becomes one 4D image with frame timing), NIfTI downloads, the collection CSV,
-and ADNI diagnoses from ADNIMERGE or DXSUM within the visit window."""
+(a dynamic PET becomes one 4D image with frame timing, a dual echo gives _e1/_e2 files of which
+one is used), NIfTI downloads with IDA's XML metadata, the collection CSV with raw series and
+ADNI's processed steps, MRI series a neuroimager would refuse, and ADNI diagnoses from
+ADNIMERGE or DXSUM within the visit window."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
 import pandas as pd
 import pytest
+import yaml
 
-from adapter_fixtures import adni_download, collection_csv, nifti
+from adapter_fixtures import ADNIMERGE, adni_download, collection_csv, dicom_series, ida_xml, nifti
 from magicflow.datasets.adni import read_adni, read_diagnoses
-from magicflow.datasets.ida import classify, convert_download
+from magicflow.datasets.dicom import main_image
+from magicflow.config import REPO_ROOT
+from magicflow.datasets.ida import PROCESSING_LEVELS, classify, convert_download, processing_step
 from magicflow.datasets.manifest import read_manifest, write_manifest
 from magicflow.datasets.ppmi import read_ppmi
 from magicflow.errors import InputError
@@ -120,3 +126,211 @@ def test_bad_collection_and_unconverted_download(tmp_path: Path):
     convert_download(root, "PPMI", tmp_path / "nifti")
     with pytest.raises(InputError, match="no column 'Group'"):
         read_ppmi(root, "ppmi", "bad.csv", tmp_path / "nifti")
+
+
+# ---------------------------------------------------------------- MRI series a neuroimager would take
+
+MRI_SERIES = [  # (image id, description, echo times, (ScanningSequence, SequenceName))
+    ("I200001", "Accelerated Sagittal MPRAGE", (3.0,), ("GR\\IR", "*tfl3d1_16ns")),
+    ("I200002", "Axial PD-T2 TSE", (11.0, 101.0), ("SE", "*tse2d2_7")),  # ADNI1's dual echo, named
+    ("I200003", "Axial T2 TSE", (11.0, 101.0), ("SE", "*tse2d2_7")),  # a dual echo the name does not tell
+    ("I200004", "Sagittal T1", (12.0,), ("SE", "*se2d1")),  # a T1 spin echo
+    ("I200005", "Axial T2", (20.0,), ("GR", "*fl2d1")),  # a T2* FLASH
+    ("I200006", "Sagittal 3D FLAIR", (390.0,), ("SE\\IR", "*spcir_278ns")),
+    ("I200007", "Axial T2 FLAIR", (90.0,), ("SE\\IR", "*tir2d1_11")),  # a slice missing: dcm2niix adds an _Eq copy
+]
+
+
+@pytest.fixture(scope="module")
+def mri_choices(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("mri")
+    root, tree = base / "download", base / "download" / "ADNI" / "941_S_1202"
+    for image, description, echoes, sequence in MRI_SERIES:
+        dicom_series(tree / description.replace(" ", "_") / "2017-05-10_13_45_12.0" / image, description=description,
+                     echo_times=echoes, sequence=sequence, slices=4 if image == "I200007" else 3, gap_after=1 if image == "I200007" else None)
+    collection_csv(root / "ADNI_collection.csv", [
+        {"Image Data ID": image, "Subject": "941_S_1202", "Group": "AD", "Modality": "MRI", "Description": description, "Acq Date": "5/10/2017"}
+        for image, description, _, _ in MRI_SERIES])
+    ADNIMERGE.to_csv(root / "ADNIMERGE.csv", index=False)
+    convert_download(root, "ADNI", base / "nifti")
+    return root, base / "nifti"
+
+
+def test_mri_series_choice(mri_choices: tuple[Path, Path]):
+    root, converted = mri_choices
+    conversion = pd.read_csv(converted / "conversion.tsv", sep="\t", dtype=str, keep_default_na=False)
+    aside = conversion[conversion["status"] == "set aside"]
+    # dcm2niix's own names kept after the image ID: 3_e1/3_e2 for the dual echoes, 3 beside 3_Eq_1
+    assert sorted(Path(p).name for p in aside["nifti"]) == ["I200002_3_e2.nii.gz", "I200003_3_e2.nii.gz", "I200007_3.nii.gz"]
+    ok = conversion[conversion["status"] == "ok"].set_index("image_id")
+    assert all(nib.load(p).shape[3:] in ((), (1,)) for p in ok["nifti"])  # never stacked
+    assert nib.load(ok.loc["I200007", "nifti"]).shape[2] == 5  # resliced to equal spacing: the gap filled
+    assert json.loads(Path(ok.loc["I200007", "sidecar"]).read_text())["SeriesDescription"] == "Axial T2 FLAIR"  # its twin's headers
+    rows, excluded = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv")
+    assert sorted(r.image for r in rows) == ["sub-941S1202_ses-20170510_img-I200001_T1w", "sub-941S1202_ses-20170510_img-I200006_FLAIR",
+                                             "sub-941S1202_ses-20170510_img-I200007_FLAIR"]
+    reasons = {Path(e.path).name: e.reason for e in excluded}
+    assert reasons["I200002_3_e2.nii.gz"] == "echo 2 of a multi-echo series (echo 1 is the one used); kept I200002.nii.gz"
+    assert reasons["I200007_3.nii.gz"] == ("uncorrected for unequal slice spacing (dcm2niix also wrote the corrected copy, which is used); "
+                                           "kept I200007.nii.gz")
+    assert reasons["I200002"] == "series 'Axial PD-T2 TSE' is a proton-density or PD/T2 dual-echo image"
+    assert reasons["I200003"] == "series 'Axial T2 TSE' is echo 1 of a multi-echo series (a PD/T2 dual echo or multi-echo image), not a single-echo T2w"
+    assert reasons["I200004"] == "series 'Sagittal T1' is a T1 spin echo (ScanningSequence SE), not a 3D T1 gradient echo"
+    assert reasons["I200005"] == "series 'Axial T2' is a T2* gradient echo (ScanningSequence GR), not a T2w spin echo"
+    assert len(excluded) == 7
+    convert_download(root, "ADNI", converted)  # reused conversions list their set-aside files again
+    assert pd.read_csv(converted / "conversion.tsv", sep="\t", dtype=str, keep_default_na=False).equals(conversion)
+
+
+def test_mri_series_regexes(mri_choices: tuple[Path, Path]):
+    root, converted = mri_choices
+    rows, excluded = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", mri_series_exclude="(?i)flair")
+    assert [r.modality for r in rows] == ["T1w"]
+    assert {Path(e.path).name: e.reason for e in excluded}["I200006"] == "series 'Sagittal 3D FLAIR' matches mri_series_exclude '(?i)flair'"
+    rows, excluded = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", mri_series_include="MPRAGE")
+    assert [r.modality for r in rows] == ["T1w"]
+    assert {Path(e.path).name: e.reason for e in excluded}["I200006"] == "series 'Sagittal 3D FLAIR' does not match mri_series_include 'MPRAGE'"
+    with pytest.raises(InputError, match=r"mri_series_include '\(' is not a regular expression"):
+        read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", mri_series_include="(")
+
+
+@pytest.mark.parametrize(("names", "kept", "reasons"), [
+    (["3_e1.nii.gz", "3_e2.nii.gz"], "3_e1.nii.gz", {"3_e2.nii.gz": "echo 2 of a multi-echo series (echo 1 is the one used)"}),
+    (["3.nii.gz", "3_Eq.nii.gz"], "3_Eq.nii.gz", {"3.nii.gz": "uncorrected for unequal slice spacing (dcm2niix also wrote the corrected copy, which is used)"}),
+    (["3.nii.gz", "3_Tilt.nii.gz", "3_Tilt_Eq.nii.gz"], "3_Tilt_Eq.nii.gz", {
+        "3.nii.gz": "uncorrected for gantry tilt, unequal slice spacing (dcm2niix also wrote the corrected copy, which is used)",
+        "3_Tilt.nii.gz": "uncorrected for gantry tilt, unequal slice spacing (dcm2niix also wrote the corrected copy, which is used)"}),
+    (["3.nii.gz", "3_ROI1.nii.gz"], "3.nii.gz", {"3_ROI1.nii.gz": "an overlay (region of interest) stored with the series, not an image"}),
+])
+def test_main_image_of_an_mr_series(names, kept, reasons):
+    main, others = main_image([Path(n) for n in names])
+    assert main.name == kept and {p.name: r for p, r in others} == reasons
+
+
+def test_main_image_refuses_to_guess():
+    with pytest.raises(InputError, match=r"2 images for one MR series and none is the main one \(frames are stacked for PET only\): 3_i00001.nii.gz, 3_i00002.nii.gz"):
+        main_image([Path("3_i00001.nii.gz"), Path("3_i00002.nii.gz")])
+
+
+def test_mr_nifti_download_is_never_stacked(tmp_path: Path):
+    folder = tmp_path / "dl" / "ADNI" / "941_S_1202" / "Axial_PD-T2_TSE" / "2017-05-10_13_45_12.0" / "I400001"
+    for echo in (1, 2):  # IDA's NIfTI file names say MR (or PT) after the subject
+        nifti(folder / f"ADNI_941_S_1202_MR_Axial_PD-T2_TSE_br_raw_20170510134512_{echo}_S600001_I400001.nii")
+    conversion = pd.read_csv(convert_download(tmp_path / "dl", "ADNI", tmp_path / "nifti"), sep="\t", dtype=str, keep_default_na=False)
+    assert conversion["status"].tolist() == ["failed"]
+    assert conversion["reason"][0].startswith("2 images for one MR series and none is the main one (frames are stacked for PET only): ADNI_941_S_1202_MR_")
+    (folder / "ADNI_941_S_1202_MR_Axial_PD-T2_TSE_br_raw_20170510134512_2_S600001_I400001.nii").rename(folder / "3_e2.nii")
+    (folder / "ADNI_941_S_1202_MR_Axial_PD-T2_TSE_br_raw_20170510134512_1_S600001_I400001.nii").rename(folder / "3_e1.nii")
+    for name in ("3_e1.json", "3_e2.json"):  # a folder converted by dcm2niix elsewhere: its sidecars say MR
+        (folder / name).write_text(json.dumps({"Modality": "MR", "EchoNumber": int(name[3])}))
+    conversion = pd.read_csv(convert_download(tmp_path / "dl", "ADNI", tmp_path / "nifti"), sep="\t", dtype=str, keep_default_na=False)
+    assert [(s, Path(n).name, r) for s, n, r in conversion[["status", "nifti", "reason"]].itertuples(index=False)] == [
+        ("ok", "3_e1.nii", ""), ("set aside", "3_e2.nii", "echo 2 of a multi-echo series (echo 1 is the one used); kept 3_e1.nii")]
+
+
+@pytest.mark.parametrize(("texts", "expected"), [
+    (["Sag T1 SE"], "series 'Sag T1 SE' is a T1 spin echo, not a 3D T1 gradient echo (MPRAGE, IR-SPGR)"),
+    (["AX T1_TSE"], "series 'AX T1_TSE' is a T1 spin echo, not a 3D T1 gradient echo (MPRAGE, IR-SPGR)"),
+    (["AX T2 GRE"], "series 'AX T2 GRE' is a T2* gradient echo, not a T2w spin echo"),
+    (["AXIAL PD/T2 FSE"], "series 'AXIAL PD/T2 FSE' is a proton-density or PD/T2 dual-echo image"),
+    (["Axial T2-FLAIR"], ("FLAIR", "n/a")),
+    (["Sagittal 3D T1 MPRAGE SENSE"], ("T1w", "n/a")),
+])
+def test_mri_names_a_neuroimager_would_refuse(texts, expected):
+    assert classify(texts, {}, "MRI") == expected
+
+
+# ---------------------------------------------------------------- ADNI processing levels, IDA XML metadata
+
+@pytest.mark.parametrize(("description", "image_type", "step"), [
+    ("ADNI Brain PET: Raw FDG", "Original", "raw"),
+    ("Co-registered Dynamic", "Pre-processed", "coregistered_dynamic"),
+    ("Co-registered, Averaged", "Pre-processed", "coregistered_averaged"),
+    ("AV45 Co-registered, Averaged", "Pre-processed", "coregistered_averaged"),
+    ("Coreg, Avg, Standardized Image and Voxel Size", "Pre-processed", "standardized"),
+    ("Coreg, Avg, Std Img and Vox Siz, Uniform Resolution", "Pre-processed", "uniform_resolution"),
+    ("AV1451 Coreg, Avg, Std Img and Vox Siz, Uniform Resolution", "Pre-processed", "uniform_resolution"),
+    ("Coreg, Avg, Std Img and Vox Siz, Uniform 6mm Res", "Pre-processed", "uniform_6mm"),
+    ("MPR; GradWarp; B1 Correction; N3", "Pre-processed", "processed"),
+    ("MT1; N3m", "Pre-processed", "processed"),
+    ("FreeSurfer Cross-Sectional Processing brainmask", "Post-processed", "processed"),
+    ("MPRAGE", "", "raw"),
+])
+def test_processing_step(description, image_type, step):
+    assert processing_step(description, image_type) == step
+
+
+def test_processing_levels_match_the_config_schema():
+    schema = yaml.safe_load((REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    adni = next(b["then"]["properties"] for b in schema["$defs"]["dataset"]["allOf"] if b["if"]["properties"]["kind"]["const"] == "adni")
+    assert tuple(adni["processing_level"]["enum"]) == PROCESSING_LEVELS and adni["processing_level"]["default"] == "raw"
+
+
+FDG_STEPS = [  # (image id, description, collection Type) of one FDG scan, as the ADNI PET core uploads it
+    ("I300010", "ADNI Brain PET: Raw FDG", "Original"),
+    ("I300011", "Co-registered Dynamic", "Pre-processed"),
+    ("I300012", "Co-registered, Averaged", "Pre-processed"),
+    ("I300013", "Coreg, Avg, Std Img and Vox Siz, Uniform Resolution", "Pre-processed"),
+]
+
+
+@pytest.fixture(scope="module")
+def adni_processed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A NIfTI download mixing raw series and processed steps, with IDA's XML beside ADNI/."""
+    base = tmp_path_factory.mktemp("levels")
+    root, tree = base / "download", base / "download" / "ADNI" / "941_S_1202"
+    folder = lambda description: description.replace(": ", "__").replace("; ", "__").replace(", ", "__").replace(" ", "_")  # noqa: E731
+    rows = []
+    for image, description, kind, modality, when, shape in [
+        ("I300001", "Accelerated Sagittal MPRAGE", "Original", "MRI", "2017-05-10", (6, 6, 6)),
+        ("I300002", "MPR; GradWarp; B1 Correction; N3", "Pre-processed", "MRI", "2017-05-10", (6, 6, 6)),
+        *[(i, d, t, "PET", "2017-06-01", (6, 6, 6, 3) if "Dynamic" in d or "Raw" in d else (6, 6, 6)) for i, d, t in FDG_STEPS],
+        ("I300020", "ADNI Brain PET: Raw AV45", "Original", "PET", "2017-07-01", (6, 6, 6, 4)),
+        ("I300021", "AV45 Co-registered, Averaged", "Pre-processed", "PET", "2017-07-01", (6, 6, 6)),
+    ]:
+        kind_code = "MR" if modality == "MRI" else "PT"
+        nifti(tree / folder(description) / f"{when}_10_00_00.0" / image /
+              f"ADNI_941_S_1202_{kind_code}_{folder(description)}_br_raw_{when.replace('-', '')}100000000_1_S5{image[2:]}_{image}.nii", shape)
+        rows.append({"Image Data ID": image, "Subject": "941_S_1202", "Group": "AD", "Modality": modality, "Description": description,
+                     "Type": kind, "Acq Date": "/".join(str(int(x)) for x in (when[5:7], when[8:], when[:4])), "Format": "NiFTI"})
+    ida_xml(root / "ADNI_941_S_1202_Accelerated_Sagittal_MPRAGE_S5300001_I300001.xml", "941_S_1202", "I300001", "Accelerated Sagittal MPRAGE")
+    ida_xml(root / "ADNI_941_S_1202_Co-registered__Averaged_S5300012_I300012.xml", "941_S_1202", "I300012", "Co-registered, Averaged",
+            modality="PET", model="Biograph64", processed="Co-registered, Averaged", original_description="ADNI Brain PET: Raw FDG")
+    collection_csv(root / "ADNI_collection.csv", rows)
+    ADNIMERGE.to_csv(root / "ADNIMERGE.csv", index=False)
+    convert_download(root, "ADNI", base / "nifti")
+    return root, base / "nifti"
+
+
+def test_adni_raw_level_and_xml_scanner(adni_processed: tuple[Path, Path]):
+    root, converted = adni_processed
+    rows, excluded = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv")
+    by_image = {r.image: r for r in rows}
+    assert sorted(by_image) == ["sub-941S1202_ses-20170510_img-I300001_T1w", "sub-941S1202_ses-20170601_trc-FDG_img-I300010_pet",
+                                "sub-941S1202_ses-20170701_trc-AV45_img-I300020_pet"]
+    assert by_image["sub-941S1202_ses-20170510_img-I300001_T1w"].scanner == "Siemens Prisma fit"  # from the XML: no sidecar
+    assert by_image["sub-941S1202_ses-20170601_trc-FDG_img-I300010_pet"].scanner == "n/a"
+    reasons = {re.findall(r"I\d+", e.path)[-1]: e.reason for e in excluded}
+    assert reasons["I300002"] == "processed MRI ('MPR; GradWarp; B1 Correction; N3'): the pipeline registers the original series itself"
+    raw_fdg = by_image["sub-941S1202_ses-20170601_trc-FDG_img-I300010_pet"].path
+    assert reasons["I300013"] == ("ADNI processing step uniform_resolution ('Coreg, Avg, Std Img and Vox Siz, Uniform Resolution'), "
+                                  f"not processing_level raw: one image per subject, date and tracer, kept I300010 ({raw_fdg})")
+    assert reasons["I300021"].startswith("ADNI processing step coregistered_averaged ('AV45 Co-registered, Averaged'), not processing_level raw: "
+                                         "one image per subject, date and tracer, kept I300020")
+    assert len(excluded) == 5
+
+
+def test_adni_processed_level(adni_processed: tuple[Path, Path]):
+    root, converted = adni_processed
+    rows, excluded = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", processing_level="uniform_resolution")
+    pet = [r for r in rows if r.modality == "pet"]
+    assert [(r.image, r.tracer) for r in pet] == [("sub-941S1202_ses-20170601_trc-FDG_img-I300013_pet", "fdg")]  # no tracer in its name
+    reasons = {re.findall(r"I\d+", e.path)[-1]: e.reason for e in excluded}
+    assert reasons["I300020"] == reasons["I300021"] == ("no uniform_resolution image of this PET scan (processing_level uniform_resolution); "
+                                                        "the download has I300020 raw, I300021 coregistered_averaged")
+    rows, _ = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", processing_level="coregistered_averaged")
+    averaged = {r.image: r for r in rows if r.modality == "pet"}
+    assert averaged["sub-941S1202_ses-20170601_trc-FDG_img-I300012_pet"].scanner == "Siemens Biograph64"  # the original's, from the XML
+    assert "sub-941S1202_ses-20170701_trc-AV45_img-I300021_pet" in averaged
+    with pytest.raises(InputError, match="processing_level 'averaged' is not one of"):
+        read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", processing_level="averaged")

@@ -12,7 +12,7 @@ import re
 from datetime import date
 from pathlib import Path
 
-from magicflow.datasets.ida import parse_date, read_ida
+from magicflow.datasets.ida import SeriesFilter, parse_date, read_ida
 from magicflow.datasets.manifest import Exclusion, ImageRow
 from magicflow.datasets.tables import read_table, relabel
 from magicflow.errors import InputError
@@ -55,9 +55,14 @@ def read_adni(
     diagnosis_table: str | Path,
     visit_window_days: int = 180,
     diagnosis_labels: dict[str, str] | None = None,
+    processing_level: str = "raw",
+    mri_series_include: str | None = None,
+    mri_series_exclude: str | None = None,
 ) -> tuple[list[ImageRow], list[Exclusion]]:
     """Manifest rows and exclusions for an ADNI download converted into ``nifti_dir``; table
-    paths are relative to ``root`` unless absolute."""
+    paths are relative to ``root`` unless absolute. ``processing_level`` picks which of a PET
+    scan's raw series and ADNI's processed steps is used (raw by default: the pipeline
+    coregisters frames and takes their median itself)."""
     root = Path(root)
     table_path = Path(diagnosis_table) if Path(diagnosis_table).is_absolute() else root / diagnosis_table
     visits = read_diagnoses(table_path, {**DIAGNOSIS_LABELS, **(diagnosis_labels or {})})
@@ -75,4 +80,5 @@ def read_adni(
             return None, f"no diagnosis within {visit_window_days} days of the scan ({scan}); the nearest visit ({when}) is {gap} days away"
         return label, ""
 
-    return read_ida(root, dataset, PROJECT, collection, nifti_dir, diagnose)
+    return read_ida(root, dataset, PROJECT, collection, nifti_dir, diagnose, processing_level=processing_level,
+                    series_filter=SeriesFilter.of(mri_series_include, mri_series_exclude))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from magicflow.datasets.adni import read_adni
 from magicflow.datasets.bids import LABEL_COLUMNS, read_bids
-from magicflow.datasets.ida import convert_download
+from magicflow.datasets.ida import PROCESSING_LEVELS, convert_download
 from magicflow.datasets.ixi import read_ixi
 from magicflow.datasets.manifest import (
     MAX_REFERENCE_GAP_DAYS, Exclusion, ImageRow, assign_references, screen_images, write_manifest,
@@ -31,9 +31,12 @@ KIND_OPTIONS: dict[str, dict[str, str]] = {
     "ixi": {"demographics": "demographics", "site": "sites", "diagnosis": "diagnosis", "sex_label": "sex_labels"},
     "sald": {"demographics": "demographics", "participant_column": "demographic_columns", "sex_label": "sex_labels",
              "scanner": "scanner", "diagnosis": "diagnosis", "t1_pattern": "t1_pattern"},
-    "ppmi": {"collection": "collection", "nifti_dir": "nifti_dir", "diagnosis_label": "diagnosis_labels"},
+    "ppmi": {"collection": "collection", "nifti_dir": "nifti_dir", "diagnosis_label": "diagnosis_labels",
+             "mri_series_include": "mri_series_include", "mri_series_exclude": "mri_series_exclude"},
     "adni": {"collection": "collection", "nifti_dir": "nifti_dir", "diagnosis_table": "diagnosis_table",
-             "visit_window_days": "visit_window_days", "diagnosis_label": "diagnosis_labels"},
+             "visit_window_days": "visit_window_days", "diagnosis_label": "diagnosis_labels",
+             "processing_level": "processing_level", "mri_series_include": "mri_series_include",
+             "mri_series_exclude": "mri_series_exclude"},
 }
 COLUMN_NAMES = {"bids": LABEL_COLUMNS, "sald": tuple(DEMOGRAPHIC_COLUMNS)}
 PAIR_OPTIONS = ("participant_column", "site", "sex_label", "diagnosis_label")
@@ -76,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-reference-gap-days", type=int, default=MAX_REFERENCE_GAP_DAYS,
                         help=f"largest gap in days between an image and the T1w it registers through (default {MAX_REFERENCE_GAP_DAYS})")
     parser.add_argument("--workers", type=int, default=2, help="threads reading images for the data checks (default 2)")
+    parser.add_argument("--processing-level", choices=PROCESSING_LEVELS,
+                        help="adni: which of a PET scan's raw series and ADNI's processed steps is used (default raw)")
+    parser.add_argument("--mri-series-include", metavar="REGEX", help="ppmi, adni: use only MRI series whose description matches")
+    parser.add_argument("--mri-series-exclude", metavar="REGEX", help="ppmi, adni: leave out MRI series whose description matches")
 
 
 def reader_options(args: argparse.Namespace) -> dict[str, object]:

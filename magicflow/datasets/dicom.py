@@ -2,9 +2,11 @@
 as one 4D image with its frame timing.
 
 dcm2niix stacks the frames of a dynamic PET series itself (FrameDuration, FrameReferenceTime
-in the sidecar). When a series still comes out as several 3D files (frames saved as separate
+in the sidecar). When a PET series still comes out as several 3D files (frames saved as separate
 images, or a NIfTI download with one file per frame) :func:`assemble_frames` stacks them in
-acquisition order, so every image folder yields exactly one NIfTI or a reason why not."""
+acquisition order. Several files of an MR series are never frames (echoes, corrected copies,
+overlays): :func:`main_image` picks the one image. Every image folder yields exactly one NIfTI
+or a reason why not."""
 
 from __future__ import annotations
 
@@ -38,16 +40,78 @@ def dcm2niix_binary() -> str:
         return found
 
 
-def convert_series(folder: Path, out: Path, stem: str) -> tuple[Path, Path]:
+#: dcm2niix name post-fixes of extra files for one MR series (FILENAMING.md) -> why they are set
+#: aside; echoes and the uncorrected twin of a corrected copy are handled in :func:`main_image`
+DERIVED_POSTFIXES = {
+    "ROI": "an overlay (region of interest) stored with the series, not an image",
+    "ADC": "a copy with the scanner's derived ADC/trace volume appended",
+    "Crop": "a cropped copy",
+    "ph": "the phase image of the series",
+    "phMag": "phase and magnitude stored together",
+    "real": "the real part of a complex image",
+    "imaginary": "the imaginary part of a complex image",
+    "fieldmaphz": "a field map in Hz",
+    "Raw": "Philips raw data storage",
+    "PS": "a presentation state, not an image",
+}
+#: geometry-corrected copies dcm2niix writes beside the uncorrected image: the corrected one is
+#: the image with the true geometry, so it is kept
+CORRECTED_POSTFIXES = {"Tilt": "gantry tilt", "Eq": "unequal slice spacing"}
+POSTFIX = re.compile(r"_(e\d+(?:\.\d+)?|ROI\d+|ADC|Crop|phMag|ph|real|imaginary|fieldmaphz|Raw|PS|Tilt|Eq)(?=_|$)")
+
+
+def postfixes(name: str) -> list[str]:
+    """dcm2niix's disambiguation post-fixes in an output file name ('3_e2_ROI1.nii.gz' -> ['e2', 'ROI1'])."""
+    return POSTFIX.findall(NIFTI.sub("", name))
+
+
+def main_image(images: list[Path]) -> tuple[Path, list[tuple[Path, str]]]:
+    """The one image of an MR series that dcm2niix wrote as several files, and the others with
+    the reason each is set aside: derived files (ROI overlays, ADC, phase, ...) go, of a
+    multi-echo series echo 1 stays, of a tilt- or spacing-corrected pair the corrected copy
+    stays (the uncorrected file's geometry is wrong in NIfTI). Anything else is ambiguous."""
+    reasons: dict[Path, str] = {}
+    for image in images:
+        derived = [p for p in postfixes(image.name) if re.sub(r"\d+$", "", p) in DERIVED_POSTFIXES]
+        if derived:
+            reasons[image] = DERIVED_POSTFIXES[re.sub(r"\d+$", "", derived[0])]
+    left = [p for p in images if p not in reasons]
+    echoes = {p: next((float(x[1:]) for x in postfixes(p.name) if x.startswith("e")), None) for p in left}
+    if any(e is not None for e in echoes.values()):
+        first = min(e for e in echoes.values() if e is not None)
+        for p, echo in echoes.items():
+            if echo is not None and echo != first:
+                reasons[p] = f"echo {echo:g} of a multi-echo series (echo {first:g} is the one used)"
+        left = [p for p in left if p not in reasons]
+    corrected = [p for p in left if set(postfixes(p.name)) & set(CORRECTED_POSTFIXES)]
+    if corrected:
+        best = max(corrected, key=lambda p: len(set(postfixes(p.name)) & set(CORRECTED_POSTFIXES)))
+        fixed = ", ".join(CORRECTED_POSTFIXES[x] for x in postfixes(best.name) if x in CORRECTED_POSTFIXES)
+        for p in left:
+            if p != best:
+                reasons[p] = f"uncorrected for {fixed} (dcm2niix also wrote the corrected copy, which is used)"
+        left = [best]
+    if len(left) != 1:
+        names = ", ".join(p.name for p in images)
+        raise InputError(f"{len(images)} images for one MR series and none is the main one (frames are stacked for PET only): {names}")
+    return left[0], sorted(reasons.items())
+
+
+def convert_series(folder: Path, out: Path, stem: str) -> tuple[Path, Path, list[tuple[Path, Path, str]]]:
     """Convert the DICOM files in ``folder`` into ``out/<stem>.nii.gz`` + ``.json``.
 
+    Several output files of a PET series are its frames, stacked by :func:`assemble_frames`;
+    several of an MR series are echoes, corrected copies or derived files: the main image is
+    kept and the others are moved to ``out/<stem>_<dcm2niix name>.nii.gz`` and returned as
+    (image, sidecar, reason), so they can be listed as excluded rather than stacked as frames.
     Raises InputError with dcm2niix's own words when nothing usable comes out (unreadable
     DICOM, no image data)."""
     out.mkdir(parents=True, exist_ok=True)
     work = out / "dcm2niix"
     work.mkdir()
-    # -b y: sidecar; -z y: gzip; -d 0: this folder only; -w 1: overwrite, never rename silently
-    command = [dcm2niix_binary(), "-b", "y", "-z", "y", "-d", "0", "-w", "1", "-f", "%s_%e", "-o", str(work), str(folder)]
+    # -b y: sidecar; -z y: gzip; -d 0: this folder only; -w 1: overwrite, never rename silently;
+    # -f %s: the series number, so dcm2niix adds its own post-fixes (_e2, _Eq, _ROI1, ...)
+    command = [dcm2niix_binary(), "-b", "y", "-z", "y", "-d", "0", "-w", "1", "-f", "%s", "-o", str(work), str(folder)]
     result = subprocess.run(command, capture_output=True, text=True)
     images = sorted(p for p in work.iterdir() if NIFTI.search(p.name))
     if not images:
@@ -55,17 +119,47 @@ def convert_series(folder: Path, out: Path, stem: str) -> tuple[Path, Path]:
         detail = said[-1] if said else f"exit status {result.returncode}"
         raise InputError(f"unreadable DICOM: dcm2niix made no image from {folder} ({detail})")
     image, sidecar = out / f"{stem}.nii.gz", out / f"{stem}.json"
-    if len(images) == 1:
-        images[0].rename(image)
-        source_json = images[0].with_name(NIFTI.sub(".json", images[0].name))
-        if source_json.exists():
-            source_json.rename(sidecar)
-        else:
-            sidecar.write_text("{}\n")
+    set_aside: list[tuple[Path, Path, str]] = []
+    if len(images) > 1 and {_sidecar_of(p).get("Modality") for p in images} - {None} == {"MR"}:
+        kept, others = main_image(images)
+        _move(kept, image, sidecar, twin=_twin(kept, images))
+        for other, reason in others:
+            name = f"{stem}_{NIFTI.sub('', other.name)}"  # keeps dcm2niix's name: unique, post-fixes and all
+            moved = (out / f"{name}.nii.gz", out / f"{name}.json")
+            _move(other, *moved)
+            set_aside.append((*moved, f"{reason}; kept {image.name}"))
+    elif len(images) == 1:
+        _move(images[0], image, sidecar)
     else:
         assemble_frames(images, image, sidecar)
     shutil.rmtree(work)
-    return image, sidecar
+    return image, sidecar, set_aside
+
+
+def _sidecar_of(image: Path) -> dict:
+    path = image.with_name(NIFTI.sub(".json", image.name))
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _twin(kept: Path, images: list[Path]) -> Path | None:
+    """The uncorrected image a _Tilt/_Eq copy was made from (dcm2niix writes no sidecar for the
+    copy, e.g. '3_Eq_1.nii.gz' beside '3.nii.gz' + '3.json')."""
+    base = re.sub(r"_(Tilt|Eq)(_\d+)?(?=_|$)", "", NIFTI.sub("", kept.name))
+    return next((p for p in images if p != kept and NIFTI.sub("", p.name) == base), None)
+
+
+def _move(source: Path, image: Path, sidecar: Path, twin: Path | None = None) -> None:
+    """A dcm2niix output and its sidecar to their final names; without a sidecar of its own, a
+    copy of its twin's (the same series' headers), else an empty one."""
+    source_json = source.with_name(NIFTI.sub(".json", source.name))
+    twin_json = twin.with_name(NIFTI.sub(".json", twin.name)) if twin is not None else None
+    source.rename(image)
+    if source_json.exists():
+        source_json.rename(sidecar)
+    elif twin_json is not None and twin_json.exists():
+        shutil.copyfile(twin_json, sidecar)
+    else:
+        sidecar.write_text("{}\n")
 
 
 def _acquisition_seconds(meta: dict) -> float | None:

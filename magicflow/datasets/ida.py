@@ -5,7 +5,10 @@ with DICOM files or NIfTI files inside, and exports the collection as a CSV with
 Image Data ID, Subject, Group, Sex, Age, Visit, Modality, Description, Type, Acq Date, ...
 Reading is two steps: :func:`convert_download` turns every image folder into one NIfTI +
 sidecar (cached, its own Snakemake rule) and records the outcome in ``conversion.tsv``;
-:func:`read_ida` then builds the manifest rows from that table and the collection CSV."""
+:func:`read_ida` then builds the manifest rows from that table, the collection CSV and IDA's
+per-image XML metadata (the scanner of NIfTI downloads, which come without a sidecar). A
+collection can hold a PET scan's raw series beside ADNI's processed steps of it; one of them
+is used per scan, the raw series unless the setting says otherwise."""
 
 from __future__ import annotations
 
@@ -15,15 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nibabel as nib
 import pandas as pd
 
 from magicflow.datasets.bids import scanner_name
-from magicflow.datasets.dicom import NIFTI, assemble_frames, convert_series
+from magicflow.datasets.dicom import NIFTI, assemble_frames, convert_series, main_image
 from magicflow.datasets.manifest import (
-    MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, drop_duplicate_images, file_stem,
-    format_age, subject_id,
+    MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, drop_duplicate_images, exclusion_of,
+    file_stem, format_age, subject_id,
 )
 from magicflow.datasets.tables import column, read_table
 from magicflow.datasets.tracers import normalise_tracer, tracer_family
@@ -31,7 +35,9 @@ from magicflow.errors import InputError
 from magicflow.io import atomic_dir, atomic_path
 
 COLLECTION_COLUMNS = ("Image Data ID", "Subject", "Group", "Sex", "Age", "Modality", "Description", "Acq Date")
+OPTIONAL_COLUMNS = ("Type",)  # Original for the scanner's series, else a processed step of it
 CONVERSION_COLUMNS = ["key", "image_id", "folder", "format", "status", "nifti", "sidecar", "reason"]
+SET_ASIDE = "set aside"  # conversion.tsv status of an extra dcm2niix output of a folder's series
 #: series description -> modality; checked in this order (a 'T2 FLAIR' is FLAIR, a 'T2 STAR' is T2*)
 NOT_STRUCTURAL = re.compile(r"(?i)(localizer|scout|calibration|field.?map|T2.?STAR|T2\*|\bSWI\b|DTI|DWI|fMRI|BOLD|\bASL\b|PERFUSION|HighResHippo)")
 MRI_MODALITIES = (
@@ -87,7 +93,10 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
     """Give every image folder one NIfTI + sidecar and write ``nifti_dir/conversion.tsv``.
 
     DICOM folders are converted by dcm2niix into ``nifti_dir/<key>/``; NIfTI folders with one
-    file are used where they lie; several 3D files (one per PET frame) are stacked into 4D.
+    file are used where they lie; several 3D files (one per PET frame) are stacked into 4D,
+    unless they are an MR image's (echoes, copies), of which the main one is used.
+    Extra files dcm2niix writes for one MR series (other echoes, uncorrected copies, overlays)
+    are listed with status 'set aside' and their reason, so the manifest lists them as excluded.
     A folder already converted in an earlier run is reused, never converted again."""
     root, nifti_dir = Path(root), Path(nifti_dir)
     if not root.is_dir():
@@ -96,21 +105,26 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
     for folder in image_folders(root, project):
         record = {"key": folder.key, "image_id": folder.image_id, "folder": str(folder.path), "format": MISSING,
                   "status": "ok", "nifti": MISSING, "sidecar": MISSING, "reason": ""}
-        files = sorted(p for p in folder.path.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in folder.path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".xml")
         niftis = [p for p in files if NIFTI.search(p.name)]
         record["format"] = "nifti" if niftis else "dicom"
+        set_aside: list[tuple[Path, Path | str, str]] = []
         try:
             if not files:
                 raise InputError("empty image folder")
             if len(niftis) == 1:
-                own = niftis[0].with_name(NIFTI.sub(".json", niftis[0].name))
-                image, sidecar = niftis[0], own if own.exists() else None
+                image, sidecar = niftis[0], _own_sidecar(niftis[0])
+            elif niftis and _is_mr(niftis):  # echoes or copies of one MR image, used where they lie: never frames
+                image, others = main_image(niftis)
+                sidecar = _own_sidecar(image)
+                set_aside = [(p, _own_sidecar(p) or MISSING, f"{why}; kept {image.name}") for p, why in others]
             else:
-                image, sidecar = _cached(folder, nifti_dir / folder.key, niftis)
+                image, sidecar, set_aside = _cached(folder, nifti_dir / folder.key, niftis)
             record.update(nifti=str(image), sidecar=str(sidecar) if sidecar else MISSING)
         except InputError as error:
             record.update(status="failed", reason=str(error))
         records.append(record)
+        records += [{**record, "status": SET_ASIDE, "nifti": str(i), "sidecar": str(j), "reason": why} for i, j, why in set_aside]
     table = pd.DataFrame(records, columns=CONVERSION_COLUMNS)
     out = nifti_dir / "conversion.tsv"
     with atomic_path(out) as tmp:
@@ -118,24 +132,54 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
     return out
 
 
-def _cached(folder: ImageFolder, out: Path, niftis: list[Path]) -> tuple[Path, Path]:
-    image, sidecar = out / f"{folder.image_id}.nii.gz", out / f"{folder.image_id}.json"
-    if image.exists() and sidecar.exists():  # written atomically: present means complete
-        return image, sidecar
-    with atomic_dir(out) as tmp:
-        if niftis:
-            assemble_frames(niftis, tmp / image.name, tmp / sidecar.name)
-        else:
-            convert_series(folder.path, tmp, folder.image_id)
-    return image, sidecar
+def _own_sidecar(image: Path) -> Path | None:
+    own = image.with_name(NIFTI.sub(".json", image.name))
+    return own if own.exists() else None
 
 
-def read_conversions(nifti_dir: Path) -> dict[str, dict[str, str]]:
+def _is_mr(niftis: list[Path]) -> bool:
+    """An MR image by its sidecars' Modality, else by IDA's NIfTI file name
+    (``ADNI_941_S_1202_MR_<description>_..._I<image>.nii``; PET files say ``_PT_``)."""
+    modalities = set()
+    for sidecar in filter(None, map(_own_sidecar, niftis)):
+        try:
+            modalities.add(json.loads(sidecar.read_text()).get("Modality"))
+        except (OSError, json.JSONDecodeError, AttributeError):  # unreadable: the file name decides
+            continue
+    return modalities == {"MR"} if modalities else all("_MR_" in p.name for p in niftis)
+
+
+def _cached(folder: ImageFolder, out: Path, niftis: list[Path]) -> tuple[Path, Path, list[tuple[Path, Path, str]]]:
+    """The folder's converted image, sidecar and set-aside files; converted only the first time
+    (the set-aside list is kept in ``set_aside.json`` so a reused conversion reports it too)."""
+    image, sidecar, listing = out / f"{folder.image_id}.nii.gz", out / f"{folder.image_id}.json", out / "set_aside.json"
+    if not (image.exists() and sidecar.exists()):  # written atomically: present means complete
+        with atomic_dir(out) as tmp:
+            if niftis:
+                assemble_frames(niftis, tmp / image.name, tmp / sidecar.name)
+                others: list[tuple[Path, Path, str]] = []
+            else:
+                _, _, others = convert_series(folder.path, tmp, folder.image_id)
+            (tmp / listing.name).write_text(json.dumps([[i.name, j.name, why] for i, j, why in others], indent=1) + "\n")
+    entries = json.loads(listing.read_text()) if listing.exists() else []
+    return image, sidecar, [(out / i, out / j, why) for i, j, why in entries]
+
+
+def read_conversions(nifti_dir: Path) -> tuple[dict[str, dict[str, str]], dict[str, list[dict[str, str]]]]:
+    """conversion.tsv as the record of each image folder by key, and the files set aside from
+    each folder's conversion by key."""
     path = nifti_dir / "conversion.tsv"
     if not path.is_file():
         raise InputError(f"{str(path)!r} does not exist: convert the download first (magicflow manifest --convert-only)")
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    return {record["key"]: record for record in table.to_dict("records")}
+    folders: dict[str, dict[str, str]] = {}
+    set_aside: dict[str, list[dict[str, str]]] = {}
+    for record in table.to_dict("records"):
+        if record["status"] == SET_ASIDE:
+            set_aside.setdefault(record["key"], []).append(record)
+        else:
+            folders[record["key"]] = record
+    return folders, set_aside
 
 
 # ---------------------------------------------------------------- collection CSV
@@ -153,6 +197,7 @@ def read_collection(path: str | Path) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for record in table.to_dict("records"):
         row = {c: record[names[c]] for c in COLLECTION_COLUMNS}
+        row.update({c: record.get(c, "") for c in OPTIONAL_COLUMNS})
         image = image_data_id(row["Image Data ID"])
         if image in out and out[image] != row:
             raise InputError(f"IDA collection CSV {str(path)!r}: image ID {image} listed twice with different values")
@@ -170,6 +215,78 @@ def parse_date(value: str) -> date | None:
     return None
 
 
+# ---------------------------------------------------------------- IDA per-image XML metadata
+
+#: dcm2niix's manufacturer names, chosen by the first two letters of the DICOM Manufacturer as
+#: dcm2niix does (nii_dicom.cpp dcmStrManufacturer), so header and XML scanners agree
+MANUFACTURERS = {"SI": "Siemens", "CP": "Siemens", "GE": "GE", "PH": "Philips", "TO": "Toshiba", "CA": "Canon",
+                 "HI": "Hitachi", "ME": "Mediso", "UI": "UIH", "BR": "Bruker", "MR": "MRSolutions", "HY": "Hyperfine"}
+
+
+def metadata_files(root: Path, folders: list[ImageFolder]) -> dict[str, Path]:
+    """IDA's per-image XML files (``<PROJECT>_<subject>_<description>_S<series>_I<image>.xml``) by
+    image ID: beside the project folder, one folder down (the project folder, a metadata
+    folder), two down, or in the image folder itself. Not deeper: downloads hold millions of files."""
+    paths = [p for pattern in ("*.xml", "*/*.xml", "*/*/*.xml") for p in sorted(root.glob(pattern))]
+    paths += [p for folder in folders for p in sorted(folder.path.glob("*.xml"))]
+    found: dict[str, Path] = {}
+    for path in paths:
+        match = re.search(r"_(I\d+)\.xml$", path.name, re.IGNORECASE)
+        if match:
+            found.setdefault(image_data_id(match.group(1)), path)
+    return found
+
+
+def read_metadata_xml(path: Path) -> dict[str, object]:
+    """What an IDA image XML says about the scan, under dcm2niix's sidecar names (Manufacturer,
+    ManufacturersModelName, Radiopharmaceutical) plus the image's and its original's
+    descriptions. Original images carry ``imagingProtocol/protocolTerm``; processed ones the
+    original's under ``seriesLevelMeta/relatedImageDetail/originalRelatedImage``."""
+    try:
+        tree = ElementTree.parse(path)
+    except (ElementTree.ParseError, OSError) as error:
+        raise InputError(f"unreadable IDA metadata XML {path}: {error}") from None
+    terms: dict[str, str] = {}
+    for protocol in tree.getroot().iter("protocol"):
+        terms.setdefault(protocol.get("term", ""), (protocol.text or "").strip())
+    meta: dict[str, object] = {}
+    manufacturer = terms.get("Manufacturer", "")
+    if manufacturer:
+        meta["Manufacturer"] = MANUFACTURERS.get(manufacturer[:2].upper(), manufacturer)
+    if terms.get("Mfg Model"):
+        meta["ManufacturersModelName"] = terms["Mfg Model"]
+    if terms.get("Radiopharmaceutical"):
+        meta["Radiopharmaceutical"] = terms["Radiopharmaceutical"]
+    texts = [e.text.strip() for tag in ("processedDataLabel", "description") for e in tree.getroot().iter(tag) if e.text and e.text.strip()]
+    meta["descriptions"] = list(dict.fromkeys(texts))
+    return meta
+
+
+# ---------------------------------------------------------------- ADNI processing steps
+
+#: ADNI PET core's processing steps as IDA names them in the description (the strings Clinica's
+#: adni_to_bids selects on), the most processed first; FDG's lack the tracer name, the others'
+#: start with it ('AV45 Co-registered, Averaged')
+PROCESSING_STEPS = {
+    "uniform_6mm": re.compile(r"(?i)uniform\s*6\s*mm"),
+    "uniform_resolution": re.compile(r"(?i)uniform\s+resolution"),
+    "standardized": re.compile(r"(?i)std\.?\s+img\.?\s+and\s+vox\.?\s+siz|standardi[sz]ed\s+image\s+and\s+voxel\s+size"),
+    "coregistered_averaged": re.compile(r"(?i)co-?reg(istered)?\b,?\s+av(era)?g"),
+    "coregistered_dynamic": re.compile(r"(?i)co-?reg(istered)?\b,?\s+dynamic"),
+}
+#: values of the processing_level setting, least processed first
+PROCESSING_LEVELS = ("raw", *reversed(PROCESSING_STEPS))
+
+
+def processing_step(description: str, image_type: str) -> str:
+    """The ADNI processing step of an image, from its description; 'raw' for the scanner's series
+    (collection Type 'Original', or no Type column), 'processed' for any other processed image."""
+    for step, pattern in PROCESSING_STEPS.items():
+        if pattern.search(description):
+            return step
+    return "raw" if image_type.strip().lower() in ("", "original") else "processed"
+
+
 # ---------------------------------------------------------------- modality and tracer
 
 def tracer_in(text: str) -> str | None:
@@ -183,9 +300,45 @@ def tracer_in(text: str) -> str | None:
     return None
 
 
-def classify(texts: list[str], sidecar: dict, collection_modality: str) -> tuple[str, str] | str:
+def _word(pattern: str) -> str:
+    """``pattern`` as a whole word, '_' and '-' counting as separators (T1_SE, PD-T2)."""
+    return rf"(?<![A-Za-z0-9])(?:{pattern})(?![A-Za-z0-9])"
+
+
+#: descriptions of series that are named T1/T2 yet are not the T1w/T2w the pipeline registers
+NOT_T1W_T2W = (
+    (re.compile(r"(?i)" + _word(r"PD|DE|PDT2|T2PD|dual[-_ ]?echo|proton[-_ ]?density")),
+     "a proton-density or PD/T2 dual-echo image"),
+    (re.compile(r"(?i)T1W?[-_ ]*" + _word(r"SE|TSE|FSE|spin[-_ ]?echo") + "|" + _word(r"SE|TSE|FSE") + r"[-_ ]*T1"),
+     "a T1 spin echo, not a 3D T1 gradient echo (MPRAGE, IR-SPGR)"),
+    (re.compile(r"(?i)T2\*?[-_ ]*" + _word(r"GRE|FFE|FLASH|MERGE|gradient[-_ ]?echo") + "|" + _word(r"GRE|FFE|FLASH") + r"[-_ ]*T2"),
+     "a T2* gradient echo, not a T2w spin echo"),
+)
+
+
+def sequence_problem(modality: str, sidecar: dict) -> str:
+    """Why a series named T1w/T2w is not one by its header ('' when it is): one echo of a
+    multi-echo series (dcm2niix writes EchoNumber only for those), a T1 spin echo, a T2*
+    gradient echo (ScanningSequence, else the Siemens SequenceName '*se2d1', '*fl2d1')."""
+    if modality not in ("T1w", "T2w"):
+        return ""
+    if sidecar.get("EchoNumber") not in (None, ""):
+        return f"echo {sidecar['EchoNumber']} of a multi-echo series (a PD/T2 dual echo or multi-echo image), not a single-echo {modality}"
+    tokens = set(re.split(r"[^A-Z]+", str(sidecar.get("ScanningSequence", "")).upper())) - {""}
+    if not tokens:
+        name = str(sidecar.get("SequenceName", "")).lower().lstrip("*")
+        tokens = {"SE"} if re.match(r"se\d", name) else {"GR"} if re.match(r"(fl|me|gre)\d", name) else set()
+    if modality == "T1w" and "SE" in tokens and not tokens & {"GR", "IR"}:
+        return f"a T1 spin echo (ScanningSequence {sidecar.get('ScanningSequence') or sidecar.get('SequenceName')}), not a 3D T1 gradient echo"
+    if modality == "T2w" and "GR" in tokens and not tokens & {"SE", "IR"}:
+        return f"a T2* gradient echo (ScanningSequence {sidecar.get('ScanningSequence') or sidecar.get('SequenceName')}), not a T2w spin echo"
+    return ""
+
+
+def classify(texts: list[str], sidecar: dict, collection_modality: str, step: str = "raw") -> tuple[str, str] | str:
     """(modality, tracer name) from the series descriptions and headers, or the reason the
-    image is not used. PET when the collection or the header (Modality PT) says so."""
+    image is not used. PET when the collection or the header (Modality PT) says so; a
+    processed ADNI step naming no tracer is FDG (the PET core names every other tracer)."""
     header_modality = str(sidecar.get("Modality", "")).upper()
     kind = collection_modality.strip().upper()
     if kind == "PET" or header_modality == "PT":
@@ -193,6 +346,8 @@ def classify(texts: list[str], sidecar: dict, collection_modality: str) -> tuple
             tracer = tracer_in(text)
             if tracer:
                 return "pet", tracer
+        if step in PROCESSING_STEPS:
+            return "pet", "FDG"
         return f"PET tracer not recognised in {' / '.join(t for t in texts if t)!r} or the header"
     if kind not in ("MRI", "MR", "") and header_modality not in ("MR",):
         return f"modality {collection_modality} is not used by the pipeline (MRI, PET)"
@@ -202,7 +357,12 @@ def classify(texts: list[str], sidecar: dict, collection_modality: str) -> tuple
     for text in texts:
         for modality, pattern in MRI_MODALITIES:
             if pattern.search(text):
-                return modality, MISSING
+                if modality != "FLAIR":
+                    for other, what in NOT_T1W_T2W:
+                        if any(other.search(t) for t in texts):
+                            return f"series {text!r} is {what}"
+                problem = sequence_problem(modality, sidecar)
+                return f"series {text!r} is {problem}" if problem else (modality, MISSING)
     return f"series {' / '.join(t for t in texts if t)!r} is not recognised as T1, T2 or FLAIR"
 
 
@@ -212,6 +372,44 @@ def classify(texts: list[str], sidecar: dict, collection_modality: str) -> tuple
 Diagnose = Callable[[str, dict[str, str], date | None], tuple[str | None, str]]
 
 
+@dataclass(frozen=True)
+class SeriesFilter:
+    """Per-dataset regular expressions on MRI series descriptions (unset: no filter)."""
+
+    include: re.Pattern | None = None
+    exclude: re.Pattern | None = None
+
+    @classmethod
+    def of(cls, include: str | None, exclude: str | None) -> "SeriesFilter":
+        def compiled(pattern: str | None, setting: str) -> re.Pattern | None:
+            if not pattern:
+                return None
+            try:
+                return re.compile(pattern)
+            except re.error as error:
+                raise InputError(f"{setting} {pattern!r} is not a regular expression: {error}") from None
+        return cls(compiled(include, "mri_series_include"), compiled(exclude, "mri_series_exclude"))
+
+    def problem(self, texts: list[str]) -> str:
+        if self.exclude is not None:
+            hit = next((t for t in texts if self.exclude.search(t)), None)
+            if hit is not None:
+                return f"series {hit!r} matches mri_series_exclude {self.exclude.pattern!r}"
+        if self.include is not None and not any(self.include.search(t) for t in texts):
+            return f"series {' / '.join(texts)!r} does not match mri_series_include {self.include.pattern!r}"
+        return ""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A usable image before one image per scan is chosen: its row and ADNI processing step."""
+
+    row: ImageRow
+    image_id: str
+    step: str
+    description: str
+
+
 def read_ida(
     root: str | Path,
     dataset: str,
@@ -219,34 +417,71 @@ def read_ida(
     collection: str | Path,
     nifti_dir: str | Path,
     diagnose: Diagnose,
+    processing_level: str = "raw",
+    series_filter: SeriesFilter = SeriesFilter(),
 ) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Manifest rows and exclusions for an IDA download, after :func:`convert_download`."""
+    """Manifest rows and exclusions for an IDA download, after :func:`convert_download`.
+    ``processing_level`` picks, of each PET scan's raw series and processed steps, the one used."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"dataset {dataset!r}: {project} root {str(root)!r} does not exist")
+    if processing_level not in PROCESSING_LEVELS:
+        raise InputError(f"dataset {dataset!r}: processing_level {processing_level!r} is not one of {list(PROCESSING_LEVELS)}")
     folders = image_folders(root, project)
     if not folders:
         raise InputError(f"dataset {dataset!r}: no {project}/<subject>/<description>/<date>/<image id>/ folders under {root}")
     meta = read_collection(collection if Path(collection).is_absolute() else root / collection)
-    conversions = read_conversions(Path(nifti_dir))
+    conversions, set_aside = read_conversions(Path(nifti_dir))
+    xmls = metadata_files(root, folders)
 
-    rows: list[ImageRow] = []
+    candidates: list[Candidate] = []
     excluded: list[Exclusion] = []
     for folder in folders:
         subject = subject_id(folder.subject)
-        row_or_reason = _image_row(folder, subject, dataset, meta.get(folder.image_id), conversions.get(folder.key), diagnose)
-        if isinstance(row_or_reason, str):
-            excluded.append(Exclusion(dataset, subject, folder.date, str(folder.path), row_or_reason))
+        excluded += [Exclusion(dataset, subject, folder.date, r["nifti"], r["reason"]) for r in set_aside.get(folder.key, [])]
+        found = _candidate(folder, subject, dataset, meta.get(folder.image_id), conversions.get(folder.key),
+                           xmls.get(folder.image_id), diagnose, series_filter)
+        if isinstance(found, str):
+            excluded.append(Exclusion(dataset, subject, folder.date, str(folder.path), found))
         else:
-            rows.append(row_or_reason)
+            candidates.append(found)
+    rows, not_chosen = one_image_per_scan(candidates, processing_level)
     rows, duplicates = drop_duplicate_images(rows)
     check_subject_ids(sorted({r.subject for r in rows}), f"{project} dataset {root}")
     kept, no_t1 = assign_references(rows)
-    return kept, excluded + duplicates + no_t1
+    return kept, excluded + not_chosen + duplicates + no_t1
 
 
-def _image_row(folder: ImageFolder, subject: str, dataset: str, record: dict[str, str] | None,
-               conversion: dict[str, str] | None, diagnose: Diagnose) -> ImageRow | str:
+def one_image_per_scan(candidates: list[Candidate], level: str) -> tuple[list[ImageRow], list[Exclusion]]:
+    """Of each PET scan (subject, date, tracer family) the image at ``level`` is kept, the highest image
+    ID if several (the latest upload, as Clinica's adni-to-bids does), and the others are
+    excluded naming it; a scan with no image at ``level`` is excluded whole, with what it has.
+    MRI passes as it is (processed MRI never gets here)."""
+    rows = [c.row for c in candidates if c.row.modality != "pet"]
+    excluded: list[Exclusion] = []
+    scans: dict[tuple[str, str, str], list[Candidate]] = {}
+    for c in candidates:
+        if c.row.modality == "pet":
+            # by tracer family, so one tracer spelled two ways (FDG, FLUORODEOXYGLUCOSE) is one scan
+            scans.setdefault((c.row.subject, c.row.session, c.row.tracer), []).append(c)
+    for scan in scans.values():
+        chosen = [c for c in scan if c.step == level]
+        if not chosen:
+            has = ", ".join(f"{c.image_id} {c.step}" for c in scan)
+            excluded += [exclusion_of(c.row, f"no {level} image of this PET scan (processing_level {level}); the download has {has}") for c in scan]
+            continue
+        kept = max(chosen, key=lambda c: int(c.image_id[1:]) if c.image_id[1:].isdigit() else -1)
+        rows.append(kept.row)
+        for c in scan:
+            if c is kept:
+                continue
+            what = f"another {level} image of the same PET scan" if c.step == level else f"ADNI processing step {c.step} ({c.description!r}), not processing_level {level}"
+            excluded.append(exclusion_of(c.row, f"{what}: one image per subject, date and tracer, kept {kept.image_id} ({kept.row.path})"))
+    return rows, excluded
+
+
+def _candidate(folder: ImageFolder, subject: str, dataset: str, record: dict[str, str] | None, conversion: dict[str, str] | None,
+               xml: Path | None, diagnose: Diagnose, series_filter: SeriesFilter) -> Candidate | str:
     if record is None:
         return f"image ID {folder.image_id} is not in the collection CSV"
     if conversion is None:
@@ -261,8 +496,24 @@ def _image_row(folder: ImageFolder, subject: str, dataset: str, record: dict[str
             sidecar = json.loads(Path(conversion["sidecar"]).read_text())
         except (OSError, json.JSONDecodeError) as error:
             return f"unreadable sidecar {conversion['sidecar']}: {error}"
+    xml_meta: dict = {}
+    if xml is not None:
+        try:
+            xml_meta = read_metadata_xml(xml)
+        except InputError as error:
+            return str(error)
     texts = [record["Description"], folder.description.replace("_", " "), str(sidecar.get("SeriesDescription", ""))]
-    kind = classify([t for t in texts if t], sidecar, record["Modality"])
+    texts = list(dict.fromkeys(t for t in texts + xml_meta.pop("descriptions", []) if t))
+    step = processing_step(record["Description"] or folder.description.replace("_", " "), record.get("Type", ""))
+    header = {**xml_meta, **sidecar}  # the sidecar wins; the XML fills in what it lacks (NIfTI downloads)
+    is_mri = record["Modality"].strip().upper() in ("MRI", "MR") and str(header.get("Modality", "MR")).upper() == "MR"
+    if is_mri:
+        if step != "raw":
+            return f"processed MRI ({record['Description'] or folder.description!r}): the pipeline registers the original series itself"
+        problem = series_filter.problem(texts)
+        if problem:
+            return problem
+    kind = classify(texts, header, record["Modality"], step)
     if isinstance(kind, str):
         return kind
     modality, tracer_name = kind
@@ -278,12 +529,13 @@ def _image_row(folder: ImageFolder, subject: str, dataset: str, record: dict[str
         return reason
     session = scan_date.strftime("%Y%m%d") if scan_date else MISSING
     suffix = "pet" if modality == "pet" else modality
-    return ImageRow(
+    row = ImageRow(
         dataset=dataset, subject=subject, session=session,
         image=file_stem(f"sub-{subject}", f"ses-{session}" if scan_date else "", f"trc-{tracer_name}" if modality == "pet" else "",
                         f"img-{folder.image_id}", suffix),
         modality=modality, tracer=tracer_family(tracer_name) if modality == "pet" else MISSING,
-        tracer_name=tracer_name, scanner=scanner_name(sidecar), diagnosis=diagnosis,
+        tracer_name=tracer_name, scanner=scanner_name(header), diagnosis=diagnosis,
         age=format_age(record["Age"]), sex=record["Sex"] or MISSING,
         reference=MISSING, path=conversion["nifti"], sidecar=conversion["sidecar"],
     )
+    return Candidate(row, folder.image_id, step, record["Description"] or folder.description)

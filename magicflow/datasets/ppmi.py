@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from magicflow.datasets.ida import read_ida
+from magicflow.datasets.ida import SeriesFilter, read_ida
 from magicflow.datasets.manifest import Exclusion, ImageRow
 from magicflow.datasets.tables import relabel
 
@@ -20,12 +20,16 @@ def read_ppmi(
     collection: str | Path,
     nifti_dir: str | Path,
     diagnosis_labels: dict[str, str] | None = None,
+    mri_series_include: str | None = None,
+    mri_series_exclude: str | None = None,
 ) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Manifest rows and exclusions for a PPMI download converted into ``nifti_dir``."""
+    """Manifest rows and exclusions for a PPMI download converted into ``nifti_dir``; MRI series
+    whose description matches ``mri_series_exclude`` or misses ``mri_series_include`` are left out."""
     labels = diagnosis_labels or {}
 
     def diagnose(_subject: str, record: dict[str, str], _scan: date | None) -> tuple[str | None, str]:
         group = record["Group"]
         return (relabel(group, labels), "") if group else (None, "no Group for this image in the collection CSV")
 
-    return read_ida(root, dataset, PROJECT, collection, nifti_dir, diagnose)
+    return read_ida(root, dataset, PROJECT, collection, nifti_dir, diagnose,
+                    series_filter=SeriesFilter.of(mri_series_include, mri_series_exclude))

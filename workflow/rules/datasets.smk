@@ -20,6 +20,9 @@ MANIFEST_OPTIONS = {
     "visit_window_days": "--visit-window-days",
     "diagnosis_labels": "--diagnosis-label",
     "max_reference_gap_days": "--max-reference-gap-days",
+    "processing_level": "--processing-level",
+    "mri_series_include": "--mri-series-include",
+    "mri_series_exclude": "--mri-series-exclude",
 }
 TABLE_KEYS = ("demographics", "collection", "diagnosis_table")  # files read by the manifest: rule inputs
 
