@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from adapter_fixtures import ADNIMERGE, adni_download, collection_csv, dicom_series, ida_xml, nifti
+from magicflow.datasets.commands import build_manifest
 from magicflow.datasets.adni import read_adni, read_diagnoses
 from magicflow.datasets.dicom import main_image
 from magicflow.config import REPO_ROOT
@@ -34,7 +35,8 @@ def adni(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_adni_manifest(adni: tuple[Path, Path], tmp_path: Path):
     root, converted = adni
-    rows, excluded = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", visit_window_days=180)
+    rows, excluded = build_manifest("adni", root, "adni", {"collection": "ADNI_collection.csv", "nifti_dir": converted,
+                                                          "diagnosis_table": "ADNIMERGE.csv", "visit_window_days": 180})
     write_manifest(rows, excluded, tmp_path / "m.tsv", tmp_path / "e.tsv", "adni")
     table = read_manifest(tmp_path / "m.tsv").set_index("image")
     t1 = "sub-941S1202_ses-20170510_img-I100001_T1w"

@@ -26,7 +26,7 @@ import pandas as pd
 from magicflow.datasets.bids import scanner_name
 from magicflow.datasets.dicom import NIFTI, assemble_frames, convert_series, main_image
 from magicflow.datasets.manifest import (
-    MISSING, Exclusion, ImageRow, assign_references, check_subject_ids, drop_duplicate_images, exclusion_of,
+    MISSING, Exclusion, ImageRow, check_subject_ids, drop_duplicate_images, exclusion_of,
     file_stem, format_age, subject_id,
 )
 from magicflow.datasets.tables import column, read_table
@@ -420,7 +420,8 @@ def read_ida(
     processing_level: str = "raw",
     series_filter: SeriesFilter = SeriesFilter(),
 ) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Manifest rows and exclusions for an IDA download, after :func:`convert_download`.
+    """Manifest rows (references not yet assigned) and exclusions for an IDA download, after
+    :func:`convert_download`.
     ``processing_level`` picks, of each PET scan's raw series and processed steps, the one used."""
     root = Path(root)
     if not root.is_dir():
@@ -448,8 +449,7 @@ def read_ida(
     rows, not_chosen = one_image_per_scan(candidates, processing_level)
     rows, duplicates = drop_duplicate_images(rows)
     check_subject_ids(sorted({r.subject for r in rows}), f"{project} dataset {root}")
-    kept, no_t1 = assign_references(rows)
-    return kept, excluded + not_chosen + duplicates + no_t1
+    return rows, excluded + not_chosen + duplicates
 
 
 def one_image_per_scan(candidates: list[Candidate], level: str) -> tuple[list[ImageRow], list[Exclusion]]:
