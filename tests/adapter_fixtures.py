@@ -18,6 +18,36 @@ def nifti(path: Path, shape=(6, 6, 6)) -> Path:
     return path
 
 
+def series_uids() -> tuple[str, str, str]:
+    """Study, series and frame-of-reference UIDs shared by every file of one series."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(), generate_uid(), generate_uid()
+
+
+def dicom_file(modality: str, description: str, model: str, uids: tuple[str, str, str], number: int,
+               date: str = "20170510", manufacturer: str = "SIEMENS"):
+    """One DICOM file's identity (file meta, SOP class, series UIDs, instance number, dates):
+    what every slice of a series shares apart from its geometry, timing and pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.128" if modality == "PT" else "1.2.840.10008.5.1.4.1.1.4"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = modality, manufacturer, model
+    ds.SeriesDescription = ds.ProtocolName = description
+    ds.PatientID = "anonymous"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+    ds.SeriesNumber, ds.InstanceNumber = 3, number
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = date
+    return ds
+
+
 def dicom_series(folder: Path, modality: str = "MR", description: str = "Accelerated Sagittal MPRAGE",
                  model: str = "Prisma_fit", frames: int = 1, slices: int = 3, tracer: str | None = None,
                  echo_times: tuple[float, ...] = (3.0,), sequence: tuple[str, str] = ("GR\\IR", "*tfl3d1_16ns"),
@@ -28,28 +58,15 @@ def dicom_series(folder: Path, modality: str = "MR", description: str = "Acceler
     (ScanningSequence, SequenceName): MPRAGE by default, ('SE', '*se2d1') a spin echo,
     ('GR', '*fl2d1') a FLASH gradient echo, ('SE', '*tse2d2_7') a dual-echo TSE. ``gap_after``:
     the slices after that one lie a slice further on (a missing slice: unequal spacing)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.dataset import Dataset
 
     folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
-    sop_class = "1.2.840.10008.5.1.4.1.1.128" if modality == "PT" else "1.2.840.10008.5.1.4.1.1.4"
+    uids = series_uids()
     number = 0
     for frame, echo in [(f, e) for f in range(frames) for e in range(len(echo_times))]:
         for s in range(slices):
             number += 1
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-            ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = modality, "SIEMENS", model
-            ds.SeriesDescription = ds.ProtocolName = description
-            ds.PatientID = "anonymous"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
-            ds.SeriesNumber, ds.InstanceNumber = 3, number
-            ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = "20170510"
+            ds = dicom_file(modality, description, model, uids, number)
             ds.AcquisitionTime = f"10{frame * 5:02d}00.000000"
             ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * (s + (gap_after is not None and s > gap_after))], [1, 0, 0, 0, 1, 0]
             ds.PixelSpacing, ds.SliceThickness = [2.0, 2.0], 2.0

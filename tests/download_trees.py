@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adapter_fixtures import COLLECTION_COLUMNS
+from adapter_fixtures import COLLECTION_COLUMNS, dicom_file, series_uids
 
 #: dataset -> (image stems that reach slices.tsv, {excluded file name: start of its reason})
 EXPECTED: dict[str, tuple[set[str], dict[str, str]]] = {
@@ -159,8 +159,7 @@ def dicom_from_volume(img: nib.Nifti1Image, folder: Path, modality: str = "MR", 
     per slice and frame, geometry in LPS, frame timing for PET (AcquisitionTime per frame,
     ActualFrameDuration, FrameReferenceTime from the series start, the injection time in the
     radiopharmaceutical sequence, whose name ``tracer`` may be empty)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.dataset import Dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     data = np.asarray(img.dataobj, dtype=np.float32)
@@ -173,25 +172,13 @@ def dicom_from_volume(img: nib.Nifti1Image, folder: Path, modality: str = "MR", 
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     row_dir, col_dir = lps @ affine[:3, 0] / zooms[0], lps @ affine[:3, 1] / zooms[1]
     start = series_start or datetime(2017, 5, 10, 10, 0, 0)
-    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
-    sop_class = "1.2.840.10008.5.1.4.1.1.128" if modality == "PT" else "1.2.840.10008.5.1.4.1.1.4"
+    uids = series_uids()
     slices = data.shape[2]
     number = 0
     for frame in range(frames):
         for k in range(slices):
             number += 1
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-            ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = modality, manufacturer, model
-            ds.SeriesDescription = ds.ProtocolName = description
-            ds.PatientID = "anonymous"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
-            ds.SeriesNumber, ds.InstanceNumber = 3, number
-            ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = date
+            ds = dicom_file(modality, description, model, uids, number, date, manufacturer)
             ds.StudyTime = ds.SeriesTime = _clock(start)
             ds.AcquisitionTime = _clock(start + timedelta(seconds=frame * frame_seconds))
             ds.ImagePositionPatient = [float(v) for v in lps @ (affine @ [0, 0, k, 1])[:3]]
