@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adapter_fixtures import COLLECTION_COLUMNS, dicom_file, series_uids
+from adapter_fixtures import COLLECTION_COLUMNS, dicom_file, ida_xml, series_uids
 
 #: dataset -> (image stems that reach slices.tsv, {excluded file name: start of its reason})
 EXPECTED: dict[str, tuple[set[str], dict[str, str]]] = {
@@ -222,6 +222,8 @@ def ppmi_tree(root: Path, demo_bids: Path) -> Path:
           "PPMI_3001_NM_DaTSCAN_br_raw_20110401_S2_I234570.nii")
     _broken(demo_images(demo_bids, 2)["T1w"], tree / "3002" / "MPRAGE_GRAPPA" / "2011-04-02_10_00_00.0" / "I234571" /
             "PPMI_3002_MR_MPRAGE_GRAPPA_br_raw_20110402_S3_I234571.nii", "zero")
+    # IDA's per-image metadata beside the NIfTI download: the only place that names the scanner
+    ida_xml(root / "PPMI_3000_MPRAGE_GRAPPA_S1_I234567.xml", "3000", "I234567", "MPRAGE GRAPPA", manufacturer="SIEMENS", model="TrioTim")
     _collection(root / "PPMI_collection.csv", [
         {"Image Data ID": "I234567", "Subject": "3000", "Group": "PD", "Modality": "MRI", "Description": "MPRAGE GRAPPA", "Acq Date": "3/15/2011", "Format": "NiFTI"},
         {"Image Data ID": "I234570", "Subject": "3001", "Group": "PD", "Modality": "SPECT", "Description": "DaTSCAN", "Acq Date": "4/01/2011", "Format": "NiFTI"},
@@ -243,6 +245,8 @@ def adni_tree(root: Path, demo_bids: Path) -> Path:
                       series_start=datetime(2017, 6, 1, 10, 15), injection=datetime(2017, 6, 1, 9, 0), tracer="")
     _copy(demo_images(demo_bids, 3)["T1w"], tree / "002_S_0413" / "MPRAGE" / "2018-01-10_09_00_00.0" / "I100004" /
           "ADNI_002_S_0413_MR_MPRAGE_br_raw_20180110090000_S4_I100004.nii")
+    ida_xml(root / "ADNI_002_S_0413_MPRAGE_S4_I100004.xml", "002_S_0413", "I100004", "MPRAGE", manufacturer="GE MEDICAL SYSTEMS",
+            model="SIGNA Premier")
     broken = tree / "002_S_0413" / "ADNI_Brain_PET__Raw_FDG" / "2018-01-12_09_00_00.0" / "I100005"
     broken.mkdir(parents=True)
     (broken / "00001.dcm").write_bytes(b"\x00" * 300)

@@ -61,7 +61,17 @@ def test_dicom_pet_takes_its_tracer_and_timing_from_the_download(downloads_run: 
     assert (pet["tracer"], pet["reference"], pet["reference_gap_days"]) == ("tau", "sub-941S1202_ses-20170510_img-I100001_T1w", "22")
     record = json.loads((work / "results" / "adni" / "preproc" / pet.name / f"{pet.name}_coreg.json").read_text())
     assert record["Frames"] == 6 and record["FrameCombination"] == "median"
-    assert manifest.loc["sub-941S1202_ses-20170510_img-I100001_T1w", "scanner"] == "Siemens Prisma fit"
+    assert manifest.loc["sub-941S1202_ses-20170510_img-I100001_T1w", "scanner"] == "Siemens Prisma fit"  # DICOM header
+
+
+def test_nifti_downloads_take_their_scanner_from_idas_xml(downloads_run: dict):
+    work = downloads_run["work"]
+    scanners = {}
+    for dataset in ("ppmi", "adni"):
+        table = read_manifest(work / "results" / dataset / "slices" / "slices.tsv")
+        scanners.update(zip(table["image"], table["scanner"]))
+    assert scanners["sub-3000_ses-20110315_img-I234567_T1w"] == "Siemens TrioTim"
+    assert scanners["sub-002S0413_ses-20180110_img-I100004_T1w"] == "GE SIGNA Premier"
 
 
 def test_a_tiny_experiment_on_ixi_and_sald_reaches_its_report(downloads_run: dict):
@@ -91,3 +101,32 @@ def test_the_papers_experiments_plan_from_the_raw_trees(downloads_run: dict):
     assert plan.returncode == 0, jobs[-4000:]
     for name in config["experiments"]:
         assert f"results/{name}/report.html" in jobs, name
+
+
+def test_paths_with_home_and_spaces(tmp_path: Path, demo_bids: Path):
+    """A dataset root given with ``~`` and holding a space, and an interpreter whose path has a
+    space (a venv under "My Projects"): the manifest rule still runs."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from download_trees import clinica_bids_tree
+    from test_workflow import SNAKEMAKE
+
+    home = tmp_path / "home"
+    clinica_bids_tree(home / "raw data" / "bids", demo_bids)
+    venv = tmp_path / "My Projects" / "venv"  # this environment, seen from a path with a space
+    (venv / "bin").mkdir(parents=True)
+    (venv / "lib").symlink_to(Path(sys.prefix) / "lib")
+    shutil.copyfile(Path(sys.prefix) / "pyvenv.cfg", venv / "pyvenv.cfg")
+    interpreter = venv / "bin" / "python"
+    interpreter.symlink_to(sys.executable)
+    work = workdir_with(tmp_path / "work", lambda c: c.update(datasets={"mine": {"kind": "bids", "root": "~/raw data/bids"}}, experiments={}))
+    result = subprocess.run([str(interpreter), *SNAKEMAKE[1:], "--directory", str(work), "--cores", "1", "results/mine/manifest.tsv"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(home)})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert f"'{interpreter}' -m magicflow manifest" in result.stdout + result.stderr
+    table = read_manifest(work / "results" / "mine" / "manifest.tsv")
+    assert set(table["image"]) == {"sub-ADNI941S1202_ses-M000_T1w", "sub-ADNI941S1202_ses-M000_trc-18FAV1451_pet"}
+    assert table["path"].str.startswith(str(home / "raw data" / "bids")).all()
