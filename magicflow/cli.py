@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from magicflow import __version__
 from magicflow.errors import InputError
@@ -65,6 +67,25 @@ def main(argv: list[str] | None = None) -> int:
     run = _entry(COMMANDS[args.command][0])[1]
     try:
         return int(run(args) or 0)
-    except InputError as error:
+    except InputError as error:  # bad input, foreseen where it is raised: the message names the file and the problem
+        sys.stdout.flush()
         print(f"magicflow {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # anything else: one line naming the inputs first (what a log's reader looks for), then the traceback
+        sys.stdout.flush()
+        inputs = ", ".join(existing_paths(args)) or "its arguments"
+        print(f"magicflow {args.command}: failed on {inputs}: {type(error).__name__}: {error}", file=sys.stderr)
+        traceback.print_exc()
+        return 1
+
+
+def existing_paths(args: argparse.Namespace) -> list[str]:
+    """The command's arguments that name existing files or folders: its inputs (outputs are
+    written only on success, atomically, so they do not exist yet on a first run)."""
+    found = []
+    for value in vars(args).values():
+        for item in value if isinstance(value, list) else [value]:
+            text = str(item).partition("=")[2] if isinstance(item, str) and "=" in str(item) else str(item)
+            if isinstance(item, (str, os.PathLike)) and text and os.path.exists(text):
+                found.append(text)
+    return found

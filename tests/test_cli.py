@@ -36,3 +36,17 @@ def test_registration_qc_outputs_go_together(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "magicflow preprocess-coregister: error: --qc-png and --qc-json go together"
     assert not out.exists()
+
+
+def test_an_unforeseen_failure_names_the_inputs_then_gives_the_traceback(tmp_path: Path):
+    """A crash that is not a foreseen bad input: one line naming the command's existing inputs and
+    the error first (what someone reading the log looks for), then the traceback."""
+    broken = tmp_path / "qc.json"
+    broken.write_text("[1, 2]")  # valid JSON, not a QC record: the table builder fails on it
+    result = subprocess.run([sys.executable, "-m", "magicflow", "preprocess-qc-table", "--inputs", str(broken),
+                             "--out-tsv", str(tmp_path / "qc.tsv")], capture_output=True, text=True)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1
+    assert lines[0].startswith(f"magicflow preprocess-qc-table: failed on {broken}: ")
+    assert lines[1] == "Traceback (most recent call last):"
+    assert not (tmp_path / "qc.tsv").exists()

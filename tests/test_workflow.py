@@ -4,6 +4,7 @@ real run of the manifest target on a tiny demo cohort in a scratch working direc
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     work = workdir_with(tmp_path, tiny_experiment)
     result = snakemake(work, "--cores", "2")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    memory = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 9 // 10 // 2**20)
+    assert f"Provided resources: mem_mb={memory}" in result.stdout + result.stderr  # jobs at once fit this machine
     results = work / "results"
     for fold in ("fold-0", "fold-1", "fold-2"):
         assert (results / "tiny" / "models" / fold / "best.pt").exists()
@@ -128,3 +131,46 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     jobs = plan.stdout + plan.stderr
     assert "rule evaluate_experiment:" in jobs and "rule report_experiment:" in jobs
     assert "rule train_fold:" not in jobs and "rule classify_fold:" not in jobs
+
+    # a classify job that fails (its model file corrupt) quotes the end of its log in Snakemake's
+    # error output, and its log stays readable beside it after any later run
+    edited["evaluation"]["bootstrap"] = 20
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(edited))
+    model = results / "tiny" / "models" / "fold-0" / "best.pt"
+    good = model.read_bytes()
+    model.write_bytes(b"not a checkpoint")
+    failed = snakemake(work, "--cores", "1", "results/tiny/predictions/fold-0/predictions.tsv")
+    said = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert "---- exit status 2; the last lines of results/logs/classify/tiny_fold-0.log" in said, said[-3000:]
+    assert f"magicflow classify: error: {model.relative_to(work)} is not a readable MAGIC-Flow checkpoint" in said
+    kept = list((results / "logs" / "classify").glob("tiny_fold-0.log.failed-*"))
+    assert len(kept) == 1 and "is not a readable MAGIC-Flow checkpoint" in kept[0].read_text()
+    model.write_bytes(good)
+
+
+LOGGED = REPO_ROOT / "workflow" / "scripts" / "logged.sh"
+
+
+@pytest.mark.parametrize(("command", "status", "said"), [
+    ("echo working; echo broken >&2; exit 3", 3, "exit status 3"),
+    ("echo working; kill -9 $$", 137, "killed by signal 9 (SIGKILL: often the out-of-memory killer"),
+])
+def test_a_failed_command_keeps_its_log_and_quotes_its_end(tmp_path: Path, command: str, status: int, said: str):
+    log = tmp_path / "logs" / "classify" / "x_fold-0.log"
+    result = subprocess.run(["bash", str(LOGGED), str(log), "OMP_NUM_THREADS=1", "sh", "-c", command], capture_output=True, text=True)
+    assert result.returncode == status
+    assert said in result.stderr and "working" in result.stderr  # the log's last lines, on stderr
+    kept = list(log.parent.glob("x_fold-0.log.failed-*"))
+    assert len(kept) == 1 and "working" in kept[0].read_text() and kept[0].read_text() == log.read_text()
+    # a rerun that succeeds rewrites the log but never the kept copy
+    assert subprocess.run(["bash", str(LOGGED), str(log), "sh", "-c", "echo fine"]).returncode == 0
+    assert log.read_text() == "fine\n" and "working" in kept[0].read_text()
+
+
+def test_a_command_that_succeeds_says_nothing_extra(tmp_path: Path):
+    log = tmp_path / "a.log"
+    result = subprocess.run(["bash", str(LOGGED), str(log), "OMP_NUM_THREADS=1", "sh", "-c", "echo $OMP_NUM_THREADS"],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout, result.stderr, log.read_text()) == (0, "", "", "1\n")
+    assert list(tmp_path.glob("a.log.failed-*")) == []

@@ -88,8 +88,8 @@ rule dicom_to_nifti:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
-        " --nifti-dir {RESULTS}/{wildcards.dataset}/nifti --convert-only > {log} 2>&1"
+        "{LOGGED} {log} {MAGICFLOW} manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
+        " --nifti-dir {RESULTS}/{wildcards.dataset}/nifti --convert-only"
 
 
 checkpoint dataset_manifest:
@@ -115,8 +115,8 @@ checkpoint dataset_manifest:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
-        " --out {output.manifest} --excluded {output.excluded} {params.options} > {log} 2>&1"
+        "{LOGGED} {log} {MAGICFLOW} manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
+        " --out {output.manifest} --excluded {output.excluded} {params.options}"
 
 
 rule manifest:

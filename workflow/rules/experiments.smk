@@ -55,7 +55,7 @@ rule experiment_settings:
     log:
         log_path("experiment_settings", "{experiment}"),
     run:
-        Path(output[0]).write_text(params.settings + "\n")
+        write_logged(output[0], params.settings + "\n", log[0])
 
 
 rule split:
@@ -78,7 +78,7 @@ rule split:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} split --experiment {input.settings} {params.slices} --out {output.folds} --info {output.info} > {log} 2>&1"
+        "{LOGGED} {log} {MAGICFLOW} split --experiment {input.settings} {params.slices} --out {output.folds} --info {output.info}"
 
 
 rule train_fold:
@@ -111,8 +111,8 @@ rule train_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} train --experiment {input.settings} {params.slices}"
-        " --fold-dir {input.folds}/{wildcards.fold} --out {params.out} > {log} 2>&1"
+        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} train --experiment {input.settings} {params.slices}"
+        " --fold-dir {input.folds}/{wildcards.fold} --out {params.out}"
 
 
 rule sample_fold:
@@ -135,8 +135,8 @@ rule sample_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} sample --experiment {input.settings} --model {input.model}"
-        " --out {params.out} > {log} 2>&1"
+        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} sample --experiment {input.settings} --model {input.model}"
+        " --out {params.out}"
 
 
 rule classify_fold:
@@ -161,8 +161,8 @@ rule classify_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} classify --experiment {input.settings} {params.slices}"
-        " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output} > {log} 2>&1"
+        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} classify --experiment {input.settings} {params.slices}"
+        " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}"
 
 
 rule attribution_fold:
@@ -189,9 +189,9 @@ rule attribution_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} attribution --experiment {input.settings} {params.slices}"
+        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} attribution --experiment {input.settings} {params.slices}"
         " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --predictions {input.predictions}"
-        " --out {params.out} > {log} 2>&1"
+        " --out {params.out}"
 
 
 rule train:

@@ -66,7 +66,7 @@ rule preprocess_template:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} preprocess-template --out-dir {output} > {log} 2>&1"
+        "{LOGGED} {log} {MAGICFLOW} preprocess-template --out-dir {output}"
 
 
 rule preprocess_t1:
@@ -98,10 +98,10 @@ rule preprocess_t1:
     conda:
         ENV_REGISTRATION
     shell:
-        "{MAGICFLOW} preprocess-t1 --t1 {input.image:q} --template-dir {input.template} --backend {params.backend}"
+        "{LOGGED} {log} {MAGICFLOW} preprocess-t1 --t1 {input.image:q} --template-dir {input.template} --backend {params.backend}"
         " --preset {params.preset} --threads {threads} --out-t1 {output.image} --out-mask {output.mask}"
         " --out-native {output.native} --out-affine {output.affine} --out-warp {output.warp} --out-json {output.json}"
-        " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image} > {log} 2>&1"
+        " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}"
 
 
 def sidecar_input(wc):
@@ -141,9 +141,9 @@ rule preprocess_coregister:
     conda:
         ENV_REGISTRATION
     shell:
-        "{MAGICFLOW} preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
+        "{LOGGED} {log} {MAGICFLOW} preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
         " --sidecar {params.sidecar:q} --tracer {params.tracer:q} {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
-        " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image} > {log} 2>&1"
+        " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}"
 
 
 rule qc_table:
@@ -164,7 +164,7 @@ rule qc_table:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} preprocess-qc-table --inputs {input} --threshold {params.threshold} --out-tsv {output} > {log} 2>&1"
+        "{LOGGED} {log} {MAGICFLOW} preprocess-qc-table --inputs {input} --threshold {params.threshold} --out-tsv {output}"
 
 
 rule dataset_slices:
@@ -190,9 +190,9 @@ rule dataset_slices:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} slices --manifest {input.manifest} --preproc-dir {RESULTS}/{wildcards.dataset}/preproc"
+        "{LOGGED} {log} {MAGICFLOW} slices --manifest {input.manifest} --preproc-dir {RESULTS}/{wildcards.dataset}/preproc"
         " --template-dir {input.template} --offsets={params.offsets} {params.exclude}"
-        " --out-npz {output.npz} --out-tsv {output.tsv} > {log} 2>&1"
+        " --out-npz {output.npz} --out-tsv {output.tsv}"
 
 
 rule preprocess:

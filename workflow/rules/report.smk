@@ -42,7 +42,7 @@ rule evaluation_settings:
     log:
         log_path("evaluation_settings", "{experiment}"),
     run:
-        Path(output[0]).write_text(params.settings + "\n")
+        write_logged(output[0], params.settings + "\n", log[0])
 
 
 rule evaluate_experiment:
@@ -72,9 +72,9 @@ rule evaluate_experiment:
     conda:
         ENV_MAGICFLOW
     shell:
-        "OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} evaluate --experiment {input.settings} --evaluation {input.evaluation}"
+        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} evaluate --experiment {input.settings} --evaluation {input.evaluation}"
         " {params.inputs} --results {params.results} --benchmarks {RESULTS}/benchmarks"
-        " --out-dir {output.figures} --out-json {output.json} --out-tsv {output.tsv} > {log} 2>&1"
+        " --out-dir {output.figures} --out-json {output.json} --out-tsv {output.tsv}"
 
 
 rule report_experiment:
@@ -102,8 +102,8 @@ rule report_experiment:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{MAGICFLOW} report --metrics {input.metrics} --results {params.results} --evaluation {input.figures}"
-        " {params.excluded} --template {input.template}/template.json --out {output} > {log} 2>&1"
+        "{LOGGED} {log} {MAGICFLOW} report --metrics {input.metrics} --results {params.results} --evaluation {input.figures}"
+        " {params.excluded} --template {input.template}/template.json --out {output}"
 
 
 rule evaluate:
