@@ -20,7 +20,8 @@ from magicflow.datasets.commands import build_manifest
 from magicflow.datasets.adni import read_adni, read_diagnoses
 from magicflow.datasets.dicom import main_image
 from magicflow.config import REPO_ROOT
-from magicflow.datasets.ida import PROCESSING_LEVELS, classify, convert_download, processing_step
+from magicflow.datasets.ida import convert_download
+from magicflow.datasets.series import PROCESSING_LEVELS, classify, processing_step
 from magicflow.datasets.manifest import read_manifest, write_manifest
 from magicflow.datasets.ppmi import read_ppmi
 from magicflow.errors import InputError

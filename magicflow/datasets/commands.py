@@ -14,7 +14,8 @@ from pathlib import Path
 
 from magicflow.datasets.adni import read_adni
 from magicflow.datasets.bids import LABEL_COLUMNS, read_bids
-from magicflow.datasets.ida import PROCESSING_LEVELS, convert_download
+from magicflow.datasets.ida import convert_download
+from magicflow.datasets.series import PROCESSING_LEVELS
 from magicflow.datasets.ixi import read_ixi
 from magicflow.datasets.manifest import (
     MAX_REFERENCE_GAP_DAYS, Exclusion, ImageRow, assign_references, screen_images, write_manifest,
