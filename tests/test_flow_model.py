@@ -16,10 +16,12 @@ TINY_WIDTHS = [[4, 4, 4]] * 11 + [[8, 8, 8]] * 13
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny(kind: str = "generation", size: int = 32, classes: int = 3, mask: torch.Tensor | None = None, **kw) -> MagicFlow:
+def tiny(kind: str = "generation", size: int = 32, classes: int = 3, mask: torch.Tensor | None = None,
+         preset: str = "small", **kw) -> MagicFlow:
     """Paper layout, narrow couplings, every parameter moved off its identity start."""
     torch.manual_seed(0)
-    model = MagicFlow.from_preset("small", classes, kind, mask=mask, image_size=size, widths=TINY_WIDTHS,
+    kw.setdefault("embed_dim", 8)
+    model = MagicFlow.from_preset(preset, classes, kind, mask=mask, image_size=size, widths=TINY_WIDTHS,
                                   actnorm_init_images=4, **kw)
     model.train()
     with torch.no_grad():
@@ -27,6 +29,11 @@ def tiny(kind: str = "generation", size: int = 32, classes: int = 3, mask: torch
         for name, p in model.named_parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model.eval()
+
+
+#: the authors' networks (paper preset) with both heads, next to the compact ones
+ARCHITECTURES = [("generation", {}), ("classification", {}), ("generation", {"preset": "paper"}),
+                 ("classification", {"preset": "paper"}), ("classification", {"preset": "paper", "head": "dense"})]
 
 
 def blob_mask(size: int) -> torch.Tensor:
@@ -54,9 +61,9 @@ def test_mask_none_falls_back_to_checkerboard_and_mask_is_used():
     assert masked.steps[0].coupling.mask[0, 0, 0].eq(0).all()
 
 
-@pytest.mark.parametrize("kind", ["generation", "classification"])
-def test_round_trip(kind: str):
-    model = tiny(kind, mask=blob_mask(32) if kind == "generation" else None)
+@pytest.mark.parametrize(("kind", "kw"), ARCHITECTURES)
+def test_round_trip(kind: str, kw: dict):
+    model = tiny(kind, mask=blob_mask(32) if kind == "generation" else None, **kw)
     x = torch.rand(3, 1, 32, 32)
     y = torch.tensor([0, 1, 2])
     with torch.no_grad():
@@ -103,6 +110,38 @@ def test_whole_model_logdet_matches_jacobian(kind: str):
     expected = torch.linalg.slogdet(jac)[1]
     assert abs(float(expected)) > 1.0
     torch.testing.assert_close(model(x, y)[1].sum(), expected, rtol=1e-6, atol=0)
+
+
+def test_whole_model_jacobian_with_application_mask_padding_and_separate_nets():
+    """Padded 6 -> 8 with an application mask at step 0 and two networks per coupling: the
+    log-det of the padded map the flow computes equals the brute-force Jacobian's."""
+    mask = blob_mask(6)
+    model = tiny("generation", size=6, mask=mask, shared_nets=False).double()
+    assert model.steps[0].coupling.net_a is not None and model.padded_size == 8
+    x = model.prepare(torch.rand(2, 1, 6, 6, dtype=torch.float64))  # padded with the background
+    y = torch.tensor([1, 0])  # two images: GroupNorm needs more than one value at the 1x1 scale
+
+    def to_latent(v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z.flatten(1) for z in model._flow(v.view(2, 1, 8, 8), y, False)[0]], 1).flatten()
+
+    jac = torch.autograd.functional.jacobian(to_latent, x.flatten())
+    expected = torch.linalg.slogdet(jac)[1]
+    torch.testing.assert_close(model._flow(x, y, False)[1].sum(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("kind", "kw"), [("generation", {}), ("classification", {}), ("classification", {"head": "dense"})])
+def test_authors_coupling_logdet_matches_jacobian(kind: str, kw: dict):
+    """One coupling of the authors' networks (attention, global pooling, dense heads see only
+    their own half): log-det equal to the brute-force Jacobian, on checkerboard and channel masks."""
+    model = tiny(kind, size=8, preset="paper", **kw).double()
+    y = torch.tensor([2, 0])  # two images: GroupNorm needs more than one value at 1x1
+    for index in (1, 6):  # checkerboard on 1x8x8, channel-wise on 4x4x4
+        coupling = model.steps[index].coupling
+        shape = coupling.mask.shape[1:]
+        h = torch.randn(2, *shape, dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(lambda v: coupling(v.view(2, *shape), y)[0].flatten(), h.flatten())
+        assert abs(float(torch.linalg.slogdet(jac)[1])) > 0.01
+        torch.testing.assert_close(coupling(h, y)[1].sum(), torch.linalg.slogdet(jac)[1], rtol=1e-8, atol=1e-10)
 
 
 def test_attribution_sums_to_log_prob_with_padding():
@@ -190,3 +229,50 @@ def test_bad_inputs_raise_input_error():
         with pytest.raises(InputError, match=None) as info:
             call()
         assert words in str(info.value), (words, str(info.value))
+
+
+@pytest.mark.parametrize(("kind", "kw"), ARCHITECTURES)
+def test_every_step_starts_as_the_identity(kind: str, kw: dict):
+    """Zero-initialised heads: before training each coupling leaves its input unchanged."""
+    torch.manual_seed(0)
+    model = MagicFlow.from_preset(kw.get("preset", "small"), 3, kind, image_size=16, widths=TINY_WIDTHS,
+                                  embed_dim=8, **{k: v for k, v in kw.items() if k != "preset"})
+    x, y = torch.randn(2, 1, 16, 16), torch.tensor([0, 2])
+    for step in model.steps:
+        h = torch.randn(2, *step.coupling.mask.shape[1:])
+        out, logdet = step.coupling(h, y)
+        assert torch.equal(out, h) and torch.equal(logdet, torch.zeros(2))
+    # a whole pass: only ActNorm (identity before its data init in eval) and the 1x1 convolutions act
+    model.eval()
+    with torch.no_grad():
+        logdet = model(x, y)[1]
+    conv = sum(float(s.conv.log_s.detach().sum()) * s.coupling.mask[0, 0].numel() for s in model.steps)
+    torch.testing.assert_close(logdet, torch.full((2,), conv), rtol=1e-5, atol=1e-3)
+
+
+def test_authors_block_structure_and_capacity():
+    """The paper preset is the authors' networks: three stages with CBAM each, global feature
+    fusion then context blocks, full-width ASPP-SE per stage, FiLM residual blocks, a 5x5
+    weight-normalised stem, a 128-d embedding, one network per coupling."""
+    from magicflow.flow.nets import ASPPSE, CBAM, AuthorsGenerationNet, GlobalContext, GlobalFusion, ResBlock
+
+    config = MagicFlow.from_preset("paper", 7, image_size=16).config
+    assert config["architecture"] == "authors" and config["embed_dim"] == 128 and config["shared_nets"]
+    net = AuthorsGenerationNet(4, (16, 32, 64), 7, 128)
+    kinds = [type(m) for m in net.modules()]
+    assert kinds.count(CBAM) == 3 and kinds.count(ASPPSE) == 3 and kinds.count(ResBlock) == 2
+    assert kinds.count(GlobalFusion) == 1 and kinds.count(GlobalContext) == 2
+    assert net.stage1.conv.kernel_size == (5, 5) and hasattr(net.stage1.conv.parametrizations, "weight")
+    assert net.embed.linear.in_features == 7 and net.embed.linear.out_features == 128
+    # full-width ASPP branches: 1x1 + three dilated 3x3 of cin -> cout, plus the pooled one
+    assert [b.out_channels for b in net.aspp3.branches] == [64] * 4 and net.aspp3.branches[3].dilation == (18, 18)
+    # the authors' heads: 3x3 scale, 1x1 shift
+    assert net.scale_head.kernel_size == (3, 3) and net.shift_head.kernel_size == (1, 1)
+
+
+def test_lite_preset_is_the_former_paper_preset():
+    from magicflow.flow.presets import PAPER_WIDTHS, PRESETS
+
+    lite = PRESETS["lite"]
+    assert lite["widths"] == PAPER_WIDTHS and lite["architecture"] == "compact" and not lite["shared_nets"]
+    assert PRESETS["small"]["architecture"] == "compact" and PRESETS["small"]["embed_dim"] == 16

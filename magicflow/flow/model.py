@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from magicflow.errors import InputError
 from magicflow.flow.coupling import DoubleAffineCoupling
@@ -35,7 +36,7 @@ from magicflow.flow.layers import (
     unsqueeze,
 )
 from magicflow.flow.masks import MASK_KINDS, build_mask, check_application_mask
-from magicflow.flow.nets import SpatialConv2d, build_net
+from magicflow.flow.nets import ARCHITECTURES, HEADS, SpatialConv2d, build_net
 from magicflow.flow.presets import COUPLINGS, preset_config
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -43,6 +44,7 @@ _REQUIRED = {
     "num_classes": int, "coupling": str, "in_channels": int, "image_size": int, "background": float,
     "masks": list, "squeeze_before": list, "split_after": list, "widths": list, "embed_dim": int,
     "scale_bound": float, "shared_nets": bool, "lite_steps": list, "dropout": float, "actnorm_init_images": int,
+    "architecture": str, "head": str,
 }
 
 
@@ -69,6 +71,11 @@ def validate_config(config: dict[str, Any]) -> None:
     steps = len(config["masks"])
     if config["num_classes"] < 1:
         raise InputError(f"num_classes must be >= 1, got {config['num_classes']}")
+    if config["architecture"] not in ARCHITECTURES or config["head"] not in HEADS:
+        raise InputError(f"architecture must be one of {ARCHITECTURES} and head one of {HEADS}, "
+                         f"got {config['architecture']!r} and {config['head']!r}")
+    if config["head"] == "dense" and (config["architecture"], config["coupling"]) != ("authors", "classification"):
+        raise InputError("head 'dense' exists only for the authors' classification coupling (architecture 'authors')")
     if config["coupling"] not in COUPLINGS:
         raise InputError(f"coupling must be one of {COUPLINGS}, got {config['coupling']!r}")
     if any(kind not in MASK_KINDS for kind in config["masks"]):
@@ -155,7 +162,7 @@ class MagicFlow(nn.Module):
             step_mask = build_mask(kind, (channels, size, size), i % 2, application, self.in_channels, ops)
             net_args = (
                 c["coupling"], channels, tuple(c["widths"][i]), self.num_classes, c["embed_dim"], c["dropout"],
-                i in c["lite_steps"],
+                i in c["lite_steps"], c["architecture"], size, c["head"],
             )
             net_b = build_net(*net_args)
             net_a = net_b if c["shared_nets"] else build_net(*net_args)
@@ -180,7 +187,7 @@ class MagicFlow(nn.Module):
         mask: torch.Tensor | None = None,
         **overrides: Any,
     ) -> "MagicFlow":
-        """Build preset ``name`` ("paper" or "small"); ``overrides`` change config keys."""
+        """Build preset ``name`` (see :data:`magicflow.flow.presets.PRESETS`); ``overrides`` change config keys."""
         return cls(preset_config(name, num_classes, coupling, **overrides), mask=mask)
 
     # ----------------------------------------------------------------- input checks
@@ -380,7 +387,8 @@ class MagicFlow(nn.Module):
         for module in self.modules():
             if isinstance(module, SpatialConv2d):
                 module.channels_last = enabled
-                module.weight.data = module.weight.data.contiguous(memory_format=layout)
+                if not parametrize.is_parametrized(module, "weight"):  # weight-normalised: computed per call
+                    module.weight.data = module.weight.data.contiguous(memory_format=layout)
 
     def compile_networks(self, **kwargs: Any) -> None:
         """``torch.compile`` each coupling network (flow bookkeeping stays eager)."""
