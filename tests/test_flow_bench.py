@@ -22,10 +22,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_bench_tiny_cpu_json(capsys):
     args = parse(["--device", "cpu", "--preset", "small", "--size", "16", "--batch", "2", "--steps", "1",
-                  "--sample-batch", "2", "--classes", "3", "--bf16"])
+                  "--sample-batch", "2", "--classes", "3", "--bf16", "--flops-size", "16"])
     assert bench.run(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["device"].startswith("cpu")
+    assert set(report["capacity"]) == {"generation", "classification_conv"}  # no dense head in compact nets
+    assert report["capacity"]["generation"]["parameters"] == report["magicflow"]["generation"]["parameters"]
     keys = {"parameters", "train_step_ms", "peak_gpu_memory_mib", "images_per_s", "classify_ms_per_image",
             "reconstruction_max_error", "bf16_predictions_equal_fp32"}
     for kind in ("generation", "classification"):
@@ -45,3 +47,35 @@ def test_bench_tiny_cpu_json(capsys):
 def test_bench_rejects_bad_options():
     with pytest.raises(InputError, match="size"):
         bench.run(parse(["--device", "cpu", "--size", "4"]))
+
+
+def test_paper_capacity_matches_the_authors_within_tolerance():
+    """The issue's bar: parameters within 10 % of the authors' at 7 classes (generation 36.2 M,
+    classification with dense heads 151.6 M at 182x182) and forward FLOPs within 15 % of their
+    27 GFLOP per 64x64 image. Built and counted on the meta device: no arithmetic runs."""
+    import torch
+
+    from magicflow.flow import MagicFlow, preset_config
+
+    def parameters(coupling: str, head: str = "conv") -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in MagicFlow.from_preset("paper", 7, coupling, head=head).parameters())
+
+    generation = parameters("generation")
+    assert abs(generation / bench.AUTHORS["generation"]["parameters"] - 1) < 0.10
+    dense = parameters("classification", "dense")
+    assert abs(dense / bench.AUTHORS["classification_dense"]["parameters"] - 1) < 0.10
+    assert parameters("classification") < dense / 5  # the conv head: a fraction of the dense one
+    gflop = bench.forward_gflop(preset_config("paper", 7, image_size=64), 64)
+    assert abs(gflop / bench.AUTHORS["generation"]["forward_gflop_per_image"] - 1) < 0.15
+
+
+def test_forward_flops_of_one_conv_by_hand():
+    """FlopCounterMode counts 2 per multiply-add: check the helper's convention on a toy."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1).to("meta")
+    with FlopCounterMode(display=False) as counter:
+        conv(torch.zeros(1, 3, 8, 8, device="meta"))
+    assert counter.get_total_flops() == 2 * 3 * 5 * 9 * 64
