@@ -159,13 +159,28 @@ def test_attribution_sums_to_log_prob_with_padding():
 
 
 def test_log_prob_is_latent_density_plus_logdet_and_bits_per_dim():
-    model = tiny(size=16)
-    x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 1])
+    """bits/dim by hand: the padded 16x16 density of a 14x14 image, plus every padded value's
+    bin (log 1/256 each: 256 values), per image dimension (196), in bits."""
+    model = tiny(size=14)
+    x, y = torch.rand(2, 1, 14, 14), torch.tensor([0, 1])
     with torch.no_grad():
         latents, logdet = model(x, y)
         manual = sum(_normal_log_density(z).flatten(1).sum(1) for z in latents) + logdet
         torch.testing.assert_close(model.log_prob(x, y), manual)
-        torch.testing.assert_close(model.bits_per_dim(x, y), -manual / (256 * math.log(2)))
+        assert model.image_dims == 196 and model.num_dims == 256
+        expected = -(manual - 256 * math.log(256)) / (196 * math.log(2))
+        torch.testing.assert_close(model.bits_per_dim(x, y, 1 / 256), expected)
+
+
+def test_dequantise_pads_then_fills_every_value_including_the_border():
+    model = tiny(size=14)
+    x = torch.full((2, 1, 14, 14), 0.5)
+    out = model.dequantise(x, 0.01, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 16, 16)
+    border = torch.ones(16, 16, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    noise = out - model.prepare(x)
+    assert (noise >= 0).all() and (noise < 0.01).all() and noise[..., border].std() > 0.001  # no constant border
 
 
 def test_class_likelihoods_match_per_label_loop_and_probabilities():

@@ -165,7 +165,7 @@ def run_classify(args: argparse.Namespace) -> int:
     model, _, device = _model(args.model, settings["training"]["device"])
     test_ll = class_log_likelihoods(model, sets["test"], device)
     val_ll = class_log_likelihoods(model, sets["val"], device)
-    table, temperature = predictions_table(sets["test"], sets["val"], sets["train"].labels.numpy(), classes, test_ll, val_ll)
+    table, temperature = predictions_table(sets["test"], sets["val"], sets["train"], classes, test_ll, val_ll)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     accuracy = float((table["true"] == table["predicted"]).mean()) if len(table) else float("nan")

@@ -24,7 +24,7 @@ import torch
 
 from magicflow.errors import InputError
 from magicflow.flow.layers import pad_amounts
-from magicflow.flow.model import MagicFlow
+from magicflow.flow.model import MagicFlow, use_fast_cuda_kernels
 from magicflow.flow.nets import HEADS
 from magicflow.flow.presets import COUPLINGS, PRESETS
 
@@ -257,9 +257,7 @@ def run(args: argparse.Namespace) -> int:
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     if use_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
-        torch.backends.cudnn.benchmark = True
+        use_fast_cuda_kernels(args.tf32)
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if use_cuda else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,

@@ -5,8 +5,14 @@ next multiple of ``2**squeezes`` (184), then 24 steps run with squeezes before s
 and splits after steps 7, 13, 19. The latents are ``[2x92x92, 4x46x46, 8x23x23, 8x23x23]``
 (33,856 values) under an element-wise standard normal.
 
-Densities: ``log_prob`` is the density of the padded image the flow sees. The border is a
-constant, so it only shifts log-likelihoods by the same amount for every image and label.
+Densities: ``log_prob`` is the continuous density of the padded image the flow sees. The
+border is not free: evaluated at the constant background it adds tens of nats that differ
+between labels (measured -68 to -75 on a trained model). Training therefore dequantises the
+border like the image (:meth:`MagicFlow.dequantise`), and :meth:`MagicFlow.log_likelihood`
+reports log P of the image at its own size, quantised to bins: summing over the border's
+values gives ``P(image) >= P(image, border = background bin) >= E_u p(x + u) * bin**D``
+(Theis et al. 2016), so the border's cost is part of the image's code length, and bits per
+dimension are over the image's dimensions (182x182), not the padded ones.
 
 Step 0 with ``mask=None``: the application-specific mask falls back to a checkerboard of
 the same parity, so the layout stays 24 steps and still alternates with step 1."""
@@ -201,14 +207,34 @@ class MagicFlow(nn.Module):
         """Dimensions of the padded image the density is defined on."""
         return self.in_channels * self.padded_size**2
 
+    @property
+    def image_dims(self) -> int:
+        """Dimensions of the image itself (1 x 182 x 182): what bits per dimension divide by."""
+        return self.in_channels * self.image_size**2
+
+    def dequantise(
+        self, x: torch.Tensor, bin_width: float, generator: torch.Generator | None = None, validate: bool = True
+    ) -> torch.Tensor:
+        """Pad ``x`` to the flow's size, then add uniform noise in ``[0, bin_width)`` to every
+        value, border included, so no pixel is an exact constant the density can collapse on.
+        Noise is drawn on the generator's device and moved to ``x``'s."""
+        x = self.prepare(x, validate)
+        device = generator.device if generator is not None else x.device
+        noise = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype)
+        return x + bin_width * noise.to(x.device)
+
     def _dtype(self) -> torch.dtype:
         return self.steps[0].actnorm.bias.dtype
 
     def _device(self) -> torch.device:
         return self.steps[0].actnorm.bias.device
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Validate images and pad them to the flow's size (InputError on bad input)."""
+    def prepare(self, x: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """Check images and pad them to the flow's size (InputError on bad input).
+
+        Shape and dtype are always checked (no device work). ``validate=False`` skips the value
+        check (finite intensities), which waits for the device: training checks its data once
+        per set (:func:`magicflow.experiments.train.validate_set`) and then skips it per step."""
         if not isinstance(x, torch.Tensor):
             raise InputError(f"images must be a torch.Tensor, got {type(x).__name__}")
         sizes = (self.image_size, self.padded_size)
@@ -222,20 +248,21 @@ class MagicFlow(nn.Module):
         if not x.is_floating_point():
             raise InputError(f"images must be floating point (intensities in [0, 1]), got {x.dtype}")
         x = x.to(device=self._device(), dtype=self._dtype())
-        if not bool(torch.isfinite(x).all()):
+        if validate and not bool(torch.isfinite(x).all()):
             raise InputError("images contain NaN or infinite values; expected finite intensities in [0, 1]")
         if x.shape[2] == self.image_size:
             x = pad_image(x, self.pad_before, self.pad_after, self.background)
         return x
 
-    def check_labels(self, y: torch.Tensor, batch: int) -> torch.Tensor:
-        """Validate class indices ``(batch,)`` in ``[0, num_classes)``."""
+    def check_labels(self, y: torch.Tensor, batch: int, validate: bool = True) -> torch.Tensor:
+        """Check class indices ``(batch,)``; their range ``[0, num_classes)`` only if ``validate``
+        (it waits for the device, see :meth:`prepare`)."""
         if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
             raise InputError(f"labels must be an integer torch.Tensor of class indices, got {getattr(y, 'dtype', type(y).__name__)}")
         if y.shape != (batch,):
             raise InputError(f"labels must have shape ({batch},) to match the batch, got {tuple(y.shape)}")
         y = y.to(device=self._device(), dtype=torch.long)
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
+        if validate and bool(((y < 0) | (y >= self.num_classes)).any()):
             raise InputError(f"labels must be in [0, {self.num_classes - 1}], got values {y.unique().tolist()}")
         return y
 
@@ -261,10 +288,13 @@ class MagicFlow(nn.Module):
         latents.append(h)
         return latents, logdet
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Images ``(B, C, S, S)`` -> (latents as in :attr:`latent_shapes`, log|det J| per image)."""
-        x = self.prepare(x)
-        y = self.check_labels(y, x.shape[0])
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, validate: bool = True
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Images ``(B, C, S, S)`` -> (latents as in :attr:`latent_shapes`, log|det J| per image).
+        ``validate=False`` skips the value checks that wait for the device (see :meth:`prepare`)."""
+        x = self.prepare(x, validate)
+        y = self.check_labels(y, x.shape[0], validate)
         return self._flow(x, y, per_position=False)
 
     def inverse(self, latents: list[torch.Tensor], y: torch.Tensor, crop: bool = True) -> torch.Tensor:
@@ -291,15 +321,23 @@ class MagicFlow(nn.Module):
         return crop_image(h, self.pad_before, self.pad_after) if crop else h
 
     # ----------------------------------------------------------------- densities
-    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log p(x | y) in nats per image, shape (B,)."""
-        latents, logdet = self.forward(x, y)
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """log p(x | y) in nats per image, shape (B,): the continuous density of the padded image."""
+        latents, logdet = self.forward(x, y, validate)
         prior = sum(_normal_log_density(z).flatten(1).sum(1) for z in latents)
         return prior + logdet
 
-    def bits_per_dim(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """-log2 p(x | y) divided by the modelled dimensions (:attr:`num_dims`), per image."""
-        return -self.log_prob(x, y) / (self.num_dims * math.log(2))
+    def log_likelihood(
+        self, x: torch.Tensor, y: torch.Tensor, bin_width: float, validate: bool = True
+    ) -> torch.Tensor:
+        """log P(x | y) in nats of the image quantised to bins of ``bin_width`` (a lower bound,
+        see the module docstring): ``log_prob + num_dims * log(bin_width)``. Pass
+        :meth:`dequantise` output for the standard single-sample estimate."""
+        return self.log_prob(x, y, validate) + self.num_dims * math.log(bin_width)
+
+    def bits_per_dim(self, x: torch.Tensor, y: torch.Tensor, bin_width: float) -> torch.Tensor:
+        """``-log2 P(x | y)`` (:meth:`log_likelihood`) per image dimension (:attr:`image_dims`)."""
+        return -self.log_likelihood(x, y, bin_width) / (self.image_dims * math.log(2))
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -391,9 +429,18 @@ class MagicFlow(nn.Module):
                     module.weight.data = module.weight.data.contiguous(memory_format=layout)
 
     def compile_networks(self, **kwargs: Any) -> None:
-        """``torch.compile`` each coupling network (flow bookkeeping stays eager)."""
+        """``torch.compile`` each coupling network in place (``nn.Module.compile``: parameter
+        names, and so checkpoints, stay as they are); flow bookkeeping stays eager."""
         for step in self.steps:
             coupling = step.coupling
-            coupling.net_b = torch.compile(coupling.net_b, **kwargs)
+            coupling.net_b.compile(**kwargs)
             if coupling.net_a is not None:
-                coupling.net_a = torch.compile(coupling.net_a, **kwargs)
+                coupling.net_a.compile(**kwargs)
+
+
+def use_fast_cuda_kernels(tf32: bool = True) -> None:
+    """TF32 matmuls and convolutions (10-bit mantissa inputs, fp32 accumulation) and cuDNN
+    autotuning for fixed shapes: the GPU settings of training and ``magicflow bench``."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
