@@ -189,3 +189,14 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:]))
     assert learning_rate(100, 100, s) == pytest.approx(1e-5)
     assert not math.isnan(lrs[-1])
+
+
+def test_precision_is_a_training_setting(tmp_path: Path):
+    m = model()
+    history = train_model(m, toy(16, 0), toy(8, 1), tmp_path, replace(SETTINGS, epochs=1, precision="bf16"),
+                          torch.device("cpu"), True, progress=False)
+    assert all(step.coupling.bf16 for step in m.steps) and math.isfinite(history["val_nll"].iloc[0])
+    with pytest.raises(InputError, match="precision"):
+        TrainSettings(precision="fp16")
+    with pytest.raises(InputError, match="loss"):
+        TrainSettings(loss="pixel")

@@ -107,7 +107,9 @@ def run_train(args: argparse.Namespace) -> int:
     settings, slices, arrays, mask = load_inputs(args)
     classes, sets = _fold_sets(args, settings, slices, arrays)
     t = settings["training"]
-    train_settings = TrainSettings(epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"], **t.get("augment", {}))
+    train_settings = TrainSettings(epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"],
+                                   loss=t.get("loss", "dimension"), precision=t.get("precision", "fp32"),
+                                   compile=t.get("compile", False), **t.get("augment", {}))
     torch.manual_seed(t["seed"])
     model = MagicFlow.from_preset(settings["preset_base"], len(classes), coupling=settings["model"],
                                   mask=torch.from_numpy(mask.astype(np.float32)), **settings["preset_overrides"])
