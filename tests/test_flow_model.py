@@ -335,3 +335,61 @@ def test_compiled_networks_keep_outputs_and_checkpoint_names(tmp_path):
     loaded, _ = load_checkpoint(tmp_path / "c.pt")
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval().log_prob(x, y), reference, rtol=1e-6, atol=1e-4)
+
+
+def _scaled_identity(config_overrides: dict, size: int, log_scale: float, scaled_steps: int) -> MagicFlow:
+    """Fresh couplings (zero heads: identity), 1x1 convolutions set to the identity and the
+    first ``scaled_steps`` ActNorms scaling by exp(log_scale), the others the identity: the
+    flow is z = exp(scaled_steps * log_scale) x, rearranged."""
+    model = MagicFlow.from_preset("small", 2, image_size=size, widths=TINY_WIDTHS, embed_dim=8, **config_overrides)
+    with torch.no_grad():
+        for i, step in enumerate(model.steps):
+            step.actnorm.log_scale.fill_(log_scale if i < scaled_steps else 0.0)
+            step.actnorm.initialized.fill_(True)
+            conv = step.conv
+            conv.perm.copy_(torch.eye(conv.perm.shape[0]))
+            conv.sign_s.fill_(1.0)
+            for p in (conv.lower, conv.upper, conv.log_s):
+                p.zero_()
+    return model.eval()
+
+
+@pytest.mark.parametrize("layout", ["single_scale", "multiscale"])
+def test_attribution_of_a_scaled_identity_is_the_analytic_map(layout: str):
+    """log p(x) = sum_p [log N(a x_p) + log a]: each pixel's term must land on that pixel.
+    Single scale (24 scaled steps): any image. Multiscale: the 5 full-resolution steps scale
+    (every pixel passes them; later ones would scale pixels split off early less), and coarse
+    terms are shared within the 8x8 block they came from, so the image is constant within
+    blocks and varies across them."""
+    single = layout == "single_scale"
+    overrides = {"squeeze_before": [], "split_after": [], "masks": ["checkerboard"] * 24} if single else {}
+    scaled = 24 if single else 5
+    model = _scaled_identity(overrides, 16, 0.02, scaled)
+    x = torch.rand(2, 1, 16, 16) if single else torch.rand(2, 1, 2, 2).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    a = math.exp(scaled * 0.02)
+    expected = _normal_log_density(a * x) + math.log(a)
+    with torch.no_grad():
+        maps = model.attribution(x, torch.tensor([0, 1]))
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-5)
+
+
+def _block_pattern(h: torch.Tensor, period: int) -> float:
+    """Std of the period x period pattern left after averaging the interior over blocks."""
+    inner = h[0, 0, 16:48, 16:48]
+    n = 32 // period
+    blocks = inner.reshape(n, period, n, period).mean(dim=(0, 2))
+    return float((blocks - blocks.mean()).std())
+
+
+@pytest.mark.parametrize("kind", ["generation", "classification"])
+def test_attribution_of_a_constant_image_has_no_block_pattern(kind: str):
+    """Placing channel 4c+2i+j on pixel (i, j) gave constant images a fixed 8x8 pattern of
+    5.5 nats per pixel (generation) / 0.31 (classification) on this model; spread over the
+    pixels each term came from, what is left is a few hundredths of a nat, and the sum is exact."""
+    model = tiny(kind, size=64)
+    x = torch.full((1, 1, 64, 64), 0.4)
+    with torch.no_grad():
+        maps = model.attribution(x, torch.tensor([1]))
+        log_prob = model.log_prob(x, torch.tensor([1]))
+    torch.testing.assert_close(maps.sum(), log_prob.sum(), rtol=1e-5, atol=0)
+    assert _block_pattern(maps, 8) < 0.05 and _block_pattern(maps, 4) < 0.05

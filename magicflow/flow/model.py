@@ -386,28 +386,36 @@ class MagicFlow(nn.Module):
             scores = scores + log_prior.to(scores)
         return torch.softmax(scores / temperature, dim=1)
 
+    def _spread(self, m: torch.Tensor) -> torch.Tensor:
+        """A per-position map of one scale onto the padded image grid: the total over channels
+        at each position, shared evenly by the ``C x f x f`` input values that position came
+        from (``f`` = the scale's downsampling). After a squeeze the 1x1 convolutions mix all
+        channels of a position, so no single pixel owns a channel's term; placing channel
+        ``4c + 2i + j`` on pixel ``(i, j)`` instead gave every map a fixed 8x8 pattern (from
+        ActNorm's per-channel scales) and row stripes (from the split halves)."""
+        factor = self.padded_size // m.shape[-1]
+        total = m.sum(1, keepdim=True) / (self.in_channels * factor * factor)
+        if factor > 1:
+            total = total.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+        return total.expand(-1, self.in_channels, -1, -1)
+
     def attribution(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Likelihood attribution map H(x, y), shaped like the (unpadded) input.
 
-        Per position: coupling log-scales ``(1-M) s1 + M s2``, ActNorm log-scales, the 1x1
-        convolution's log|det W| spread over channels, and the latents' Gaussian log-densities,
-        carried back through merges and unsqueezes; the padded border is folded onto the
-        nearest image pixel. ``H.sum()`` equals ``log_prob(x, y)`` per image. A 3-D ``x``
-        ``(C, S, S)`` with a 1-element ``y`` gives a 3-D map."""
+        Terms per position: coupling log-scales ``(1-M) s1 + M s2``, ActNorm log-scales, the
+        1x1 convolution's log|det W| and the latents' Gaussian log-densities. Full-resolution
+        terms stay on their pixel; each coarser scale's terms are spread over the block of
+        pixels they came from (:meth:`_spread`), so a constant image gives a map without
+        sub-block periodicity. The padded border is folded onto the nearest image pixel.
+        ``H.sum()`` equals ``log_prob(x, y)`` per image. A 3-D ``x`` ``(C, S, S)`` with a
+        1-element ``y`` gives a 3-D map."""
         single = isinstance(x, torch.Tensor) and x.dim() == 3
         if single:
             x = x[None]
         x = self.prepare(x)
         y = self.check_labels(y, x.shape[0])
         latents, maps = self._flow(x, y, per_position=True)
-        pending = [_normal_log_density(z) for z in latents]
-        h = pending.pop()
-        for i in reversed(range(len(self.steps))):
-            if i in self.split_after:
-                h = merge(h, pending.pop())
-            h = h + maps[i]
-            if i in self.squeeze_before:
-                h = unsqueeze(h)
+        h = sum(self._spread(m) for m in maps) + sum(self._spread(_normal_log_density(z)) for z in latents)
         h = fold_border(h, self.pad_before, self.pad_after)
         return h[0] if single else h
 
