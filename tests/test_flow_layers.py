@@ -63,6 +63,9 @@ def test_fold_border_keeps_sum_and_interior():
 def test_masks_alternate_and_carry_application_mask():
     board = checkerboard(2, 4, 4, 0)
     assert torch.equal(board + checkerboard(2, 4, 4, 1), torch.ones(2, 4, 4))
+    alternating = checkerboard(3, 2, 2, 0, alternate=True)  # the authors' masks: phase flips per channel
+    assert torch.equal(alternating[0], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert torch.equal(alternating[1], 1 - alternating[0]) and torch.equal(alternating[2], alternating[0])
     assert board[0, 0, 0] == 1 and board[0, 0, 1] == 0
     chan = channelwise(4, 2, 2, 0)
     assert chan[:2].eq(1).all() and chan[2:].eq(0).all()

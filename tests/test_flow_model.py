@@ -135,7 +135,7 @@ def test_authors_coupling_logdet_matches_jacobian(kind: str, kw: dict):
     their own half): log-det equal to the brute-force Jacobian, on checkerboard and channel masks."""
     model = tiny(kind, size=8, preset="paper", **kw).double()
     y = torch.tensor([2, 0])  # two images: GroupNorm needs more than one value at 1x1
-    for index in (1, 6):  # checkerboard on 1x8x8, channel-wise on 4x4x4
+    for index in (1, 6, 8):  # checkerboard on 1x8x8, channel-wise on 4x4x4, alternating checkerboard on 2x4x4
         coupling = model.steps[index].coupling
         shape = coupling.mask.shape[1:]
         h = torch.randn(2, *shape, dtype=torch.float64)

@@ -50,7 +50,7 @@ _REQUIRED = {
     "num_classes": int, "coupling": str, "in_channels": int, "image_size": int, "background": float,
     "masks": list, "squeeze_before": list, "split_after": list, "widths": list, "embed_dim": int,
     "scale_bound": float, "shared_nets": bool, "lite_steps": list, "dropout": float, "actnorm_init_images": int,
-    "architecture": str, "head": str,
+    "architecture": str, "head": str, "checker_phase": str,
 }
 
 
@@ -82,6 +82,8 @@ def validate_config(config: dict[str, Any]) -> None:
                          f"got {config['architecture']!r} and {config['head']!r}")
     if config["head"] == "dense" and (config["architecture"], config["coupling"]) != ("authors", "classification"):
         raise InputError("head 'dense' exists only for the authors' classification coupling (architecture 'authors')")
+    if config["checker_phase"] not in ("same", "alternating"):
+        raise InputError(f"checker_phase must be 'same' or 'alternating', got {config['checker_phase']!r}")
     if config["coupling"] not in COUPLINGS:
         raise InputError(f"coupling must be one of {COUPLINGS}, got {config['coupling']!r}")
     if any(kind not in MASK_KINDS for kind in config["masks"]):
@@ -165,7 +167,8 @@ class MagicFlow(nn.Module):
                 kind = "checkerboard"  # documented fallback when no mask is given
             if kind == "channel" and channels < 2:
                 raise InputError(f"step {i} has a channel-wise mask but only {channels} channel(s)")
-            step_mask = build_mask(kind, (channels, size, size), i % 2, application, self.in_channels, ops)
+            step_mask = build_mask(kind, (channels, size, size), i % 2, application, self.in_channels, ops,
+                                   c["checker_phase"] == "alternating")
             net_args = (
                 c["coupling"], channels, tuple(c["widths"][i]), self.num_classes, c["embed_dim"], c["dropout"],
                 i in c["lite_steps"], c["architecture"], size, c["head"],

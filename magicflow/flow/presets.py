@@ -49,14 +49,15 @@ _BASE: dict[str, Any] = {
     "actnorm_init_images": 64,
     "architecture": "compact",
     "head": "conv",
+    "checker_phase": "same",  # "alternating": checkerboard phase flips per channel (the authors')
 }
 
 #: keys added after checkpoints were first written, with the value those checkpoints used
-LEGACY_DEFAULTS: dict[str, Any] = {"architecture": "compact", "head": "conv"}
+LEGACY_DEFAULTS: dict[str, Any] = {"architecture": "compact", "head": "conv", "checker_phase": "same"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {**_BASE, "widths": PAPER_WIDTHS, "architecture": "authors", "embed_dim": 128, "shared_nets": True,
-              "dropout": 0.3},
+              "dropout": 0.3, "checker_phase": "alternating"},
     "lite": {**_BASE, "widths": PAPER_WIDTHS},
     "small": {**_BASE, "widths": SMALL_WIDTHS, "embed_dim": 16, "shared_nets": True, "lite_steps": list(range(11))},
 }
