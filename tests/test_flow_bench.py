@@ -79,3 +79,26 @@ def test_forward_flops_of_one_conv_by_hand():
     with FlopCounterMode(display=False) as counter:
         conv(torch.zeros(1, 3, 8, 8, device="meta"))
     assert counter.get_total_flops() == 2 * 3 * 5 * 9 * 64
+
+
+@pytest.mark.slow  # dynamo traces every coupling network: about a minute of CPU
+def test_gpu_check_script_runs_on_cpu_at_a_tiny_size():
+    """The prepared GPU check, as shipped, on CPU: all three variants, targets and capacity."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "workflow" / "scripts" / "gpu_check.sh"
+    tiny = ["--device", "cpu", "--preset", "small", "--size", "8", "--flops-size", "8", "--batch", "2",
+            "--sample-batch", "2", "--steps", "1", "--classes", "2", "--compile-backend", "eager", "--no-peer"]
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "GPU_CHECK_TIMEOUT": "280"}
+    done = subprocess.run(["bash", str(script), *tiny], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert set(report["suite"]) == {"fp32", "bf16", "bf16_compile"}
+    for variant in report["suite"].values():
+        for kind in ("generation", "classification"):
+            assert variant[kind]["train_step_ms"] > 0 and variant[kind]["reconstruction_max_error"] < 0.05
+            assert variant["targets_met"][kind]["peak_gpu_memory_mib"] is None  # no GPU memory on CPU
+    assert report["targets"]["train_step_ms"] == 250.0 and "generation" in report["capacity"]

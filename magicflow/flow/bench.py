@@ -93,6 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="spatial convolutions of the coupling networks in channels-last layout (faster on CPU)")
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the normflows conditional Glow")
+    parser.add_argument("--suite", choices=("single", "gpu"), default="single",
+                        help="gpu: fp32, bf16 and bf16+compile in one run, checked against the GPU targets "
+                             "(workflow/scripts/gpu_check.sh)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (aot_eager traces without a C++ toolchain, for CPU smoke tests)")
 
 
 def _sync(device: torch.device) -> None:
@@ -146,9 +151,17 @@ def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device)
     model.train()
     model.log_prob(x, y)  # ActNorm data initialisation before any timing
     if args.compile:
-        model.compile_networks()
+        model.compile_networks(backend=args.compile_backend)
     model.set_bf16(args.bf16)
-    step = _train_step(model, lambda: -model.log_prob(x, y).mean())
+    from magicflow.experiments.train import TrainSettings, make_optimizer, train_step  # training's own step
+
+    settings = TrainSettings(batch_size=args.batch)
+    optimizer = make_optimizer(model, settings)
+    dequantised = model.dequantise(x, settings.dequantize)
+
+    def step() -> None:
+        train_step(model, optimizer, dequantised, y, settings)
+
     result: dict[str, Any] = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_step_ms": _timed_ms(step, args.steps, device),
@@ -249,6 +262,33 @@ def _ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | Non
     }
 
 
+#: the issue's GPU targets for the paper preset on one H100/H200 (issue 17, item 8)
+GPU_TARGETS = {"train_step_ms": 250.0, "peak_gpu_memory_mib": 12 * 1024.0, "images_per_s": 400.0,
+               "classify_ms_per_image": 2.0}
+
+
+def _meets(figures: dict[str, Any]) -> dict[str, bool | None]:
+    """Per target: met, missed, or None where the figure does not exist (CPU memory)."""
+    out: dict[str, bool | None] = {}
+    for key, bound in GPU_TARGETS.items():
+        value = figures.get(key)
+        out[key] = None if value is None else (value >= bound if key == "images_per_s" else value <= bound)
+    return out
+
+
+def _gpu_suite(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """fp32, bf16 and bf16 + compile of both couplings, each against :data:`GPU_TARGETS`."""
+    variants = {"fp32": (False, False), "bf16": (True, False), "bf16_compile": (True, True)}
+    out: dict[str, Any] = {}
+    for name, (bf16, compiled) in variants.items():
+        variant = argparse.Namespace(**{**vars(args), "bf16": bf16, "compile": compiled})
+        started = time.perf_counter()
+        figures = {kind: _measure_ours(variant, kind, device) for kind in COUPLINGS}
+        out[name] = {**figures, "targets_met": {kind: _meets(figures[kind]) for kind in COUPLINGS},
+                     "wall_s": time.perf_counter() - started}
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda requested but no CUDA device is available")
@@ -270,12 +310,17 @@ def run(args: argparse.Namespace) -> int:
                      "channels_last": args.channels_last, "classification_head": args.head},
         "flops_size": args.flops_size,
         "capacity": capacity(args.preset, args.classes, args.size, args.flops_size),
-        "magicflow": {kind: _measure_ours(args, kind, device) for kind in COUPLINGS},
     }
+    if args.suite == "gpu":
+        report["targets"] = GPU_TARGETS
+        report["suite"] = _gpu_suite(args, device)
+    else:
+        report["magicflow"] = {kind: _measure_ours(args, kind, device) for kind in COUPLINGS}
     if args.peer:
         peer = _measure_peer(args, device)
         report["peer"] = peer
+        ours = report["magicflow"] if args.suite == "single" else report["suite"]["fp32"]
         if peer.get("available"):
-            report["ratio_to_peer"] = {kind: _ratios(report["magicflow"][kind], peer) for kind in COUPLINGS}
+            report["ratio_to_peer"] = {kind: _ratios(ours[kind], peer) for kind in COUPLINGS}
     print(json.dumps(report, indent=2))
     return 0

@@ -441,7 +441,16 @@ class MagicFlow(nn.Module):
 
     def compile_networks(self, **kwargs: Any) -> None:
         """``torch.compile`` each coupling network in place (``nn.Module.compile``: parameter
-        names, and so checkpoints, stay as they are); flow bookkeeping stays eager."""
+        names, and so checkpoints, stay as they are); flow bookkeeping stays eager.
+
+        All networks of a kind share one ``forward``, and dynamo keeps at most
+        ``recompile_limit`` (8) graphs per code object before falling back to eager: the limit
+        is raised to cover every network's shape in training and in no-grad passes."""
+        import torch._dynamo.config as dynamo_config
+
+        needed = 4 * len(self.steps) * 2  # two nets per step at most, train and no-grad, slack for eval
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * needed)
         for step in self.steps:
             coupling = step.coupling
             coupling.net_b.compile(**kwargs)
