@@ -200,3 +200,20 @@ def test_precision_is_a_training_setting(tmp_path: Path):
         TrainSettings(precision="fp16")
     with pytest.raises(InputError, match="loss"):
         TrainSettings(loss="pixel")
+
+
+def test_augmentation_probability_and_clamp():
+    """probability 0 leaves every image as it was; 1 moves them all; clamp keeps [0, 1]."""
+    from magicflow.experiments.train import augment
+
+    x = torch.rand(6, 1, 8, 8)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(augment(x, TrainSettings(probability=0.0), g()), x)
+    moved = augment(x, TrainSettings(noise_sigma=0.5), g())
+    assert not torch.isclose(moved, x).flatten(1).all(1).any()
+    assert moved.min() < 0 and moved.max() > 1
+    clamped = augment(x, TrainSettings(noise_sigma=0.5, clamp=True), g())
+    assert clamped.min() >= 0 and clamped.max() <= 1
+    half = augment(x, TrainSettings(noise_sigma=0.5, probability=0.5), g())
+    untouched = torch.isclose(half, x).flatten(1).all(1)
+    assert 0 < int(untouched.sum()) < 6

@@ -56,6 +56,8 @@ class TrainSettings:
     rotate_degrees: float = 3.0
     shift_pixels: float = 2.0
     noise_sigma: float = 0.01
+    probability: float = 1.0  # share of images augmented (the authors: 0.8 generation, 0.6 classification)
+    clamp: bool = False  # clamp augmented images to [0, 1] (the authors clamp to their intensity range)
     max_bad_steps: int = 20  # consecutive non-finite losses before giving up
     loss: str = "dimension"  # "dimension": NLL per image dimension; "image": per-image NLL (the authors')
     log_every: int = 50  # steps between reads of the loss from the device
@@ -63,9 +65,10 @@ class TrainSettings:
     compile: bool = False  # torch.compile each coupling network
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES or self.precision not in PRECISIONS or self.log_every < 1:
-            raise InputError(f"training: loss must be one of {LOSSES}, precision one of {PRECISIONS}, log_every >= 1; "
-                             f"got {self.loss!r}, {self.precision!r}, {self.log_every}")
+        if self.loss not in LOSSES or self.precision not in PRECISIONS or self.log_every < 1 or not 0 <= self.probability <= 1:
+            raise InputError(f"training: loss must be one of {LOSSES}, precision one of {PRECISIONS}, log_every >= 1, "
+                             f"augment probability in [0, 1]; got {self.loss!r}, {self.precision!r}, {self.log_every}, "
+                             f"{self.probability}")
 
 
 @dataclass
@@ -121,8 +124,10 @@ def learning_rate(step: int, total: int, settings: TrainSettings) -> float:
 
 
 def augment(x: torch.Tensor, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
-    """Small random affine (rotation, shift) and Gaussian noise, as the authors trained. Runs
-    on ``x``'s device; random numbers come from ``generator`` on that device."""
+    """Small random affine (rotation, shift) and Gaussian noise, as the authors trained, on a
+    ``probability`` share of the images, optionally clamped to [0, 1]. Runs on ``x``'s device;
+    random numbers come from ``generator`` on that device (the per-image draw only when
+    ``probability`` < 1, so the default stream is unchanged)."""
     b, _, h, w = x.shape
     dev = generator.device
     angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(settings.rotate_degrees)
@@ -132,7 +137,11 @@ def augment(x: torch.Tensor, settings: TrainSettings, generator: torch.Generator
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return moved + settings.noise_sigma * torch.randn(x.shape, generator=generator, device=dev).to(x)
+    out = moved + settings.noise_sigma * torch.randn(x.shape, generator=generator, device=dev).to(x)
+    if settings.probability < 1:
+        chosen = torch.rand(b, generator=generator, device=dev) < settings.probability
+        out = torch.where(chosen.to(x.device)[:, None, None, None], out, x)
+    return out.clamp(0.0, 1.0) if settings.clamp else out
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
