@@ -322,7 +322,10 @@ def test_compiled_networks_keep_outputs_and_checkpoint_names(tmp_path):
     The aot_eager backend traces the networks like inductor without a C++ toolchain."""
     from magicflow.flow import load_checkpoint, save_checkpoint
 
-    model = tiny("classification", size=8)
+    torch.manual_seed(0)  # six steps, two scales: tracing 24 networks would take most of a minute
+    model = MagicFlow.from_preset("small", 2, "classification", image_size=8, embed_dim=8, widths=[[4, 4, 4]] * 6,
+                                  masks=["checkerboard"] * 2 + ["channel"] * 2 + ["checkerboard"] * 2,
+                                  squeeze_before=[2], split_after=[3], lite_steps=[], actnorm_init_images=2).eval()
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
     names = [n for n, _ in model.named_parameters()]
     with torch.no_grad():
