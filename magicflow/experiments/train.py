@@ -131,10 +131,10 @@ def augment(x: torch.Tensor, settings: TrainSettings, generator: torch.Generator
     b, _, h, w = x.shape
     dev = generator.device
     angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(settings.rotate_degrees)
-    scale = torch.tensor([w, h], device=dev, dtype=angle.dtype)
-    shift = (torch.rand(b, 2, generator=generator, device=dev) * 2 - 1) * settings.shift_pixels * 2.0 / scale
+    unit = torch.rand(b, 2, generator=generator, device=dev) * 2 - 1  # shifts in [-1, 1] x shift_pixels
+    shift_x, shift_y = unit[:, 0] * (settings.shift_pixels * 2.0 / w), unit[:, 1] * (settings.shift_pixels * 2.0 / h)
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out = moved + settings.noise_sigma * torch.randn(x.shape, generator=generator, device=dev).to(x)
@@ -229,7 +229,13 @@ def train_model(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train, writing ``last.pt`` (full state, every epoch), ``best.pt`` (flow checkpoint),
-    ``training.tsv`` and ``training.png`` into ``out_dir``. Returns the history."""
+    ``training.tsv`` and ``training.png`` into ``out_dir``. Returns the history.
+
+    The training set moves to the device once (a fold's slices are 132 kB each, 1.3 GB for
+    10,000 on a GPU), so batches are gathered, augmented and dequantised there: no DataLoader,
+    pinned memory or workers are needed. ``train_nll``/``val_nll`` are nats per image and
+    ``*_bpd`` bits per image dimension, both of :meth:`MagicFlow.log_likelihood` (182x182,
+    dequantised)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train) == 0 or len(val) == 0:
         raise InputError(f"{out_dir}: empty training ({len(train)}) or validation ({len(val)}) set")
