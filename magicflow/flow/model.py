@@ -6,12 +6,13 @@ and splits after steps 7, 13, 19. The latents are ``[2x92x92, 4x46x46, 8x23x23, 
 (33,856 values) under an element-wise standard normal.
 
 Densities: ``log_prob`` is the continuous density of the padded image the flow sees. The
-border is not free: evaluated at the constant background it adds tens of nats that differ
-between labels (measured -68 to -75 on a trained model). Training therefore dequantises the
-border like the image (:meth:`MagicFlow.dequantise`), and :meth:`MagicFlow.log_likelihood`
-reports log P of the image at its own size, quantised to bins: summing over the border's
-values gives ``P(image) >= P(image, border = background bin) >= E_u p(x + u) * bin**D``
-(Theis et al. 2016), so the border's cost is part of the image's code length, and bits per
+border is not free: held at the constant background in training, it added -68 to -75 nats
+that varied with the label (measured in the review of issue 17). Training therefore
+dequantises the border like the image (:meth:`MagicFlow.dequantise`), and
+:meth:`MagicFlow.log_likelihood` reports log P of the image at its own size, quantised to
+bins of width ``b``: summing over the border's values, ``log P(image) >= log P(image, border
+in the background bin) >= E_u log p(x + u) + D log b`` (Jensen; Theis et al. 2016, with D the
+padded dimensions). The border's cost is part of the image's code length, and bits per
 dimension are over the image's dimensions (182x182), not the padded ones.
 
 Step 0 with ``mask=None``: the application-specific mask falls back to a checkerboard of
