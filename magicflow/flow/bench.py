@@ -28,11 +28,13 @@ from magicflow.flow.model import MagicFlow, use_fast_cuda_kernels
 from magicflow.flow.nets import HEADS
 from magicflow.flow.presets import COUPLINGS, PRESETS
 
-#: the authors' model (MODEL-FACTS, from their notebooks) at 7 classes
+#: the authors' model (MODEL-FACTS, from their notebooks) at 7 classes; the dense head's
+#: parameters depend on the image side, quoted at 182x182
 AUTHORS = {
     "generation": {"parameters": 36.2e6, "forward_gflop_per_image": 27.0},
     "classification_dense": {"parameters": 151.6e6, "forward_gflop_per_image": None},
 }
+AUTHORS_SIZE = {"classification_dense": 182}
 
 
 def forward_gflop(config: dict[str, Any], size: int) -> float:
@@ -62,7 +64,7 @@ def capacity(preset: str, classes: int, size: int, flops_size: int) -> dict[str,
             model = MagicFlow.from_preset(preset, classes, coupling, image_size=size, head=head)
         figures: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()),
                                    "forward_gflop_per_image": forward_gflop(model.config, flops_size)}
-        reference = AUTHORS.get(name) if preset == "paper" else None
+        reference = AUTHORS.get(name) if preset == "paper" and AUTHORS_SIZE.get(name, size) == size else None
         if reference:
             figures["authors"] = reference
             figures["ratio_to_authors"] = {k: figures[k] / v for k, v in reference.items() if v}
