@@ -63,6 +63,9 @@ def test_fold_border_keeps_sum_and_interior():
 def test_masks_alternate_and_carry_application_mask():
     board = checkerboard(2, 4, 4, 0)
     assert torch.equal(board + checkerboard(2, 4, 4, 1), torch.ones(2, 4, 4))
+    alternating = checkerboard(3, 2, 2, 0, alternate=True)  # the authors' masks: phase flips per channel
+    assert torch.equal(alternating[0], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert torch.equal(alternating[1], 1 - alternating[0]) and torch.equal(alternating[2], alternating[0])
     assert board[0, 0, 0] == 1 and board[0, 0, 1] == 0
     chan = channelwise(4, 2, 2, 0)
     assert chan[:2].eq(1).all() and chan[2:].eq(0).all()
@@ -157,3 +160,47 @@ def test_double_coupling_logdet_matches_jacobian(kind: str, shared: bool):
     torch.testing.assert_close(ld[0], expected, rtol=1e-6, atol=0)
     assert (coupling(x, y, per_position=True)[1].abs() <= 1.0).all()  # |s1| + |s2| <= 2 * 0.5
     torch.testing.assert_close(coupling.inverse(out, y), x, rtol=0, atol=1e-10)
+
+
+class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Names of the aten operators that run inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func._overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_actnorm_stops_accumulating_once_initialised_and_after_a_load():
+    norm = ActNorm(3, init_images=4).train()
+    x = torch.randn(2, 3, 5, 5)
+    with OpCounter() as first:
+        norm(x)
+    norm(x)  # 4 images seen: initialised
+    with OpCounter() as later:
+        norm(x)
+    assert "einsum" in first.ops or "bmm" in first.ops or "mm" in first.ops
+    assert len(later.ops) < len(first.ops) / 2 and "copy_" not in later.ops  # only the affine map
+    loaded = ActNorm(3, init_images=4)
+    loaded.load_state_dict(norm.state_dict())
+    loaded.train()
+    with OpCounter() as after_load:
+        loaded(x)
+    assert "copy_" not in after_load.ops and "_local_scalar_dense" in after_load.ops  # one read, then frozen
+    with OpCounter() as next_call:
+        loaded(x)
+    assert next_call.ops == later.ops
+
+
+def test_lu_conv_training_forward_never_computes_the_inverse():
+    conv = InvConv1x1(4).train()
+    with OpCounter() as counter:
+        conv(torch.randn(2, 4, 3, 3))
+    assert "linalg_solve_triangular" not in counter.ops
+    conv.eval()
+    with torch.no_grad(), OpCounter() as counter:
+        conv.inverse(torch.randn(2, 4, 3, 3))
+    assert "linalg_solve_triangular" in counter.ops

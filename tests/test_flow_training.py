@@ -93,3 +93,23 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not a MAGIC-Flow checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_written_before_the_new_config_keys_still_loads(tmp_path):
+    """Checkpoints from before architecture / head / checker_phase existed were compact nets
+    with conv heads and same-phase checkerboards: they load as exactly that."""
+    from magicflow.flow.presets import LEGACY_DEFAULTS
+
+    torch.manual_seed(0)
+    model = MagicFlow.from_preset("small", 2, image_size=16, widths=WIDTHS)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model)
+    payload = torch.load(path, weights_only=True)
+    for key in LEGACY_DEFAULTS:
+        del payload["config"][key]
+    torch.save(payload, path)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config == model.config
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(loaded.eval().log_prob(x, y), model.eval().log_prob(x, y))

@@ -28,3 +28,23 @@ def test_fitted_temperature_recovers_the_generating_one():
     assert t == pytest.approx(true_t, rel=0.1)
     p = posteriors(logits * true_t, np.zeros(3), t)
     assert (p.argmax(1) == logits.argmax(1)).all()  # temperature never changes the decision
+
+
+def test_predictions_use_one_prior_row_per_training_image():
+    """The diagnosis task's layout: AD images bring 9 neighbour slices each, CN images 1. At
+    one AD image in seven, slice counts would give p(AD) = 9/15 = 0.60; images give 1/7."""
+    import pandas as pd
+    import torch
+
+    from magicflow.experiments.infer import predictions_table
+    from magicflow.experiments.train import SliceSet
+
+    meta = pd.DataFrame({"dataset": "d", "image": ["ad"] * 9 + [f"cn{i}" for i in range(6)]})
+    train = SliceSet(torch.zeros(15, 1, 2, 2), torch.tensor([1] * 9 + [0] * 6), meta)
+    test_meta = pd.DataFrame({"dataset": ["d"], "subject": ["s"], "session": ["1"], "image": ["t"], "offset": [0]})
+    test = SliceSet(torch.zeros(1, 1, 2, 2), torch.tensor([0]), test_meta)
+    # equal likelihoods: the prior alone decides, and the posterior is the prior
+    table, _ = predictions_table(test, SliceSet(torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.long)), train,
+                                 ["CN", "AD"], np.zeros((1, 2)), np.zeros((0, 2)))
+    assert table["posterior_AD"].iloc[0] == pytest.approx(1 / 7)
+    assert table["predicted"].iloc[0] == "CN"

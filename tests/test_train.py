@@ -1,5 +1,6 @@
-"""Training: a toy problem learns; a run killed after an epoch resumes to the same weights;
-a completed run is not resumed; non-finite losses are skipped, then stop with a clear error."""
+"""Training: a toy problem learns; a run killed after an epoch resumes to the same weights and
+optimizer state; a completed run is not resumed; non-finite losses are skipped, then stop with
+a clear error; a training step never waits for the device; priors count images, not slices."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from magicflow.errors import InputError
 from magicflow.experiments.train import SliceSet, TrainSettings, learning_rate, train_model
 from magicflow.flow import MagicFlow, load_checkpoint
 
@@ -59,11 +62,18 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path):
     assert len(pd.read_csv(tmp_path / "resumed" / "training.tsv", sep="\t")) == 2
     history = train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "resumed", SETTINGS, torch.device("cpu"), True, progress=False)
     assert list(history["epoch"]) == [1, 2, 3, 4]
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    a, b = straight["model"], resumed["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # and Adam's moments and step counts, which a resume restores from the saved state
+    a, b = straight["optimizer"], resumed["optimizer"]
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for key in a["state"]:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(a["state"][key][name], b["state"][key][name]), (key, name)
 
 
 def test_completed_run_is_retrained_not_resumed(tmp_path: Path):
@@ -73,11 +83,103 @@ def test_completed_run_is_retrained_not_resumed(tmp_path: Path):
     assert list(again["epoch"]) == [1]
 
 
-def test_non_finite_losses_are_skipped_then_stop(tmp_path: Path):
+class NaNAfter:
+    """Wraps ``model.log_likelihood`` in training mode: calls listed in ``bad`` return NaN, as
+    a diverging step would (finite inputs pass validation, so the step itself must cope)."""
+
+    def __init__(self, model: MagicFlow, bad: set[int] | None = None, from_call: int | None = None) -> None:
+        self.inner, self.bad, self.from_call, self.calls = model.log_likelihood, bad or set(), from_call, 0
+        model.log_likelihood = self
+
+    def __call__(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        if not torch.is_grad_enabled():
+            return out  # validation: leave it alone
+        self.calls += 1
+        if self.calls in self.bad or (self.from_call is not None and self.calls >= self.from_call):
+            return out * float("nan")
+        return out
+
+
+def test_non_finite_losses_are_skipped_not_stepped(tmp_path: Path):
+    """Two bad steps out of 8: training goes on, they are counted, and Adam never saw them
+    (its step count is the number of finite steps; the weights stay finite)."""
+    m = model()
+    NaNAfter(m, bad={3, 4})
+    settings = replace(SETTINGS, epochs=2, max_bad_steps=3, log_every=1)
+    history = train_model(m, toy(32, 0), toy(8, 1), tmp_path, settings, torch.device("cpu"), True, progress=False)
+    assert list(history["skipped_steps"]) == [2, 0] and list(history["steps"]) == [4, 4]
+    state = torch.load(tmp_path / "last.pt", weights_only=True)["optimizer"]["state"]
+    assert {float(v["step"]) for v in state.values()} == {6.0}
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+def test_consecutive_non_finite_losses_stop_with_a_clear_error(tmp_path: Path):
+    """NaN from the second step on, 4 steps per epoch, the loss read every 2 steps: epoch 1 ends
+    with 3 bad steps in a row (below the limit of 4), epoch 2 reaches 4 and stops at its read."""
+    m = model()
+    NaNAfter(m, from_call=2)
+    settings = replace(SETTINGS, max_bad_steps=4, log_every=2)
+    with pytest.raises(RuntimeError, match="4 consecutive non-finite losses at epoch 2"):
+        train_model(m, toy(32, 0), toy(8, 1), tmp_path, settings, torch.device("cpu"), True, progress=False)
+    assert len(pd.read_csv(tmp_path / "training.tsv", sep="\t")) == 1
+
+
+def test_nan_images_are_rejected_once_before_training(tmp_path: Path):
     bad = toy(16, 0)
-    bad.images[:] = float("nan")
-    with pytest.raises(Exception, match="non-finite|finite"):
-        train_model(model(), bad, toy(8, 1), tmp_path, replace(SETTINGS, max_bad_steps=2), torch.device("cpu"), True, progress=False)
+    bad.images[3, 0, 2, 2] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        train_model(model(), bad, toy(8, 1), tmp_path, SETTINGS, torch.device("cpu"), True, progress=False)
+    assert not (tmp_path / "last.pt").exists()
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts operators that make the host wait for the device's result: reading a scalar
+    (``item``, ``bool(tensor)``, ``int(tensor)``), comparing whole tensors, and ops whose output
+    shape depends on values (nonzero, masked_select, unique)."""
+
+    SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "masked_select",
+               "_unique2", "unique_dim", "unique_consecutive"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._overloadpacket.__name__ in self.SYNCING:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["classification", "generation"])
+def test_training_step_has_no_host_synchronisation(kind: str):
+    """The whole step (dequantise, augment, forward, backward, clip, fused Adam with its
+    non-finite skip) as train_model runs it, counted after ActNorm is initialised and on the
+    first step (initialisation must not sync either)."""
+    from magicflow.experiments.train import augment, make_optimizer, train_step
+
+    torch.manual_seed(0)
+    m = MagicFlow.from_preset("small", 2, coupling=kind, image_size=SIZE, actnorm_init_images=8)
+    data = toy(8, 0)
+    optimizer = make_optimizer(m, SETTINGS)
+    noise = torch.Generator().manual_seed(0)
+    m.train()
+    counts = []
+    for _ in range(2):
+        with SyncCounter() as counter:
+            x = m.dequantise(augment(data.images, SETTINGS, noise), SETTINGS.dequantize, noise, validate=False)
+            nll, finite = train_step(m, optimizer, x, data.labels, SETTINGS)
+        counts.append(counter.seen)
+    assert counts == [[], []], counts
+    assert bool(finite) and torch.isfinite(nll)
+
+
+def test_priors_count_one_row_per_training_image():
+    """An AD image with 9 neighbour slices and a CN image with 1 weigh the same."""
+    meta = pd.DataFrame({"dataset": ["d"] * 11, "image": ["ad1"] * 9 + ["cn1", "cn2"]})
+    data = SliceSet(torch.zeros(11, 1, 4, 4), torch.tensor([1] * 9 + [0, 0]), meta)
+    assert data.image_labels().tolist() == [1, 0, 0]
+    assert SliceSet(torch.zeros(3, 1, 4, 4), torch.tensor([1, 1, 0])).image_labels().tolist() == [1, 1, 0]
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
@@ -87,3 +189,31 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert all(b <= a + 1e-12 for a, b in zip(lrs[10:], lrs[11:]))
     assert learning_rate(100, 100, s) == pytest.approx(1e-5)
     assert not math.isnan(lrs[-1])
+
+
+def test_precision_is_a_training_setting(tmp_path: Path):
+    m = model()
+    history = train_model(m, toy(16, 0), toy(8, 1), tmp_path, replace(SETTINGS, epochs=1, precision="bf16"),
+                          torch.device("cpu"), True, progress=False)
+    assert all(step.coupling.bf16 for step in m.steps) and math.isfinite(history["val_nll"].iloc[0])
+    with pytest.raises(InputError, match="precision"):
+        TrainSettings(precision="fp16")
+    with pytest.raises(InputError, match="loss"):
+        TrainSettings(loss="pixel")
+
+
+def test_augmentation_probability_and_clamp():
+    """probability 0 leaves every image as it was; 1 moves them all; clamp keeps [0, 1]."""
+    from magicflow.experiments.train import augment
+
+    x = torch.rand(6, 1, 8, 8)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(augment(x, TrainSettings(probability=0.0), g()), x)
+    moved = augment(x, TrainSettings(noise_sigma=0.5), g())
+    assert not torch.isclose(moved, x).flatten(1).all(1).any()
+    assert moved.min() < 0 and moved.max() > 1
+    clamped = augment(x, TrainSettings(noise_sigma=0.5, clamp=True), g())
+    assert clamped.min() >= 0 and clamped.max() <= 1
+    half = augment(x, TrainSettings(noise_sigma=0.5, probability=0.5), g())
+    untouched = torch.isclose(half, x).flatten(1).all(1)
+    assert 0 < int(untouched.sum()) < 6

@@ -107,7 +107,9 @@ def run_train(args: argparse.Namespace) -> int:
     settings, slices, arrays, mask = load_inputs(args)
     classes, sets = _fold_sets(args, settings, slices, arrays)
     t = settings["training"]
-    train_settings = TrainSettings(epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"], **t.get("augment", {}))
+    train_settings = TrainSettings(epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"],
+                                   loss=t.get("loss", "dimension"), precision=t.get("precision", "fp32"),
+                                   compile=t.get("compile", False), **t.get("augment", {}))
     torch.manual_seed(t["seed"])
     model = MagicFlow.from_preset(settings["preset_base"], len(classes), coupling=settings["model"],
                                   mask=torch.from_numpy(mask.astype(np.float32)), **settings["preset_overrides"])
@@ -165,7 +167,7 @@ def run_classify(args: argparse.Namespace) -> int:
     model, _, device = _model(args.model, settings["training"]["device"])
     test_ll = class_log_likelihoods(model, sets["test"], device)
     val_ll = class_log_likelihoods(model, sets["val"], device)
-    table, temperature = predictions_table(sets["test"], sets["val"], sets["train"].labels.numpy(), classes, test_ll, val_ll)
+    table, temperature = predictions_table(sets["test"], sets["val"], sets["train"], classes, test_ll, val_ll)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     accuracy = float((table["true"] == table["predicted"]).mean()) if len(table) else float("nan")

@@ -88,11 +88,12 @@ def class_log_likelihoods(model: MagicFlow, data: SliceSet, device: torch.device
     return torch.cat(out).double().numpy() if out else np.zeros((0, model.num_classes))
 
 
-def predictions_table(test: SliceSet, val: SliceSet, train_labels: np.ndarray, classes: list[str],
+def predictions_table(test: SliceSet, val: SliceSet, train: SliceSet, classes: list[str],
                       test_ll: np.ndarray, val_ll: np.ndarray) -> tuple[pd.DataFrame, float]:
     """Per test slice: log-likelihood and posterior per class, predicted and true label.
-    The temperature is fitted on the validation fold."""
-    prior = log_priors(train_labels, len(classes))
+    Priors count one row per training image (:meth:`SliceSet.image_labels`), as in training's
+    model selection; the temperature is fitted on the validation fold."""
+    prior = log_priors(train.image_labels().numpy(), len(classes))
     temperature = fit_temperature(val_ll, prior, val.labels.numpy()) if len(val) else 1.0
     post = posteriors(test_ll, prior, temperature)
     table = test.meta[["dataset", "subject", "session", "image", "offset"]].copy()

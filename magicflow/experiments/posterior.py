@@ -1,6 +1,8 @@
 """From class log-likelihoods to calibrated posteriors.
 
-y_hat = argmax_y log p(x|y) + log p(y), with log priors from the training frequencies.
+y_hat = argmax_y log p(x|y) + log p(y), with log priors from the training frequencies of
+images (one row per image, not per augmented neighbour slice: see
+:meth:`magicflow.experiments.train.SliceSet.image_labels`).
 Log-likelihood differences between classes are in the hundreds of nats for 33k-dimensional
 images, so a plain softmax is a hard 0/1; the posterior is softmax((ll + log prior) / T).
 The authors fixed T = 600; here T is fitted on the validation fold by minimising the
@@ -14,7 +16,8 @@ from scipy.special import log_softmax
 
 
 def log_priors(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """log p(y) from training frequencies; an absent class gets the weight of one example."""
+    """log p(y) from training frequencies, one label per image; an absent class gets the
+    weight of one example."""
     counts = np.bincount(train_labels, minlength=num_classes).astype(float)
     counts = np.maximum(counts, 1.0)
     return np.log(counts / counts.sum())

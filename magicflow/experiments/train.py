@@ -5,7 +5,13 @@ augmentation and dequantisation noise from seeds derived from (seed, epoch), and
 training state is saved after every epoch. A run killed at any point and restarted resumes
 from the last completed epoch and ends with the same weights as an uninterrupted run
 (on CPU; GPU kernels may add non-determinism). A completed run is never resumed: rerunning
-it (``--forcerun train``) trains afresh."""
+it (``--forcerun train``) trains afresh.
+
+A training step never waits for the device: data are validated once per set
+(:func:`validate_set`), losses and the non-finite bookkeeping stay on the device and are read
+every ``log_every`` steps and at the end of an epoch, and a step whose loss is not finite is
+skipped inside the (fused) Adam update through its ``found_inf`` input, as AMP's GradScaler
+does. :func:`train_step` is that step; a test counts its host synchronisations."""
 
 from __future__ import annotations
 
@@ -26,10 +32,13 @@ from tqdm import tqdm
 
 from magicflow.errors import InputError
 from magicflow.flow import MagicFlow, save_checkpoint
+from magicflow.flow.model import use_fast_cuda_kernels
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot
 
 STATE_FORMAT = "magicflow.train/1"
+LOSSES = ("dimension", "image")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,19 @@ class TrainSettings:
     rotate_degrees: float = 3.0
     shift_pixels: float = 2.0
     noise_sigma: float = 0.01
+    probability: float = 1.0  # share of images augmented (the authors: 0.8 generation, 0.6 classification)
+    clamp: bool = False  # clamp augmented images to [0, 1] (the authors clamp to their intensity range)
     max_bad_steps: int = 20  # consecutive non-finite losses before giving up
+    loss: str = "dimension"  # "dimension": NLL per image dimension; "image": per-image NLL (the authors')
+    log_every: int = 50  # steps between reads of the loss from the device
+    precision: str = "fp32"  # "bf16": coupling networks under bfloat16 autocast, log-dets in fp32
+    compile: bool = False  # torch.compile each coupling network
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES or self.precision not in PRECISIONS or self.log_every < 1 or not 0 <= self.probability <= 1:
+            raise InputError(f"training: loss must be one of {LOSSES}, precision one of {PRECISIONS}, log_every >= 1, "
+                             f"augment probability in [0, 1]; got {self.loss!r}, {self.precision!r}, {self.log_every}, "
+                             f"{self.probability}")
 
 
 @dataclass
@@ -64,6 +85,24 @@ class SliceSet:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def image_labels(self) -> torch.Tensor:
+        """One label per image, however many neighbour slices it contributes: what class priors
+        count. With the diagnosis task's +/-4 offsets for AD only, an AD image gives 9 training
+        slices and a CN image 1, so slice counts would put an AD share of 0.14 at 0.60."""
+        if not {"dataset", "image"} <= set(self.meta.columns):
+            return self.labels  # no image identity (tests, plain tensors): one slice per image
+        first = ~self.meta.duplicated(["dataset", "image"]).to_numpy()
+        return self.labels[torch.from_numpy(first)]
+
+
+def validate_set(model: MagicFlow, data: SliceSet, batch: int = 256) -> None:
+    """Check a whole set once (shapes, finite intensities, label range) in chunks, so training
+    steps can skip those checks: each of them waits for the device."""
+    for start in range(0, len(data), batch):
+        chunk = data.images[start:start + batch]
+        model.prepare(chunk)
+        model.check_labels(data.labels[start:start + batch], chunk.shape[0])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,20 +124,29 @@ def learning_rate(step: int, total: int, settings: TrainSettings) -> float:
 
 
 def augment(x: torch.Tensor, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
-    """Small random affine (rotation, shift) and Gaussian noise, as the authors trained."""
+    """Small random affine (rotation, shift) and Gaussian noise, as the authors trained, on a
+    ``probability`` share of the images, optionally clamped to [0, 1]. Runs on ``x``'s device;
+    random numbers come from ``generator`` on that device (the per-image draw only when
+    ``probability`` < 1, so the default stream is unchanged)."""
     b, _, h, w = x.shape
-    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(settings.rotate_degrees)
-    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * settings.shift_pixels * 2.0 / torch.tensor([w, h])
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
-    theta[:, :, 2] = shift
+    dev = generator.device
+    angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(settings.rotate_degrees)
+    unit = torch.rand(b, 2, generator=generator, device=dev) * 2 - 1  # shifts in [-1, 1] x shift_pixels
+    shift_x, shift_y = unit[:, 0] * (settings.shift_pixels * 2.0 / w), unit[:, 1] * (settings.shift_pixels * 2.0 / h)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return moved + settings.noise_sigma * torch.randn(x.shape, generator=generator).to(x)
+    out = moved + settings.noise_sigma * torch.randn(x.shape, generator=generator, device=dev).to(x)
+    if settings.probability < 1:
+        chosen = torch.rand(b, generator=generator, device=dev) < settings.probability
+        out = torch.where(chosen.to(x.device)[:, None, None, None], out, x)
+    return out.clamp(0.0, 1.0) if settings.clamp else out
 
 
-def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0]))
+def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+    state = int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(state)
 
 
 def balanced_accuracy(true: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
@@ -107,22 +155,65 @@ def balanced_accuracy(true: np.ndarray, pred: np.ndarray, num_classes: int) -> f
 
 
 @torch.no_grad()
-def evaluate(model: MagicFlow, data: SliceSet, batch_size: int, device: torch.device, log_prior: torch.Tensor | None) -> dict[str, float]:
-    """Validation NLL and bits/dim; for classifiers also balanced accuracy of argmax log p(x|y) + log p(y)."""
+def evaluate(model: MagicFlow, data: SliceSet, settings: TrainSettings, device: torch.device,
+             log_prior: torch.Tensor | None) -> dict[str, float]:
+    """Validation NLL (nats per image) and bits/dim measured as in training: the image
+    dequantised (border included) with noise fixed by the seed, so epochs compare like with
+    like, and :meth:`MagicFlow.log_likelihood` of the image at its own size. For classifiers
+    also the balanced accuracy of argmax log p(x|y) + log p(y)."""
     model.eval()
+    noise = _epoch_generator(settings.seed, 0, 3, device)  # stream 3: validation only, the same every epoch
     nll, predictions = [], []
-    for start in range(0, len(data), batch_size):
-        x = data.images[start:start + batch_size].to(device)
-        y = data.labels[start:start + batch_size].to(device)
-        nll.append(-model.log_prob(x, y).cpu())
+    for start in range(0, len(data), settings.batch_size):
+        x = data.images[start:start + settings.batch_size].to(device)
+        y = data.labels[start:start + settings.batch_size].to(device)
+        nll.append(-model.log_likelihood(model.dequantise(x, settings.dequantize, noise), y, settings.dequantize))
         if log_prior is not None:
             scores = model.class_log_likelihoods(x) + log_prior.to(device)
-            predictions.append(scores.argmax(1).cpu())
-    nll_t = torch.cat(nll)
-    out = {"val_nll": float(nll_t.mean()), "val_bpd": float(nll_t.mean() / (model.num_dims * math.log(2)))}
+            predictions.append(scores.argmax(1))
+    nll_t = torch.cat(nll).cpu()  # one read from the device per evaluation
+    out = {"val_nll": float(nll_t.mean()), "val_bpd": float(nll_t.mean() / (model.image_dims * math.log(2)))}
     if log_prior is not None:
-        out["val_balanced_accuracy"] = balanced_accuracy(data.labels.numpy(), torch.cat(predictions).numpy(), model.num_classes)
+        out["val_balanced_accuracy"] = balanced_accuracy(data.labels.numpy(), torch.cat(predictions).cpu().numpy(), model.num_classes)
     return out
+
+
+def train_step(model: MagicFlow, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               settings: TrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step that never waits for the device. ``x`` is dequantised and padded
+    (:meth:`MagicFlow.dequantise`) and ``y`` checked, both on the model's device. Returns the
+    per-image NLL (0-d) and whether it was finite (0-d bool), both still on the device.
+
+    A non-finite loss is not stepped: ``optimizer`` must be a fused Adam, which reads the
+    ``found_inf`` flag on the device and leaves weights, moments and step counts untouched.
+    The gradient norm is clipped at ``clip_norm``; with ``loss="image"`` (the authors') it
+    is the per-image NLL that is clipped, so clipping acts on almost every step."""
+    nll = -model.log_likelihood(x, y, settings.dequantize, validate=False).mean()
+    loss = nll if settings.loss == "image" else nll / model.image_dims
+    finite = torch.isfinite(loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm, foreach=True)
+    optimizer.found_inf = (~finite).to(torch.float32)
+    optimizer.step()
+    return nll.detach(), finite
+
+
+def make_optimizer(model: MagicFlow, settings: TrainSettings) -> torch.optim.Optimizer:
+    """Fused Adam: one kernel for all parameters, and a device-side skip of non-finite steps."""
+    return torch.optim.Adam(model.parameters(), lr=settings.lr, fused=True)
+
+
+def configure_speed(model: MagicFlow, settings: TrainSettings, device: torch.device) -> None:
+    """Speed settings that do not change what is learned beyond rounding: channels-last
+    convolutions on CPU (measured faster there), TF32 and cuDNN autotuning on CUDA, bf16
+    autocast inside the coupling networks and ``torch.compile`` when asked."""
+    model.set_channels_last(device.type == "cpu")
+    if device.type == "cuda":
+        use_fast_cuda_kernels(tf32=True)
+    model.set_bf16(settings.precision == "bf16")
+    if settings.compile:
+        model.compile_networks()
 
 
 def fingerprint(model: MagicFlow, settings: TrainSettings, train: SliceSet) -> str:
@@ -138,16 +229,24 @@ def train_model(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train, writing ``last.pt`` (full state, every epoch), ``best.pt`` (flow checkpoint),
-    ``training.tsv`` and ``training.png`` into ``out_dir``. Returns the history."""
+    ``training.tsv`` and ``training.png`` into ``out_dir``. Returns the history.
+
+    The training set moves to the device once (a fold's slices are 132 kB each, 1.3 GB for
+    10,000 on a GPU), so batches are gathered, augmented and dequantised there: no DataLoader,
+    pinned memory or workers are needed. ``train_nll``/``val_nll`` are nats per image and
+    ``*_bpd`` bits per image dimension, both of :meth:`MagicFlow.log_likelihood` (182x182,
+    dequantised)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train) == 0 or len(val) == 0:
         raise InputError(f"{out_dir}: empty training ({len(train)}) or validation ({len(val)}) set")
     model.to(device)
-    model.set_channels_last(device.type == "cpu")  # faster CPU convolutions; same results to rounding
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    validate_set(model, train)
+    validate_set(model, val)
+    configure_speed(model, settings, device)
+    optimizer = make_optimizer(model, settings)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    counts = torch.bincount(train.labels, minlength=model.num_classes).float()
+    counts = torch.bincount(train.image_labels(), minlength=model.num_classes).float()
     log_prior = torch.log(counts.clamp(min=1) / counts.sum()) if classification else None
     run_id = fingerprint(model, settings, train)
     history: list[dict[str, float]] = []
@@ -163,46 +262,42 @@ def train_model(
             start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
             history = [dict(zip(state["history_columns"], row)) for row in state["history"]]
             print(f"resuming from {state_path} after epoch {state['epoch'] + 1} of {settings.epochs}")
+    images, labels = train.images.to(device), train.labels.to(device)  # the set moves once, not per batch
 
     for epoch in range(start_epoch, settings.epochs):
         torch.manual_seed(int(np.random.SeedSequence([settings.seed, epoch, 0]).generate_state(1)[0]))  # dropout
-        order = torch.randperm(len(train), generator=_epoch_generator(settings.seed, epoch, 1))
-        noise = _epoch_generator(settings.seed, epoch, 2)
+        order = torch.randperm(len(train), generator=_epoch_generator(settings.seed, epoch, 1)).to(device)
+        noise = _epoch_generator(settings.seed, epoch, 2, device)
         model.train()
-        started, losses, skipped, bad_in_a_row = time.perf_counter(), [], 0, 0
+        started = time.perf_counter()
+        zero = torch.zeros((), device=device)
+        nll_sum, finite_steps, skipped, bad_run, worst_run = zero.clone(), zero.clone(), zero.clone(), zero.clone(), zero.clone()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         for b in bar:
             index = order[b * settings.batch_size:(b + 1) * settings.batch_size]
-            x = augment(train.images[index], settings, noise)
-            x = x + settings.dequantize * torch.rand(x.shape, generator=noise)
-            x, y = x.to(device), train.labels[index].to(device)
+            x = model.dequantise(augment(images[index], settings, noise), settings.dequantize, noise, validate=False)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, settings)
-            loss = -model.log_prob(x, y).mean() / model.num_dims  # nats per dimension: scale-free gradients
+            nll, finite = train_step(model, optimizer, x, labels[index], settings)
             step += 1
-            if not torch.isfinite(loss):
-                skipped += 1
-                bad_in_a_row += 1
-                optimizer.zero_grad(set_to_none=True)
-                print(f"epoch {epoch + 1} step {b + 1}: non-finite loss, step skipped")
-                if bad_in_a_row >= settings.max_bad_steps:
-                    raise RuntimeError(f"{settings.max_bad_steps} consecutive non-finite losses at epoch {epoch + 1}; "
-                                       "lower training.lr or check the input slices for NaN/inf")
-                continue
-            bad_in_a_row = 0
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", bpd=f"{losses[-1] / math.log(2):.3f}")
+            nll_sum += torch.where(finite, nll, 0.0)
+            finite_steps += finite
+            skipped += ~finite
+            bad_run = torch.where(finite, 0.0, bad_run + 1)
+            worst_run = torch.maximum(worst_run, bad_run)
+            if (b + 1) % settings.log_every == 0 or b + 1 == steps_per_epoch:  # the only reads from the device
+                _stop_if_diverged(worst_run, settings, epoch)
+                bar.set_postfix(nll=f"{float(nll_sum / finite_steps.clamp(min=1)):.1f}", skipped=int(skipped))
         bar.close()
         train_seconds = time.perf_counter() - started
-        metrics = evaluate(model, val, settings.batch_size, device, log_prior)
-        train_nll = float(np.mean(losses)) * model.num_dims if losses else float("nan")
+        metrics = evaluate(model, val, settings, device, log_prior)
+        n_finite, n_skipped = int(finite_steps), int(skipped)
+        if n_skipped:
+            print(f"epoch {epoch + 1}: {n_skipped} step(s) with a non-finite loss skipped")
+        train_nll = float(nll_sum) / n_finite if n_finite else float("nan")
         row = {"epoch": epoch + 1, "lr": learning_rate(step - 1, total_steps, settings), "train_nll": train_nll,
-               "train_bpd": train_nll / (model.num_dims * math.log(2)), **metrics,
-               "skipped_steps": skipped, "steps": len(losses) + skipped, "train_seconds": train_seconds,
+               "train_bpd": train_nll / (model.image_dims * math.log(2)), **metrics,
+               "skipped_steps": n_skipped, "steps": n_finite + n_skipped, "train_seconds": train_seconds,
                "seconds": time.perf_counter() - started,
                "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")}
         history.append(row)
@@ -216,6 +311,13 @@ def train_model(
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
     return pd.DataFrame(history)
+
+
+def _stop_if_diverged(worst_run: torch.Tensor, settings: TrainSettings, epoch: int) -> None:
+    """Raise once ``max_bad_steps`` consecutive losses were non-finite (read at log points)."""
+    if int(worst_run) >= settings.max_bad_steps:
+        raise RuntimeError(f"{settings.max_bad_steps} consecutive non-finite losses at epoch {epoch + 1}; "
+                           "lower training.lr or check the input slices")
 
 
 def _save_state(path: Path, model: MagicFlow, optimizer: torch.optim.Optimizer, run_id: str, epoch: int, step: int,

@@ -14,6 +14,7 @@ import torch
 
 from magicflow.errors import InputError
 from magicflow.flow.model import MagicFlow
+from magicflow.flow.presets import LEGACY_DEFAULTS
 from magicflow.io import atomic_path
 
 FORMAT = "magicflow.flow/1"
@@ -51,7 +52,8 @@ def load_checkpoint(
         raise InputError(f"{path} is not a readable MAGIC-Flow checkpoint: {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path} is not a MAGIC-Flow checkpoint (expected format {FORMAT!r})")
-    model = MagicFlow(payload["config"], mask=payload["application_mask"])
+    config = {**LEGACY_DEFAULTS, **payload["config"]}  # checkpoints written before those keys existed
+    model = MagicFlow(config, mask=payload["application_mask"])
     model.load_state_dict(payload["state_dict"])
     model.to(map_location)
     return model, payload["extra"]

@@ -7,6 +7,8 @@ how its Jacobian term is spread over positions."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -18,8 +20,11 @@ class ActNorm(nn.Module):
     The first ``init_images`` images seen in training mode set ``bias``/``log_scale`` so the
     output has zero mean and unit variance per channel. Statistics are accumulated in buffers
     and the parameters are selected with ``torch.where``: no ``.item()`` and no Python branch
-    on tensor values, so forward never waits for the device. The persistent ``initialized``
-    buffer travels with checkpoints, so a loaded model is never re-initialised."""
+    on tensor values, so forward never waits for the device. A Python count of the images
+    seen mirrors the buffer, so once initialised forward stops accumulating altogether; after
+    ``load_state_dict`` the first training forward reads the buffer once to re-learn it. The
+    persistent ``initialized`` buffer travels with checkpoints, so a loaded model is never
+    re-initialised."""
 
     def __init__(self, num_channels: int, init_images: int = 64, eps: float = 1e-6) -> None:
         super().__init__()
@@ -33,6 +38,19 @@ class ActNorm(nn.Module):
         self.register_buffer("images_seen", torch.zeros(()))
         self.register_buffer("stat_sum", torch.zeros(num_channels))
         self.register_buffer("stat_sumsq", torch.zeros(num_channels))
+        self._seen: int | None = 0  # Python mirror of images_seen; None: unknown (after a load)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._seen = None
+
+    def _still_initialising(self, batch: int) -> bool:
+        """Whether this batch still contributes to the statistics (no device wait once known)."""
+        if self._seen is None:  # one read of the buffer after a load
+            self._seen = self.init_images if bool(self.initialized) else int(self.images_seen)
+        still = self._seen < self.init_images
+        self._seen = min(self.init_images, self._seen + batch)
+        return still
 
     @torch.no_grad()
     def _accumulate(self, x: torch.Tensor) -> None:
@@ -57,7 +75,7 @@ class ActNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, per_position: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training:
+        if self.training and self._still_initialising(x.shape[0]):
             self._accumulate(x)
         out = (x + self.bias) * torch.exp(self.log_scale)
         if per_position:
@@ -74,7 +92,8 @@ class InvConv1x1(nn.Module):
     ``W = P L (U + diag(sign * exp(log_s)))``: the log-determinant is ``H W sum(log_s)`` with no
     ``slogdet``, and the inverse comes from two triangular solves. In eval mode the weight and
     its inverse are cached and recomputed only when a parameter's version counter changes
-    (optimizer steps and ``load_state_dict`` both bump it)."""
+    (optimizer steps and ``load_state_dict`` both bump it). A training forward computes only
+    ``W``: the inverse is never needed there."""
 
     def __init__(self, num_channels: int) -> None:
         super().__init__()
@@ -98,11 +117,15 @@ class InvConv1x1(nn.Module):
 
     def _compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         lower, upper = self._factors()
-        weight = self.perm @ lower @ upper
+        weight = self._weight()
         # W^-1 = U^-1 L^-1 P^T, by triangular solves rather than a general inverse
         l_inv_pt = torch.linalg.solve_triangular(lower, self.perm.T, upper=False, unitriangular=True)
         weight_inv = torch.linalg.solve_triangular(upper, l_inv_pt, upper=True)
         return weight, weight_inv
+
+    def _weight(self) -> torch.Tensor:
+        lower, upper = self._factors()
+        return self.perm @ lower @ upper
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W, W^-1)``; cached in eval mode when no gradient to the weights is needed."""
@@ -121,7 +144,10 @@ class InvConv1x1(nn.Module):
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, per_position: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        weight, _ = self.weights()
+        if self.training or (torch.is_grad_enabled() and self.lower.requires_grad):
+            weight = self._weight()  # training never needs the inverse
+        else:
+            weight = self.weights()[0]
         channels = x.shape[1]
         out = F.conv2d(x, weight.view(channels, channels, 1, 1))
         if per_position:

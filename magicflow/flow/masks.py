@@ -23,11 +23,14 @@ def _with_parity(mask: torch.Tensor, parity: int) -> torch.Tensor:
     return 1.0 - mask if parity % 2 else mask
 
 
-def checkerboard(channels: int, height: int, width: int, parity: int) -> torch.Tensor:
-    """(C, H, W) mask alternating over pixels, identical in every channel."""
-    rows = torch.arange(height).view(-1, 1)
-    cols = torch.arange(width).view(1, -1)
-    board = ((rows + cols) % 2 == 0).float().expand(channels, height, width).clone()
+def checkerboard(channels: int, height: int, width: int, parity: int, alternate: bool = False) -> torch.Tensor:
+    """(C, H, W) mask alternating over pixels; identical in every channel, or with its phase
+    flipped from channel to channel when ``alternate`` (the authors' masks), so that after a
+    squeeze each position has channels on both sides of the coupling."""
+    rows = torch.arange(height).view(1, -1, 1)
+    cols = torch.arange(width).view(1, 1, -1)
+    chans = torch.arange(channels).view(-1, 1, 1) if alternate else torch.zeros(channels, 1, 1, dtype=torch.long)
+    board = ((rows + cols + chans) % 2 == 0).float()
     return _with_parity(board, parity)
 
 
@@ -74,11 +77,13 @@ def build_mask(
     application: torch.Tensor | None = None,
     in_channels: int = 1,
     ops: list[str] | None = None,
+    alternate: bool = False,
 ) -> torch.Tensor:
-    """Mask of ``kind`` for a step whose input has ``shape``; ``ops`` is the reshaping so far."""
+    """Mask of ``kind`` for a step whose input has ``shape``; ``ops`` is the reshaping so far;
+    ``alternate`` flips the checkerboard phase per channel (see :func:`checkerboard`)."""
     channels, height, width = shape
     if kind == "checkerboard":
-        return checkerboard(channels, height, width, parity)
+        return checkerboard(channels, height, width, parity, alternate)
     if kind == "channel":
         return channelwise(channels, height, width, parity)
     if kind == "application":

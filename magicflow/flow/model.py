@@ -5,8 +5,15 @@ next multiple of ``2**squeezes`` (184), then 24 steps run with squeezes before s
 and splits after steps 7, 13, 19. The latents are ``[2x92x92, 4x46x46, 8x23x23, 8x23x23]``
 (33,856 values) under an element-wise standard normal.
 
-Densities: ``log_prob`` is the density of the padded image the flow sees. The border is a
-constant, so it only shifts log-likelihoods by the same amount for every image and label.
+Densities: ``log_prob`` is the continuous density of the padded image the flow sees. The
+border is not free: held at the constant background in training, it added -68 to -75 nats
+that varied with the label (measured in the review of issue 17). Training therefore
+dequantises the border like the image (:meth:`MagicFlow.dequantise`), and
+:meth:`MagicFlow.log_likelihood` reports log P of the image at its own size, quantised to
+bins of width ``b``: summing over the border's values, ``log P(image) >= log P(image, border
+in the background bin) >= E_u log p(x + u) + D log b`` (Jensen; Theis et al. 2016, with D the
+padded dimensions). The border's cost is part of the image's code length, and bits per
+dimension are over the image's dimensions (182x182), not the padded ones.
 
 Step 0 with ``mask=None``: the application-specific mask falls back to a checkerboard of
 the same parity, so the layout stays 24 steps and still alternates with step 1."""
@@ -19,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from magicflow.errors import InputError
 from magicflow.flow.coupling import DoubleAffineCoupling
@@ -35,7 +43,7 @@ from magicflow.flow.layers import (
     unsqueeze,
 )
 from magicflow.flow.masks import MASK_KINDS, build_mask, check_application_mask
-from magicflow.flow.nets import SpatialConv2d, build_net
+from magicflow.flow.nets import ARCHITECTURES, HEADS, SpatialConv2d, build_net
 from magicflow.flow.presets import COUPLINGS, preset_config
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -43,6 +51,7 @@ _REQUIRED = {
     "num_classes": int, "coupling": str, "in_channels": int, "image_size": int, "background": float,
     "masks": list, "squeeze_before": list, "split_after": list, "widths": list, "embed_dim": int,
     "scale_bound": float, "shared_nets": bool, "lite_steps": list, "dropout": float, "actnorm_init_images": int,
+    "architecture": str, "head": str, "checker_phase": str,
 }
 
 
@@ -69,6 +78,13 @@ def validate_config(config: dict[str, Any]) -> None:
     steps = len(config["masks"])
     if config["num_classes"] < 1:
         raise InputError(f"num_classes must be >= 1, got {config['num_classes']}")
+    if config["architecture"] not in ARCHITECTURES or config["head"] not in HEADS:
+        raise InputError(f"architecture must be one of {ARCHITECTURES} and head one of {HEADS}, "
+                         f"got {config['architecture']!r} and {config['head']!r}")
+    if config["head"] == "dense" and (config["architecture"], config["coupling"]) != ("authors", "classification"):
+        raise InputError("head 'dense' exists only for the authors' classification coupling (architecture 'authors')")
+    if config["checker_phase"] not in ("same", "alternating"):
+        raise InputError(f"checker_phase must be 'same' or 'alternating', got {config['checker_phase']!r}")
     if config["coupling"] not in COUPLINGS:
         raise InputError(f"coupling must be one of {COUPLINGS}, got {config['coupling']!r}")
     if any(kind not in MASK_KINDS for kind in config["masks"]):
@@ -152,10 +168,11 @@ class MagicFlow(nn.Module):
                 kind = "checkerboard"  # documented fallback when no mask is given
             if kind == "channel" and channels < 2:
                 raise InputError(f"step {i} has a channel-wise mask but only {channels} channel(s)")
-            step_mask = build_mask(kind, (channels, size, size), i % 2, application, self.in_channels, ops)
+            step_mask = build_mask(kind, (channels, size, size), i % 2, application, self.in_channels, ops,
+                                   c["checker_phase"] == "alternating")
             net_args = (
                 c["coupling"], channels, tuple(c["widths"][i]), self.num_classes, c["embed_dim"], c["dropout"],
-                i in c["lite_steps"],
+                i in c["lite_steps"], c["architecture"], size, c["head"],
             )
             net_b = build_net(*net_args)
             net_a = net_b if c["shared_nets"] else build_net(*net_args)
@@ -180,7 +197,7 @@ class MagicFlow(nn.Module):
         mask: torch.Tensor | None = None,
         **overrides: Any,
     ) -> "MagicFlow":
-        """Build preset ``name`` ("paper" or "small"); ``overrides`` change config keys."""
+        """Build preset ``name`` (see :data:`magicflow.flow.presets.PRESETS`); ``overrides`` change config keys."""
         return cls(preset_config(name, num_classes, coupling, **overrides), mask=mask)
 
     # ----------------------------------------------------------------- input checks
@@ -194,14 +211,34 @@ class MagicFlow(nn.Module):
         """Dimensions of the padded image the density is defined on."""
         return self.in_channels * self.padded_size**2
 
+    @property
+    def image_dims(self) -> int:
+        """Dimensions of the image itself (1 x 182 x 182): what bits per dimension divide by."""
+        return self.in_channels * self.image_size**2
+
+    def dequantise(
+        self, x: torch.Tensor, bin_width: float, generator: torch.Generator | None = None, validate: bool = True
+    ) -> torch.Tensor:
+        """Pad ``x`` to the flow's size, then add uniform noise in ``[0, bin_width)`` to every
+        value, border included, so no pixel is an exact constant the density can collapse on.
+        Noise is drawn on the generator's device and moved to ``x``'s."""
+        x = self.prepare(x, validate)
+        device = generator.device if generator is not None else x.device
+        noise = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype)
+        return x + bin_width * noise.to(x.device)
+
     def _dtype(self) -> torch.dtype:
         return self.steps[0].actnorm.bias.dtype
 
     def _device(self) -> torch.device:
         return self.steps[0].actnorm.bias.device
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Validate images and pad them to the flow's size (InputError on bad input)."""
+    def prepare(self, x: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """Check images and pad them to the flow's size (InputError on bad input).
+
+        Shape and dtype are always checked (no device work). ``validate=False`` skips the value
+        check (finite intensities), which waits for the device: training checks its data once
+        per set (:func:`magicflow.experiments.train.validate_set`) and then skips it per step."""
         if not isinstance(x, torch.Tensor):
             raise InputError(f"images must be a torch.Tensor, got {type(x).__name__}")
         sizes = (self.image_size, self.padded_size)
@@ -215,20 +252,21 @@ class MagicFlow(nn.Module):
         if not x.is_floating_point():
             raise InputError(f"images must be floating point (intensities in [0, 1]), got {x.dtype}")
         x = x.to(device=self._device(), dtype=self._dtype())
-        if not bool(torch.isfinite(x).all()):
+        if validate and not bool(torch.isfinite(x).all()):
             raise InputError("images contain NaN or infinite values; expected finite intensities in [0, 1]")
         if x.shape[2] == self.image_size:
             x = pad_image(x, self.pad_before, self.pad_after, self.background)
         return x
 
-    def check_labels(self, y: torch.Tensor, batch: int) -> torch.Tensor:
-        """Validate class indices ``(batch,)`` in ``[0, num_classes)``."""
+    def check_labels(self, y: torch.Tensor, batch: int, validate: bool = True) -> torch.Tensor:
+        """Check class indices ``(batch,)``; their range ``[0, num_classes)`` only if ``validate``
+        (it waits for the device, see :meth:`prepare`)."""
         if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
             raise InputError(f"labels must be an integer torch.Tensor of class indices, got {getattr(y, 'dtype', type(y).__name__)}")
         if y.shape != (batch,):
             raise InputError(f"labels must have shape ({batch},) to match the batch, got {tuple(y.shape)}")
         y = y.to(device=self._device(), dtype=torch.long)
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
+        if validate and bool(((y < 0) | (y >= self.num_classes)).any()):
             raise InputError(f"labels must be in [0, {self.num_classes - 1}], got values {y.unique().tolist()}")
         return y
 
@@ -254,10 +292,13 @@ class MagicFlow(nn.Module):
         latents.append(h)
         return latents, logdet
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Images ``(B, C, S, S)`` -> (latents as in :attr:`latent_shapes`, log|det J| per image)."""
-        x = self.prepare(x)
-        y = self.check_labels(y, x.shape[0])
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, validate: bool = True
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Images ``(B, C, S, S)`` -> (latents as in :attr:`latent_shapes`, log|det J| per image).
+        ``validate=False`` skips the value checks that wait for the device (see :meth:`prepare`)."""
+        x = self.prepare(x, validate)
+        y = self.check_labels(y, x.shape[0], validate)
         return self._flow(x, y, per_position=False)
 
     def inverse(self, latents: list[torch.Tensor], y: torch.Tensor, crop: bool = True) -> torch.Tensor:
@@ -284,15 +325,23 @@ class MagicFlow(nn.Module):
         return crop_image(h, self.pad_before, self.pad_after) if crop else h
 
     # ----------------------------------------------------------------- densities
-    def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log p(x | y) in nats per image, shape (B,)."""
-        latents, logdet = self.forward(x, y)
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """log p(x | y) in nats per image, shape (B,): the continuous density of the padded image."""
+        latents, logdet = self.forward(x, y, validate)
         prior = sum(_normal_log_density(z).flatten(1).sum(1) for z in latents)
         return prior + logdet
 
-    def bits_per_dim(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """-log2 p(x | y) divided by the modelled dimensions (:attr:`num_dims`), per image."""
-        return -self.log_prob(x, y) / (self.num_dims * math.log(2))
+    def log_likelihood(
+        self, x: torch.Tensor, y: torch.Tensor, bin_width: float, validate: bool = True
+    ) -> torch.Tensor:
+        """log P(x | y) in nats of the image quantised to bins of ``bin_width`` (a lower bound,
+        see the module docstring): ``log_prob + num_dims * log(bin_width)``. Pass
+        :meth:`dequantise` output for the standard single-sample estimate."""
+        return self.log_prob(x, y, validate) + self.num_dims * math.log(bin_width)
+
+    def bits_per_dim(self, x: torch.Tensor, y: torch.Tensor, bin_width: float) -> torch.Tensor:
+        """``-log2 P(x | y)`` (:meth:`log_likelihood`) per image dimension (:attr:`image_dims`)."""
+        return -self.log_likelihood(x, y, bin_width) / (self.image_dims * math.log(2))
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -341,28 +390,36 @@ class MagicFlow(nn.Module):
             scores = scores + log_prior.to(scores)
         return torch.softmax(scores / temperature, dim=1)
 
+    def _spread(self, m: torch.Tensor) -> torch.Tensor:
+        """A per-position map of one scale onto the padded image grid: the total over channels
+        at each position, shared evenly by the ``C x f x f`` input values that position came
+        from (``f`` = the scale's downsampling). After a squeeze the 1x1 convolutions mix all
+        channels of a position, so no single pixel owns a channel's term; placing channel
+        ``4c + 2i + j`` on pixel ``(i, j)`` instead gave every map a fixed 8x8 pattern (from
+        ActNorm's per-channel scales) and row stripes (from the split halves)."""
+        factor = self.padded_size // m.shape[-1]
+        total = m.sum(1, keepdim=True) / (self.in_channels * factor * factor)
+        if factor > 1:
+            total = total.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+        return total.expand(-1, self.in_channels, -1, -1)
+
     def attribution(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Likelihood attribution map H(x, y), shaped like the (unpadded) input.
 
-        Per position: coupling log-scales ``(1-M) s1 + M s2``, ActNorm log-scales, the 1x1
-        convolution's log|det W| spread over channels, and the latents' Gaussian log-densities,
-        carried back through merges and unsqueezes; the padded border is folded onto the
-        nearest image pixel. ``H.sum()`` equals ``log_prob(x, y)`` per image. A 3-D ``x``
-        ``(C, S, S)`` with a 1-element ``y`` gives a 3-D map."""
+        Terms per position: coupling log-scales ``(1-M) s1 + M s2``, ActNorm log-scales, the
+        1x1 convolution's log|det W| and the latents' Gaussian log-densities. Full-resolution
+        terms stay on their pixel; each coarser scale's terms are spread over the block of
+        pixels they came from (:meth:`_spread`), so a constant image gives a map without
+        sub-block periodicity. The padded border is folded onto the nearest image pixel.
+        ``H.sum()`` equals ``log_prob(x, y)`` per image. A 3-D ``x`` ``(C, S, S)`` with a
+        1-element ``y`` gives a 3-D map."""
         single = isinstance(x, torch.Tensor) and x.dim() == 3
         if single:
             x = x[None]
         x = self.prepare(x)
         y = self.check_labels(y, x.shape[0])
         latents, maps = self._flow(x, y, per_position=True)
-        pending = [_normal_log_density(z) for z in latents]
-        h = pending.pop()
-        for i in reversed(range(len(self.steps))):
-            if i in self.split_after:
-                h = merge(h, pending.pop())
-            h = h + maps[i]
-            if i in self.squeeze_before:
-                h = unsqueeze(h)
+        h = sum(self._spread(m) for m in maps) + sum(self._spread(_normal_log_density(z)) for z in latents)
         h = fold_border(h, self.pad_before, self.pad_after)
         return h[0] if single else h
 
@@ -380,12 +437,31 @@ class MagicFlow(nn.Module):
         for module in self.modules():
             if isinstance(module, SpatialConv2d):
                 module.channels_last = enabled
-                module.weight.data = module.weight.data.contiguous(memory_format=layout)
+                if not parametrize.is_parametrized(module, "weight"):  # weight-normalised: computed per call
+                    module.weight.data = module.weight.data.contiguous(memory_format=layout)
 
     def compile_networks(self, **kwargs: Any) -> None:
-        """``torch.compile`` each coupling network (flow bookkeeping stays eager)."""
+        """``torch.compile`` each coupling network in place (``nn.Module.compile``: parameter
+        names, and so checkpoints, stay as they are); flow bookkeeping stays eager.
+
+        All networks of a kind share one ``forward``, and dynamo keeps at most
+        ``recompile_limit`` (8) graphs per code object before falling back to eager: the limit
+        is raised to cover every network's shape in training and in no-grad passes."""
+        import torch._dynamo.config as dynamo_config
+
+        needed = 4 * len(self.steps) * 2  # two nets per step at most, train and no-grad, slack for eval
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * needed)
         for step in self.steps:
             coupling = step.coupling
-            coupling.net_b = torch.compile(coupling.net_b, **kwargs)
+            coupling.net_b.compile(**kwargs)
             if coupling.net_a is not None:
-                coupling.net_a = torch.compile(coupling.net_a, **kwargs)
+                coupling.net_a.compile(**kwargs)
+
+
+def use_fast_cuda_kernels(tf32: bool = True) -> None:
+    """TF32 matmuls and convolutions (10-bit mantissa inputs, fp32 accumulation) and cuDNN
+    autotuning for fixed shapes: the GPU settings of training and ``magicflow bench``."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True

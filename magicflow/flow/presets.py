@@ -1,7 +1,10 @@
 """Model configurations. A config is a plain JSON-able dict, stored in every checkpoint.
 
-``paper`` reproduces the authors' 24-step layout and per-step coupling widths; ``small``
-keeps the same layout with narrow couplings so it trains on a laptop CPU."""
+``paper`` is the authors' model: their 24-step layout, per-step widths, coupling networks
+block by block (``architecture: authors``), one network per coupling and a 128-d label
+embedding. ``lite`` is the earlier, lighter ``paper`` preset: the same layout and widths with
+the compact networks (one CBAM, ASPP-SE and context block; 2.8x fewer FLOPs). ``small`` keeps
+the layout with narrow compact couplings so it trains on a laptop CPU."""
 
 from __future__ import annotations
 
@@ -44,10 +47,18 @@ _BASE: dict[str, Any] = {
     "lite_steps": [],
     "dropout": 0.1,
     "actnorm_init_images": 64,
+    "architecture": "compact",
+    "head": "conv",
+    "checker_phase": "same",  # "alternating": checkerboard phase flips per channel (the authors')
 }
 
+#: keys added after checkpoints were first written, with the value those checkpoints used
+LEGACY_DEFAULTS: dict[str, Any] = {"architecture": "compact", "head": "conv", "checker_phase": "same"}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {**_BASE, "widths": PAPER_WIDTHS},
+    "paper": {**_BASE, "widths": PAPER_WIDTHS, "architecture": "authors", "embed_dim": 128, "shared_nets": True,
+              "dropout": 0.3, "checker_phase": "alternating"},
+    "lite": {**_BASE, "widths": PAPER_WIDTHS},
     "small": {**_BASE, "widths": SMALL_WIDTHS, "embed_dim": 16, "shared_nets": True, "lite_steps": list(range(11))},
 }
 
