@@ -18,7 +18,9 @@ from magicflow.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-LIBRARY_PRESETS = ("paper", "small")
+#: the flow library's presets (magicflow.flow.presets.PRESETS, which imports torch: too slow to load
+#: for validating a config at every Snakemake start); a test holds the two equal
+LIBRARY_PRESETS = ("paper", "lite", "small")
 
 
 def _key(path) -> str:

@@ -83,3 +83,10 @@ def test_evaluate_without_a_settings_file_uses_the_schema_defaults(tmp_path: Pat
     given = tmp_path / "evaluation.json"
     given.write_text('{"bootstrap": 50, "nearest_k": null}')
     assert evaluation_settings(given, seed=4) == {**expected, "bootstrap": 50}
+
+
+def test_library_presets_are_the_flow_librarys():
+    from magicflow.config import LIBRARY_PRESETS
+    from magicflow.flow.presets import PRESETS
+
+    assert LIBRARY_PRESETS == tuple(PRESETS)
