@@ -118,7 +118,7 @@ def _converted(tmp_path, edit=None, tracer=None):
             ds = pydicom.dcmread(path)
             edit(ds, (int(ds.InstanceNumber) - 1) // 3)
             ds.save_as(path, enforce_file_format=True)
-    image, sidecar = convert_series(folder, tmp_path / "nifti", "I1")
+    image, sidecar, _ = convert_series(folder, tmp_path / "nifti", "I1")
     return image, json.loads(sidecar.read_text())
 
 
