@@ -12,11 +12,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
 from magicflow.preprocess.template import Template
+
+if TYPE_CHECKING:
+    from magicflow.preprocess.pet import Realignment
 
 #: Seed for ANTs' random metric sampling, so reruns give the same transforms (up to
 #: floating-point differences from multi-threaded reductions).
@@ -130,24 +134,63 @@ def register_t1(
     return T1Result(native, mni_img, Path(affine), Path(warp), time.perf_counter() - start)
 
 
+def _rigid(fixed, moving, iterations: tuple[int, ...], shrink: tuple[int, ...], smoothing: tuple[int, ...],
+           prefix: Path) -> Path:
+    """Rigid (6 dof) Mattes mutual-information registration; the ``.mat`` maps fixed points to moving points."""
+    reg = _ants().registration(
+        fixed=fixed, moving=moving, type_of_transform="Rigid", aff_metric="mattes", aff_iterations=iterations,
+        aff_shrink_factors=shrink, aff_smoothing_sigmas=smoothing, outprefix=str(prefix),
+    )
+    return Path(reg["fwdtransforms"][0])
+
+
 def rigid_to_t1(
     moving_img: nib.Nifti1Image, t1_native: nib.Nifti1Image, preset: Preset, workdir: Path, name: str
 ) -> Path:
-    """Rigid (6 dof) Mattes mutual-information registration of ``moving_img`` to the native T1.
+    """Rigid registration of ``moving_img`` to the native T1.
 
     Returns the ANTs ``.mat`` that maps T1 physical points to ``moving_img`` points."""
+    return _rigid(_read(t1_native, workdir, f"{name}_fixed"), _read(moving_img, workdir, f"{name}_moving"),
+                  preset.rigid_iterations, preset.rigid_shrink, preset.rigid_smoothing, workdir / f"{name}_to_t1_")
+
+
+#: PET frame realignment schedule, on the PET grid (2-3 mm voxels): frames of one scan share
+#: contrast, so a short schedule down to the full resolution suffices
+FRAME_ITERATIONS, FRAME_SHRINK, FRAME_SMOOTHING = (100, 50, 20), (4, 2, 1), (2, 1, 0)
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def ras_matrix(transform_file: Path) -> np.ndarray:
+    """An ANTs affine ``.mat`` (LPS, fixed -> moving points) as a 4x4 RAS world matrix."""
+    tx = _ants().read_transform(str(transform_file))
+    params, centre = np.asarray(tx.parameters, dtype=float), np.asarray(tx.fixed_parameters, dtype=float)
+    linear = params[:9].reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3], lps[:3, 3] = linear, centre + params[9:12] - linear @ centre
+    return _LPS @ lps @ _LPS
+
+
+def realign_frames(frames: nib.Nifti1Image, reference: int, workdir: Path) -> Realignment:
+    """Rigidly realign every frame of a 4D PET to frame ``reference`` (resampled linearly on its grid)."""
+    from magicflow.preprocess.pet import Realignment
+
     ants = _ants()
-    reg = ants.registration(
-        fixed=_read(t1_native, workdir, f"{name}_fixed"),
-        moving=_read(moving_img, workdir, f"{name}_moving"),
-        type_of_transform="Rigid",
-        aff_metric="mattes",
-        aff_iterations=preset.rigid_iterations,
-        aff_shrink_factors=preset.rigid_shrink,
-        aff_smoothing_sigmas=preset.rigid_smoothing,
-        outprefix=str(workdir / f"{name}_to_t1_"),
-    )
-    return Path(reg["fwdtransforms"][0])
+    data = np.asarray(frames.dataobj, dtype=np.float32)
+    frame = [nib.Nifti1Image(data[..., i], frames.affine) for i in range(data.shape[3])]
+    fixed = _read(frame[reference], workdir, "frame_ref")
+    aligned, matrices = data.copy(), []
+    for i, img in enumerate(frame):
+        if i == reference:
+            matrices.append(np.eye(4))
+            continue
+        moving = _read(img, workdir, f"frame_{i}")
+        mat = _rigid(fixed, moving, FRAME_ITERATIONS, FRAME_SHRINK, FRAME_SMOOTHING, workdir / f"frame_{i}_")
+        aligned[..., i] = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=[str(mat)],
+                                                interpolator="linear").numpy()
+        matrices.append(ras_matrix(mat))
+    centre = frames.affine[:3, :3] @ ((np.asarray(data.shape[:3]) - 1) / 2) + frames.affine[:3, 3]
+    return Realignment(nib.Nifti1Image(aligned, frames.affine), reference, tuple(matrices), centre,
+                       f"ANTs rigid (Mattes MI) to frame {reference}")
 
 
 def to_mni(
