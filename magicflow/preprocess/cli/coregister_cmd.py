@@ -30,9 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     outputs = SecondaryOutputs(Path(args.out_image), Path(args.out_rigid), Path(args.out_json))
     qc = qc_requested(args)
-    preprocess_secondary(args.image, args.modality, args.t1_json, outputs, args.bias_correct, args.threads,
-                         sidecar=args.sidecar, tracer=args.tracer)
+    record = preprocess_secondary(args.image, args.modality, args.t1_json, outputs, args.bias_correct, args.threads,
+                                  sidecar=args.sidecar, tracer=args.tracer)
     if qc:
         template_dir = read_t1_record(args.t1_json)["TemplateDir"]
-        write_qc(args.out_image, template_dir, args.qc_png, args.qc_json, args.qc_label, f"preprocess-{args.modality}")
+        motion = {"motion_mm": record.get("MaxFrameDisplacementMM"), "rotation_deg": record.get("MaxFrameRotationDeg")}
+        write_qc(args.out_image, template_dir, args.qc_png, args.qc_json, args.qc_label, f"preprocess-{args.modality}",
+                 motion)
     return 0
