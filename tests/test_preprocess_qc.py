@@ -70,3 +70,19 @@ def test_pet_motion_and_other_contrasts(tmp_path):
     assert table["flagged"].to_dict() == {"lost_FLAIR": True, "old_T1w": True, "sub-1_T2w": False,
                                           "sub-1_trc-FDG_pet": True, "sub-2_trc-FDG_pet": False}
     assert "frame motion 6.5 mm" in table.loc["sub-1_trc-FDG_pet", "flag_reason"]
+
+
+def test_partial_field_of_view_is_judged_where_it_has_data(template, tmp_path):
+    """An axial slab in place is not 'misregistered' (the check looks inside the slab), but it is
+    flagged for its coverage; the same slab moved 5 mm is misregistered."""
+    t1, mask = template
+    slab = t1.copy()
+    slab[:, :, : t1.shape[2] * 2 // 5] = 0
+    slab[:, :, t1.shape[2] * 7 // 10:] = 0
+    in_place = alignment_check(slab, t1, mask)
+    moved = alignment_check(ndimage.shift(slab, (0, 5, 0), order=1), t1, mask)
+    assert in_place["alignment"] > 0 and in_place["coverage"] < 0.9 and moved["alignment"] < 0
+    (tmp_path / "slab.json").write_text(json.dumps({"label": "slab_T1w", "image": "x", "space": "s", "png": "",
+                                                    "ncc": masked_correlation(slab, t1, mask), **in_place}))
+    reason = gather_qc([tmp_path / "slab.json"], tmp_path / "qc.tsv")["flag_reason"].iloc[0]
+    assert reason.startswith("partial field of view") and "misregistered" not in reason

@@ -47,6 +47,11 @@ SMOOTH_MM = 3.0
 #: about each axis through the brain centre; a well-registered image correlates best unmoved
 PROBE_MM = 4.0
 PROBE_DEG = 4.0
+#: 2 mm voxels the field of view is eroded by, so that probes (up to ~4 mm at the cortex) stay in it
+PROBE_ERODE = 3
+#: a T1w covering less of the template's brain than this is flagged (a partial field of view:
+#: the coronal slices would be cut); the check itself is then made where the scan has data
+MIN_COVERAGE = 0.9
 def _block_mean(volume: np.ndarray) -> np.ndarray:
     """2x2x2 block means (the 1 mm grid's even dimensions: 182x218x182 -> 91x109x91)."""
     x, y, z = (s // 2 * 2 for s in volume.shape)
@@ -81,12 +86,20 @@ def alignment_check(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -
     with small shifts and rotations: a well-registered image, however noisy or contrasted,
     correlates best where it is (its correlation peaks at no move), while a misregistered one
     correlates better after some probe. Returns the smoothed correlation ``ncc_smooth``,
-    ``alignment`` (its excess over the best probe: negative when a probe fits better) and that
-    probe ``best_probe``. The sign of the correlation is kept (T2w correlates negatively)."""
+    ``alignment`` (its excess over the best probe: negative when a probe fits better), that
+    probe ``best_probe`` and the fraction of the template brain inside the scan's field of view
+    ``coverage``. The sign of the correlation is kept (T2w correlates negatively)."""
     from scipy import ndimage
 
     img, tpl = _block_mean(image), _block_mean(template)
-    inside = _block_mean(mask.astype(np.float32)) > 0.5
+    brain = _block_mean(mask.astype(np.float32)) > 0.5
+    # the scan's field of view in MNI (outside it the resampled image is exactly 0; holes of
+    # dark tissue filled): a partial field of view is judged where it has data, and reported
+    seen = ndimage.binary_fill_holes(_block_mean((image != 0).astype(np.float32)) > 0)
+    coverage = float((brain & seen).sum() / max(int(brain.sum()), 1))
+    inside = brain & ndimage.binary_erosion(seen, iterations=PROBE_ERODE)  # probes stay inside the scan
+    if inside.sum() < 100:
+        return {"ncc_smooth": 0.0, "alignment": float("nan"), "best_probe": "", "coverage": round(coverage, 3)}
     sigma = SMOOTH_MM / 2.0
     img, tpl = ndimage.gaussian_filter(img, sigma), ndimage.gaussian_filter(tpl, sigma)
     points = np.argwhere(inside).T.astype(np.float32)  # only the brain's voxels are compared
@@ -101,7 +114,8 @@ def alignment_check(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -
     scores = {name: score(m) for name, m in _probes(points.mean(axis=1)).items()}
     best = max(scores, key=scores.get)
     alignment = sign * ncc - scores[best]
-    return {"ncc_smooth": round(ncc, 5), "alignment": round(alignment, 5), "best_probe": best if alignment < 0 else ""}
+    return {"ncc_smooth": round(ncc, 5), "alignment": round(alignment, 5), "best_probe": best if alignment < 0 else "",
+            "coverage": round(coverage, 3)}
 
 
 def _views(volume: np.ndarray) -> list[np.ndarray]:
@@ -159,7 +173,7 @@ def image_qc(
 OTHER_CONTRAST_MIN_ABS_NCC = 0.1
 #: a PET's largest frame motion, from its coregistration sidecar (see magicflow.preprocess.pet)
 MOTION_COLUMNS = ("motion_mm", "rotation_deg")
-COLUMNS = ["label", "image", "space", "ncc", "ncc_smooth", "alignment", "best_probe", *MOTION_COLUMNS, "png"]
+COLUMNS = ["label", "image", "space", "ncc", "ncc_smooth", "alignment", "best_probe", "coverage", *MOTION_COLUMNS, "png"]
 
 
 def _flag_reason(row: pd.Series, threshold: float) -> str:
@@ -176,6 +190,8 @@ def _flag_reason(row: pd.Series, threshold: float) -> str:
             reasons.append(f"smoothed NCC {smooth:.3f} < {threshold:g}")
         if not pd.isna(row["alignment"]) and row["alignment"] < 0:
             reasons.append(f"misregistered: moved {row['best_probe']} it fits the template better")
+        if not pd.isna(row["coverage"]) and row["coverage"] < MIN_COVERAGE:
+            reasons.append(f"partial field of view: {100 * row['coverage']:.0f} % of the template brain")
     elif abs(row["ncc"]) < OTHER_CONTRAST_MIN_ABS_NCC:
         reasons.append(f"|NCC| {abs(row['ncc']):.3f} < {OTHER_CONTRAST_MIN_ABS_NCC:g}")
     if not pd.isna(row["motion_mm"]) and row["motion_mm"] > MOTION_LIMIT_MM:
@@ -188,8 +204,9 @@ def _flag_reason(row: pd.Series, threshold: float) -> str:
 def gather_qc(json_paths: list[str | os.PathLike[str]], out_tsv: str | os.PathLike[str],
               threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
     """Collect per-image QC JSONs into one TSV. ``flagged`` (with ``flag_reason``) marks a T1w
-    (label ending in ``T1w``) whose smoothed NCC is below ``threshold`` or that a probe of
-    :func:`alignment_check` fits better (misregistered), another contrast with |NCC| below
+    (label ending in ``T1w``) whose smoothed NCC is below ``threshold``, that a probe of
+    :func:`alignment_check` fits better (misregistered) or that covers less than
+    :data:`MIN_COVERAGE` of the template brain, another contrast with |NCC| below
     :data:`OTHER_CONTRAST_MIN_ABS_NCC`, and a PET whose frames moved more than
     :data:`magicflow.preprocess.pet.MOTION_LIMIT_MM` / ``MOTION_LIMIT_DEG``."""
     rows = []

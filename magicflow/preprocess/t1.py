@@ -67,7 +67,7 @@ def preprocess_t1(
             settings = PRESETS[preset]
             result = ants_backend.register_t1(t1, tpl1, load_template(template_dir, settings.template_resolution), settings, work)
             native, mni, affine_file, warp_file = result.native, result.mni, result.affine_file, result.warp_file
-            fmt = "ants"
+            fmt, details = "ants", {"NeckCropMM": result.neck_crop_mm, "StepSeconds": result.step_seconds}
         else:
             from magicflow.preprocess import fsl_backend
 
@@ -76,7 +76,7 @@ def preprocess_t1(
                 fsl_backend.run(step())
             files = chain["files"]
             native, mni = nib.load(files["native"]), nib.load(files["mni"])
-            affine_file, warp_file, fmt = files["affine"], files["warp"], "fsl"
+            affine_file, warp_file, fmt, details = files["affine"], files["warp"], "fsl", {"Chain": "fsl_anat --noseg --nosubcortseg"}
         grid = nib.load(tpl1.t1)
         record: dict[str, object] = {
             "Backend": chosen,
@@ -88,6 +88,7 @@ def preprocess_t1(
             "TransformFormat": fmt,
             "Transforms": {"native": str(out.native), "affine": str(out.affine), "warp": str(out.warp)},
             "RegistrationSeconds": round(time.perf_counter() - start, 1),
+            **details,
         }
         with ExitStack() as stack:
             tmp_paths = {k: stack.enter_context(atomic_path(getattr(out, k))) for k in ("mni", "mask", "native", "affine", "warp")}
