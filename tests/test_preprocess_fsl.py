@@ -117,6 +117,15 @@ def test_t1_chain_registers_to_fsls_own_2mm_template(chain):
     assert chain["files"]["native"].name == "T1_biascorr.nii.gz"  # what T2w/FLAIR/PET are coregistered to
 
 
+def test_fsl_standard_files_are_checked(tmp_path, monkeypatch):
+    monkeypatch.delenv("FSLDIR", raising=False)
+    with pytest.raises(InputError, match=r"\$FSLDIR is not set"):
+        fsl_backend.fsl_standard_dir()
+    monkeypatch.setenv("FSLDIR", str(tmp_path))
+    with pytest.raises(InputError, match="MNI152_T1_2mm_brain_mask.nii.gz: FSL standard-space file missing"):
+        fsl_backend.fsl_standard_dir()
+
+
 def test_threads_reach_fsl_environment(tmp_path):
     (tmp_path / "t1.nii.gz").write_bytes(b"")
     interface = fsl_backend.reorient(tmp_path / "t1.nii.gz", tmp_path / "r.nii.gz", threads=3)

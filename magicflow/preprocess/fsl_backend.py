@@ -36,8 +36,8 @@ import numpy as np
 from nipype.interfaces import fsl
 from nipype.interfaces.base import CommandLine
 
-from magicflow.errors import InputError
 from magicflow.preprocess.backend import bias_correction_applies, thread_environment
+from magicflow.preprocess.template import fsl_standard_file
 
 #: FAST image types of the images it bias-corrects (never PET: see backend.BIAS_CORRECTED)
 FAST_TYPES = {"T1w": 1, "T2w": 2, "FLAIR": 2}
@@ -58,11 +58,9 @@ if TYPE_CHECKING:
 
 
 def fsl_standard_dir() -> Path:
-    """``$FSLDIR/data/standard``, where fsl_anat finds the MNI152 templates."""
-    fsldir = os.environ.get("FSLDIR")
-    if not fsldir:
-        raise InputError("FSL backend: $FSLDIR is not set, so FSL's MNI152 templates cannot be found")
-    return Path(fsldir) / "data" / "standard"
+    """``$FSLDIR/data/standard``, where fsl_anat finds the MNI152 templates (checked to hold them)."""
+    fsl_standard_file(STANDARD_2MM_MASK)
+    return fsl_standard_file(STANDARD_2MM).parent
 
 
 def _environ(threads: int) -> dict[str, str]:
