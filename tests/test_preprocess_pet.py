@@ -400,7 +400,7 @@ def test_frames_are_realigned_before_the_median(tmp_path):
     from scipy import ndimage
 
     from magicflow.preprocess import ants_backend
-    from magicflow.preprocess.pet import pet_record
+    from magicflow.preprocess.pet import motion_summary, pet_record
 
     tpl = datasets.load_mni152_template(resolution=2)
     brain = ndimage.zoom(np.asarray(tpl.dataobj, dtype=np.float32), 2 / 3, order=1)  # ~3 mm, a PET-sized grid
@@ -434,4 +434,6 @@ def test_frames_are_realigned_before_the_median(tmp_path):
         assert found["displacement_mm"] == pytest.approx(frame_motion(expected, centre).displacement_mm, abs=1.0)
         assert found["rotation_deg"] == pytest.approx(frame_motion(expected, centre).rotation_deg, abs=1.0)
     assert record["LargeMotion"] and record["MaxFrameRotationDeg"] > 4
+    summary = motion_summary(record)
+    assert summary["motion_mm"] == record["MaxFrameDisplacementMM"] and summary["frame_motion"].count(" | ") == 4
     assert pet_record(plain)["FrameAlignment"] == "none" and not pet_record(plain)["LargeMotion"]

@@ -332,6 +332,14 @@ def static_pet(pet_path: str | os.PathLike[str], sidecar: str | os.PathLike[str]
     return StaticPET(nib.Nifti1Image(static, affine), frames, timing, note, plateau, alignment, motion)
 
 
+def motion_summary(record: dict) -> dict[str, object]:
+    """The QC table's motion fields from a coregistration record: the largest displacement and
+    rotation, and every frame's as ``"0.0 mm 0.0 deg | 1.2 mm 0.8 deg | ..."``."""
+    frames = record.get("FrameMotion") or []
+    return {"motion_mm": record.get("MaxFrameDisplacementMM"), "rotation_deg": record.get("MaxFrameRotationDeg"),
+            "frame_motion": " | ".join(f"{m['displacement_mm']:.1f} mm {m['rotation_deg']:.1f} deg" for m in frames) or None}
+
+
 def pet_record(static: StaticPET) -> dict[str, object]:
     """The PET fields of the coregistration sidecar: frames, tracer and where it came from,
     frame times and what they count from, and the plateau check's outcome."""

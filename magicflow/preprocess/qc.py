@@ -154,7 +154,8 @@ def image_qc(
     out_json: str | os.PathLike[str], label: str | None = None, motion: dict[str, float | None] | None = None,
 ) -> dict[str, object]:
     """Correlation, misregistration check and overlay for one MNI image; the JSON feeds
-    :func:`gather_qc`. ``motion`` is a PET's largest frame motion (``motion_mm``, ``rotation_deg``)."""
+    :func:`gather_qc`. ``motion`` is a PET's largest frame motion (``motion_mm``, ``rotation_deg``)
+    and every frame's (``frame_motion``, see :func:`magicflow.preprocess.pet.motion_summary`)."""
     image = np.asarray(load_3d(image_path, "MNI image").dataobj, dtype=np.float32)
     tpl = np.asarray(nib.load(template.t1).dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(template.brain_mask).dataobj) > 0
@@ -172,7 +173,7 @@ def image_qc(
 #: PET weakly), so for them only a near-zero |NCC| -- no structure in common -- is a failure.
 OTHER_CONTRAST_MIN_ABS_NCC = 0.1
 #: a PET's largest frame motion, from its coregistration sidecar (see magicflow.preprocess.pet)
-MOTION_COLUMNS = ("motion_mm", "rotation_deg")
+MOTION_COLUMNS = ("motion_mm", "rotation_deg", "frame_motion")
 COLUMNS = ["label", "image", "space", "ncc", "ncc_smooth", "alignment", "best_probe", "coverage", *MOTION_COLUMNS, "png"]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from magicflow.preprocess.cli.qc_cmd import add_qc_arguments, qc_requested, write_qc
 from magicflow.preprocess.coregister import MODALITIES, SecondaryOutputs, preprocess_secondary, read_t1_record
+from magicflow.preprocess.pet import motion_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
                                   sidecar=args.sidecar, tracer=args.tracer)
     if qc:
         template_dir = read_t1_record(args.t1_json)["TemplateDir"]
-        motion = {"motion_mm": record.get("MaxFrameDisplacementMM"), "rotation_deg": record.get("MaxFrameRotationDeg")}
         write_qc(args.out_image, template_dir, args.qc_png, args.qc_json, args.qc_label, f"preprocess-{args.modality}",
-                 motion)
+                 motion_summary(record))
     return 0
