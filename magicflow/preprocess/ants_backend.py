@@ -228,13 +228,16 @@ def realign_frames(frames: nib.Nifti1Image, reference: int, workdir: Path) -> Re
     data = np.asarray(frames.dataobj, dtype=np.float32)
     frame = [nib.Nifti1Image(data[..., i], frames.affine) for i in range(data.shape[3])]
     fixed = _read(frame[reference], workdir, "frame_ref")
+    # levels whose shrunk grid keeps at least 8 voxels along every axis (a small or thin-slab PET)
+    levels = [i for i, k in enumerate(FRAME_SHRINK) if min(data.shape[:3]) / k >= 8] or [len(FRAME_SHRINK) - 1]
+    schedule = tuple(tuple(values[i] for i in levels) for values in (FRAME_ITERATIONS, FRAME_SHRINK, FRAME_SMOOTHING))
     aligned, matrices = data.copy(), []
     for i, img in enumerate(frame):
         if i == reference:
             matrices.append(np.eye(4))
             continue
         moving = _read(img, workdir, f"frame_{i}")
-        mat = _rigid(fixed, moving, FRAME_ITERATIONS, FRAME_SHRINK, FRAME_SMOOTHING, workdir / f"frame_{i}_")
+        mat = _rigid(fixed, moving, *schedule, workdir / f"frame_{i}_")
         aligned[..., i] = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=[str(mat)],
                                                 interpolator="linear").numpy()
         matrices.append(ras_matrix(mat))
