@@ -25,8 +25,9 @@ from magicflow.preprocess.template import Template
 from magicflow.preprocess.volumes import load_3d
 
 #: floor of a T1w's smoothed correlation with the template (``--threshold``): well-registered demo
-#: T1s score 0.96-0.99 however noisy (raw NCC 0.4-0.93), a 10 mm shift 0.51; misregistrations
-#: of a few mm are the probes' to find, so this only has to catch "nothing in common"
+#: T1s score 0.86-0.99 however noisy (raw NCC 0.29-0.93: sub-demo10 0.53 raw, 0.86 smoothed), the
+#: real-head test cases 0.99, a 10 mm shift 0.49-0.55; misregistrations of a few mm are the
+#: probes' to find, so this only has to catch "nothing in common"
 DEFAULT_THRESHOLD = 0.6
 
 
