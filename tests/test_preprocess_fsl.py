@@ -241,3 +241,16 @@ def test_fsl_end_to_end(tmp_path):
     rec = preprocess_secondary(tmp_path / "demo" / sub / "ses-01" / "pet" / f"{sub}_ses-01_trc-FDG_pet.nii.gz", "pet",
                                out.sidecar, pet, threads=2)
     assert rec["FrameAlignment"].startswith("mcflirt") and len(rec["FrameMotion"]) == rec["Frames"]
+
+
+def test_template_command_takes_the_backend(tmp_path, monkeypatch):
+    """``preprocess-template --backend`` builds that backend's template (the rule runs it where the backend runs)."""
+    from magicflow import cli
+    from magicflow.preprocess.cli import template_cmd
+
+    built = []
+    monkeypatch.setattr(template_cmd, "build_template", lambda out, use_fsl: built.append(use_fsl) or out)
+    assert cli.main(["preprocess-template", "--out-dir", str(tmp_path / "t"), "--backend", "ants"]) == 0
+    assert built == [False]
+    with pytest.raises(InputError, match="--backend and --source"):
+        template_cmd.run(template_cmd.argparse.Namespace(out_dir=str(tmp_path), source="fsl", backend="ants"))
