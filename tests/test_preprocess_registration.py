@@ -103,10 +103,11 @@ def test_qc_figure_and_table(subject, tmp_path):
 
     tpl = load_template(subject["root"] / "tpl", 1)
     rec = image_qc(subject["t1"].mni, tpl, tmp_path / "t1.png", tmp_path / "t1.json", "sub-1_T1w")
-    assert rec["ncc"] > 0.9 and (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
+    assert rec["ncc"] > 0.9 and rec["ncc_smooth"] > 0.95 and rec["alignment"] > 0 and rec["best_probe"] == ""
+    assert (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
     others = {"bad_T1w": 0.3, "sub-1_T2w": -0.5, "sub-1_trc-FDG_pet": 0.3, "lost_FLAIR": 0.05}
     for label, ncc in others.items():
-        (tmp_path / f"{label}.json").write_text(json.dumps(dict(rec, label=label, ncc=ncc)))
+        (tmp_path / f"{label}.json").write_text(json.dumps(dict(rec, label=label, ncc=ncc, ncc_smooth=ncc)))
     paths = [tmp_path / "t1.json", *(tmp_path / f"{label}.json" for label in others)]
     table = gather_qc(paths, tmp_path / "qc.tsv", threshold=0.8)
     saved = pd.read_csv(tmp_path / "qc.tsv", sep="\t").set_index("label")["flagged"].to_dict()
@@ -132,3 +133,50 @@ def test_threads_bound_itk():
     ratio = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).parents[1]).stdout.split()[-1])
     assert ratio < 1.2
+
+
+def test_pet_uptake_ratio_survives_preprocessing(subject, tmp_path):
+    """A PET with twice the uptake in a 40 mm sphere keeps that ratio within 2 % in MNI, with
+    --bias-correct asked for (it must not reach PET: N4 would flatten the sphere)."""
+    from scipy import ndimage
+
+    from magicflow.preprocess.ants_backend import mni_to_native_points
+
+    root, t1 = subject["root"], subject["t1"]
+    native = nib.load(t1.native)
+    solid = ndimage.binary_fill_holes(native.get_fdata() > 0.15 * np.percentile(native.get_fdata(), 99))
+    head = ndimage.gaussian_filter(solid.astype(np.float32), 1.0)
+    centre = native.affine[:3, :3] @ ((np.array(native.shape) - 1) / 2) + native.affine[:3, 3]
+    hot = centre + np.array([25.0, 0.0, 10.0])
+    shape = (88, 88, 80)  # 2.5 mm PET grid around the head
+    affine = np.diag([2.5, 2.5, 2.5, 1.0])
+    affine[:3, 3] = centre - 2.5 * (np.array(shape) - 1) / 2
+    world = (affine[:3, :3] @ np.indices(shape).reshape(3, -1) + affine[:3, 3:4])
+    to_t1 = np.linalg.inv(native.affine)
+    in_head = ndimage.map_coordinates(head, to_t1[:3, :3] @ world + to_t1[:3, 3:4], order=1).reshape(shape)
+    uptake = np.where(np.linalg.norm(world.T - hot, axis=1) < 40.0, 2.0, 1.0).reshape(shape)
+    pet = ndimage.gaussian_filter(uptake * in_head, 1.0).astype(np.float32)
+    rng = np.random.default_rng(3)
+    frames = np.stack([pet * (1 + 0.01 * rng.standard_normal(shape).astype(np.float32)) for _ in range(3)], -1)
+    path = tmp_path / "sub-x_trc-FDG_pet.nii.gz"
+    nib.save(nib.Nifti1Image(frames, affine), path)
+    (tmp_path / "sub-x_trc-FDG_pet.json").write_text(json.dumps(
+        {"TracerName": "FDG", "FrameTimesStart": [1800, 2100, 2400], "FrameDuration": [300, 300, 300]}))
+    out = SecondaryOutputs(*(tmp_path / n for n in ("pet_mni.nii.gz", "pet.mat", "pet.json")))
+    record = preprocess_secondary(path, "pet", t1.sidecar, out, bias_correct=True, threads=2)
+    assert record["BiasCorrection"] is False
+    # where each MNI voxel (2 mm grid) sits in the native T1: inside the sphere, or far from it
+    truth = nib.load(root / "demo" / "derivatives" / "groundtruth" / subject["sub"] /
+                     f"{subject['sub']}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz")
+    grid = nib.Nifti1Image(np.zeros(truth.shape[:3], np.float32), truth.affine)
+    points = mni_to_native_points([t1.warp, t1.affine], grid, tmp_path)
+    distance = np.linalg.norm(points - hot, axis=-1)
+    mni = nib.load(out.mni)
+    ijk = np.linalg.inv(mni.affine) @ np.vstack([(grid.affine[:3, :3] @ np.indices(grid.shape).reshape(3, -1)
+                                                  + grid.affine[:3, 3:4]), np.ones((1, distance.size))])
+    values = ndimage.map_coordinates(mni.get_fdata(), ijk[:3], order=1).reshape(grid.shape)
+    tpl = load_template(root / "tpl", 1)
+    brain = ndimage.map_coordinates(nib.load(tpl.brain_mask).get_fdata(), ijk[:3], order=0).reshape(grid.shape) > 0
+    ratio = np.median(values[brain & (distance < 28)]) / np.median(values[brain & (distance > 52)])
+    print(f"uptake ratio in MNI {ratio:.4f} (2 in the native PET)")
+    assert ratio == pytest.approx(2.0, rel=0.02)

@@ -11,6 +11,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -20,6 +21,9 @@ from magicflow.io import atomic_path, write_json
 from magicflow.preprocess.backend import bias_correction_applies, set_threads
 from magicflow.preprocess.template import load_template
 from magicflow.preprocess.volumes import load_3d
+
+if TYPE_CHECKING:
+    from magicflow.preprocess.pet import Realigner
 
 MODALITIES = ("T2w", "FLAIR", "pet")
 
@@ -44,6 +48,17 @@ def read_t1_record(t1_sidecar: str | os.PathLike[str]) -> dict:
     return record
 
 
+def frame_realigner(backend: str, work: Path, threads: int) -> Realigner:
+    """The backend's PET frame realignment (mcflirt on FSL, ANTs rigid otherwise)."""
+    if backend == "fsl":
+        from magicflow.preprocess import fsl_backend
+
+        return lambda frames, reference: fsl_backend.realign_frames(frames, reference, work, threads)
+    from magicflow.preprocess import ants_backend
+
+    return lambda frames, reference: ants_backend.realign_frames(frames, reference, work)
+
+
 def preprocess_secondary(
     image_path: str | os.PathLike[str], modality: str, t1_sidecar: str | os.PathLike[str],
     out: SecondaryOutputs, bias_correct: bool = False, threads: int = 1,
@@ -59,21 +74,21 @@ def preprocess_secondary(
     set_threads(threads)
     t1 = read_t1_record(t1_sidecar)
     bias_correct = bias_correction_applies(modality, bias_correct)
-    pet_info: dict[str, object] = {}
-    if modality == "pet":
-        from magicflow.preprocess.pet import pet_record, static_pet
-
-        static = static_pet(image_path, sidecar, tracer)
-        moving = static.image
-        pet_info = pet_record(static)
-    else:
-        moving = load_3d(image_path, modality)
     tpl1 = load_template(t1["TemplateDir"], 1)
     transforms = t1["Transforms"]
     print(f"[preprocess-{modality}] {image_path}: backend={t1['Backend']}", flush=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="magicflow-coreg-") as tmp:
         work = Path(tmp)
+        pet_info: dict[str, object] = {}
+        if modality == "pet":
+            from magicflow.preprocess.pet import pet_record, static_pet
+
+            static = static_pet(image_path, sidecar, tracer, realign=frame_realigner(t1["Backend"], work, threads))
+            moving = static.image
+            pet_info = pet_record(static)
+        else:
+            moving = load_3d(image_path, modality)
         if t1["Backend"] == "ants":
             from magicflow.preprocess import ants_backend
 
@@ -99,7 +114,7 @@ def preprocess_secondary(
         record = {
             "Backend": t1["Backend"], "Space": t1["Space"], "Modality": modality, "Source": str(Path(image_path)),
             "T1Sidecar": str(Path(t1_sidecar)), "BiasCorrection": bias_correct,
-            "Coregistration": "FLIRT 6 dof normmi" if t1["Backend"] == "fsl" else "ANTs Rigid, Mattes MI",
+            "Coregistration": "FLIRT 6 dof, -cost normmi -searchcost normmi" if t1["Backend"] == "fsl" else "ANTs Rigid, Mattes MI",
             "RigidTransform": str(out.rigid), "Seconds": round(time.perf_counter() - start, 1), **pet_info,
         }
         with ExitStack() as stack:

@@ -13,9 +13,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from magicflow.errors import InputError
 from magicflow.io import atomic_path, write_json
 from magicflow.preprocess.backend import resolve_backend, set_threads
-from magicflow.preprocess.template import load_template
+from magicflow.preprocess.template import SPACE_FSL, load_template
 from magicflow.preprocess.volumes import load_3d, save_float32
 
 
@@ -52,6 +53,9 @@ def preprocess_t1(
     set_threads(threads)
     chosen = resolve_backend(backend)
     tpl1 = load_template(template_dir, 1)
+    if chosen == "fsl" and tpl1.space != SPACE_FSL:
+        raise InputError(f"{template_dir}: a {tpl1.space} template, but the FSL backend registers to FSL's own "
+                         f"MNI152 ({SPACE_FSL}); rebuild it with `magicflow preprocess-template --backend fsl`")
     t1 = load_3d(t1_path, "T1")  # validate before any heavy work
     print(f"[preprocess-t1] {t1_path}: backend={chosen} preset={preset} threads={threads}", flush=True)
     start = time.perf_counter()
@@ -63,17 +67,16 @@ def preprocess_t1(
             settings = PRESETS[preset]
             result = ants_backend.register_t1(t1, tpl1, load_template(template_dir, settings.template_resolution), settings, work)
             native, mni, affine_file, warp_file = result.native, result.mni, result.affine_file, result.warp_file
-            fmt = "ants"
+            fmt, details = "ants", {"NeckCropMM": result.neck_crop_mm, "StepSeconds": result.step_seconds}
         else:
             from magicflow.preprocess import fsl_backend
 
-            tpl2 = load_template(template_dir, 2)
-            chain = fsl_backend.t1_steps(Path(t1_path), tpl1.t1, tpl2.t1, tpl2.brain_mask_dilated, work, threads)
+            chain = fsl_backend.t1_steps(Path(t1_path), fsl_backend.fsl_standard_dir(), tpl1.t1, work, threads)
             for step in chain["steps"]:
                 fsl_backend.run(step())
             files = chain["files"]
             native, mni = nib.load(files["native"]), nib.load(files["mni"])
-            affine_file, warp_file, fmt = files["affine"], files["warp"], "fsl"
+            affine_file, warp_file, fmt, details = files["affine"], files["warp"], "fsl", {"Chain": "fsl_anat --noseg --nosubcortseg"}
         grid = nib.load(tpl1.t1)
         record: dict[str, object] = {
             "Backend": chosen,
@@ -85,6 +88,7 @@ def preprocess_t1(
             "TransformFormat": fmt,
             "Transforms": {"native": str(out.native), "affine": str(out.affine), "warp": str(out.warp)},
             "RegistrationSeconds": round(time.perf_counter() - start, 1),
+            **details,
         }
         with ExitStack() as stack:
             tmp_paths = {k: stack.enter_context(atomic_path(getattr(out, k))) for k in ("mni", "mask", "native", "affine", "warp")}

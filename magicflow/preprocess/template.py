@@ -1,9 +1,10 @@
 """The MNI152 target: FSL's 1 mm grid (182x218x182) and a coarse 2 mm grid for fast presets.
 
-Where FSL is installed its own MNI152 (space ``MNI152NLin6Asym``) is used, as in ``fsl_anat``.
-Without FSL the ICBM 2009a symmetric template that nilearn ships (space
-``MNI152NLin2009aSym``) is resampled onto the same grid, so every output has FSL's geometry
-whichever template it came from; the file names carry the true space name."""
+One template per backend, built where the backend runs (:func:`space_for_backend`): the FSL
+backend registers to FSL's own MNI152 (space ``MNI152NLin6Asym``, its 1 and 2 mm files as
+``fsl_anat`` uses them); ANTs registers to the ICBM 2009a symmetric template that nilearn ships
+(space ``MNI152NLin2009aSym``), resampled onto the same grid, so every output has FSL's geometry
+whichever template it came from; the file names and records carry the true space name."""
 
 from __future__ import annotations
 
@@ -90,6 +91,34 @@ def _resample(img: nib.Nifti1Image, resolution: int, *, nearest: bool) -> np.nda
     return out.reshape(shape).astype(np.float32)
 
 
+def space_for_backend(backend: str) -> str:
+    """The template space a backend registers to: FSL's MNI152 for FSL (fsl_anat registers to
+    ``$FSLDIR/data/standard``), nilearn's ICBM 2009a for ANTs (``auto`` resolved as the backend is)."""
+    from magicflow.preprocess.backend import resolve_backend
+
+    return SPACE_FSL if resolve_backend(backend) == "fsl" else SPACE_NILEARN
+
+
+def fsl_standard_file(name: str) -> Path:
+    """A file of ``$FSLDIR/data/standard``, with an error naming it when it is missing."""
+    fsldir = os.environ.get("FSLDIR")
+    if not fsldir:
+        raise InputError("FSL's MNI152 template asked for, but $FSLDIR is not set")
+    path = Path(fsldir) / "data" / "standard" / name
+    if not path.is_file():
+        raise InputError(f"{path}: FSL standard-space file missing")
+    return path
+
+
+def _on_grid(path: Path, resolution: int) -> np.ndarray:
+    """The data of a file already on FSL's grid at ``resolution`` (checked, not resampled)."""
+    img = nib.load(path)
+    shape, affine = GRIDS[resolution]
+    if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-3):
+        raise InputError(f"{path}: expected FSL's {resolution} mm grid {shape}, got {img.shape} with affine {img.affine.tolist()}")
+    return np.asarray(img.dataobj, dtype=np.float32)
+
+
 def _sources(use_fsl: bool) -> tuple[str, dict[str, nib.Nifti1Image], str]:
     """Load the source template images: FSL's files or nilearn's bundled ICBM 2009a."""
     from nilearn import datasets
@@ -97,12 +126,12 @@ def _sources(use_fsl: bool) -> tuple[str, dict[str, nib.Nifti1Image], str]:
     gm = datasets.load_mni152_gm_template(resolution=1)
     wm = datasets.load_mni152_wm_template(resolution=1)
     if use_fsl:
-        std = Path(os.environ["FSLDIR"]) / "data" / "standard"
-        t1 = nib.load(std / "MNI152_T1_1mm.nii.gz")
-        mask = nib.load(std / "MNI152_T1_1mm_brain_mask.nii.gz")
+        t1 = nib.load(fsl_standard_file("MNI152_T1_1mm.nii.gz"))
+        mask = nib.load(fsl_standard_file("MNI152_T1_1mm_brain_mask.nii.gz"))
         source = (
-            f"FSL {std}/MNI152_T1_1mm and MNI152_T1_1mm_brain_mask; GM/WM maps are nilearn's "
-            "ICBM 2009a maps resampled (close to, not identical with, the FSL template)"
+            f"FSL {fsl_standard_file('MNI152_T1_1mm.nii.gz').parent}: MNI152_T1_1mm/_2mm and their brain masks "
+            "(the 2 mm files FSL's own, its dilated mask as fsl_anat makes it: -fillh -dilF); GM/WM maps are "
+            "nilearn's ICBM 2009a maps resampled (close to, not identical with, the FSL template)"
         )
         return SPACE_FSL, {"t1": t1, "brain_mask": mask, "gm": gm, "wm": wm}, source
     t1 = datasets.load_mni152_template(resolution=1)
@@ -126,9 +155,14 @@ def build_template(out_dir: str | os.PathLike[str], use_fsl: bool | None = None)
     with atomic_dir(out) as tmp:
         for res, (shape, affine) in GRIDS.items():
             names = template_filenames(space, res)
-            t1 = _resample(images["t1"], res, nearest=False)
-            mask = _resample(images["brain_mask"], res, nearest=True) > 0.5
-            dil = ndimage.binary_dilation(mask, iterations=max(1, 6 // res))
+            if use_fsl and res == 2:  # FSL's own 2 mm files, as fsl_anat registers to them (not a resample)
+                t1 = _on_grid(fsl_standard_file("MNI152_T1_2mm.nii.gz"), res)
+                mask = _on_grid(fsl_standard_file("MNI152_T1_2mm_brain_mask.nii.gz"), res) > 0.5
+                dil = ndimage.binary_dilation(ndimage.binary_fill_holes(mask), np.ones((3, 3, 3), bool))  # -fillh -dilF
+            else:
+                t1 = _resample(images["t1"], res, nearest=False)
+                mask = _resample(images["brain_mask"], res, nearest=True) > 0.5
+                dil = ndimage.binary_dilation(mask, iterations=max(1, 6 // res))
             arrays = {
                 "t1": t1,
                 "brain_mask": mask.astype(np.uint8),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from magicflow.preprocess.cli.qc_cmd import add_qc_arguments, qc_requested, write_qc
 from magicflow.preprocess.coregister import MODALITIES, SecondaryOutputs, preprocess_secondary, read_t1_record
+from magicflow.preprocess.pet import motion_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     outputs = SecondaryOutputs(Path(args.out_image), Path(args.out_rigid), Path(args.out_json))
     qc = qc_requested(args)
-    preprocess_secondary(args.image, args.modality, args.t1_json, outputs, args.bias_correct, args.threads,
-                         sidecar=args.sidecar, tracer=args.tracer)
+    record = preprocess_secondary(args.image, args.modality, args.t1_json, outputs, args.bias_correct, args.threads,
+                                  sidecar=args.sidecar, tracer=args.tracer)
     if qc:
         template_dir = read_t1_record(args.t1_json)["TemplateDir"]
-        write_qc(args.out_image, template_dir, args.qc_png, args.qc_json, args.qc_label, f"preprocess-{args.modality}")
+        write_qc(args.out_image, template_dir, args.qc_png, args.qc_json, args.qc_label, f"preprocess-{args.modality}",
+                 motion_summary(record))
     return 0
