@@ -84,7 +84,7 @@ def data(m: dict, excluded: dict[str, pd.DataFrame]) -> str:
     if not paper:
         body += '<p class="note">This experiment is not one of the paper\'s four tasks: no Table 4 counts to compare with.</p>'
     body += "<h3>Registration QC flags</h3>"
-    body += h.table(d["qc_flags"], ["dataset", "label", "ncc", "threshold"]) if d["qc_flags"] else '<p class="note">No image of this experiment was flagged.</p>'
+    body += h.table(d["qc_flags"], ["dataset", "label", "ncc", "ncc_smooth", "threshold", "flag_reason"]) if d["qc_flags"] else '<p class="note">No image of this experiment was flagged.</p>'
     body += "<h3>Images excluded when the manifest was built</h3>"
     for dataset, table in excluded.items():
         if table.empty:

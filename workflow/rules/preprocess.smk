@@ -5,10 +5,10 @@
 
 from magicflow.datasets.manifest import IMAGE_STEM, read_manifest
 from magicflow.preprocess.backend import resolve_backend
-from magicflow.preprocess.template import template_space
+from magicflow.preprocess.template import space_for_backend
 
-SPACE = template_space()
 BACKEND = resolve_backend(config["registration"]["backend"])
+SPACE = space_for_backend(BACKEND)  # the template of the backend that registers (FSL's MNI152, or nilearn's 2009a)
 PREPROC = f"{RESULTS}/{{dataset}}/preproc/{{image}}/{{image}}"
 TEMPLATE = f"{RESULTS}/template"
 ENV_REGISTRATION = "../../envs/fsl.yaml" if BACKEND == "fsl" else ENV_MAGICFLOW
@@ -55,6 +55,8 @@ wildcard_constraints:
 rule preprocess_template:
     output:
         directory(TEMPLATE),
+    params:
+        backend=BACKEND,
     threads: 1
     resources:
         mem_mb=4000,
@@ -64,9 +66,9 @@ rule preprocess_template:
     benchmark:
         benchmark_path("preprocess_template", "template")
     conda:
-        ENV_MAGICFLOW
+        ENV_REGISTRATION
     shell:
-        "{LOGGED} {log} {MAGICFLOW} preprocess-template --out-dir {output}"
+        "{LOGGED} {log} {MAGICFLOW} preprocess-template --backend {params.backend} --out-dir {output}"
 
 
 rule preprocess_t1:
