@@ -79,7 +79,7 @@ rule dicom_to_nifti:
         root=dataset_root,
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=1000,
         runtime=240,
     log:
         log_path("dicom_to_nifti", "{dataset}"),
@@ -106,7 +106,7 @@ checkpoint dataset_manifest:
         options=manifest_options,
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=1000,
         runtime=30,
     log:
         log_path("manifest", "{dataset}"),

@@ -14,7 +14,7 @@ rule demo_cohort:
         tracers=lambda wc: " ".join(config["datasets"][wc.dataset]["tracers"]),
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=5000,
         runtime=20,
     log:
         log_path("demo_cohort", "{dataset}"),

@@ -69,7 +69,7 @@ rule split:
         slices=lambda wc: slices_args(wc, arrays=False),
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=1000,
         runtime=10,
     log:
         log_path("split", "{experiment}"),
@@ -101,7 +101,7 @@ rule train_fold:
         out=lambda wc: f"{RESULTS}/{wc.experiment}/models/{wc.fold}",
     threads: config["training"]["threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=240,
         gpu=GPU,
     log:
@@ -125,7 +125,7 @@ rule sample_fold:
         out=lambda wc: f"{RESULTS}/{wc.experiment}/samples/{wc.fold}",
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
-        mem_mb=4000,
+        mem_mb=1000,
         runtime=60,
         gpu=GPU,
     log:
@@ -151,7 +151,7 @@ rule classify_fold:
         slices=slices_args,
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=GPU,
     log:
@@ -179,7 +179,7 @@ rule attribution_fold:
         out=lambda wc: f"{RESULTS}/{wc.experiment}/attribution/{wc.fold}",
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=GPU,
     log:

@@ -10,6 +10,9 @@ from magicflow.preprocess.template import space_for_backend
 BACKEND = resolve_backend(config["registration"]["backend"])
 SPACE = space_for_backend(BACKEND)  # the template of the backend that registers (FSL's MNI152, or nilearn's 2009a)
 PREPROC = f"{RESULTS}/{{dataset}}/preproc/{{image}}/{{image}}"
+# Peak memory of a registration job (MB), measured with a margin: demo preset 0.87 GB (T1w) and
+# 0.63 GB (coregistration) in the demo's benchmarks; full preset at 1 mm see config/README.md.
+REGISTRATION_MEM_MB = {"demo": {"t1": 1500, "coregister": 1000}, "full": {"t1": 4000, "coregister": 2500}}[config["registration"]["preset"]]
 TEMPLATE = f"{RESULTS}/template"
 ENV_REGISTRATION = "../../envs/fsl.yaml" if BACKEND == "fsl" else ENV_MAGICFLOW
 
@@ -59,7 +62,7 @@ rule preprocess_template:
         backend=BACKEND,
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=1500,
         runtime=10,
     log:
         log_path("preprocess_template", "template"),
@@ -91,7 +94,7 @@ rule preprocess_t1:
         preset=config["registration"]["preset"],
     threads: config["registration"]["threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=REGISTRATION_MEM_MB['t1'],
         runtime=90,
     log:
         log_path("preprocess_t1", "{dataset}_{image}"),
@@ -134,7 +137,7 @@ rule preprocess_coregister:
         tracer=lambda wc: manifest_row(wc)["tracer_name"],
     threads: config["registration"]["threads"]
     resources:
-        mem_mb=6000,
+        mem_mb=REGISTRATION_MEM_MB['coregister'],
         runtime=30,
     log:
         log_path("preprocess_coregister", "{dataset}_{image}"),
@@ -157,7 +160,7 @@ rule qc_table:
         threshold=config["registration"]["qc_threshold"],
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=500,
         runtime=5,
     log:
         log_path("qc_table", "{dataset}"),
@@ -183,7 +186,7 @@ rule dataset_slices:
         exclude=lambda wc, input: f"--exclude-flagged {input.qc}" if config["registration"]["exclude_failed_qc"] else "",
     threads: 1
     resources:
-        mem_mb=6000,
+        mem_mb=lambda wc, input: 1000 + int(input.size_mb),
         runtime=30,
     log:
         log_path("slices", "{dataset}"),

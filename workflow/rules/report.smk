@@ -63,7 +63,7 @@ rule evaluate_experiment:
         results=lambda wc: f"{RESULTS}/{wc.experiment}",
     threads: config["evaluation"]["threads"]
     resources:
-        mem_mb=6000,
+        mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
         runtime=60,
     log:
         log_path("evaluate", "{experiment}"),
@@ -95,7 +95,7 @@ rule report_experiment:
         results=lambda wc: f"{RESULTS}/{wc.experiment}",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=1000,
         runtime=10,
     log:
         log_path("report", "{experiment}"),
