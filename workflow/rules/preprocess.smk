@@ -10,9 +10,10 @@ from magicflow.preprocess.template import space_for_backend
 BACKEND = resolve_backend(config["registration"]["backend"])
 SPACE = space_for_backend(BACKEND)  # the template of the backend that registers (FSL's MNI152, or nilearn's 2009a)
 PREPROC = f"{RESULTS}/{{dataset}}/preproc/{{image}}/{{image}}"
-# Peak memory of a registration job (MB), measured with a margin: demo preset 0.87 GB (T1w) and
-# 0.63 GB (coregistration) in the demo's benchmarks; full preset at 1 mm see config/README.md.
-REGISTRATION_MEM_MB = {"demo": {"t1": 1500, "coregister": 1000}, "full": {"t1": 4000, "coregister": 2500}}[config["registration"]["preset"]]
+# Peak memory of a registration job (MB) with a margin: measured 0.87 GB (T1w) and 0.63 GB
+# (coregistration) with the demo preset, 1.75 GB for a 1 mm T1w with the full preset; the full
+# preset's coregistration is not measured yet (2.5 GB is an upper guess).
+REGISTRATION_MEM_MB = {"demo": {"t1": 1500, "coregister": 1000}, "full": {"t1": 3000, "coregister": 2500}}[config["registration"]["preset"]]
 TEMPLATE = f"{RESULTS}/template"
 ENV_REGISTRATION = "../../envs/fsl.yaml" if BACKEND == "fsl" else ENV_MAGICFLOW
 
