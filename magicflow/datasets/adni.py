@@ -12,7 +12,8 @@ import re
 from datetime import date
 from pathlib import Path
 
-from magicflow.datasets.ida import SeriesFilter, parse_date, read_ida
+from magicflow.datasets.clock import parse_date
+from magicflow.datasets.ida import SeriesFilter, read_ida
 from magicflow.datasets.manifest import Exclusion, ImageRow
 from magicflow.datasets.tables import read_table, relabel
 from magicflow.errors import InputError

@@ -1,4 +1,5 @@
-"""Clock times of PET headers and sidecars, and intervals that stay right across midnight.
+"""Dates of tables, folders and sessions; clock times of PET headers and sidecars, and intervals
+that stay right across midnight.
 
 DICOM TM values ('235500.000000') and the 'HH:MM:SS' strings of dcm2niix and BIDS sidecars
 carry no date, so an acquisition that passes midnight would give negative intervals if the
@@ -8,8 +9,21 @@ the helpers below rely on that and nothing else."""
 from __future__ import annotations
 
 import re
+from datetime import date, datetime
 
 DAY_S = 86400.0
+DATE_FORMATS = ("%m/%d/%Y", "%Y-%m-%d", "%Y%m%d", "%m/%d/%y", "%Y-%m-%d %H:%M:%S")
+
+
+def parse_date(value: str) -> date | None:
+    """IDA writes M/D/YYYY; ADNIMERGE and DXSUM write YYYY-MM-DD; folders and IDA sessions give
+    YYYYMMDD. None when the value is none of these."""
+    for fmt in DATE_FORMATS:
+        try:
+            return datetime.strptime(value.strip(), fmt).date()
+        except ValueError:
+            continue
+    return None
 CLOCK = re.compile(r"(\d{2}):?(\d{2}):?(\d{2}(?:\.\d*)?)")
 
 

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -24,6 +24,7 @@ import nibabel as nib
 import pandas as pd
 
 from magicflow.datasets.bids import scanner_name
+from magicflow.datasets.clock import parse_date
 from magicflow.datasets.dicom import NIFTI, assemble_frames, convert_series, main_image
 from magicflow.datasets.manifest import (
     MISSING, Exclusion, ImageRow, check_subject_ids, drop_duplicate_images, exclusion_of,
@@ -197,16 +198,6 @@ def read_collection(path: str | Path) -> dict[str, dict[str, str]]:
             raise InputError(f"IDA collection CSV {str(path)!r}: image ID {image} listed twice with different values")
         out[image] = row
     return out
-
-
-def parse_date(value: str) -> date | None:
-    """IDA writes M/D/YYYY; ADNIMERGE and DXSUM write YYYY-MM-DD; folders give YYYYMMDD."""
-    for fmt in ("%m/%d/%Y", "%Y-%m-%d", "%Y%m%d", "%m/%d/%y", "%Y-%m-%d %H:%M:%S"):
-        try:
-            return datetime.strptime(value.strip(), fmt).date()
-        except ValueError:
-            continue
-    return None
 
 
 # ---------------------------------------------------------------- IDA per-image XML metadata

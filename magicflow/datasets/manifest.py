@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from magicflow.config import REPO_ROOT
+from magicflow.datasets.clock import parse_date
 from magicflow.errors import InputError
 from magicflow.io import atomic_path
 
@@ -193,13 +194,7 @@ def drop_duplicate_images(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Ex
 
 def session_date(session: str) -> date | None:
     """The date a session label names (``20170510``, ``2017-05-10`` or ``ses-20170510``), else None."""
-    text = session.removeprefix("ses-")
-    for fmt in ("%Y%m%d", "%Y-%m-%d"):
-        try:
-            return datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
-    return None
+    return parse_date(session.removeprefix("ses-"))
 
 
 def assign_references(rows: list[ImageRow], max_gap_days: int | None = None) -> tuple[list[ImageRow], list[Exclusion]]:
