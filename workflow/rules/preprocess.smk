@@ -18,8 +18,17 @@ TEMPLATE = f"{RESULTS}/template"
 ENV_REGISTRATION = "../../envs/fsl.yaml" if BACKEND == "fsl" else ENV_MAGICFLOW
 
 
+_MANIFESTS = {}
+
+
 def manifest_of(dataset):
-    return read_manifest(checkpoints.dataset_manifest.get(dataset=dataset).output.manifest)
+    """The dataset's manifest, read once per version of the file: every registration job's
+    inputs and params look up their row, so a dataset of N images would otherwise be read ~8N times."""
+    path = checkpoints.dataset_manifest.get(dataset=dataset).output.manifest
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _MANIFESTS:
+        _MANIFESTS[key] = read_manifest(path)
+    return _MANIFESTS[key]
 
 
 def manifest_row(wc):
