@@ -129,6 +129,8 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         base, overrides = preset, {}
     else:
         base, overrides = config["model_presets"][preset]["base"], config["model_presets"][preset].get("overrides", {})
+    if "image_size" in overrides:
+        raise InputError(f"config key 'model_presets.{preset}.overrides.image_size': set experiments.{name}.image_size instead")
     own = experiment.get("training", {})
     training = {**config["training"], **own, "augment": {**config["training"]["augment"], **own.get("augment", {})}}
     training.pop("threads", None)  # how fast, not what is learned: changing it must rerun nothing
@@ -147,6 +149,7 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         "preset": preset,
         "preset_base": base,
         "preset_overrides": overrides,
+        "image_size": experiment["image_size"],
         "folds": folds,
         "run_folds": run_folds,
         "seed": training["seed"],

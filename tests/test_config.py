@@ -90,3 +90,20 @@ def test_library_presets_are_the_flow_librarys():
     from magicflow.flow.presets import PRESETS
 
     assert LIBRARY_PRESETS == tuple(PRESETS)
+
+
+def test_image_size_is_an_experiment_setting_not_a_preset_override():
+    config = fresh()
+    config["experiments"]["demo_scanner_generation"]["image_size"] = 64
+    settings = experiment_settings(validate_config(config), "demo_scanner_generation")
+    assert settings["image_size"] == 64
+    assert experiment_settings(validate_config(fresh()), "scanner_classification")["image_size"] == 182
+    config = fresh()
+    config["model_presets"] = {"tiny": {"base": "small", "overrides": {"image_size": 64}}}
+    config["experiments"]["demo_scanner_generation"]["preset"] = "tiny"
+    with pytest.raises(InputError, match="experiments.demo_scanner_generation.image_size instead"):
+        experiment_settings(validate_config(config), "demo_scanner_generation")
+    config = fresh()
+    config["experiments"]["demo_scanner_generation"]["image_size"] = 200
+    with pytest.raises(InputError, match="image_size"):
+        validate_config(config)

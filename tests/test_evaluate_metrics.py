@@ -212,9 +212,19 @@ def test_ms_ssim_pair_sampling_respects_classes():
     assert (labels[a] != labels[b]).all()
 
 
+def test_ms_ssim_window_shrinks_with_the_image_and_a_given_window_must_fit():
+    assert [gen.ms_ssim_kernel(side) for side in (32, 64, 96, 160, 176, 182)] == [1, 3, 5, 9, 11, 11]
+    images, _ = two_class_images(1, seed=13)
+    small = torch.nn.functional.interpolate(torch.from_numpy(images[:1]), size=(64, 64), mode="area").numpy()
+    same = gen.ms_ssim_pairs(np.concatenate([small, small]), np.array([0, 0]), pairs=2)
+    assert same["kernel_size"] == 3 and same["intra"] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(InputError, match="at least 32 px, got 8"):
+        gen.ms_ssim_kernel(8)
+
+
 def test_ms_ssim_refuses_images_too_small_for_five_scales():
     with pytest.raises(InputError, match="at least 176 x 176"):
-        gen.ms_ssim_pairs(np.zeros((2, 1, 160, 160)), np.array([0, 0]))
+        gen.ms_ssim_pairs(np.zeros((2, 1, 160, 160)), np.array([0, 0]), kernel_size=11)
     with pytest.raises(InputError, match=r"images: expected shape \(N, 1, H, W\)"):
         gen.ms_ssim_pairs(np.zeros((2, 182, 182)), np.array([0, 0]))
     with pytest.raises(InputError, match=r"\[0, 1\]"):

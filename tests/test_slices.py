@@ -10,7 +10,16 @@ import pytest
 from magicflow.errors import InputError
 from magicflow.preprocess.naming import mni_image_path
 from magicflow.preprocess.template import GRID_1MM_AFFINE, GRID_1MM_SHAPE
-from magicflow.slices import coronal_slice, extract_slices, mask_slice, normalise_volume, parse_offsets
+from magicflow.slices import (
+    coronal_slice,
+    extract_slices,
+    mask_slice,
+    normalise_volume,
+    parse_offsets,
+    resize_mask,
+    resize_slices,
+    upsample_plane,
+)
 
 
 def _world_to_index(x: float, y: float, z: float) -> tuple[int, int, int]:
@@ -123,3 +132,31 @@ def test_extract_slices_missing_image_is_an_error(tmp_path):
     with pytest.raises(InputError, match="preprocessed image missing"):
         extract_slices(manifest, tmp_path / "preproc", tmp_path / "tpl", [0], tmp_path / "s.npz", tmp_path / "s.tsv")
     assert not (tmp_path / "s.npz").exists() and not (tmp_path / "s.tsv").exists()
+
+
+def test_resize_averages_each_block_and_keeps_the_mean():
+    image = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    small = resize_slices(image, 2)
+    assert small.shape == (1, 1, 2, 2)
+    assert np.allclose(small[0, 0], [[2.5, 4.5], [10.5, 12.5]])  # means of the 2x2 blocks, worked by hand
+    rng = np.random.default_rng(0)
+    slices = rng.random((3, 1, 182, 182)).astype(np.float32)
+    assert np.allclose(resize_slices(slices, 91).mean(axis=(1, 2, 3)), slices.mean(axis=(1, 2, 3)), atol=1e-6)
+    assert np.allclose(resize_slices(np.full((1, 1, 182, 182), 0.3, np.float32), 64), 0.3)  # no ringing
+    assert resize_slices(slices, 182) is not None and resize_slices(slices, 182).shape == slices.shape
+    assert resize_slices(np.zeros((0, 1, 182, 182), np.float32), 64).shape == (0, 1, 64, 64)
+    with pytest.raises(InputError, match="image_size 200"):
+        resize_slices(slices, 200)
+
+
+def test_resized_mask_keeps_pixels_at_least_half_inside():
+    mask = np.zeros((1, 4, 4), np.uint8)
+    mask[0, :2, :2] = 1  # one full block
+    mask[0, 2, 2] = mask[0, 2, 3] = 1  # half of another
+    mask[0, 0, 3] = 1  # a quarter of a third
+    assert resize_mask(mask, 2)[0].tolist() == [[1, 0], [0, 1]]
+
+
+def test_upsampled_plane_lies_on_the_1mm_grid():
+    plane = np.full((64, 64), 0.5, np.float32)
+    assert upsample_plane(plane).shape == (182, 182) and np.allclose(upsample_plane(plane), 0.5)

@@ -14,7 +14,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from magicflow.errors import InputError
-from magicflow.experiments.train import SliceSet, TrainSettings, learning_rate, train_model
+from magicflow.experiments.train import (
+    SliceSet,
+    TrainSettings,
+    learning_rate,
+    selection_score,
+    should_stop,
+    train_model,
+)
 from magicflow.flow import MagicFlow, load_checkpoint
 
 SIZE = 16
@@ -47,7 +54,7 @@ def test_toy_training_lowers_nll_and_beats_chance(tmp_path: Path):
     table = pd.read_csv(tmp_path / "training.tsv", sep="\t")
     assert list(table["epoch"]) == list(range(1, 13)) and (tmp_path / "training.png").stat().st_size > 5000
     best, extra = load_checkpoint(tmp_path / "best.pt")
-    assert extra["selected_by"] == "val_balanced_accuracy" and 1 <= extra["epoch"] <= 12
+    assert extra["selected_by"] == "val_balanced_accuracy, then val_nll" and 1 <= extra["epoch"] <= 12
 
 
 def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path):
@@ -217,3 +224,30 @@ def test_augmentation_probability_and_clamp():
     half = augment(x, TrainSettings(noise_sigma=0.5, probability=0.5), g())
     untouched = torch.isclose(half, x).flatten(1).all(1)
     assert 0 < int(untouched.sum()) < 6
+
+
+def test_patience_stops_once_validation_nll_stops_improving():
+    rows = [{"val_nll": v} for v in (10.0, 8.0, 9.0, 8.5)]
+    assert not should_stop(rows[:3], 2) and should_stop(rows, 2)  # epochs 3-4 did not beat epoch 2's 8.0
+    assert not should_stop(rows, None) and not should_stop(rows, 4)
+    assert not should_stop(rows + [{"val_nll": 7.9}], 2)
+
+
+def test_early_stopped_run_is_complete_and_keeps_its_best_model(tmp_path: Path):
+    # lr at the floor: validation NLL barely moves, so patience 1 stops the run long before 30 epochs
+    settings = replace(SETTINGS, epochs=30, patience=1, lr=1e-9, min_lr=1e-9)
+    history = train_model(model(), toy(16, 0), toy(8, 1), tmp_path, settings, torch.device("cpu"), True, progress=False)
+    assert 2 <= len(history) < 30
+    assert list(pd.read_csv(tmp_path / "training.tsv", sep="\t")["epoch"]) == list(range(1, len(history) + 1))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["completed"] and state["epoch"] + 1 == len(history)
+    _, extra = load_checkpoint(tmp_path / "best.pt")
+    best = history.iloc[extra["epoch"] - 1]
+    assert best["val_balanced_accuracy"] == history["val_balanced_accuracy"].max()
+
+
+def test_classifier_selection_breaks_accuracy_ties_by_validation_nll():
+    tied = [selection_score({"val_balanced_accuracy": 1.0, "val_nll": nll}, True) for nll in (50.0, 40.0)]
+    assert tied[1] > tied[0]
+    assert selection_score({"val_balanced_accuracy": 0.5, "val_nll": 1.0}, True) < tied[0]
+    assert selection_score({"val_nll": 40.0}, False) > selection_score({"val_nll": 50.0}, False)

@@ -63,12 +63,14 @@ def test_manifest_target_runs_on_a_tiny_demo(tmp_path: Path):
 
 
 def tiny_experiment(config: dict) -> None:
-    """6 demo subjects (3 AD, 3 CN), MRI only, one classification experiment over 3 folds."""
+    """6 demo subjects (3 AD, 3 CN), MRI only, one classification experiment over 3 folds at 48 x 48
+    (the download-tree workflow test runs its experiment at the full 182 x 182)."""
     config["datasets"]["demo"].update(subjects=6, t1w_only=0, tracers=[])
     config["training"].update(epochs=1, batch_size=4, device="cpu")
     config["experiments"] = {
         "tiny": {"datasets": ["demo"], "label": "diagnosis", "modalities": ["T1w"], "offsets": {"train": [-1, 0], "eval": [0]},
-                 "model": "classification", "preset": "small", "folds": 3, "samples": {"per_class": 2}, "attribution": {"max_images": 2}},
+                 "model": "classification", "preset": "small", "folds": 3, "image_size": 48, "samples": {"per_class": 2},
+                 "attribution": {"max_images": 2}},
     }
     config["evaluation"] = {"features": {"kind": "in_domain", "epochs": 1}, "bootstrap": 20, "ms_ssim_pairs": 20}
 

@@ -154,6 +154,7 @@ def _pooled_maps(outputs: ExperimentOutputs) -> dict[str, np.ndarray]:
 
 def attribution_section(outputs: ExperimentOutputs, brain: np.ndarray, groundtruth: dict[str, Path], settings: dict, fig_dir: Path) -> dict:
     from magicflow.evaluate.groundtruth import slice_masks
+    from magicflow.slices import resize_mask
 
     maps = _pooled_maps(outputs)
     lookup = {c: i for i, c in enumerate(outputs.classes)}
@@ -173,7 +174,8 @@ def attribution_section(outputs: ExperimentOutputs, brain: np.ndarray, groundtru
         truth = np.zeros((len(labels), *brain.shape), bool)
         for dataset, directory in groundtruth.items():
             pick = rows[maps["dataset"][rows] == dataset]
-            truth[pick] = slice_masks(directory, list(maps["subject"][pick]), list(maps["offset"][pick]))
+            full = slice_masks(directory, list(maps["subject"][pick]), list(maps["offset"][pick]))
+            truth[pick] = resize_mask(full, brain.shape[-1]) > 0 if len(pick) else full  # at the experiment's image size
         scored = np.flatnonzero(truth.reshape(len(truth), -1).any(1))
         if len(scored):
             cm = maps["class_maps"][scored]  # (n, K, H, W)

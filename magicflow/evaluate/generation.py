@@ -244,8 +244,10 @@ def _ms_ssim(images: torch.Tensor, first: np.ndarray, second: np.ndarray, kernel
     for start in range(0, len(first), batch):
         a = images[torch.from_numpy(first[start : start + batch])]
         b = images[torch.from_numpy(second[start : start + batch])]
+        # torchmetrics sizes its Gaussian window from sigma (11 px at the default 1.5), not from
+        # kernel_size: scaling sigma with the window gives a Gaussian of exactly kernel_size px
         score = multiscale_structural_similarity_index_measure(
-            a, b, data_range=1.0, kernel_size=kernel_size, reduction="none"
+            a, b, data_range=1.0, kernel_size=kernel_size, sigma=1.5 * kernel_size / 11, reduction="none"
         )
         values.append(score.reshape(-1).double().numpy())
     return np.concatenate(values) if values else np.empty(0)
@@ -256,7 +258,7 @@ def ms_ssim_pairs(
     labels: np.ndarray,
     pairs: int = 500,
     seed: int = 0,
-    kernel_size: int = 11,
+    kernel_size: int | None = None,
     batch: int = 32,
 ) -> dict[str, float | int]:
     """Mean and std MS-SSIM over ``pairs`` random intra-class pairs and ``pairs`` random
@@ -265,13 +267,14 @@ def ms_ssim_pairs(
     generator fails to tell apart.
 
     Settings: torchmetrics' MS-SSIM with its defaults, i.e. Gaussian window of size 11 and
-    sigma 1.5, k1 = 0.01, k2 = 0.03, the five Wang et al. scale weights, ``normalize="relu"``
+    sigma 1.5 (a smaller window scales sigma with it: 0.41 for 3 px), k1 = 0.01, k2 = 0.03, the five Wang et al. scale weights, ``normalize="relu"``
     (negative contrast terms are clipped to 0 instead of giving NaN under fractional powers),
     ``data_range=1`` for images in [0, 1], computed in float32 (float64 is ~15x slower on CPU
     for no visible gain). Five scales halve the image four times; torchmetrics requires
     ``side // 16 > kernel_size - 1``, i.e. sides of at least 176 px with the 11 px window, so
     182 x 182 slices fit as they are (their coarsest scale is 11 x 11). Smaller images need a
-    smaller ``kernel_size`` and are refused otherwise. Pairs are drawn with replacement, so
+    smaller window: ``kernel_size=None`` takes :func:`ms_ssim_kernel` of the side (3 px at
+    64 x 64), recorded as ``kernel_size``; a given window that does not fit is refused. Pairs are drawn with replacement, so
     a pair may repeat; where no pair is possible (one class, or singleton classes) the mean
     and std are NaN and the count 0."""
     x = np.asarray(images)
@@ -282,6 +285,8 @@ def ms_ssim_pairs(
         raise InputError(f"labels: expected shape ({len(x)},) to match the images, got {y.shape}")
     if pairs < 1:
         raise InputError(f"pairs must be >= 1, got {pairs}")
+    if kernel_size is None:
+        kernel_size = ms_ssim_kernel(min(x.shape[2:]))
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise InputError(f"kernel_size must be a positive odd number, got {kernel_size}")
     scale_div = (MS_SSIM_SCALES - 1) ** 2  # torchmetrics' size check divides by this
@@ -295,7 +300,7 @@ def ms_ssim_pairs(
         raise InputError(f"images: MS-SSIM here assumes finite values in [0, 1], got range [{np.nanmin(x)}, {np.nanmax(x)}]")
     tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     rng = np.random.default_rng(seed)
-    result: dict[str, float | int] = {}
+    result: dict[str, float | int] = {"kernel_size": int(kernel_size)}
     for name, draw in (("intra", _intra_pairs), ("inter", _inter_pairs)):
         first, second = draw(rng, y, pairs)
         scores = _ms_ssim(tensor, first, second, kernel_size, batch)
@@ -303,6 +308,16 @@ def ms_ssim_pairs(
         result[f"{name}_std"] = float(scores.std()) if len(scores) else float("nan")
         result[f"{name}_pairs"] = int(len(scores))
     return result
+
+
+def ms_ssim_kernel(side: int, largest: int = 11) -> int:
+    """The widest odd Gaussian window (at most ``largest``, torchmetrics' default) that
+    five-scale MS-SSIM accepts on ``side`` x ``side`` images: 11 from 176 px, 5 at 96, 3 at 64."""
+    scale_div = (MS_SSIM_SCALES - 1) ** 2
+    fits = [k for k in range(1, largest + 1, 2) if side >= max(2**MS_SSIM_SCALES, (k - 1) * scale_div + scale_div)]
+    if not fits:
+        raise InputError(f"MS-SSIM with {MS_SSIM_SCALES} scales needs images of at least {2**MS_SSIM_SCALES} px, got {side}")
+    return fits[-1]
 
 
 def memorisation(fake: np.ndarray, train: np.ndarray, heldout: np.ndarray) -> dict[str, np.ndarray]:

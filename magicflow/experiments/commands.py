@@ -47,14 +47,20 @@ def add_experiment_inputs(parser: argparse.ArgumentParser, arrays: bool = True) 
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
+    """Settings, the experiment's slice rows, each dataset's slice array and the brain mask,
+    all at the experiment's ``image_size`` (area-downsampled here, after slicing, so one
+    ``slices.npz`` serves every resolution)."""
+    from magicflow.slices import resize_mask, resize_slices
+
     settings = _settings(args.experiment)
+    size = settings.get("image_size", 182)
     slices = exp_data.experiment_slices(parse_pairs(args.slices, "slices"), settings)
     arrays, masks = {}, []
     for name, path in parse_pairs(args.arrays, "arrays").items():
         with np.load(path) as archive:
-            arrays[name] = archive["slices"]
+            arrays[name] = resize_slices(archive["slices"], size)
             masks.append(archive["mask_0"] if "mask_0" in archive else archive[[k for k in archive if k.startswith("mask_")][0]])
-    return settings, slices, arrays, masks[0][0]
+    return settings, slices, arrays, resize_mask(masks[0], size)[0]
 
 
 # --------------------------------------------------------------------------- split
@@ -107,12 +113,13 @@ def run_train(args: argparse.Namespace) -> int:
     settings, slices, arrays, mask = load_inputs(args)
     classes, sets = _fold_sets(args, settings, slices, arrays)
     t = settings["training"]
-    train_settings = TrainSettings(epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"],
+    train_settings = TrainSettings(epochs=t["epochs"], patience=t.get("patience"), batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"],
                                    loss=t.get("loss", "dimension"), precision=t.get("precision", "fp32"),
                                    compile=t.get("compile", False), **t.get("augment", {}))
     torch.manual_seed(t["seed"])
     model = MagicFlow.from_preset(settings["preset_base"], len(classes), coupling=settings["model"],
-                                  mask=torch.from_numpy(mask.astype(np.float32)), **settings["preset_overrides"])
+                                  mask=torch.from_numpy(mask.astype(np.float32)),
+                                  **{**settings["preset_overrides"], "image_size": int(mask.shape[-1])})
     device = resolve_device(t["device"])
     print(f"{settings['name']} {args.fold_dir.name}: {len(sets['train'])} training / {len(sets['val'])} validation slices, "
           f"{len(classes)} classes, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")

@@ -79,6 +79,9 @@ def load_set(rows: pd.DataFrame, arrays: dict[str, np.ndarray], classes: list[st
     unknown = sorted(set(rows["label"]) - set(lookup))
     if unknown:
         raise InputError(f"labels {unknown} not among the experiment's classes {classes}")
-    images = np.stack([arrays[d][i] for d, i in zip(rows["dataset"], rows["index"])]) if len(rows) else np.zeros((0, 1, 182, 182), np.float32)
+    if len(rows):
+        images = np.stack([arrays[d][i] for d, i in zip(rows["dataset"], rows["index"])])
+    else:
+        images = np.zeros((0, *next(iter(arrays.values())).shape[1:]), np.float32)
     labels = torch.tensor([lookup[v] for v in rows["label"]], dtype=torch.long)
     return SliceSet(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), labels, rows.reset_index(drop=True))

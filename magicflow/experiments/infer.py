@@ -20,15 +20,16 @@ from magicflow.experiments.train import SliceSet
 from magicflow.flow import MagicFlow
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot
+from magicflow.slices import CENTRAL_INDEX, upsample_plane
 
 FSL_MNI_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
-CENTRAL_INDEX = 109
 
 
 def slice_to_nifti(plane: np.ndarray, offset: int = 0) -> nib.Nifti1Image:
-    """A (182, 182) coronal plane (superior at row 0, subject's right at column 0) as a
-    one-slice NIfTI on FSL's MNI 1 mm grid at y index 109 + offset: the inverse of slicing."""
-    slab = np.ascontiguousarray(plane[::-1].T[:, None, :], dtype=np.float32)
+    """A coronal plane (superior at row 0, subject's right at column 0) as a one-slice NIfTI
+    on FSL's MNI 1 mm grid at y index 109 + offset: the inverse of slicing. A reduced-size
+    plane is enlarged to 182 x 182 first, so viewers show it over the template."""
+    slab = np.ascontiguousarray(upsample_plane(plane)[::-1].T[:, None, :], dtype=np.float32)
     affine = FSL_MNI_AFFINE.copy()
     affine[:3, 3] += FSL_MNI_AFFINE[:3, 1] * (CENTRAL_INDEX + offset)
     return nib.Nifti1Image(slab, affine)
@@ -37,7 +38,7 @@ def slice_to_nifti(plane: np.ndarray, offset: int = 0) -> nib.Nifti1Image:
 @torch.no_grad()
 def draw_samples(model: MagicFlow, classes: list[str], per_class: int, temperature: float, seed: int,
                  device: torch.device, batch: int = 16) -> np.ndarray:
-    """(K, per_class, 1, 182, 182) samples, clipped to [0, 1]; deterministic given the seed."""
+    """(K, per_class, 1, S, S) samples at the model's image size, clipped to [0, 1]; deterministic given the seed."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
@@ -108,13 +109,13 @@ def predictions_table(test: SliceSet, val: SliceSet, train: SliceSet, classes: l
 
 
 def attribution_maps(model: MagicFlow, data: SliceSet, labels: torch.Tensor, device: torch.device, batch: int = 8) -> np.ndarray:
-    """(N, 1, 182, 182) likelihood attribution maps H(x, y); each sums to log p(x | y)."""
+    """(N, 1, S, S) likelihood attribution maps H(x, y) at the model's image size; each sums to log p(x | y)."""
     model.eval()
     maps = []
     with torch.no_grad():
         for s in range(0, len(data), batch):
             maps.append(model.attribution(data.images[s:s + batch].to(device), labels[s:s + batch].to(device)).cpu())
-    return torch.cat(maps).numpy() if maps else np.zeros((0, 1, 182, 182), np.float32)
+    return torch.cat(maps).numpy() if maps else np.zeros((0, 1, model.image_size, model.image_size), np.float32)
 
 
 def overlay_png(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], mask: np.ndarray, title: str) -> None:
@@ -124,6 +125,10 @@ def overlay_png(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], mask
     percentiles, so one extreme pixel does not wash out the rest."""
     plt = pyplot()
     from matplotlib.colors import TwoSlopeNorm
+
+    # reduced-size experiments: shown enlarged to the 1 mm grid, so every report looks alike
+    image, mask = upsample_plane(image), upsample_plane(mask) >= 0.5
+    maps = {name: upsample_plane(h) for name, h in maps.items()}
 
     fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.6))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
