@@ -396,3 +396,16 @@ def test_attribution_of_a_constant_image_has_no_block_pattern(kind: str):
         log_prob = model.log_prob(x, torch.tensor([1]))
     torch.testing.assert_close(maps.sum(), log_prob.sum(), rtol=1e-5, atol=0)
     assert _block_pattern(maps, 8) < 0.05 and _block_pattern(maps, 4) < 0.05
+
+
+def test_a_side_divisible_by_eight_has_no_border_and_its_own_likelihood():
+    """At the demo's kind of size (a multiple of 2**squeezes) nothing is padded: the density is
+    that of the image itself, and bits/dim divide by the
+    dimensions the density is over."""
+    model = tiny(size=16)
+    assert model.padded_size == model.image_size == 16 and model.num_dims == model.image_dims == 256
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert model.dequantise(x, 0.01, torch.Generator().manual_seed(0)).shape == x.shape
+        bits = model.bits_per_dim(x, y, 1 / 256)
+        torch.testing.assert_close(bits, -(model.log_prob(x, y) - 256 * math.log(256)) / (256 * math.log(2)))

@@ -35,7 +35,7 @@ def metrics_record() -> dict:
                     "macro_f1": 0.69, "n": 8, "per_class_recall": {"AD": 0.6, "CN": 0.8}}
     return {
         "experiment": "diagnosis_classification", "model": "classification", "label": "diagnosis", "classes": ["AD", "CN"],
-        "datasets": ["adni", "demo"], "folds_run": 2, "folds": 5,
+        "datasets": ["adni", "demo"], "image_size": 64, "folds_run": 2, "folds": 5,
         "feature_extractor": {"kind": "in_domain", "name": "in-domain ResNet", "feature_dim": 64, "checksum": "ab" * 32, "suffix": "ID"},
         "data": {"counts": [{"dataset": "adni", "class": "AD", "subjects": 3, "images": 3, "slices": 27},
                             {"dataset": "demo", "class": "CN", "subjects": 4, "images": 4, "slices": 4}],
@@ -90,6 +90,7 @@ def test_report_has_every_section_and_embeds_its_figures(report_files):
     assert "sub-demo03_ses-01_T1w" in page and "unreadable" in page
     assert "0.750 (p = 0.012, n = 8)" in page  # pooled balanced accuracy against label shuffles
     assert "FID_ID" in page and "too few held-out slices" in page and "PRDC needs more rows" in page
+    assert "images 64 x 64 (area-averaged from the 182 x 182 slices)" in page
 
 
 def test_missing_figure_is_shown_not_hidden(report_files):

@@ -17,6 +17,7 @@ from magicflow.errors import InputError
 from magicflow.experiments.train import (
     SliceSet,
     TrainSettings,
+    WeightAverage,
     learning_rate,
     selection_score,
     should_stop,
@@ -57,17 +58,18 @@ def test_toy_training_lowers_nll_and_beats_chance(tmp_path: Path):
     assert extra["selected_by"] == "val_balanced_accuracy, then val_nll" and 1 <= extra["epoch"] <= 12
 
 
-def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path):
-    train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "straight", SETTINGS, torch.device("cpu"), True, progress=False)
+@pytest.mark.parametrize("settings", [SETTINGS, replace(SETTINGS, ema=0.9)], ids=["plain", "weight-average"])
+def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path, settings: TrainSettings):
+    train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "straight", settings, torch.device("cpu"), True, progress=False)
 
     def kill_after_two(epoch: int) -> None:
         if epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "resumed", SETTINGS, torch.device("cpu"), True, on_epoch_end=kill_after_two, progress=False)
+        train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "resumed", settings, torch.device("cpu"), True, on_epoch_end=kill_after_two, progress=False)
     assert len(pd.read_csv(tmp_path / "resumed" / "training.tsv", sep="\t")) == 2
-    history = train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "resumed", SETTINGS, torch.device("cpu"), True, progress=False)
+    history = train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "resumed", settings, torch.device("cpu"), True, progress=False)
     assert list(history["epoch"]) == [1, 2, 3, 4]
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
@@ -75,6 +77,11 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    if settings.ema:  # the weight average resumes too, and it is not the live weights
+        assert all(torch.equal(x, y) for x, y in zip(straight["average"], resumed["average"]))
+        live = model()
+        live.load_state_dict(straight["model"])
+        assert any(not torch.equal(x, p.detach()) for x, p in zip(straight["average"], live.parameters()))
     # and Adam's moments and step counts, which a resume restores from the saved state
     a, b = straight["optimizer"], resumed["optimizer"]
     assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
@@ -251,3 +258,22 @@ def test_classifier_selection_breaks_accuracy_ties_by_validation_nll():
     assert tied[1] > tied[0]
     assert selection_score({"val_balanced_accuracy": 0.5, "val_nll": 1.0}, True) < tied[0]
     assert selection_score({"val_nll": 40.0}, False) > selection_score({"val_nll": 50.0}, False)
+
+
+def test_weight_average_follows_the_warmed_up_decay_and_swaps_back():
+    m = model()
+    first = next(m.parameters())
+    start = first.detach().clone()
+    average = WeightAverage(m, 0.9)
+    with torch.no_grad():
+        first.add_(1.0)
+    average.update(step=1)  # decay min(0.9, 2/11): the average moves 9/11 of the way
+    torch.testing.assert_close(average.average[0], start + 9 / 11)
+    live = first.detach().clone()
+    average.swap()
+    torch.testing.assert_close(first.detach(), start + 9 / 11)
+    average.swap()
+    torch.testing.assert_close(first.detach(), live)
+    with SyncCounter() as counter:
+        average.update(step=2)
+    assert counter.seen == []

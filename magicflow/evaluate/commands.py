@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             "label": experiment["label"],
             "classes": classes,
             "datasets": experiment["datasets"],
+            "image_size": int(brain.shape[-1]),
             "folds_run": len(outputs.folds),
             "folds": experiment["folds"],
             "settings": settings,

@@ -114,7 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
     classes, sets = _fold_sets(args, settings, slices, arrays)
     t = settings["training"]
     train_settings = TrainSettings(epochs=t["epochs"], patience=t.get("patience"), batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"],
-                                   loss=t.get("loss", "dimension"), precision=t.get("precision", "fp32"),
+                                   loss=t.get("loss", "dimension"), precision=t.get("precision", "fp32"), ema=t.get("ema", 0.0),
                                    compile=t.get("compile", False), **t.get("augment", {}))
     torch.manual_seed(t["seed"])
     model = MagicFlow.from_preset(settings["preset_base"], len(classes), coupling=settings["model"],

@@ -62,15 +62,16 @@ class TrainSettings:
     max_bad_steps: int = 20  # consecutive non-finite losses before giving up
     loss: str = "dimension"  # "dimension": NLL per image dimension; "image": per-image NLL (the authors')
     log_every: int = 50  # steps between reads of the loss from the device
+    ema: float = 0.0  # > 0: validate and keep an exponential moving average of the weights with this decay
     precision: str = "fp32"  # "bf16": coupling networks under bfloat16 autocast, log-dets in fp32
     compile: bool = False  # torch.compile each coupling network
 
     def __post_init__(self) -> None:
         if (self.loss not in LOSSES or self.precision not in PRECISIONS or self.log_every < 1 or not 0 <= self.probability <= 1
-                or (self.patience is not None and self.patience < 1)):
+                or (self.patience is not None and self.patience < 1) or not 0 <= self.ema < 1):
             raise InputError(f"training: loss must be one of {LOSSES}, precision one of {PRECISIONS}, log_every >= 1, "
-                             f"augment probability in [0, 1], patience >= 1 or null; got {self.loss!r}, {self.precision!r}, "
-                             f"{self.log_every}, {self.probability}, {self.patience}")
+                             f"augment probability in [0, 1], patience >= 1 or null, ema in [0, 1); got {self.loss!r}, "
+                             f"{self.precision!r}, {self.log_every}, {self.probability}, {self.patience}, {self.ema}")
 
 
 @dataclass
@@ -254,6 +255,7 @@ def train_model(
     history: list[dict[str, float]] = []
     best: list[float] = [-math.inf]  # selection score, compared as a tuple
     start_epoch, step = 0, 0
+    saved_average: list[torch.Tensor] | None = None
 
     state_path = out_dir / "last.pt"
     if state_path.exists():
@@ -263,8 +265,10 @@ def train_model(
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, step, best = state["epoch"] + 1, state["step"], list(state["best"])
             history = [dict(zip(state["history_columns"], row)) for row in state["history"]]
+            saved_average = state.get("average")
             print(f"resuming from {state_path} after epoch {state['epoch'] + 1} of {settings.epochs}")
     images, labels = train.images.to(device), train.labels.to(device)  # the set moves once, not per batch
+    average = WeightAverage(model, settings.ema, saved_average) if settings.ema else None
 
     for epoch in range(start_epoch, settings.epochs):
         torch.manual_seed(int(np.random.SeedSequence([settings.seed, epoch, 0]).generate_state(1)[0]))  # dropout
@@ -282,6 +286,8 @@ def train_model(
                 group["lr"] = learning_rate(step, total_steps, settings)
             nll, finite = train_step(model, optimizer, x, labels[index], settings)
             step += 1
+            if average is not None:
+                average.update(step)
             nll_sum += torch.where(finite, nll, 0.0)
             finite_steps += finite
             skipped += ~finite
@@ -292,6 +298,8 @@ def train_model(
                 bar.set_postfix(nll=f"{float(nll_sum / finite_steps.clamp(min=1)):.1f}", skipped=int(skipped))
         bar.close()
         train_seconds = time.perf_counter() - started
+        if average is not None:
+            average.swap()  # validation and best.pt see the averaged weights
         metrics = evaluate(model, val, settings, device, log_prior)
         n_finite, n_skipped = int(finite_steps), int(skipped)
         if n_skipped:
@@ -312,8 +320,10 @@ def train_model(
         stop = should_stop(history, settings.patience)
         if stop:
             print(f"stopping early after epoch {epoch + 1}: validation NLL not better for {settings.patience} epochs", flush=True)
+        if average is not None:
+            average.swap()  # back to the optimiser's weights, which training goes on from
         _save_state(state_path, model, optimizer, run_id, epoch, step, best, history,
-                    completed=stop or epoch + 1 == settings.epochs)
+                    completed=stop or epoch + 1 == settings.epochs, average=average)
         write_history(history, out_dir)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
@@ -344,13 +354,41 @@ def _stop_if_diverged(worst_run: torch.Tensor, settings: TrainSettings, epoch: i
                            "lower training.lr or check the input slices")
 
 
+class WeightAverage:
+    """An exponential moving average of the model's parameters (Polyak averaging, as Glow and
+    diffusion models are usually evaluated): a few hundred noisy small-batch steps leave the
+    weights jumping from epoch to epoch, the average does not. The decay warms up as
+    ``min(decay, (1 + step) / (10 + step))`` so early averages are not dominated by the
+    initial weights. Updates are one fused lerp on the device, with no host synchronisation."""
+
+    def __init__(self, model: MagicFlow, decay: float, saved: list[torch.Tensor] | None = None) -> None:
+        self.decay = decay
+        self.params = [p for p in model.parameters()]
+        source = saved if saved is not None else [p.detach() for p in self.params]
+        self.average = [a.detach().clone().to(p.device) for a, p in zip(source, self.params)]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        weight = 1.0 - min(self.decay, (1.0 + step) / (10.0 + step))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], weight)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the live and the averaged weights (call twice to undo)."""
+        for p, a in zip(self.params, self.average):
+            live = p.detach().clone()
+            p.copy_(a)
+            a.copy_(live)
+
+
 def _save_state(path: Path, model: MagicFlow, optimizer: torch.optim.Optimizer, run_id: str, epoch: int, step: int,
-                best: list[float], history: list[dict], completed: bool) -> None:
+                best: list[float], history: list[dict], completed: bool, average: WeightAverage | None = None) -> None:
     columns = list(history[0]) if history else []
     state = {
         "format": STATE_FORMAT, "run_id": run_id, "epoch": epoch, "step": step, "best": best, "completed": completed,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict(),
         "history_columns": columns, "history": [[float(r[c]) for c in columns] for r in history],
+        "average": [a.detach().cpu() for a in average.average] if average is not None else None,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

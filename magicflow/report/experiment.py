@@ -54,6 +54,7 @@ def overview(m: dict) -> str:
     mean = next((r for r in c["summary"] if r["fold"] == "mean"), {})
     std = next((r for r in c["summary"] if r["fold"] == "std"), {})
     suffix = g["suffix"]
+    size = m.get("image_size", 182)  # metrics written before image_size existed were 182
     items = [
         ("balanced accuracy (mean over folds)", f"{h.fmt(mean.get('balanced_accuracy'))} ± {h.fmt(std.get('balanced_accuracy'))}"),
         ("macro AUC", h.fmt(mean.get("macro_auc"))),
@@ -69,6 +70,7 @@ def overview(m: dict) -> str:
         items.append(("attribution vs true uptake (AUC)", h.fmt(a["groundtruth"]["auc_evidence"])))
     text = (f"<p>{h.esc(m['model'])} model, label <b>{h.esc(m['label'])}</b>, {len(m['classes'])} classes "
             f"({h.esc(', '.join(m['classes']))}), datasets {h.esc(', '.join(m['datasets']))}, "
+            f"images {size} x {size}{' (area-averaged from the 182 x 182 slices)' if size != 182 else ''}, "
             f"{m['folds_run']} of {m['folds']} folds run. Feature extractor: {h.esc(m['feature_extractor']['name'])} "
             f"(checksum {h.esc(m['feature_extractor']['checksum'][:16])}&hellip;).</p>")
     return text + h.cards(items)
