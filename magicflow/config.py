@@ -1,4 +1,4 @@
-"""Config validation: the schema in ``workflow/schemas/config.schema.yaml`` plus the checks a
+"""Config validation: the schema in ``magicflow/schemas/config.schema.yaml`` plus the checks a
 schema cannot express (folders exist, names refer to things that are configured).
 
 Errors come out as one line naming the key and what was expected, since the first thing a
@@ -17,7 +17,10 @@ import yaml
 from magicflow.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+#: the JSON schemas of the config and the manifest, shipped inside the package (package data) so that
+#: an installed magicflow validates without the repository
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SCHEMA_PATH = SCHEMA_DIR / "config.schema.yaml"
 #: the flow library's presets (magicflow.flow.presets.PRESETS, which imports torch: too slow to load
 #: for validating a config at every Snakemake start); a test holds the two equal
 LIBRARY_PRESETS = ("paper", "lite", "small")
@@ -52,19 +55,30 @@ def _explain(error: jsonschema.ValidationError) -> str:
     return f"config key '{where}': {error.message}"
 
 
+def _set_defaults(validator, properties, instance, schema):
+    """``properties`` that first fills each absent key with a copy of its schema default, so that
+    the defaults are validated too (jsonschema's FAQ recipe, which snakemake.utils.validate uses)."""
+    if isinstance(instance, dict):
+        for name, subschema in properties.items():
+            if isinstance(subschema, dict) and "default" in subschema:
+                instance.setdefault(name, copy.deepcopy(subschema["default"]))
+    yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+
+#: Draft 2020-12 that fills defaults in place (jsonschema alone: validating needs no Snakemake)
+_DefaultFillingValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": _set_defaults})
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate against the schema, fill its defaults in place, then run the semantic checks.
 
-    Uses snakemake.utils.validate (which sets defaults); on failure the most relevant error
+    On failure the most relevant error (of the config as given, before any default was filled)
     is reported as one line."""
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     original = copy.deepcopy(config)
     try:
-        validate(config, str(SCHEMA_PATH), set_default=True)
-    except WorkflowError:
+        _DefaultFillingValidator(schema).validate(config)
+    except jsonschema.ValidationError:
         best = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(original))
         raise InputError(_explain(best) if best else "config does not match its schema") from None
     check_config(config)

@@ -19,7 +19,7 @@ from adapter_fixtures import ADNIMERGE, adni_download, collection_csv, dicom_ser
 from magicflow.datasets.commands import build_manifest
 from magicflow.datasets.adni import read_adni, read_diagnoses
 from magicflow.datasets.dicom import main_image
-from magicflow.config import REPO_ROOT
+from magicflow.config import SCHEMA_PATH
 from magicflow.datasets.ida import convert_download
 from magicflow.datasets.series import PROCESSING_LEVELS, classify, processing_step
 from magicflow.datasets.manifest import read_manifest, write_manifest
@@ -264,7 +264,7 @@ def test_processing_step(description, image_type, step):
 
 
 def test_processing_levels_match_the_config_schema():
-    schema = yaml.safe_load((REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     adni = next(b["then"]["properties"] for b in schema["$defs"]["dataset"]["allOf"] if b["if"]["properties"]["kind"]["const"] == "adni")
     assert tuple(adni["processing_level"]["enum"]) == PROCESSING_LEVELS and adni["processing_level"]["default"] == "raw"
 

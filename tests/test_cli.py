@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def magicflow(*args: str) -> subprocess.CompletedProcess:

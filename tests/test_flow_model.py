@@ -26,7 +26,7 @@ def tiny(kind: str = "generation", size: int = 32, classes: int = 3, mask: torch
     model.train()
     with torch.no_grad():
         model.log_prob(torch.rand(4, 1, size, size), torch.arange(4) % classes)  # ActNorm data init
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model.eval()
 
@@ -139,7 +139,7 @@ def test_authors_coupling_logdet_matches_jacobian(kind: str, kw: dict):
         coupling = model.steps[index].coupling
         shape = coupling.mask.shape[1:]
         h = torch.randn(2, *shape, dtype=torch.float64)
-        jac = torch.autograd.functional.jacobian(lambda v: coupling(v.view(2, *shape), y)[0].flatten(), h.flatten())
+        jac = torch.autograd.functional.jacobian(lambda v: coupling(v.view(2, *shape), y)[0].flatten(), h.flatten())  # noqa: B023 (called here)
         assert abs(float(torch.linalg.slogdet(jac)[1])) > 0.01
         torch.testing.assert_close(coupling(h, y)[1].sum(), torch.linalg.slogdet(jac)[1], rtol=1e-8, atol=1e-10)
 

@@ -23,7 +23,7 @@ def test_fitted_temperature_recovers_the_generating_one():
     rng = np.random.default_rng(0)
     true_t = 40.0
     logits = rng.normal(0, 2, size=(4000, 3))
-    labels = np.array([rng.choice(3, p=np.exp(l) / np.exp(l).sum()) for l in logits])
+    labels = np.array([rng.choice(3, p=np.exp(row) / np.exp(row).sum()) for row in logits])
     t = fit_temperature(logits * true_t, np.zeros(3), labels)
     assert t == pytest.approx(true_t, rel=0.1)
     p = posteriors(logits * true_t, np.zeros(3), t)

@@ -4,7 +4,6 @@ conda needed; tests/cluster/run.sh runs the SLURM profile on a real one-node clu
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml

@@ -93,7 +93,7 @@ def _fake_template(root):
     names = template_filenames("MNI152NLin2009aSym", 1)
     mask = np.zeros(GRID_1MM_SHAPE, dtype=np.uint8)
     mask[30:150, 30:190, 30:150] = 1
-    for key, name in names.items():
+    for name in names.values():
         nib.save(nib.Nifti1Image(mask.astype(np.float32), GRID_1MM_AFFINE), root / name)
     (root / "template.json").write_text(json.dumps({"space": "MNI152NLin2009aSym", "resolutions": {"1": {"files": names}}}))
 

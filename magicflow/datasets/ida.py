@@ -261,7 +261,7 @@ class SeriesFilter:
     exclude: re.Pattern | None = None
 
     @classmethod
-    def of(cls, include: str | None, exclude: str | None) -> "SeriesFilter":
+    def of(cls, include: str | None, exclude: str | None) -> SeriesFilter:
         def compiled(pattern: str | None, setting: str) -> re.Pattern | None:
             if not pattern:
                 return None

@@ -1,7 +1,7 @@
 """The manifest every adapter writes: ``results/<dataset>/manifest.tsv`` (one row per usable
 image) and ``manifest_excluded.tsv`` (one row per image left out, with the reason).
 
-Rows are validated against ``workflow/schemas/manifest.schema.yaml`` before anything is
+Rows are validated against ``magicflow/schemas/manifest.schema.yaml`` before anything is
 written, so downstream stages can trust the columns."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from magicflow.config import REPO_ROOT
+from magicflow.config import SCHEMA_DIR
 from magicflow.datasets.clock import parse_date
 from magicflow.errors import InputError
 from magicflow.io import atomic_path
 
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "manifest.schema.yaml"
+SCHEMA_PATH = SCHEMA_DIR / "manifest.schema.yaml"
 MISSING = "n/a"  # BIDS's spelling of a missing value
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")
 #: what every image stem looks like: BIDS-like `_`-separated parts, the last one the modality

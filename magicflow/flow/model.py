@@ -196,7 +196,7 @@ class MagicFlow(nn.Module):
         coupling: str = "generation",
         mask: torch.Tensor | None = None,
         **overrides: Any,
-    ) -> "MagicFlow":
+    ) -> MagicFlow:
         """Build preset ``name`` (see :data:`magicflow.flow.presets.PRESETS`); ``overrides`` change config keys."""
         return cls(preset_config(name, num_classes, coupling, **overrides), mask=mask)
 
