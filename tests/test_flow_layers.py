@@ -121,14 +121,17 @@ def test_actnorm_and_conv_logdet_match_jacobian():
         torch.testing.assert_close(layer.inverse(out), x, rtol=0, atol=1e-10)
 
 
-def test_lu_conv_inverse_cache_refreshes_after_update():
+@pytest.mark.parametrize("fused", [False, True], ids=["sgd", "fused-adam"])
+def test_lu_conv_inverse_cache_refreshes_after_update(fused: bool):
+    """Training's fused Adam updates the weights without bumping their version counters: the
+    cache must still not outlive a train/eval round trip."""
     torch.manual_seed(2)
     conv = InvConv1x1(4)
     conv.eval()
     with torch.no_grad():
         _, inv_a = conv.weights()
         assert conv.weights()[1] is inv_a  # reused while weights are unchanged
-    optimizer = torch.optim.SGD(conv.parameters(), lr=0.01)
+    optimizer = torch.optim.Adam(conv.parameters(), lr=0.01, fused=True) if fused else torch.optim.SGD(conv.parameters(), lr=0.01)
     conv.train()
     x = torch.randn(2, 4, 3, 3)
     (conv(x)[0] ** 2).sum().backward()

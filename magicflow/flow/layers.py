@@ -91,9 +91,11 @@ class InvConv1x1(nn.Module):
 
     ``W = P L (U + diag(sign * exp(log_s)))``: the log-determinant is ``H W sum(log_s)`` with no
     ``slogdet``, and the inverse comes from two triangular solves. In eval mode the weight and
-    its inverse are cached and recomputed only when a parameter's version counter changes
-    (optimizer steps and ``load_state_dict`` both bump it). A training forward computes only
-    ``W``: the inverse is never needed there."""
+    its inverse are cached and recomputed when a parameter's version counter changes
+    (``load_state_dict`` and in-place edits bump it) and whenever the module switches between
+    train and eval mode: a fused Adam step updates the weights without bumping their version
+    counters, so the version alone would leave validation on the weights of the first epoch.
+    A training forward computes only ``W``: the inverse is never needed there."""
 
     def __init__(self, num_channels: int) -> None:
         super().__init__()
@@ -109,6 +111,10 @@ class InvConv1x1(nn.Module):
         self.log_s = nn.Parameter(torch.log(diag.abs()))
         self._cache_key: tuple | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def train(self, mode: bool = True) -> "InvConv1x1":
+        self._cache = None  # weights may have changed without a version bump (fused optimisers)
+        return super().train(mode)
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         lower = self.lower * self.lower_mask + self.eye
