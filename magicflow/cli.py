@@ -1,9 +1,9 @@
 """The ``magicflow`` command line: one subcommand per pipeline stage.
 
-Each subcommand lives in a module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
-an entry ``"module:name"`` instead uses that module's ``add_<name>_arguments`` and ``run_<name>``
-(several stages of one family in one module). Modules are imported only when their command runs, so
-``magicflow --help`` stays fast and a stage that does not need torch never imports it."""
+Every command is registered here, in :data:`COMMANDS`, by the two functions that make it:
+``add`` fills its argument parser and ``run(args) -> int`` runs it, each named in full as
+``"module:function"``. Modules are imported only when their command runs, so ``magicflow --help``
+stays fast and a stage that does not need torch never imports it."""
 
 from __future__ import annotations
 
@@ -12,38 +12,55 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from magicflow import __version__
 from magicflow.errors import InputError
 
-#: command name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-cohort": ("magicflow.demo.cohort", "write the synthetic demo BIDS cohort"),
-    "manifest": ("magicflow.datasets.commands", "write a dataset's manifest.tsv and manifest_excluded.tsv"),
-    "preprocess-template": ("magicflow.preprocess.cli.template_cmd", "write the MNI152 1 mm template (FSL's grid) and its masks"),
-    "preprocess-t1": ("magicflow.preprocess.cli.t1_cmd", "register a T1w to MNI152 (FSL or ANTs): image, mask, transforms"),
-    "preprocess-coregister": ("magicflow.preprocess.cli.coregister_cmd", "T2w/FLAIR/PET: median frame, rigid to the T1w, then to MNI"),
-    "preprocess-qc": ("magicflow.preprocess.cli.qc_cmd", "QC figure and correlation with the template of one MNI image"),
-    "preprocess-qc-table": ("magicflow.preprocess.cli.qc_table_cmd", "gather QC values into a table and flag low ones"),
-    "slices": ("magicflow.slices", "coronal slices of every MNI image of a dataset"),
-    "split": ("magicflow.experiments.commands:split", "subject-level stratified k-fold splits of an experiment"),
-    "train": ("magicflow.experiments.commands:train", "train a MAGIC-Flow model on one fold (resumable)"),
-    "sample": ("magicflow.experiments.commands:sample", "draw class-conditional samples from a trained model"),
-    "classify": ("magicflow.experiments.commands:classify", "classify a fold's test slices by maximum likelihood"),
-    "attribution": ("magicflow.experiments.commands:attribution", "likelihood attribution maps of test slices"),
-    "evaluate": ("magicflow.evaluate.commands", "metrics (JSON, TSV) and figures of one experiment"),
-    "report": ("magicflow.report.experiment", "the self-contained HTML report of one experiment"),
-    "bench": ("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add: str  # "module:function" filling the command's argument parser
+    run: str  # "module:function" running it: args -> exit status
+
+
+def _stage(module: str, help_text: str) -> Command:
+    """A command whose module holds only it, as ``add_arguments`` and ``run``."""
+    return Command(help_text, f"{module}:add_arguments", f"{module}:run")
+
+
+_EXPERIMENTS = "magicflow.experiments.commands"
+COMMANDS: dict[str, Command] = {
+    "demo-cohort": _stage("magicflow.demo.cohort", "write the synthetic demo BIDS cohort"),
+    "manifest": _stage("magicflow.datasets.commands", "write a dataset's manifest.tsv and manifest_excluded.tsv"),
+    "preprocess-template": _stage("magicflow.preprocess.cli.template_cmd", "write the MNI152 1 mm template (FSL's grid) and its masks"),
+    "preprocess-t1": _stage("magicflow.preprocess.cli.t1_cmd", "register a T1w to MNI152 (FSL or ANTs): image, mask, transforms"),
+    "preprocess-coregister": _stage("magicflow.preprocess.cli.coregister_cmd", "T2w/FLAIR/PET: median frame, rigid to the T1w, then to MNI"),
+    "preprocess-qc": _stage("magicflow.preprocess.cli.qc_cmd", "QC figure and correlation with the template of one MNI image"),
+    "preprocess-qc-table": _stage("magicflow.preprocess.cli.qc_table_cmd", "gather QC values into a table and flag low ones"),
+    "slices": _stage("magicflow.slices", "coronal slices of every MNI image of a dataset"),
+    "split": Command("subject-level stratified k-fold splits of an experiment",
+                     f"{_EXPERIMENTS}:add_split_arguments", f"{_EXPERIMENTS}:run_split"),
+    "train": Command("train a MAGIC-Flow model on one fold (resumable)",
+                     f"{_EXPERIMENTS}:add_train_arguments", f"{_EXPERIMENTS}:run_train"),
+    "sample": Command("draw class-conditional samples from a trained model",
+                      f"{_EXPERIMENTS}:add_sample_arguments", f"{_EXPERIMENTS}:run_sample"),
+    "classify": Command("classify a fold's test slices by maximum likelihood",
+                        f"{_EXPERIMENTS}:add_classify_arguments", f"{_EXPERIMENTS}:run_classify"),
+    "attribution": Command("likelihood attribution maps of test slices",
+                           f"{_EXPERIMENTS}:add_attribution_arguments", f"{_EXPERIMENTS}:run_attribution"),
+    "evaluate": _stage("magicflow.evaluate.commands", "metrics (JSON, TSV) and figures of one experiment"),
+    "report": _stage("magicflow.report.experiment", "the self-contained HTML report of one experiment"),
+    "bench": _stage("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
 }
 
 
-def _entry(target: str):
-    """(add_arguments, run) of a command target."""
+def load(target: str) -> Callable:
+    """The function a ``"module:function"`` entry names (importing its module now)."""
     module_name, _, name = target.partition(":")
-    module = importlib.import_module(module_name)
-    if name:
-        return getattr(module, f"add_{name}_arguments"), getattr(module, f"run_{name}")
-    return module.add_arguments, module.run
+    return getattr(importlib.import_module(module_name), name)
 
 
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
@@ -53,10 +70,10 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"magicflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+    for name, command in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=command.help, description=command.help)
         if name == selected:
-            _entry(module)[0](command_parser)
+            load(command.add)(command_parser)
     return parser
 
 
@@ -64,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(selected).parse_args(argv)
-    run = _entry(COMMANDS[args.command][0])[1]
+    run = load(COMMANDS[args.command].run)
     try:
         return int(run(args) or 0)
     except InputError as error:  # bad input, foreseen where it is raised: the message names the file and the problem

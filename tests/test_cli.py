@@ -20,6 +20,19 @@ def test_help_lists_every_command():
         assert name in result.stdout
 
 
+def test_every_command_names_its_two_functions():
+    """The registry is the one place commands are listed: each entry's parser filler and runner
+    exist under the names written there (a typo fails here, not when a stage first runs)."""
+    import inspect
+
+    from magicflow.cli import COMMANDS, load
+
+    for name, command in COMMANDS.items():
+        add, run = load(command.add), load(command.run)
+        assert list(inspect.signature(add).parameters)[:1] == ["parser"], name
+        assert list(inspect.signature(run).parameters) == ["args"], name
+
+
 def test_input_error_is_one_line_and_exit_2(tmp_path):
     result = magicflow("demo-cohort", str(tmp_path / "x"), "--subjects", "1")
     assert result.returncode == 2

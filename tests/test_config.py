@@ -107,3 +107,36 @@ def test_image_size_is_an_experiment_setting_not_a_preset_override():
     config["experiments"]["demo_scanner_generation"]["image_size"] = 200
     with pytest.raises(InputError, match="image_size"):
         validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("features", "expected"),
+    [
+        ({"kind": "in_domain", "weights": "/w.pt"}, "'evaluation.features': unknown key 'weights'"),
+        ({"kind": "radimagenet_resnet50"}, "'evaluation.features': 'weights' is a required property"),
+        ({"kind": "swav_resnet50", "weights": "/w.pt", "epochs": 3}, "'evaluation.features': unknown key 'epochs'; allowed keys: kind, weights"),
+        ({"kind": "in_domain", "feature_dim": 20}, "'evaluation.features.feature_dim': 20 is not a multiple of 8"),
+    ],
+)
+def test_feature_extractor_weights_go_with_the_pretrained_kinds(features, expected):
+    config = fresh()
+    config["evaluation"]["features"] = features
+    with pytest.raises(InputError) as error:
+        validate_config(config)
+    assert expected in str(error.value)
+
+
+def test_every_feature_extractor_option_is_a_config_key():
+    """What the config accepts is what extractor_from_config takes, for both families of kinds,
+    and a pretrained kind gets no in-domain default filled in (which the extractor would refuse)."""
+    from magicflow.evaluate.features import _EXTERNAL_KEYS, _IN_DOMAIN_KEYS
+
+    config = fresh()
+    config["evaluation"]["features"] = {"kind": "in_domain", "epochs": 2, "feature_dim": 64, "input_size": 48, "batch_size": 16, "lr": 0.01}
+    assert set(validate_config(config)["evaluation"]["features"]) == _IN_DOMAIN_KEYS
+    config = fresh()
+    config["evaluation"]["features"] = {"kind": "radimagenet_resnet50", "weights": "/w.pt"}
+    assert set(validate_config(config)["evaluation"]["features"]) == _EXTERNAL_KEYS
+    config = fresh()
+    config["evaluation"]["features"] = {"kind": "in_domain"}
+    assert validate_config(config)["evaluation"]["features"] == {"kind": "in_domain", "epochs": 5}

@@ -59,7 +59,8 @@ def test_dicom_pet_takes_its_tracer_and_timing_from_the_download(downloads_run: 
     manifest = read_manifest(work / "results" / "adni" / "manifest.tsv").set_index("image")
     pet = manifest.loc["sub-941S1202_ses-20170601_trc-AV1451_img-I100003_pet"]
     assert (pet["tracer"], pet["reference"], pet["reference_gap_days"]) == ("tau", "sub-941S1202_ses-20170510_img-I100001_T1w", "22")
-    record = json.loads((work / "results" / "adni" / "preproc" / pet.name / f"{pet.name}_coreg.json").read_text())
+    (coreg,) = (work / "results" / "adni" / "preproc").glob(f"space-*/{pet.name}/{pet.name}_coreg.json")  # the template's space
+    record = json.loads(coreg.read_text())
     assert record["Frames"] == 6 and record["FrameCombination"] == "median"
     assert manifest.loc["sub-941S1202_ses-20170510_img-I100001_T1w", "scanner"] == "Siemens Prisma fit"  # DICOM header
 

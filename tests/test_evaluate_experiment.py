@@ -65,3 +65,40 @@ def test_efficiency_from_training_log_and_samples():
                        {"train": {"max_rss": 900.0}})
     (row,) = efficiency_section(ExperimentOutputs("x", ["a", "b"], {}, [fold]))
     assert row["steps"] == 6 and row["ms_per_step"] == 1000.0 and row["generated_per_s"] == 4.0 and row["peak_rss_mb"] == 900.0
+
+
+def test_evaluation_reads_the_files_it_is_given_and_names_a_missing_fold(tmp_path):
+    """No results layout is assumed: each fold's files come from the command line (the rule's
+    declared inputs), wherever they lie; a fold of split.json without its file is named."""
+    import json
+
+    import pytest
+
+    from magicflow.errors import InputError
+    from magicflow.evaluate.inputs import load_experiment
+
+    split = tmp_path / "anywhere" / "split.json"
+    split.parent.mkdir()
+    split.write_text(json.dumps({"experiment": "x", "classes": ["a", "b"], "run_folds": 2}))
+    files: dict[str, dict] = {name: {} for name in ("training", "samples", "predictions", "attribution", "train_benchmark")}
+    for k in range(2):
+        fold, where = f"fold-{k}", tmp_path / f"elsewhere{k}"
+        (where / "s").mkdir(parents=True)
+        (where / "m").mkdir()
+        pd.DataFrame({"epoch": [1], "seconds": [1.0]}).to_csv(where / "t.tsv", sep="\t", index=False)
+        pd.DataFrame({"image": ["i"], "true": ["a"], "posterior_a": [1.0], "posterior_b": [0.0]}).to_csv(where / "p.tsv", sep="\t", index=False)
+        np.savez(where / "s" / "samples.npz", samples=np.zeros((2, 1, 1, 2, 2)))
+        np.savez(where / "m" / "maps.npz", class_maps=np.zeros((1, 2, 2, 2)))
+        pd.DataFrame({"s": [5.0], "max_rss": [100.0 + k], "h:m:s": ["0:00:05"]}).to_csv(where / "b.tsv", sep="\t", index=False)
+        for name, path in (("training", "t.tsv"), ("samples", "s"), ("predictions", "p.tsv"), ("attribution", "m"), ("train_benchmark", "b.tsv")):
+            files[name][fold] = where / path
+    outputs = load_experiment(split, files)
+    assert outputs.name == "x" and [f.name for f in outputs.folds] == ["fold-0", "fold-1"]
+    assert [f.benchmarks["train"]["max_rss"] for f in outputs.folds] == [100.0, 101.0]
+    assert "class_maps" in outputs.folds[1].maps and outputs.folds[0].samples["samples"].shape == (2, 1, 1, 2, 2)
+    # benchmarks may be left out altogether (a run outside Snakemake), not for one fold only
+    assert load_experiment(split, {**files, "train_benchmark": {}}).folds[0].benchmarks == {}
+    with pytest.raises(InputError, match=r"runs \['fold-0', 'fold-1'\], but the Snakemake benchmark .* for \['fold-0'\]"):
+        load_experiment(split, {**files, "train_benchmark": {"fold-0": files["train_benchmark"]["fold-0"]}})
+    with pytest.raises(InputError, match=r"predictions.tsv was given for \['fold-1'\]"):
+        load_experiment(split, {**files, "predictions": {"fold-1": files["predictions"]["fold-1"]}})

@@ -37,7 +37,7 @@ def test_predictions_use_one_prior_row_per_training_image():
     import torch
 
     from magicflow.experiments.infer import predictions_table
-    from magicflow.experiments.train import SliceSet
+    from magicflow.experiments.data import SliceSet
 
     meta = pd.DataFrame({"dataset": "d", "image": ["ad"] * 9 + [f"cn{i}" for i in range(6)]})
     train = SliceSet(torch.zeros(15, 1, 2, 2), torch.tensor([1] * 9 + [0] * 6), meta)

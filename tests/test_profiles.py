@@ -1,58 +1,231 @@
-"""The execution profiles and the per-rule conda environments, checked statically (no SLURM, no
-conda needed; tests/cluster/run.sh runs the SLURM profile on a real one-node cluster)."""
+"""The workflow as Snakemake itself plans it, with no SLURM or conda needed (tests/cluster/run.sh
+runs the SLURM profile on a real one-node cluster): dry runs over a matrix of configs (the demo,
+every dataset kind on an empty fake root, the paper's tasks, the FSL backend this machine lacks,
+a GPU device with one experiment kept on the CPU) checked on the jobs planned, their commands,
+resources and conda environments; `snakemake --lint` finds nothing; the execution profiles name
+rules that exist."""
 
 from __future__ import annotations
 
+import copy
 import re
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 
-from magicflow.config import REPO_ROOT
+from magicflow.config import REPO_ROOT, validate_config
 
-RULE_FILES = [REPO_ROOT / "Snakefile", *sorted((REPO_ROOT / "workflow" / "rules").glob("*.smk"))]
-RULE_HEAD = re.compile(r"^(?:rule|checkpoint) (\w+):\n", re.M)
-# what a job runs; `run:` blocks cannot have a conda environment, rules with none only gather inputs
-EXECUTES = re.compile(r"^\s+(shell|script|notebook|wrapper):", re.M)
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO_ROOT / "Snakefile")]
+SHIPPED = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+EXPERIMENTS = validate_config(copy.deepcopy(SHIPPED))["experiments"]  # schema defaults filled in
+JOB_HEAD = re.compile(r"^(?:rule|checkpoint) (\w+):$")
+TORCH_RULES = ("train_fold", "sample_fold", "classify_fold", "attribution_fold")
 
 
-def rules() -> dict[str, str]:
-    """Rule name -> its body, from every rule file."""
-    found = {}
-    for path in RULE_FILES:
-        text = path.read_text()
-        heads = list(RULE_HEAD.finditer(text))
-        for head, after in zip(heads, [*heads[1:], None]):
-            body = text[head.end(): after.start() if after else len(text)]
-            body = body[: re.search(r"^\S", body, re.M).start()] if re.search(r"^\S", body, re.M) else body
-            found[head.group(1)] = body
-    return found
+@dataclass
+class Job:
+    """One job of a dry run, as Snakemake prints it."""
+
+    rule: str
+    fields: dict[str, str]
+    shell: str = ""
+
+    @property
+    def wildcards(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.fields.get("wildcards", "").split(", ") if item)
+
+    @property
+    def resources(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.fields.get("resources", "").split(", ") if item)
+
+    @property
+    def threads(self) -> int:
+        return int(self.fields.get("threads", 1))  # Snakemake leaves out threads: 1
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True, timeout=300)
+
+
+def workdir(tmp_path: Path, edit=None) -> Path:
+    config = copy.deepcopy(SHIPPED)
+    if edit:
+        edit(config)
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def plan(tmp_path: Path, edit=None) -> list[Job]:
+    """Every job a dry run plans (the shell command of each too: profiles/default prints them)."""
+    result = snakemake(workdir(tmp_path, edit), "-n", "--cores", "4")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    jobs: list[Job] = []
+    for line in result.stdout.splitlines():
+        head = JOB_HEAD.match(line)
+        if head:
+            jobs.append(Job(head.group(1), {}))
+        elif jobs and line.startswith("    ") and ": " in line:
+            key, _, value = line.strip().partition(": ")
+            jobs[-1].fields[key] = value
+        elif jobs and line.startswith("Shell command: "):
+            jobs[-1].shell = line.removeprefix("Shell command: ")
+    assert jobs, result.stdout[-2000:]
+    return jobs
+
+
+def folds_run(experiment: dict) -> int:
+    return experiment["run_folds"] or (experiment["folds"] if experiment["model"] == "classification" else 1)
+
+
+def by_rule(jobs: list[Job], rule: str) -> list[Job]:
+    return [job for job in jobs if job.rule == rule]
+
+
+def fake_roots(tmp_path: Path, kinds: dict[str, str]) -> dict[str, dict]:
+    """Dataset entries on empty folders, with the tables each kind requires (empty files: a dry
+    run reads nothing)."""
+    tables = {"ixi": {"demographics": "IXI.xls"}, "sald": {"demographics": "participants.xlsx"}, "ppmi": {"collection": "collection.csv"},
+              "adni": {"collection": "collection.csv", "diagnosis_table": "ADNIMERGE.csv"}}
+    entries = {}
+    for name, kind in kinds.items():
+        root = tmp_path / "data" / name
+        root.mkdir(parents=True)
+        for file in tables.get(kind, {}).values():
+            (root / file).touch()
+        entries[name] = {"kind": kind, "root": str(root), **tables.get(kind, {})}
+    return entries
+
+
+def test_the_demo_plans_every_stage_with_its_resources(tmp_path: Path):
+    jobs = plan(tmp_path / "work")
+    counts = Counter(job.rule for job in jobs)
+    folds = sum(folds_run(e) for e in EXPERIMENTS.values() if e["datasets"] == ["demo"])
+    assert counts["demo_cohort"] == counts["dataset_manifest"] == counts["preprocess_template"] == 1
+    assert all(counts[rule] == folds for rule in TORCH_RULES), counts
+    assert counts["evaluate_experiment"] == counts["report_experiment"] == 4
+    # registration jobs come once the manifest and template checkpoints have run: not planned yet
+    assert "preprocess_t1" not in counts
+    for job in jobs:
+        if job.shell != "None":  # the jobs that run a command (not all, nor the two settings writers)
+            assert {"mem_mb", "runtime"} <= set(job.resources), job.rule
+            assert job.shell.startswith('bash "$MAGICFLOW_LOGGED" results/logs/'), job.shell
+    assert {j.rule for j in jobs if j.shell == "None"} == {"all", "experiment_settings", "evaluation_settings"}
+    for job in by_rule(jobs, "train_fold"):
+        assert job.resources["gpu"] == "1"  # device auto: the scheduler may give it one
+        assert job.shell.split()[3:5] == ["OMP_NUM_THREADS=1", "OMP_WAIT_POLICY=PASSIVE"], job.shell
+        assert f"--out results/{job.wildcards['experiment']}/models/{job.wildcards['fold']}" in job.shell
+    (template,) = by_rule(jobs, "preprocess_template")
+    assert "--backend auto --out-dir results/template" in template.shell
+    # evaluation is given each fold's files by name, the training benchmark included
+    evaluate = next(j for j in by_rule(jobs, "evaluate_experiment") if j.wildcards["experiment"] == "demo_diagnosis_classification")
+    for fold in ("fold-0", "fold-1", "fold-2"):
+        assert f"--train-benchmark {fold}=results/benchmarks/train/demo_diagnosis_classification_{fold}.tsv" in evaluate.shell
+        assert f"--attribution {fold}=results/demo_diagnosis_classification/attribution/{fold}" in evaluate.shell
+    assert "results/benchmarks/train/demo_diagnosis_classification_fold-2.tsv" in evaluate.fields["input"]
+    assert "--split results/demo_diagnosis_classification/splits/split.json" in evaluate.shell
+    # every rule that writes a result keeps a benchmark, the run: rules included
+    assert all("benchmark" in job.fields for job in jobs if job.rule != "all"), [j.rule for j in jobs if "benchmark" not in j.fields]
+
+
+@pytest.mark.parametrize("kind", ["bids", "ixi", "sald", "ppmi", "adni"])
+def test_each_dataset_kind_plans_its_manifest_on_its_root(tmp_path: Path, kind: str):
+    entries = fake_roots(tmp_path, {"ext": kind})
+    jobs = plan(tmp_path / "work", lambda c: c["datasets"].update(entries))
+    (manifest,) = [j for j in by_rule(jobs, "dataset_manifest") if j.wildcards["dataset"] == "ext"]
+    root = entries["ext"]["root"]
+    assert f"--kind {kind} --root {root}" in manifest.shell
+    for key in ("demographics", "collection", "diagnosis_table"):  # tables the manifest reads are its inputs
+        if key in entries["ext"]:
+            assert f"{root}/{entries['ext'][key]}" in manifest.fields["input"], key
+    converts = [j for j in by_rule(jobs, "dicom_to_nifti") if j.wildcards["dataset"] == "ext"]
+    if kind in ("ppmi", "adni"):  # IDA downloads: DICOM converted first, the table read by the manifest
+        (convert,) = converts
+        assert "--nifti-dir results/ext/nifti --convert-only" in convert.shell
+        assert "results/ext/nifti/conversion.tsv" in manifest.fields["input"] and "--nifti-dir results/ext/nifti" in manifest.shell
+    else:
+        assert not converts
+
+
+def test_the_papers_tasks_are_planned_once_their_datasets_are_configured(tmp_path: Path):
+    entries = fake_roots(tmp_path, {"ixi": "ixi", "sald": "sald", "ppmi": "ppmi", "adni": "adni"})
+    jobs = plan(tmp_path / "work", lambda c: c["datasets"].update(entries))
+    trained = Counter(j.wildcards["experiment"] for j in by_rule(jobs, "train_fold"))
+    for name, experiment in EXPERIMENTS.items():
+        if experiment["datasets"] != ["demo"]:
+            assert trained[name] == folds_run(experiment), name
+    assert {j.wildcards["dataset"] for j in by_rule(jobs, "dataset_manifest")} == {"demo", "ixi", "sald", "ppmi", "adni"}
+
+
+def conda_environments(tmp_path: Path, edit=None) -> set[str]:
+    """The conda environment files of the jobs planned, as Snakemake resolves and reads them
+    (it hashes each one's content before it needs conda itself, which this machine lacks)."""
+    result = snakemake(workdir(tmp_path, edit), "--containerize")
+    found = set(re.findall(r"Hashing conda environment (\S+)\.\n", result.stdout + result.stderr))
+    assert found, (result.stdout + result.stderr)[-2000:]
+    return {str((tmp_path / path).resolve().relative_to(REPO_ROOT)) for path in found}
+
+
+@pytest.mark.parametrize(("backend", "environments"), [
+    ("auto", {"envs/fsl.yaml", "envs/magicflow.yaml"}),  # with --use-conda, auto finds the FSL env's FSL
+    ("fsl", {"envs/fsl.yaml", "envs/magicflow.yaml"}),
+    ("ants", {"envs/magicflow.yaml"}),
+])
+def test_the_backend_is_decided_in_the_job_and_its_environment(tmp_path: Path, backend: str, environments: set[str]):
+    """No backend is resolved while the rules are read: `fsl` plans here, where FSL is missing,
+    and the template job gets the backend to resolve where it runs, in the registration env."""
+    edit = lambda c: c["registration"].update(backend=backend)  # noqa: E731
+    (template,) = by_rule(plan(tmp_path / "plan", edit), "preprocess_template")
+    assert f"preprocess-template --backend {backend} --out-dir results/template" in template.shell
+    assert conda_environments(tmp_path / "envs", edit) == environments
+    for path in environments:
+        assert yaml.safe_load((REPO_ROOT / path).read_text())["dependencies"], path
+
+
+def test_each_experiment_asks_for_a_gpu_by_its_own_device(tmp_path: Path):
+    def edit(config):
+        config["training"]["device"] = "cuda"
+        config["experiments"]["demo_scanner_generation"]["training"]["device"] = "cpu"
+
+    jobs = plan(tmp_path, edit)
+    for rule in TORCH_RULES:
+        gpus = {j.wildcards["experiment"]: j.resources["gpu"] for j in by_rule(jobs, rule)}
+        assert gpus.pop("demo_scanner_generation") == "0", rule
+        assert set(gpus.values()) == {"1"}, (rule, gpus)
+    assert all("gpu" not in j.resources for j in by_rule(jobs, "evaluate_experiment"))
+
+
+def test_a_parse_time_error_is_one_line(tmp_path: Path):
+    result = snakemake(workdir(tmp_path, lambda c: c["experiments"]["demo_scanner_generation"].update(run_folds=9)), "-n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == \
+        "invalid configuration: config key 'experiments.demo_scanner_generation.run_folds': 9 is more than folds=3"
+    assert "Traceback" not in result.stderr and 'File "' not in result.stderr
+
+
+def test_lint_finds_nothing(tmp_path: Path):
+    result = snakemake(workdir(tmp_path), "--lint")
+    assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr, \
+        (result.stdout + result.stderr)[-3000:]
 
 
 def profile(name: str) -> dict:
     return yaml.safe_load((REPO_ROOT / "profiles" / name / "config.yaml").read_text())
 
 
-def test_every_rule_that_runs_a_command_names_its_conda_environment():
-    all_rules = rules()
-    assert {"preprocess_t1", "train_fold", "dataset_manifest"} <= set(all_rules)  # the parser found the rules
-    missing = [name for name, body in all_rules.items() if EXECUTES.search(body) and not re.search(r"^\s+conda:", body, re.M)]
-    assert not missing, f"rules without a conda: directive: {missing}"
-
-
-def test_conda_environments_exist():
-    common = (REPO_ROOT / "workflow" / "rules" / "common.smk").read_text() + (REPO_ROOT / "workflow" / "rules" / "preprocess.smk").read_text()
-    paths = set(re.findall(r'"(\.\./\.\./envs/[\w.-]+\.yaml)"', common))
-    assert paths == {"../../envs/magicflow.yaml", "../../envs/fsl.yaml"}
-    for path in paths:  # relative to workflow/rules, where the rules live
-        env = yaml.safe_load((REPO_ROOT / "workflow" / "rules" / path).resolve().read_text())
-        assert env["dependencies"], path
-
-
-def test_slurm_profile_names_only_existing_rules():
-    slurm, all_rules = profile("slurm"), rules()
+def test_slurm_profile_names_only_existing_rules(tmp_path: Path):
+    listed = snakemake(workdir(tmp_path), "--list-rules")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rules = set(listed.stdout.split())
+    assert {"preprocess_t1", "train_fold", "dataset_manifest"} <= rules
+    slurm = profile("slurm")
     named = set(slurm["set-threads"]) | set(slurm["set-resources"]) | set(slurm["groups"])
-    assert named <= set(all_rules), named - set(all_rules)
+    assert named <= rules, named - rules
     assert set(slurm["group-components"]) <= set(slurm["groups"].values())
 
 
@@ -64,12 +237,6 @@ def test_slurm_profile_settings():
     assert slurm["set-threads"]["preprocess_t1"] >= 4 and slurm["set-resources"]["preprocess_t1"]["mem_mb"] >= 8000
     # per-subject preprocessing is grouped into one SLURM job
     assert {slurm["groups"][r] for r in ("preprocess_t1", "preprocess_coregister")} == {"subject"}
-
-
-@pytest.mark.parametrize("rule", ["train_fold", "sample_fold", "classify_fold", "attribution_fold"])
-def test_gpu_rules_request_the_resource_the_slurm_plugin_reads(rule):
-    # snakemake-executor-plugin-slurm turns resources gpu=<n> (and optional gpu_model) into sbatch --gpus
-    assert re.search(r"^\s+gpu=GPU,", rules()[rule], re.M), rule
 
 
 def test_default_profile_leaves_cluster_settings_to_the_slurm_profile():

@@ -62,19 +62,23 @@ def metrics_record() -> dict:
 
 
 @pytest.fixture()
-def report_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+def report_files(tmp_path: Path) -> tuple[Path, dict, Path]:
     results, evaluation = tmp_path / "exp", tmp_path / "exp" / "evaluation"
     for name in ("real_vs_generated", "memorisation", "confusion", "reliability", "rejection", "attribution_thresholds",
                  "attribution_groundtruth"):
         _png(evaluation / f"{name}.png")
     _png(results / "samples" / "fold-0" / "samples_AD.png")
+    _png(results / "samples" / "fold-1" / "samples_AD.png")  # only the fold the generation metrics used is shown
     for fold in ("fold-0", "fold-1"):
         _png(results / "models" / fold / "training.png")
         _png(results / "attribution" / fold / "sub-1_offset0.png", 0.2)
-    page = build_report(metrics_record(), results, evaluation, {"demo": pd.DataFrame({"image": ["x"], "reason": ["unreadable"]})}, "MNI152NLin2009aSym")
+    folds = {"curves": {f: results / "models" / f / "training.png" for f in ("fold-0", "fold-1")},
+             "samples": {f: results / "samples" / f for f in ("fold-0", "fold-1")},
+             "attribution": {f: results / "attribution" / f for f in ("fold-0", "fold-1")}}
+    page = build_report(metrics_record(), folds, evaluation, {"demo": pd.DataFrame({"image": ["x"], "reason": ["unreadable"]})}, "MNI152NLin2009aSym")
     out = tmp_path / "report.html"
     out.write_text(page, encoding="utf-8")
-    return out, results, evaluation
+    return out, folds, evaluation
 
 
 def test_report_has_every_section_and_embeds_its_figures(report_files):
@@ -94,10 +98,13 @@ def test_report_has_every_section_and_embeds_its_figures(report_files):
 
 
 def test_missing_figure_is_shown_not_hidden(report_files):
-    _, results, evaluation = report_files
+    _, folds, evaluation = report_files
     (evaluation / "confusion.png").unlink()
-    page = build_report(metrics_record(), results, evaluation, {}, "")
+    page = build_report(metrics_record(), folds, evaluation, {}, "")
     assert "figure missing" in page and "confusion.png" in page
+    # a fold's training curves not given: a visible note, never a look-up in a folder layout
+    page = build_report(metrics_record(), {**folds, "curves": {"fold-0": folds["curves"]["fold-0"]}}, evaluation, {}, "")
+    assert "figure missing: fold-1 training.png (not given)" in page
 
 
 def test_table_and_number_formatting():

@@ -8,14 +8,15 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from magicflow.errors import InputError
+from magicflow.experiments.data import SliceSet
 from magicflow.experiments.train import (
-    SliceSet,
     TrainSettings,
     WeightAverage,
     learning_rate,
@@ -194,6 +195,82 @@ def test_priors_count_one_row_per_training_image():
     data = SliceSet(torch.zeros(11, 1, 4, 4), torch.tensor([1] * 9 + [0, 0]), meta)
     assert data.image_labels().tolist() == [1, 0, 0]
     assert SliceSet(torch.zeros(3, 1, 4, 4), torch.tensor([1, 1, 0])).image_labels().tolist() == [1, 1, 0]
+
+
+def formula_rate(step: int, total: int, s: TrainSettings) -> float:
+    """The warm-up + cosine rate as train_model computed it by hand before the schedule became a LambdaLR."""
+    warmup = max(1, int(s.warmup_fraction * total))
+    if step < warmup:
+        return s.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def test_every_step_trains_at_the_formula_rate_resume_included(tmp_path: Path, monkeypatch):
+    """The scheduler gives each optimiser step exactly (==, not approx) the rate of the formula,
+    through a kill after epoch 2 and the resume: 3 steps per epoch, 12 in all, warm-up 3."""
+    import magicflow.experiments.train as train_module
+
+    rates: list[float] = []
+    step = train_module.train_step
+
+    def recording(model, optimizer, x, y, settings):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return step(model, optimizer, x, y, settings)
+
+    def kill_after_two(epoch: int) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_step", recording)
+    settings = replace(SETTINGS, warmup_fraction=0.25)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model(), toy(24, 0), toy(8, 1), tmp_path, settings, torch.device("cpu"), True, on_epoch_end=kill_after_two, progress=False)
+    assert len(rates) == 6
+    history = train_model(model(), toy(24, 0), toy(8, 1), tmp_path, settings, torch.device("cpu"), True, progress=False)
+    assert rates == [formula_rate(k, 12, settings) for k in range(12)]
+    assert list(history["lr"]) == [formula_rate(k, 12, settings) for k in (2, 5, 8, 11)]  # each epoch's last rate
+
+
+def test_balanced_accuracy_counts_only_classes_in_the_validation_set():
+    """scikit-learn's score equals the hand-written mean recall it replaced, bit for bit, also when
+    a predicted class is absent from the validation labels (it adds no term, and no warning)."""
+    import warnings
+
+    from magicflow.experiments.train import balanced_accuracy
+
+    def by_hand(true, pred, num_classes):
+        recalls = [float((pred[true == k] == k).mean()) for k in range(num_classes) if (true == k).any()]
+        return float(np.mean(recalls)) if recalls else float("nan")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert balanced_accuracy(np.array([0, 0, 1, 1, 1]), np.array([0, 2, 1, 1, 0])) == (1 / 2 + 2 / 3) / 2
+        rng = np.random.default_rng(0)
+        for _ in range(200):
+            n = int(rng.integers(1, 12))
+            true, pred = rng.integers(0, 4, n), rng.integers(0, 4, n)
+            assert balanced_accuracy(true, pred) == by_hand(true, pred, 4), (true, pred)
+    assert math.isnan(balanced_accuracy(np.array([], int), np.array([], int)))
+
+
+def test_train_settings_defaults_are_the_config_schema_defaults():
+    """The schema documents the training defaults users see; TrainSettings must train with them."""
+    import yaml
+
+    from magicflow.config import SCHEMA_PATH
+
+    training = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["training"]["properties"]
+    augment = training["augment"]["properties"]
+    defaults = TrainSettings()
+    for key in ("epochs", "patience", "batch_size", "lr", "seed", "loss", "precision", "compile"):
+        assert getattr(defaults, key) == training[key]["default"], key
+    for key in ("rotate_degrees", "shift_pixels", "noise_sigma"):
+        assert getattr(defaults, key) == augment[key]["default"], key
+    # no schema default; the descriptions say what absent means
+    assert "default" not in augment["probability"] and "absent means 1" in augment["probability"]["description"]
+    assert "default" not in augment["clamp"] and "absent means false" in augment["clamp"]["description"]
+    assert defaults.probability == 1.0 and defaults.clamp is False
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():

@@ -1,8 +1,9 @@
 """``magicflow evaluate``: one experiment's metrics (JSON and TSV) and figures.
 
-Reads the experiment's settings and learning outputs (see :mod:`magicflow.evaluate.inputs`),
-writes ``evaluation/`` (figures, the frozen feature extractor) atomically, then
-``metrics.json`` and ``metrics.tsv``."""
+Reads exactly the files it is given (the ``evaluate`` rule's inputs): the experiment's settings,
+its split, and each fold's learning outputs (see :mod:`magicflow.evaluate.inputs`); writes
+``evaluation/`` (figures, the frozen feature extractor) atomically, then ``metrics.json`` and
+``metrics.tsv``."""
 
 from __future__ import annotations
 
@@ -20,10 +21,15 @@ from magicflow.io import atomic_dir, atomic_path, write_json
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from magicflow.experiments.commands import add_experiment_inputs
 
+    from magicflow.evaluate.inputs import FOLD_FILES, OPTIONAL
+
     add_experiment_inputs(parser)
     parser.add_argument("--evaluation", type=Path, help="evaluation settings JSON (config section 'evaluation'); defaults if absent")
-    parser.add_argument("--results", required=True, type=Path, help="results/<experiment>")
-    parser.add_argument("--benchmarks", type=Path, help="results/benchmarks (Snakemake benchmark files), for the efficiency table")
+    parser.add_argument("--split", required=True, type=Path, help="results/<experiment>/splits/split.json (folds run, classes)")
+    parser.add_argument("--folds", required=True, type=Path, help="results/<experiment>/splits/folds (the first fold's sets)")
+    for name, what in FOLD_FILES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="append", default=[], metavar="FOLD=PATH",
+                            help=f"a fold's {what}, one per fold run" + (" (optional)" if name in OPTIONAL else ""))
     parser.add_argument("--groundtruth", action="append", default=[], metavar="DATASET=DIR", help="a demo dataset's derivatives/groundtruth")
     parser.add_argument("--qc", action="append", default=[], metavar="DATASET=TSV", help="a dataset's qc.tsv (flags shown in the report)")
     parser.add_argument("--out-dir", required=True, type=Path, help="results/<experiment>/evaluation (figures, feature extractor)")
@@ -48,7 +54,7 @@ def evaluation_settings(path: Path | None, seed: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     from magicflow.evaluate import experiment as ev
     from magicflow.evaluate.features import extractor_from_config
-    from magicflow.evaluate.inputs import load_experiment
+    from magicflow.evaluate.inputs import FOLD_FILES, load_experiment
     from magicflow.experiments.commands import load_inputs, parse_pairs
     from magicflow.experiments.data import experiment_images, load_set, select_slices
     from magicflow.experiments.split import read_fold
@@ -57,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     experiment, slices, arrays, brain = load_inputs(args)
     settings = evaluation_settings(args.evaluation, experiment["seed"])
     ev.seed_everything(settings["seed"])
-    outputs = load_experiment(args.results, args.benchmarks)
+    outputs = load_experiment(args.split, {name: parse_pairs(getattr(args, name), name.replace("_", "-")) for name in FOLD_FILES})
     classes = outputs.classes
-    fold0 = read_fold(args.results / "splits" / "folds" / outputs.folds[0].name)
+    fold0 = read_fold(args.folds / outputs.folds[0].name)
     offsets = experiment["offsets"]
     train = load_set(select_slices(slices, fold0["train"], offsets["train"]), arrays, classes)
     heldout = load_set(select_slices(slices, pd.concat([fold0["val"], fold0["test"]]), offsets["eval"]), arrays, classes)

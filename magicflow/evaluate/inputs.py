@@ -1,10 +1,10 @@
 """Everything one experiment's learning stages wrote, gathered for evaluation.
 
-Layout read (``results/<experiment>/``): ``splits/split.json`` and ``splits/folds/fold-<k>/``,
-``models/fold-<k>/training.tsv``, ``samples/fold-<k>/samples.npz``,
-``predictions/fold-<k>/predictions.tsv``, ``attribution/fold-<k>/maps.npz``; and the
-workflow's ``results/benchmarks/<stage>/<experiment>_fold-<k>.tsv``. A missing file is an
-error that names it: evaluation never silently reports on part of an experiment."""
+The files are the ones the ``evaluate`` rule declares, given one by one (``split.json`` and,
+per fold, ``training.tsv``, the samples folder, ``predictions.tsv``, the attribution folder and
+the training job's Snakemake benchmark): nothing here knows the results layout. A missing
+file, or a fold that ``split.json`` runs but no file was given for, is an error that names
+it: evaluation never silently reports on part of an experiment."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ import numpy as np
 import pandas as pd
 
 from magicflow.errors import InputError
+
+#: what each fold contributes: name -> what the path given for it is
+FOLD_FILES = {
+    "training": "training.tsv",
+    "samples": "samples folder (samples.npz)",
+    "predictions": "predictions.tsv",
+    "attribution": "attribution folder (maps.npz)",
+    "train_benchmark": "Snakemake benchmark TSV of the fold's training job",
+}
+#: may be left out altogether (a run outside Snakemake has no benchmarks): the efficiency table then shows no peak RAM
+OPTIONAL = ("train_benchmark",)
 
 
 def _need(path: Path) -> Path:
@@ -53,35 +64,34 @@ class ExperimentOutputs:
     folds: list[FoldOutputs]
 
 
-def _benchmark(path: Path) -> dict[str, float]:
-    """Snakemake's benchmark row (s, max_rss in MB, ...); empty when the stage was not benchmarked."""
-    if not path.exists():
-        return {}
-    row = pd.read_csv(path, sep="\t").iloc[-1]
+def read_benchmark(path: Path) -> dict[str, float]:
+    """The last row of a Snakemake benchmark file (s, max_rss in MB, ...), numbers only."""
+    row = pd.read_csv(_need(path), sep="\t").iloc[-1]
     return {k: float(v) for k, v in row.items() if isinstance(v, (int, float, np.number))}
 
 
-def load_experiment(results: Path, benchmarks: Path | None = None) -> ExperimentOutputs:
-    """Read every fold the experiment ran (``split.json``'s ``run_folds``)."""
-    results = Path(results)
-    split = json.loads(_need(results / "splits" / "split.json").read_text())
-    name = split["experiment"]
-    folds = []
-    for k in range(split["run_folds"]):
-        fold = f"fold-{k}"
-        marks = {}
-        if benchmarks is not None:
-            marks = {"train": _benchmark(Path(benchmarks) / "train" / f"{name}_{fold}.tsv")}  # peak RAM of training
-        folds.append(FoldOutputs(
+def load_experiment(split_json: Path, files: dict[str, dict[str, Path]]) -> ExperimentOutputs:
+    """Read every fold the experiment ran (``split.json``'s ``run_folds``): ``files`` maps each
+    :data:`FOLD_FILES` name to ``{fold name: path}``."""
+    split = json.loads(_need(Path(split_json)).read_text())
+    folds = [f"fold-{k}" for k in range(split["run_folds"])]
+    for name, what in FOLD_FILES.items():
+        given = files.get(name, {})
+        if sorted(given) != folds and not (name in OPTIONAL and not given):
+            raise InputError(f"{split_json} runs {folds}, but the {what} was given for {sorted(given)} "
+                             f"(--{name.replace('_', '-')} FOLD=PATH, one per fold)")
+    return ExperimentOutputs(name=split["experiment"], classes=list(split["classes"]), split=split, folds=[
+        FoldOutputs(
             name=fold,
-            training=read_tsv(results / "models" / fold / "training.tsv"),
-            predictions=pd.read_csv(_need(results / "predictions" / fold / "predictions.tsv"), sep="\t",
+            training=read_tsv(files["training"][fold]),
+            predictions=pd.read_csv(_need(files["predictions"][fold]), sep="\t",
                                     dtype={"subject": str, "session": str, "image": str, "dataset": str}, keep_default_na=False),
-            samples=read_npz(results / "samples" / fold / "samples.npz"),
-            maps=read_npz(results / "attribution" / fold / "maps.npz"),
-            benchmarks=marks,
-        ))
-    return ExperimentOutputs(name=name, classes=list(split["classes"]), split=split, folds=folds)
+            samples=read_npz(Path(files["samples"][fold]) / "samples.npz"),
+            maps=read_npz(Path(files["attribution"][fold]) / "maps.npz"),
+            benchmarks={"train": read_benchmark(files["train_benchmark"][fold])} if files.get("train_benchmark") else {},
+        )
+        for fold in folds
+    ])
 
 
 def posterior_matrix(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:

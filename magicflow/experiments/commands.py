@@ -229,11 +229,3 @@ def run_attribution(args: argparse.Namespace) -> int:
     print(f"attribution maps for {limit} test slices -> {args.out}")
     return 0
 
-
-SUBCOMMANDS = {
-    "split": (add_split_arguments, run_split),
-    "train": (add_train_arguments, run_train),
-    "sample": (add_sample_arguments, run_sample),
-    "classify": (add_classify_arguments, run_classify),
-    "attribution": (add_attribution_arguments, run_attribution),
-}

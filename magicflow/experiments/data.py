@@ -6,6 +6,7 @@ after the split, with the extra ``augment`` offsets for training subjects only."
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,33 @@ import pandas as pd
 import torch
 
 from magicflow.errors import InputError
-from magicflow.experiments.train import SliceSet
 
 MISSING = "n/a"
+
+
+@dataclass
+class SliceSet:
+    """Images (N, 1, H, W) in [0, 1] and integer labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.images.shape[0] != self.labels.shape[0]:
+            raise InputError(f"slice set needs images (N,1,H,W) and N labels, got {tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def image_labels(self) -> torch.Tensor:
+        """One label per image, however many neighbour slices it contributes: what class priors
+        count. With the diagnosis task's +/-4 offsets for AD only, an AD image gives 9 training
+        slices and a CN image 1, so slice counts would put an AD share of 0.14 at 0.60."""
+        if not {"dataset", "image"} <= set(self.meta.columns):
+            return self.labels  # no image identity (tests, plain tensors): one slice per image
+        first = ~self.meta.duplicated(["dataset", "image"]).to_numpy()
+        return self.labels[torch.from_numpy(first)]
 
 
 def image_kind(table: pd.DataFrame) -> pd.Series:

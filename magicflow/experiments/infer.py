@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from magicflow.experiments.data import SliceSet
 from magicflow.experiments.posterior import fit_temperature, log_priors, posteriors
-from magicflow.experiments.train import SliceSet
 from magicflow.flow import MagicFlow
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot

@@ -2,7 +2,7 @@
 
 y_hat = argmax_y log p(x|y) + log p(y), with log priors from the training frequencies of
 images (one row per image, not per augmented neighbour slice: see
-:meth:`magicflow.experiments.train.SliceSet.image_labels`).
+:meth:`magicflow.experiments.data.SliceSet.image_labels`).
 Log-likelihood differences between classes are in the hundreds of nats for 33k-dimensional
 images, so a plain softmax is a hard 0/1; the posterior is softmax((ll + log prior) / T).
 The authors fixed T = 600; here T is fitted on the validation fold by minimising the

@@ -19,8 +19,9 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,18 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from magicflow.errors import InputError
+from magicflow.experiments.data import SliceSet
 from magicflow.flow import MagicFlow, save_checkpoint
 from magicflow.flow.model import use_fast_cuda_kernels
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot
 
-STATE_FORMAT = "magicflow.train/1"
+STATE_FORMAT = "magicflow.train/2"  # 2: the learning-rate scheduler's state saved too
 LOSSES = ("dimension", "image")
 PRECISIONS = ("fp32", "bf16")
 
@@ -74,31 +78,6 @@ class TrainSettings:
                              f"{self.precision!r}, {self.log_every}, {self.probability}, {self.patience}, {self.ema}")
 
 
-@dataclass
-class SliceSet:
-    """Images (N, 1, H, W) in [0, 1] and integer labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    meta: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-    def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.shape[0] != self.labels.shape[0]:
-            raise InputError(f"slice set needs images (N,1,H,W) and N labels, got {tuple(self.images.shape)} and {tuple(self.labels.shape)}")
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def image_labels(self) -> torch.Tensor:
-        """One label per image, however many neighbour slices it contributes: what class priors
-        count. With the diagnosis task's +/-4 offsets for AD only, an AD image gives 9 training
-        slices and a CN image 1, so slice counts would put an AD share of 0.14 at 0.60."""
-        if not {"dataset", "image"} <= set(self.meta.columns):
-            return self.labels  # no image identity (tests, plain tensors): one slice per image
-        first = ~self.meta.duplicated(["dataset", "image"]).to_numpy()
-        return self.labels[torch.from_numpy(first)]
-
-
 def validate_set(model: MagicFlow, data: SliceSet, batch: int = 256) -> None:
     """Check a whole set once (shapes, finite intensities, label range) in chunks, so training
     steps can skip those checks: each of them waits for the device."""
@@ -118,7 +97,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def learning_rate(step: int, total: int, settings: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay from lr to min_lr."""
+    """Linear warm-up, then cosine decay from lr to min_lr: the rate of optimiser step ``step``
+    (:func:`make_scheduler` applies it)."""
     warmup = max(1, int(settings.warmup_fraction * total))
     if step < warmup:
         return settings.lr * (step + 1) / warmup
@@ -152,9 +132,16 @@ def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | 
     return torch.Generator(device=device).manual_seed(state)
 
 
-def balanced_accuracy(true: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
-    recalls = [float((pred[true == k] == k).mean()) for k in range(num_classes) if (true == k).any()]
-    return float(np.mean(recalls)) if recalls else float("nan")
+def balanced_accuracy(true: np.ndarray, pred: np.ndarray) -> float:
+    """scikit-learn's balanced accuracy: the mean recall over the classes present in ``true``.
+    A class predicted but absent from the validation set adds no term (scikit-learn drops it);
+    its warnings about absent or single classes are silenced, since a few validation images
+    often miss a class. NaN for an empty set."""
+    if len(true) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+        return float(balanced_accuracy_score(true, pred))
 
 
 @torch.no_grad()
@@ -177,7 +164,7 @@ def evaluate(model: MagicFlow, data: SliceSet, settings: TrainSettings, device: 
     nll_t = torch.cat(nll).cpu()  # one read from the device per evaluation
     out = {"val_nll": float(nll_t.mean()), "val_bpd": float(nll_t.mean() / (model.image_dims * math.log(2)))}
     if log_prior is not None:
-        out["val_balanced_accuracy"] = balanced_accuracy(data.labels.numpy(), torch.cat(predictions).cpu().numpy(), model.num_classes)
+        out["val_balanced_accuracy"] = balanced_accuracy(data.labels.numpy(), torch.cat(predictions).cpu().numpy())
     return out
 
 
@@ -205,6 +192,17 @@ def train_step(model: MagicFlow, optimizer: torch.optim.Optimizer, x: torch.Tens
 def make_optimizer(model: MagicFlow, settings: TrainSettings) -> torch.optim.Optimizer:
     """Fused Adam: one kernel for all parameters, and a device-side skip of non-finite steps."""
     return torch.optim.Adam(model.parameters(), lr=settings.lr, fused=True)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, settings: TrainSettings) -> LambdaLR:
+    """The warm-up + cosine schedule as torch's LambdaLR, stepped after every optimiser step
+    (and saved with the training state, so a resumed run continues it). LambdaLR multiplies a
+    base rate by the lambda's value: with the base rate set to 1 the value is the rate itself,
+    so every step gets :func:`learning_rate` bit for bit (rate / lr multiplied back by lr would
+    round differently and change the weights)."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = 1.0
+    return LambdaLR(optimizer, lambda step: learning_rate(step, total_steps, settings))
 
 
 def configure_speed(model: MagicFlow, settings: TrainSettings, device: torch.device) -> None:
@@ -249,6 +247,7 @@ def train_model(
     optimizer = make_optimizer(model, settings)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
+    scheduler = make_scheduler(optimizer, total_steps, settings)  # before the optimiser's state is loaded, which it would overwrite
     counts = torch.bincount(train.image_labels(), minlength=model.num_classes).float()
     log_prior = torch.log(counts.clamp(min=1) / counts.sum()) if classification else None
     run_id = fingerprint(model, settings, train)
@@ -263,6 +262,7 @@ def train_model(
         if state.get("format") == STATE_FORMAT and state["run_id"] == run_id and not state["completed"]:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
             start_epoch, step, best = state["epoch"] + 1, state["step"], list(state["best"])
             history = [dict(zip(state["history_columns"], row)) for row in state["history"]]
             saved_average = state.get("average")
@@ -282,9 +282,8 @@ def train_model(
         for b in bar:
             index = order[b * settings.batch_size:(b + 1) * settings.batch_size]
             x = model.dequantise(augment(images[index], settings, noise), settings.dequantize, noise, validate=False)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total_steps, settings)
             nll, finite = train_step(model, optimizer, x, labels[index], settings)
+            scheduler.step()
             step += 1
             if average is not None:
                 average.update(step)
@@ -322,7 +321,7 @@ def train_model(
             print(f"stopping early after epoch {epoch + 1}: validation NLL not better for {settings.patience} epochs", flush=True)
         if average is not None:
             average.swap()  # back to the optimiser's weights, which training goes on from
-        _save_state(state_path, model, optimizer, run_id, epoch, step, best, history,
+        _save_state(state_path, model, optimizer, scheduler, run_id, epoch, step, best, history,
                     completed=stop or epoch + 1 == settings.epochs, average=average)
         write_history(history, out_dir)
         if on_epoch_end is not None:
@@ -381,12 +380,13 @@ class WeightAverage:
             a.copy_(live)
 
 
-def _save_state(path: Path, model: MagicFlow, optimizer: torch.optim.Optimizer, run_id: str, epoch: int, step: int,
-                best: list[float], history: list[dict], completed: bool, average: WeightAverage | None = None) -> None:
+def _save_state(path: Path, model: MagicFlow, optimizer: torch.optim.Optimizer, scheduler: LambdaLR, run_id: str, epoch: int,
+                step: int, best: list[float], history: list[dict], completed: bool, average: WeightAverage | None = None) -> None:
     columns = list(history[0]) if history else []
     state = {
         "format": STATE_FORMAT, "run_id": run_id, "epoch": epoch, "step": step, "best": best, "completed": completed,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "history_columns": columns, "history": [[float(r[c]) for c in columns] for r in history],
         "average": [a.detach().cpu() for a in average.average] if average is not None else None,
     }

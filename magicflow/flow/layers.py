@@ -112,7 +112,7 @@ class InvConv1x1(nn.Module):
         self._cache_key: tuple | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def train(self, mode: bool = True) -> "InvConv1x1":
+    def train(self, mode: bool = True) -> InvConv1x1:
         self._cache = None  # weights may have changed without a version bump (fused optimisers)
         return super().train(mode)
 

@@ -60,7 +60,7 @@ def _normal_log_density(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z * z + _LOG_2PI)
 
 
-def validate_config(config: dict[str, Any]) -> None:
+def validate_model_config(config: dict[str, Any]) -> None:
     """Raise InputError naming the first wrong key of a model config."""
     if not isinstance(config, dict):
         raise InputError(f"model config must be a dict, got {type(config).__name__}")
@@ -137,7 +137,7 @@ class MagicFlow(nn.Module):
 
     def __init__(self, config: dict[str, Any], mask: torch.Tensor | None = None) -> None:
         super().__init__()
-        validate_config(config)
+        validate_model_config(config)
         self.config = copy.deepcopy(config)
         c = config
         self.num_classes = c["num_classes"]

@@ -19,13 +19,17 @@ from magicflow.report import html as h
 
 #: attribution overlays shown per fold (the rest stay in results/<experiment>/attribution/)
 OVERLAYS_PER_FOLD = 2
+#: per-fold files the page shows: option name -> what each FOLD=PATH names (the report rule's inputs)
+FOLD_FILES = {"curves": "training.png", "samples": "samples folder (samples_<class>.png grids)",
+              "attribution": "attribution folder (overlay PNGs)"}
 CLASSIFICATION_COLUMNS = ["accuracy", "balanced_accuracy", "macro_auc", "macro_precision", "macro_recall", "macro_f1", "n"]
 GENERATION_COLUMNS = ["fid", "fid_ci", "kid", "kid_std", "kid_ci", "precision", "recall", "density", "coverage", "n_real", "n_fake"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="results/<experiment>/metrics.json")
-    parser.add_argument("--results", required=True, type=Path, help="results/<experiment>")
+    for name, what in FOLD_FILES.items():
+        parser.add_argument(f"--{name}", action="append", default=[], metavar="FOLD=PATH", help=f"a fold's {what}")
     parser.add_argument("--evaluation", required=True, type=Path, help="results/<experiment>/evaluation (figures)")
     parser.add_argument("--excluded", action="append", default=[], metavar="DATASET=TSV", help="a dataset's manifest_excluded.tsv")
     parser.add_argument("--template", type=Path, help="results/template/template.json (which template space was used)")
@@ -97,7 +101,7 @@ def data(m: dict, excluded: dict[str, pd.DataFrame]) -> str:
     return body
 
 
-def generation(m: dict, results: Path, evaluation: Path) -> str:
+def generation(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> str:
     g = m["generation"]
     suffix = g["suffix"]
     headers = _gen_headers(suffix)
@@ -114,7 +118,8 @@ def generation(m: dict, results: Path, evaluation: Path) -> str:
     ms = [{"images": k, **v} for k, v in g["ms_ssim"].items()]
     body += "<h3>MS-SSIM (diversity: lower intra-class = more diverse)</h3>" + h.table(ms, ["images", "intra", "intra_std", "inter", "inter_std", "intra_pairs", "inter_pairs"])
     body += h.image(evaluation / "real_vs_generated.png", "Per class: held-out real slices (left) and generated slices (right).")
-    for png in sorted((results / "samples" / g["fold"]).glob("samples_*.png")):
+    samples = folds["samples"].get(g["fold"])
+    for png in sorted(samples.glob("samples_*.png")) if samples else []:
         body += h.image(png, f"Sample grid: {png.stem.removeprefix('samples_')}", width=560)
     memo = g["memorisation"]
     body += ("<h3>Memorisation check</h3>"
@@ -138,12 +143,13 @@ def classification(m: dict, evaluation: Path) -> str:
     return body
 
 
-def attribution(m: dict, results: Path, evaluation: Path) -> str:
+def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> str:
     a = m["attribution"]
     body = ('<p class="note">Maps H(x, y) of Section 5: each pixel\'s share of log p(x|y); blue = low likelihood, red = high. '
             "Regions of interest are cut from each test slice's map for its predicted label.</p>")
     for fold in range(m["folds_run"]):
-        for png in sorted((results / "attribution" / f"fold-{fold}").glob("*.png"))[:OVERLAYS_PER_FOLD]:
+        overlays = folds["attribution"].get(f"fold-{fold}")
+        for png in sorted(overlays.glob("*.png"))[:OVERLAYS_PER_FOLD] if overlays else []:
             body += h.image(png, f"fold-{fold}: {png.stem}", width=720)
     body += "<h3>Threshold analysis (the paper's Figure 3)</h3>"
     if "thresholds" in a:
@@ -165,13 +171,14 @@ def attribution(m: dict, results: Path, evaluation: Path) -> str:
     return body
 
 
-def efficiency(m: dict, results: Path) -> str:
+def efficiency(m: dict, folds: dict[str, dict[str, Path]]) -> str:
     body = h.table(m["efficiency"], ["fold", "epochs", "steps", "training_s", "ms_per_step", "epoch_s_with_validation", "peak_rss_mb",
                                      "peak_gpu_mb", "generated_per_s", "device"],
                    {"training_s": "training (s)", "ms_per_step": "ms/step", "epoch_s_with_validation": "s/epoch incl. validation",
                     "peak_rss_mb": "peak RAM (MB)", "peak_gpu_mb": "peak GPU (MB)", "generated_per_s": "generated images/s"})
     for fold in range(m["folds_run"]):
-        body += h.image(results / "models" / f"fold-{fold}" / "training.png", f"fold-{fold}: training and validation curves", width=620)
+        curves = folds["curves"].get(f"fold-{fold}", Path(f"fold-{fold} training.png (not given)"))
+        body += h.image(curves, f"fold-{fold}: training and validation curves", width=620)
     return body
 
 
@@ -189,14 +196,17 @@ def per_dataset(m: dict, dataset: str, excluded: dict[str, pd.DataFrame]) -> str
     return body
 
 
-def build_report(metrics: dict, results: Path, evaluation: Path, excluded: dict[str, pd.DataFrame], template_space: str = "") -> str:
+def build_report(metrics: dict, folds: dict[str, dict[str, Path]], evaluation: Path, excluded: dict[str, pd.DataFrame],
+                 template_space: str = "") -> str:
+    """The page; ``folds`` maps each :data:`FOLD_FILES` name to ``{fold name: path}``."""
+    folds = {name: folds.get(name, {}) for name in FOLD_FILES}
     sections = [
         ("overview", "Overview", overview(metrics)),
         ("data", "Data", data(metrics, excluded)),
-        ("generation", "Generation", generation(metrics, results, evaluation)),
+        ("generation", "Generation", generation(metrics, folds, evaluation)),
         ("classification", "Classification", classification(metrics, evaluation)),
-        ("attribution", "Attribution", attribution(metrics, results, evaluation)),
-        ("efficiency", "Training and efficiency", efficiency(metrics, results)),
+        ("attribution", "Attribution", attribution(metrics, folds, evaluation)),
+        ("efficiency", "Training and efficiency", efficiency(metrics, folds)),
     ]
     for dataset in metrics["datasets"]:
         sections.append((f"dataset-{dataset}", f"Dataset: {dataset}", per_dataset(metrics, dataset, excluded)))
@@ -215,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
     excluded = {name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
                 for name, path in parse_pairs(args.excluded, "excluded").items()}
     space = json.loads(args.template.read_text()).get("space", "") if args.template and args.template.exists() else ""
-    page = build_report(metrics, args.results, args.evaluation, excluded, space)
+    folds = {name: parse_pairs(getattr(args, name), name) for name in FOLD_FILES}
+    page = build_report(metrics, folds, args.evaluation, excluded, space)
     with atomic_path(args.out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     print(f"{metrics['experiment']}: report ({len(page) / 1e6:.1f} MB) -> {args.out}")

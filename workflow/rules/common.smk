@@ -1,5 +1,8 @@
-# Shared by every rule file: config validation, paths, and how rules call the package.
+# Shared by the other .smk files: config validation, paths, how jobs call the package, and
+# every function their rules use (input functions, params, resources), by stage below, so that
+# those files hold rules only (snakemake --lint).
 
+import json
 import os
 import shlex
 import sys
@@ -10,12 +13,23 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 from magicflow.config import active_experiments, validate_config
+from magicflow.datasets.manifest import read_manifest
 from magicflow.errors import InputError
+from magicflow.preprocess.template import METADATA
 
-try:
-    validate_config(config)
-except InputError as error:
-    raise WorkflowError(f"invalid configuration: {error}") from None
+
+def parse_time(function, *args):
+    """Call a magicflow helper while the rule files are read. Its InputError already names the
+    config key or file and the problem, so it stops Snakemake as that one line on stderr (a
+    WorkflowError would add the lines of the rule files it passed through)."""
+    try:
+        return function(*args)
+    except InputError as error:
+        print(f"invalid configuration: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+parse_time(validate_config, config)
 
 EXPERIMENTS, SKIPPED_EXPERIMENTS = active_experiments(config)
 for line in SKIPPED_EXPERIMENTS:
@@ -33,14 +47,28 @@ RESULTS = "results"
 
 # Rules call the package as `python -m magicflow`. With --use-conda that is the rule's conda
 # environment (which gets the package through PYTHONPATH); otherwise the Python running
-# Snakemake, so no activation is needed.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+# Snakemake, so no activation is needed. Every shell command runs through logged.sh: output to
+# the job's log, and on failure the log kept as <log>.failed-<time> and its end quoted in
+# Snakemake's error output. Both reach the commands as environment variables (set again
+# wherever Snakemake reads these files, cluster nodes included), so that a rule's command text
+# stays the same whichever Python runs it, and Snakemake's code-change trigger means a change
+# of the rule.
 _USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-MAGICFLOW = f"{'python' if _USES_CONDA else shlex.quote(sys.executable)} -m magicflow"
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])),
+    MAGICFLOW_PYTHON="python" if _USES_CONDA else sys.executable,
+    MAGICFLOW_LOGGED=str(Path(workflow.basedir) / "workflow" / "scripts" / "logged.sh"),
+)
 ENV_MAGICFLOW = "../../envs/magicflow.yaml"
-# Every shell rule runs its command through this: output to the rule's log, and on failure the log
-# kept as <log>.failed-<time> and its end quoted in Snakemake's error output (workflow/scripts/logged.sh).
-LOGGED = f"bash {shlex.quote(str(Path(workflow.basedir) / 'workflow' / 'scripts' / 'logged.sh'))}"
+
+
+def magicflow_command(arguments, torch=False):
+    """A rule's shell command: `magicflow ARGUMENTS`, logged. torch=True sizes torch's CPU thread
+    pool to the job's threads and makes it wait passively: libgomp spin-waits by default, and
+    jobs sharing cores then slow each other down many times over (Snakemake's shell sets
+    OMP_NUM_THREADS too; said here, the command is complete as a log shows it)."""
+    env = "OMP_NUM_THREADS={threads} OMP_WAIT_POLICY=PASSIVE " if torch else ""
+    return f'bash "$MAGICFLOW_LOGGED" {{log}} {env}"$MAGICFLOW_PYTHON" -m magicflow {arguments}'
 
 
 def write_logged(path, text, log):
@@ -66,3 +94,201 @@ def benchmark_path(stage, name):
 def name_regex(names):
     """Wildcard constraint matching exactly these names (none: matches nothing)."""
     return "|".join(names) if names else "(?!)"
+
+
+# --------------------------------------------------------------------------- manifests (datasets.smk)
+# config key -> `magicflow manifest` option; mappings become one KEY=VALUE option per entry
+MANIFEST_OPTIONS = {
+    "participant_columns": "--participant-column",
+    "demographics": "--demographics",
+    "sites": "--site",
+    "sex_labels": "--sex-label",
+    "diagnosis": "--diagnosis",
+    "scanner": "--scanner",
+    "t1_pattern": "--t1-pattern",
+    "collection": "--collection",
+    "diagnosis_table": "--diagnosis-table",
+    "visit_window_days": "--visit-window-days",
+    "diagnosis_labels": "--diagnosis-label",
+    "max_reference_gap_days": "--max-reference-gap-days",
+    "processing_level": "--processing-level",
+    "mri_series_include": "--mri-series-include",
+    "mri_series_exclude": "--mri-series-exclude",
+}
+TABLE_KEYS = ("demographics", "collection", "diagnosis_table")  # files read by the manifest: rule inputs
+
+
+def dataset_root(wc):
+    dataset = config["datasets"][wc.dataset]
+    return f"{RESULTS}/{wc.dataset}/bids" if dataset["kind"] == "demo" else str(Path(dataset["root"]).expanduser())
+
+
+def manifest_kind(wc):
+    kind = config["datasets"][wc.dataset]["kind"]
+    return "bids" if kind == "demo" else kind
+
+
+def dataset_table(dataset, key):
+    path = Path(dataset[key]).expanduser()
+    return str(path if path.is_absolute() else Path(dataset["root"]).expanduser() / path)
+
+
+def manifest_inputs(wc):
+    dataset = config["datasets"][wc.dataset]
+    if dataset["kind"] == "demo":
+        return [dataset_root(wc)]
+    inputs = [dataset_table(dataset, key) for key in TABLE_KEYS if key in dataset]
+    if dataset["kind"] in IDA_KINDS:
+        inputs.append(conversion_table(wc.dataset))
+    return inputs
+
+
+def conversion_table(dataset):
+    """An IDA dataset's DICOM -> NIfTI conversion table as dicom_to_nifti declares it; the
+    converted images lie beside it."""
+    return rules.dicom_to_nifti.output[0].format(dataset=dataset)
+
+
+def manifest_options(wc):
+    """The dataset's kind-specific settings as `magicflow manifest` options, shell-quoted."""
+    dataset = config["datasets"][wc.dataset]
+    words = []
+    for key, option in MANIFEST_OPTIONS.items():
+        value = dataset.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            words += [f"{option} {shlex.quote(f'{k}={v}')}" for k, v in sorted(value.items())]
+        else:
+            words.append(f"{option} {shlex.quote(str(value))}")
+    if dataset["kind"] in IDA_KINDS:
+        words.append(f"--nifti-dir {Path(conversion_table(wc.dataset)).parent}")
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------- preprocessing (preprocess.smk)
+_MANIFESTS = {}
+
+
+def manifest_of(dataset):
+    """The dataset's manifest, read once per version of the file: every registration job's
+    inputs and params look up their row, so a dataset of N images would otherwise be read ~8N times."""
+    path = checkpoints.dataset_manifest.get(dataset=dataset).output.manifest
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _MANIFESTS:
+        _MANIFESTS[key] = read_manifest(path)
+    return _MANIFESTS[key]
+
+
+def template_space():
+    """The template's space (template.json), once the template checkpoint has run."""
+    path = Path(checkpoints.preprocess_template.get().output[0]) / METADATA
+    try:
+        return json.loads(path.read_text())["space"]
+    except (OSError, ValueError, KeyError) as error:
+        raise WorkflowError(f"{path}: no template space to read ({type(error).__name__}: {error}); delete {TEMPLATE} and rerun") from None
+
+
+def manifest_row(wc):
+    table = manifest_of(wc.dataset)
+    row = table[table["image"] == wc.image]
+    if row.empty:
+        raise WorkflowError(f"image {wc.image} is not in the manifest of dataset {wc.dataset}")
+    return row.iloc[0]
+
+
+def t1_outputs(dataset, image, space):
+    stem = PREPROC.format(dataset=dataset, image=image, space=space)
+    return {"json": f"{stem}_t1.json", "affine": f"{stem}_affine.mat", "warp": f"{stem}_warp.nii.gz", "native": f"{stem}_native.nii.gz"}
+
+
+def dataset_images(dataset, what):
+    """Per-image files of every manifest image of a dataset: what = 'mni' or 'qc'."""
+    space = template_space()
+    suffix = {"mni": f"_space-{space}.nii.gz", "qc": "_qc.json"}[what]
+    return [f"{PREPROC.format(dataset=dataset, image=i, space=space)}{suffix}" for i in manifest_of(dataset)["image"]]
+
+
+def dataset_offsets(dataset):
+    """Every slice offset an experiment using this dataset asks for (0 at least)."""
+    offsets = {0}
+    for experiment in EXPERIMENTS.values():
+        if dataset in experiment["datasets"]:
+            o = experiment["offsets"]
+            offsets |= set(o["train"]) | set(o["eval"]) | {v for extra in o.get("augment", {}).values() for v in extra}
+    return ",".join(str(v) for v in sorted(offsets))
+
+
+def sidecar_input(wc):
+    """The image's JSON sidecar as the manifest names it (it may be inherited from higher up a
+    BIDS tree), as a rule input so a changed sidecar reruns the job; none when there is none."""
+    sidecar = manifest_row(wc)["sidecar"]
+    return [] if sidecar == "n/a" else [sidecar]
+
+
+# --------------------------------------------------------------------------- experiments (experiments.smk)
+def gpu_request(wc):
+    """GPUs a job of this experiment asks the scheduler for: none when its own training.device
+    (the experiment's, else the top-level one) is cpu, else one (auto runs on the CPU without one)."""
+    return 0 if EXPERIMENT_SETTINGS[wc.experiment]["training"]["device"] == "cpu" else 1
+
+
+def folds_of(experiment):
+    return [f"fold-{k}" for k in range(EXPERIMENT_SETTINGS[experiment]["run_folds"])]
+
+
+def experiment_outputs(pattern):
+    """pattern with {experiment} and {fold}, expanded over every active experiment and fold."""
+    return [pattern.format(experiment=e, fold=f) for e in EXPERIMENTS for f in folds_of(e)]
+
+
+def slices_inputs(wc):
+    datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
+    return {
+        "tsv": [f"{RESULTS}/{d}/slices/slices.tsv" for d in datasets],
+        "npz": [f"{RESULTS}/{d}/slices/slices.npz" for d in datasets],
+    }
+
+
+def slices_args(wc, input, arrays=True):
+    """`--slices` (and `--arrays`) DATASET=PATH per dataset of the experiment, PATH the declared input."""
+    datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
+    words = [f"--slices {d}={path}" for d, path in zip(datasets, input.tsv)]
+    if arrays:
+        words += [f"--arrays {d}={path}" for d, path in zip(datasets, input.npz)]
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------- evaluation and reports (report.smk)
+def fold_files(wc, name):
+    return [FOLD_FILES[name].format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)]
+
+
+def evaluation_inputs(wc):
+    settings = EXPERIMENT_SETTINGS[wc.experiment]
+    base = f"{RESULTS}/{wc.experiment}"
+    return {
+        **slices_inputs(wc),
+        "settings": f"{base}/experiment.json",
+        "evaluation": f"{base}/evaluation.json",
+        "split": rules.split.output.info.format(experiment=wc.experiment),
+        "folds": rules.split.output.folds.format(experiment=wc.experiment),
+        **{name: fold_files(wc, name) for name in EVALUATION_READS},
+        "qc": [f"{RESULTS}/{d}/qc.tsv" for d in settings["datasets"]],
+        "groundtruth": [f"{RESULTS}/{d}/bids" for d in settings["datasets"] if d in DEMO_DATASETS],
+    }
+
+
+def fold_args(wc, input, names):
+    """`--NAME fold-k=PATH` for every fold, PATH the rule's declared input of that name."""
+    return " ".join(f"--{name.replace('_', '-')} {fold}={path}" for name in names
+                    for fold, path in zip(folds_of(wc.experiment), input[name]))
+
+
+def evaluation_args(wc, input):
+    datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
+    words = [slices_args(wc, input), fold_args(wc, input, EVALUATION_READS)]
+    words += [f"--qc {d}={path}" for d, path in zip(datasets, input.qc)]
+    demo = [d for d in datasets if d in DEMO_DATASETS]
+    words += [f"--groundtruth {d}={Path(path) / 'derivatives' / 'groundtruth'}" for d, path in zip(demo, input.groundtruth)]
+    return " ".join(words)

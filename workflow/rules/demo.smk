@@ -23,5 +23,5 @@ rule demo_cohort:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{LOGGED} {log} {MAGICFLOW} demo-cohort {output} --subjects {params.subjects} --t1w-only {params.t1w_only} --seed {params.seed}"
-        " --ad-fraction {params.ad_fraction} --tracers {params.tracers} --workers {threads}"
+        magicflow_command("demo-cohort {output} --subjects {params.subjects} --t1w-only {params.t1w_only} --seed {params.seed}"
+                          " --ad-fraction {params.ad_fraction} --tracers {params.tracers} --workers {threads}")

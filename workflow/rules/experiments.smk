@@ -6,36 +6,7 @@ import json
 
 from magicflow.config import experiment_settings
 
-EXPERIMENT_SETTINGS = {name: experiment_settings(config, name) for name in EXPERIMENTS}
-GPU = 0 if config["training"]["device"] == "cpu" else 1
-# torch's CPU thread pool (libgomp) spin-waits by default: jobs that share cores then slow each
-# other down many times over. Passive waiting keeps a shared machine usable.
-TORCH_ENV = "OMP_WAIT_POLICY=PASSIVE"
-
-
-def folds_of(experiment):
-    return [f"fold-{k}" for k in range(EXPERIMENT_SETTINGS[experiment]["run_folds"])]
-
-
-def experiment_outputs(pattern):
-    """pattern with {experiment} and {fold}, expanded over every active experiment and fold."""
-    return [pattern.format(experiment=e, fold=f) for e in EXPERIMENTS for f in folds_of(e)]
-
-
-def slices_inputs(wc):
-    datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
-    return {
-        "tsv": [f"{RESULTS}/{d}/slices/slices.tsv" for d in datasets],
-        "npz": [f"{RESULTS}/{d}/slices/slices.npz" for d in datasets],
-    }
-
-
-def slices_args(wc, arrays=True):
-    datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
-    words = [f"--slices {d}={RESULTS}/{d}/slices/slices.tsv" for d in datasets]
-    if arrays:
-        words += [f"--arrays {d}={RESULTS}/{d}/slices/slices.npz" for d in datasets]
-    return " ".join(words)
+EXPERIMENT_SETTINGS = {name: parse_time(experiment_settings, config, name) for name in EXPERIMENTS}
 
 
 wildcard_constraints:
@@ -54,8 +25,10 @@ rule experiment_settings:
         settings=lambda wc: json.dumps(EXPERIMENT_SETTINGS[wc.experiment], indent=2, sort_keys=True),
     log:
         log_path("experiment_settings", "{experiment}"),
+    benchmark:
+        benchmark_path("experiment_settings", "{experiment}")
     run:
-        write_logged(output[0], params.settings + "\n", log[0])
+        write_logged(output[0], f"{params.settings}\n", log[0])
 
 
 rule split:
@@ -66,7 +39,7 @@ rule split:
         info=f"{RESULTS}/{{experiment}}/splits/split.json",
         folds=directory(f"{RESULTS}/{{experiment}}/splits/folds"),
     params:
-        slices=lambda wc: slices_args(wc, arrays=False),
+        slices=lambda wc, input: slices_args(wc, input, arrays=False),
     threads: 1
     resources:
         mem_mb=1000,
@@ -78,7 +51,7 @@ rule split:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{LOGGED} {log} {MAGICFLOW} split --experiment {input.settings} {params.slices} --out {output.folds} --info {output.info}"
+        magicflow_command("split --experiment {input.settings} {params.slices} --out {output.folds} --info {output.info}")
 
 
 rule train_fold:
@@ -98,12 +71,12 @@ rule train_fold:
         ),
     params:
         slices=slices_args,
-        out=lambda wc: f"{RESULTS}/{wc.experiment}/models/{wc.fold}",
+        out=lambda wc, output: Path(output.model).parent,  # also holds last.pt, the resumable state
     threads: config["training"]["threads"]
     resources:
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=240,
-        gpu=GPU,
+        gpu=gpu_request,
     log:
         log_path("train", "{experiment}_{fold}"),
     benchmark:
@@ -111,8 +84,8 @@ rule train_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} train --experiment {input.settings} {params.slices}"
-        " --fold-dir {input.folds}/{wildcards.fold} --out {params.out}"
+        magicflow_command("train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
+                          " --out {params.out}", torch=True)
 
 
 rule sample_fold:
@@ -120,14 +93,12 @@ rule sample_fold:
         settings=f"{RESULTS}/{{experiment}}/experiment.json",
         model=rules.train_fold.output.model,
     output:
-        f"{RESULTS}/{{experiment}}/samples/{{fold}}/samples.npz",
-    params:
-        out=lambda wc: f"{RESULTS}/{wc.experiment}/samples/{wc.fold}",
+        directory(f"{RESULTS}/{{experiment}}/samples/{{fold}}"),  # samples.npz, a grid per class, NIfTI samples
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
         mem_mb=1000,
         runtime=60,
-        gpu=GPU,
+        gpu=gpu_request,
     log:
         log_path("sample", "{experiment}_{fold}"),
     benchmark:
@@ -135,8 +106,7 @@ rule sample_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} sample --experiment {input.settings} --model {input.model}"
-        " --out {params.out}"
+        magicflow_command("sample --experiment {input.settings} --model {input.model} --out {output}", torch=True)
 
 
 rule classify_fold:
@@ -153,7 +123,7 @@ rule classify_fold:
     resources:
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
-        gpu=GPU,
+        gpu=gpu_request,
     log:
         log_path("classify", "{experiment}_{fold}"),
     benchmark:
@@ -161,8 +131,8 @@ rule classify_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} classify --experiment {input.settings} {params.slices}"
-        " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}"
+        magicflow_command("classify --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
+                          " --model {input.model} --out {output}", torch=True)
 
 
 rule attribution_fold:
@@ -173,15 +143,14 @@ rule attribution_fold:
         model=rules.train_fold.output.model,
         predictions=rules.classify_fold.output,
     output:
-        f"{RESULTS}/{{experiment}}/attribution/{{fold}}/maps.npz",
+        directory(f"{RESULTS}/{{experiment}}/attribution/{{fold}}"),  # maps.npz and an overlay per mapped slice
     params:
         slices=slices_args,
-        out=lambda wc: f"{RESULTS}/{wc.experiment}/attribution/{wc.fold}",
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
-        gpu=GPU,
+        gpu=gpu_request,
     log:
         log_path("attribution", "{experiment}_{fold}"),
     benchmark:
@@ -189,9 +158,8 @@ rule attribution_fold:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} attribution --experiment {input.settings} {params.slices}"
-        " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --predictions {input.predictions}"
-        " --out {params.out}"
+        magicflow_command("attribution --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
+                          " --model {input.model} --predictions {input.predictions} --out {output}", torch=True)
 
 
 rule train:
@@ -201,7 +169,7 @@ rule train:
 
 rule sample:
     input:
-        experiment_outputs(f"{RESULTS}/{{experiment}}/samples/{{fold}}/samples.npz"),
+        experiment_outputs(f"{RESULTS}/{{experiment}}/samples/{{fold}}"),
 
 
 rule classify:
@@ -211,4 +179,4 @@ rule classify:
 
 rule attribution:
     input:
-        experiment_outputs(f"{RESULTS}/{{experiment}}/attribution/{{fold}}/maps.npz"),
+        experiment_outputs(f"{RESULTS}/{{experiment}}/attribution/{{fold}}"),

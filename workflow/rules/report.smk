@@ -5,29 +5,18 @@
 import json
 
 
-def evaluation_inputs(wc):
-    settings = EXPERIMENT_SETTINGS[wc.experiment]
-    folds = folds_of(wc.experiment)
-    base = f"{RESULTS}/{wc.experiment}"
-    return {
-        **slices_inputs(wc),
-        "settings": f"{base}/experiment.json",
-        "evaluation": f"{base}/evaluation.json",
-        "training": [f"{base}/models/{f}/training.tsv" for f in folds],
-        "samples": [f"{base}/samples/{f}/samples.npz" for f in folds],
-        "predictions": [f"{base}/predictions/{f}/predictions.tsv" for f in folds],
-        "maps": [f"{base}/attribution/{f}/maps.npz" for f in folds],
-        "qc": [f"{RESULTS}/{d}/qc.tsv" for d in settings["datasets"]],
-        "groundtruth": [f"{RESULTS}/{d}/bids" for d in settings["datasets"] if d in DEMO_DATASETS],
-    }
-
-
-def evaluation_args(wc):
-    datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
-    words = [slices_args(wc)]
-    words += [f"--qc {d}={RESULTS}/{d}/qc.tsv" for d in datasets]
-    words += [f"--groundtruth {d}={RESULTS}/{d}/bids/derivatives/groundtruth" for d in datasets if d in DEMO_DATASETS]
-    return " ".join(words)
+# Per-fold files that evaluation and reports read: input name (the command's option, with - for
+# _) -> the file a rule declares, so neither command rebuilds the results layout.
+FOLD_FILES = {
+    "training": rules.train_fold.output.curves,
+    "curves": rules.train_fold.output.plot,
+    "samples": rules.sample_fold.output[0],
+    "predictions": rules.classify_fold.output[0],
+    "attribution": rules.attribution_fold.output[0],
+    "train_benchmark": rules.train_fold.benchmark,  # peak memory of training, for the efficiency table
+}
+EVALUATION_READS = ("training", "samples", "predictions", "attribution", "train_benchmark")
+REPORT_READS = ("curves", "samples", "attribution")
 
 
 localrules:
@@ -41,8 +30,10 @@ rule evaluation_settings:
         settings=json.dumps({k: v for k, v in config["evaluation"].items() if k != "threads"}, indent=2, sort_keys=True),
     log:
         log_path("evaluation_settings", "{experiment}"),
+    benchmark:
+        benchmark_path("evaluation_settings", "{experiment}")
     run:
-        write_logged(output[0], params.settings + "\n", log[0])
+        write_logged(output[0], f"{params.settings}\n", log[0])
 
 
 rule evaluate_experiment:
@@ -60,7 +51,6 @@ rule evaluate_experiment:
         ),
     params:
         inputs=evaluation_args,
-        results=lambda wc: f"{RESULTS}/{wc.experiment}",
     threads: config["evaluation"]["threads"]
     resources:
         mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
@@ -72,9 +62,8 @@ rule evaluate_experiment:
     conda:
         ENV_MAGICFLOW
     shell:
-        "{LOGGED} {log} OMP_NUM_THREADS={threads} {TORCH_ENV} {MAGICFLOW} evaluate --experiment {input.settings} --evaluation {input.evaluation}"
-        " {params.inputs} --results {params.results} --benchmarks {RESULTS}/benchmarks"
-        " --out-dir {output.figures} --out-json {output.json} --out-tsv {output.tsv}"
+        magicflow_command("evaluate --experiment {input.settings} --evaluation {input.evaluation} --split {input.split} --folds {input.folds}"
+                          " {params.inputs} --out-dir {output.figures} --out-json {output.json} --out-tsv {output.tsv}", torch=True)
 
 
 rule report_experiment:
@@ -83,6 +72,7 @@ rule report_experiment:
         figures=rules.evaluate_experiment.output.figures,
         excluded=lambda wc: [f"{RESULTS}/{d}/manifest_excluded.tsv" for d in EXPERIMENT_SETTINGS[wc.experiment]["datasets"]],
         template=TEMPLATE,
+        **{name: lambda wc, name=name: fold_files(wc, name) for name in REPORT_READS},
     output:
         report(
             f"{RESULTS}/{{experiment}}/report.html",
@@ -91,19 +81,21 @@ rule report_experiment:
             labels={"experiment": "{experiment}"},
         ),
     params:
-        excluded=lambda wc: " ".join(f"--excluded {d}={RESULTS}/{d}/manifest_excluded.tsv" for d in EXPERIMENT_SETTINGS[wc.experiment]["datasets"]),
-        results=lambda wc: f"{RESULTS}/{wc.experiment}",
+        excluded=lambda wc, input: " ".join(f"--excluded {d}={p}" for d, p in zip(EXPERIMENT_SETTINGS[wc.experiment]["datasets"], input.excluded)),
+        folds=lambda wc, input: fold_args(wc, input, REPORT_READS),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     log:
         log_path("report", "{experiment}"),
+    benchmark:
+        benchmark_path("report", "{experiment}")
     conda:
         ENV_MAGICFLOW
     shell:
-        "{LOGGED} {log} {MAGICFLOW} report --metrics {input.metrics} --results {params.results} --evaluation {input.figures}"
-        " {params.excluded} --template {input.template}/template.json --out {output}"
+        magicflow_command("report --metrics {input.metrics} --evaluation {input.figures} {params.folds}"
+                              " {params.excluded} --template {input.template}/template.json --out {output}")
 
 
 rule evaluate:
