@@ -5,7 +5,7 @@ augmentation and dequantisation noise from seeds derived from (seed, epoch), and
 training state is saved after every epoch. A run killed at any point and restarted resumes
 from the last completed epoch and ends with the same weights as an uninterrupted run
 (on CPU; GPU kernels may add non-determinism). A completed run is never resumed: rerunning
-it (``--forcerun train``) trains afresh.
+it (``--forcerun train_fold``) trains afresh.
 
 A training step never waits for the device: data are validated once per set
 (:func:`validate_set`), losses and the non-finite bookkeeping stay on the device and are read
