@@ -1,8 +1,8 @@
 """MAGIC-Flow pipeline. Stages are plain `magicflow` commands; the rules here only wire files.
 
-    snakemake --cores 8                 # everything the config asks for
-    snakemake --cores 8 manifest        # one stage (named targets are listed in README.md)
-    snakemake --report results/snakemake-report.html   # Snakemake's own report of the main outputs
+snakemake --cores 8                 # everything the config asks for
+snakemake --cores 8 manifest        # one stage (named targets are listed in README.md)
+snakemake --report results/snakemake-report.html   # Snakemake's own report of the main outputs
 """
 
 import sys

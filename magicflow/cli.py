@@ -35,22 +35,39 @@ _EXPERIMENTS = "magicflow.experiments.commands"
 COMMANDS: dict[str, Command] = {
     "demo-cohort": _stage("magicflow.demo.cohort", "write the synthetic demo BIDS cohort"),
     "manifest": _stage("magicflow.datasets.commands", "write a dataset's manifest.tsv and manifest_excluded.tsv"),
-    "preprocess-template": _stage("magicflow.preprocess.cli.template_cmd", "write the MNI152 1 mm template (FSL's grid) and its masks"),
+    "preprocess-template": _stage(
+        "magicflow.preprocess.cli.template_cmd", "write the MNI152 1 mm template (FSL's grid) and its masks"
+    ),
     "preprocess-t1": _stage("magicflow.preprocess.cli.t1_cmd", "register a T1w to MNI152 (FSL or ANTs): image, mask, transforms"),
-    "preprocess-coregister": _stage("magicflow.preprocess.cli.coregister_cmd", "T2w/FLAIR/PET: median frame, rigid to the T1w, then to MNI"),
+    "preprocess-coregister": _stage(
+        "magicflow.preprocess.cli.coregister_cmd", "T2w/FLAIR/PET: median frame, rigid to the T1w, then to MNI"
+    ),
     "preprocess-qc": _stage("magicflow.preprocess.cli.qc_cmd", "QC figure and correlation with the template of one MNI image"),
     "preprocess-qc-table": _stage("magicflow.preprocess.cli.qc_table_cmd", "gather QC values into a table and flag low ones"),
     "slices": _stage("magicflow.slices", "coronal slices of every MNI image of a dataset"),
-    "split": Command("subject-level stratified k-fold splits of an experiment",
-                     f"{_EXPERIMENTS}:add_split_arguments", f"{_EXPERIMENTS}:run_split"),
-    "train": Command("train a MAGIC-Flow model on one fold (resumable)",
-                     f"{_EXPERIMENTS}:add_train_arguments", f"{_EXPERIMENTS}:run_train"),
-    "sample": Command("draw class-conditional samples from a trained model",
-                      f"{_EXPERIMENTS}:add_sample_arguments", f"{_EXPERIMENTS}:run_sample"),
-    "classify": Command("classify a fold's test slices by maximum likelihood",
-                        f"{_EXPERIMENTS}:add_classify_arguments", f"{_EXPERIMENTS}:run_classify"),
-    "attribution": Command("likelihood attribution maps of test slices",
-                           f"{_EXPERIMENTS}:add_attribution_arguments", f"{_EXPERIMENTS}:run_attribution"),
+    "split": Command(
+        "subject-level stratified k-fold splits of an experiment",
+        f"{_EXPERIMENTS}:add_split_arguments",
+        f"{_EXPERIMENTS}:run_split",
+    ),
+    "train": Command(
+        "train a MAGIC-Flow model on one fold (resumable)", f"{_EXPERIMENTS}:add_train_arguments", f"{_EXPERIMENTS}:run_train"
+    ),
+    "sample": Command(
+        "draw class-conditional samples from a trained model",
+        f"{_EXPERIMENTS}:add_sample_arguments",
+        f"{_EXPERIMENTS}:run_sample",
+    ),
+    "classify": Command(
+        "classify a fold's test slices by maximum likelihood",
+        f"{_EXPERIMENTS}:add_classify_arguments",
+        f"{_EXPERIMENTS}:run_classify",
+    ),
+    "attribution": Command(
+        "likelihood attribution maps of test slices",
+        f"{_EXPERIMENTS}:add_attribution_arguments",
+        f"{_EXPERIMENTS}:run_attribution",
+    ),
     "evaluate": _stage("magicflow.evaluate.commands", "metrics (JSON, TSV) and figures of one experiment"),
     "report": _stage("magicflow.report.experiment", "the self-contained HTML report of one experiment"),
     "bench": _stage("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
@@ -88,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         print(f"magicflow {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # anything else: one line naming the inputs first (what a log's reader looks for), then the traceback
+    except (
+        Exception
+    ) as error:  # anything else: one line naming the inputs first (what a log's reader looks for), then the traceback
         sys.stdout.flush()
         inputs = ", ".join(existing_paths(args)) or "its arguments"
         print(f"magicflow {args.command}: failed on {inputs}: {type(error).__name__}: {error}", file=sys.stderr)

@@ -74,8 +74,9 @@ def upsample_plane(plane: np.ndarray, side: int = SLICE_SIDE) -> np.ndarray:
     x = np.asarray(plane, dtype=np.float32)
     if x.shape == (side, side):
         return x
-    return F.interpolate(torch.from_numpy(np.ascontiguousarray(x))[None, None], size=(side, side), mode="bilinear",
-                         align_corners=False)[0, 0].numpy()
+    return F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(x))[None, None], size=(side, side), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
 
 
 def normalise_volume(volume: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
@@ -85,7 +86,9 @@ def normalise_volume(volume: np.ndarray, mask: np.ndarray, percentiles: tuple[fl
         raise InputError("intensity normalisation: empty brain mask")
     lo, hi = np.percentile(inside, percentiles)
     if hi <= lo:
-        raise InputError(f"intensity normalisation: no contrast inside the brain (p{percentiles[0]}={lo}, p{percentiles[1]}={hi})")
+        raise InputError(
+            f"intensity normalisation: no contrast inside the brain (p{percentiles[0]}={lo}, p{percentiles[1]}={hi})"
+        )
     return np.clip((volume - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
@@ -119,8 +122,12 @@ def _excluded(row: pd.Series) -> bool:
 
 
 def extract_slices(
-    manifest: str | os.PathLike[str], preproc_dir: str | os.PathLike[str], template_dir: str | os.PathLike[str],
-    offsets: list[int], out_npz: str | os.PathLike[str], out_tsv: str | os.PathLike[str],
+    manifest: str | os.PathLike[str],
+    preproc_dir: str | os.PathLike[str],
+    template_dir: str | os.PathLike[str],
+    offsets: list[int],
+    out_npz: str | os.PathLike[str],
+    out_tsv: str | os.PathLike[str],
     exclude_images: set[str] | None = None,
 ) -> pd.DataFrame:
     """Slice every included manifest row's MNI image into one compressed array + ``slices.tsv``.
@@ -158,8 +165,9 @@ def extract_slices(
     index = pd.DataFrame(rows)
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, slices=np.stack(arrays), offsets=np.array(offsets),
-                                **{f"mask_{o}": mask_slice(mask, o) for o in offsets})
+            np.savez_compressed(
+                handle, slices=np.stack(arrays), offsets=np.array(offsets), **{f"mask_{o}": mask_slice(mask, o) for o in offsets}
+            )
     with atomic_path(out_tsv) as tmp:
         index.to_csv(tmp, sep="\t", index=False)
     return index
@@ -180,6 +188,13 @@ def run(args: argparse.Namespace) -> int:
     if args.exclude_flagged:
         qc = pd.read_csv(args.exclude_flagged, sep="\t", dtype=str, keep_default_na=False)
         excluded = set(qc.loc[qc["flagged"].str.lower() == "true", "label"])
-    extract_slices(args.manifest, args.preproc_dir, args.template_dir, parse_offsets(args.offsets),
-                   Path(args.out_npz), Path(args.out_tsv), excluded)
+    extract_slices(
+        args.manifest,
+        args.preproc_dir,
+        args.template_dir,
+        parse_offsets(args.offsets),
+        Path(args.out_npz),
+        Path(args.out_tsv),
+        excluded,
+    )
     return 0

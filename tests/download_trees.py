@@ -34,26 +34,36 @@ from adapter_fixtures import COLLECTION_COLUMNS, dicom_file, ida_xml, series_uid
 EXPECTED: dict[str, tuple[set[str], dict[str, str]]] = {
     "ixi": (
         {"sub-IXI002_T1w", "sub-IXI002_T2w", "sub-IXI012_T1w", "sub-IXI025_T1w"},
-        {"IXI013-HH-1212-T1.nii.gz": "1000 NaN or infinite voxels",
-         "IXI014-IOP-0001-T1.nii.gz": "unreadable or truncated NIfTI",
-         "IXI015-IOP-0002-T1.nii.gz": "image is all zero",
-         "IXI016-IOP-0003-T1.nii.gz": "T1 is 4D with 2 volumes",
-         "IXI012-HH-1211-PD.nii.gz": "modality PD is not used"},
+        {
+            "IXI013-HH-1212-T1.nii.gz": "1000 NaN or infinite voxels",
+            "IXI014-IOP-0001-T1.nii.gz": "unreadable or truncated NIfTI",
+            "IXI015-IOP-0002-T1.nii.gz": "image is all zero",
+            "IXI016-IOP-0003-T1.nii.gz": "T1 is 4D with 2 volumes",
+            "IXI012-HH-1211-PD.nii.gz": "modality PD is not used",
+        },
     ),
     "sald": (
         {"sub-031274_T1w", "sub-031323_T1w", "sub-031350_T1w"},
-        {"sub-031274_task-rest_bold.nii.gz": "not a T1 image",
-         "sub-031300_T1w.nii.gz": "unreadable or truncated NIfTI",
-         "sub-031323_run-2_T1w.nii.gz": "duplicate image ID sub-031323_T1w"},
+        {
+            "sub-031274_task-rest_bold.nii.gz": "not a T1 image",
+            "sub-031300_T1w.nii.gz": "unreadable or truncated NIfTI",
+            "sub-031323_run-2_T1w.nii.gz": "duplicate image ID sub-031323_T1w",
+        },
     ),
     "ppmi": (
         {"sub-3000_ses-20110315_img-I234567_T1w"},
-        {"I234570": "modality SPECT is not used",
-         "PPMI_3002_MR_MPRAGE_GRAPPA_br_raw_20110402_S3_I234571.nii": "image is all zero"},
+        {
+            "I234570": "modality SPECT is not used",
+            "PPMI_3002_MR_MPRAGE_GRAPPA_br_raw_20110402_S3_I234571.nii": "image is all zero",
+        },
     ),
     "adni": (
-        {"sub-941S1202_ses-20170510_img-I100001_T1w", "sub-941S1202_ses-20170510_img-I100002_FLAIR",
-         "sub-941S1202_ses-20170601_trc-AV1451_img-I100003_pet", "sub-002S0413_ses-20180110_img-I100004_T1w"},
+        {
+            "sub-941S1202_ses-20170510_img-I100001_T1w",
+            "sub-941S1202_ses-20170510_img-I100002_FLAIR",
+            "sub-941S1202_ses-20170601_trc-AV1451_img-I100003_pet",
+            "sub-002S0413_ses-20180110_img-I100004_T1w",
+        },
         {"I100005": "unreadable DICOM"},
     ),
     "bids": (
@@ -113,6 +123,7 @@ def _broken(source: Path, path: Path, how: str) -> Path:
 
 # ---------------------------------------------------------------- IXI, SALD
 
+
 def ixi_tree(root: Path, demo_bids: Path) -> Path:
     a, b, c = demo_images(demo_bids, 1), demo_images(demo_bids, 2), demo_images(demo_bids, 3)
     _copy(a["T1w"], root / "IXI-T1" / "IXI002-Guys-0828-T1.nii.gz")
@@ -126,7 +137,10 @@ def ixi_tree(root: Path, demo_bids: Path) -> Path:
     _broken(c["T1w"], root / "IXI-T1" / "IXI016-IOP-0003-T1.nii.gz", "4d")
     from test_adapters_ixi import ixi_xls
 
-    ixi_xls(root / "IXI.xls", [(2, 1, 35.8), (12, 2, 38.78), (13, 1, 50.0), (14, 2, 60.0), (15, 1, 61.0), (16, 2, 62.0), (25, 1, 58.65)])
+    ixi_xls(
+        root / "IXI.xls",
+        [(2, 1, 35.8), (12, 2, 38.78), (13, 1, 50.0), (14, 2, 60.0), (15, 1, 61.0), (16, 2, 62.0), (25, 1, 58.65)],
+    )
     return root
 
 
@@ -134,27 +148,41 @@ def sald_tree(root: Path, demo_bids: Path) -> Path:
     first, second = "sub-031274_sub-031323", "sub-031324_sub-031373"  # two range archives, unpacked
     a, b = demo_images(demo_bids, 3), demo_images(demo_bids, 4)
     _copy(a["T1w"], root / first / "sub-031274" / "anat" / "sub-031274_T1w.nii.gz")
-    _write(nib.load(a["T1w"]), root / first / "sub-031274" / "func" / "sub-031274_task-rest_bold.nii.gz",
-           np.zeros((8, 8, 8, 3), np.float32))
+    _write(
+        nib.load(a["T1w"]),
+        root / first / "sub-031274" / "func" / "sub-031274_task-rest_bold.nii.gz",
+        np.zeros((8, 8, 8, 3), np.float32),
+    )
     _copy(b["T1w"], root / first / "sub-031323" / "anat" / "sub-031323_T1w.nii.gz")
     _copy(a["T1w"], root / first / "sub-031323" / "anat" / "sub-031323_run-2_T1w.nii.gz")
     _broken(a["T1w"], root / first / "sub-031300" / "anat" / "sub-031300_T1w.nii.gz", "truncated")
     _copy(demo_images(demo_bids, 1)["T1w"], root / second / "sub-031350" / "anat" / "sub-031350_T1w.nii.gz")
     pd.DataFrame({"Sub_ID": [31274, 31300, 31323, 31350], "Sex": [1, 2, 2, 1], "Age": [19, 45, 80, 33]}).to_excel(
-        root / "sub_information.xlsx", index=False)
+        root / "sub_information.xlsx", index=False
+    )
     return root
 
 
 # ---------------------------------------------------------------- DICOM (for dcm2niix)
 
+
 def _clock(when: datetime) -> str:
     return when.strftime("%H%M%S.%f")
 
 
-def dicom_from_volume(img: nib.Nifti1Image, folder: Path, modality: str = "MR", description: str = "MPRAGE",
-                      model: str = "Prisma_fit", manufacturer: str = "SIEMENS", date: str = "20170510",
-                      series_start: datetime | None = None, frame_seconds: float = 300.0,
-                      injection: datetime | None = None, tracer: str = "") -> Path:
+def dicom_from_volume(
+    img: nib.Nifti1Image,
+    folder: Path,
+    modality: str = "MR",
+    description: str = "MPRAGE",
+    model: str = "Prisma_fit",
+    manufacturer: str = "SIEMENS",
+    date: str = "20170510",
+    series_start: datetime | None = None,
+    frame_seconds: float = 300.0,
+    injection: datetime | None = None,
+    tracer: str = "",
+) -> Path:
     """Write a 3D (MR) or 4D (dynamic PET) NIfTI as the DICOM series a scanner writes: one file
     per slice and frame, geometry in LPS, frame timing for PET (AcquisitionTime per frame,
     ActualFrameDuration, FrameReferenceTime from the series start, the injection time in the
@@ -208,6 +236,7 @@ def dicom_from_volume(img: nib.Nifti1Image, folder: Path, modality: str = "MR", 
 
 # ---------------------------------------------------------------- IDA (PPMI, ADNI)
 
+
 def _collection(path: Path, rows: list[dict]) -> Path:
     defaults = {"Sex": "F", "Age": "71", "Visit": "sc", "Type": "Original", "Format": "DCM", "Downloaded": "6/01/2024"}
     pd.DataFrame([{**defaults, **r} for r in rows], columns=COLLECTION_COLUMNS).to_csv(path, index=False)
@@ -216,53 +245,178 @@ def _collection(path: Path, rows: list[dict]) -> Path:
 
 def ppmi_tree(root: Path, demo_bids: Path) -> Path:
     tree = root / "PPMI"
-    _copy(demo_images(demo_bids, 1)["T1w"], tree / "3000" / "MPRAGE_GRAPPA" / "2011-03-15_13_30_41.0" / "I234567" /
-          "PPMI_3000_MR_MPRAGE_GRAPPA_br_raw_20110315133041_S1_I234567.nii")
-    _copy(demo_images(demo_bids, 1)["T1w"], tree / "3001" / "DaTSCAN" / "2011-04-01_10_00_00.0" / "I234570" /
-          "PPMI_3001_NM_DaTSCAN_br_raw_20110401_S2_I234570.nii")
-    _broken(demo_images(demo_bids, 2)["T1w"], tree / "3002" / "MPRAGE_GRAPPA" / "2011-04-02_10_00_00.0" / "I234571" /
-            "PPMI_3002_MR_MPRAGE_GRAPPA_br_raw_20110402_S3_I234571.nii", "zero")
+    _copy(
+        demo_images(demo_bids, 1)["T1w"],
+        tree
+        / "3000"
+        / "MPRAGE_GRAPPA"
+        / "2011-03-15_13_30_41.0"
+        / "I234567"
+        / "PPMI_3000_MR_MPRAGE_GRAPPA_br_raw_20110315133041_S1_I234567.nii",
+    )
+    _copy(
+        demo_images(demo_bids, 1)["T1w"],
+        tree / "3001" / "DaTSCAN" / "2011-04-01_10_00_00.0" / "I234570" / "PPMI_3001_NM_DaTSCAN_br_raw_20110401_S2_I234570.nii",
+    )
+    _broken(
+        demo_images(demo_bids, 2)["T1w"],
+        tree
+        / "3002"
+        / "MPRAGE_GRAPPA"
+        / "2011-04-02_10_00_00.0"
+        / "I234571"
+        / "PPMI_3002_MR_MPRAGE_GRAPPA_br_raw_20110402_S3_I234571.nii",
+        "zero",
+    )
     # IDA's per-image metadata beside the NIfTI download: the only place that names the scanner
-    ida_xml(root / "PPMI_3000_MPRAGE_GRAPPA_S1_I234567.xml", "3000", "I234567", "MPRAGE GRAPPA", manufacturer="SIEMENS", model="TrioTim")
-    _collection(root / "PPMI_collection.csv", [
-        {"Image Data ID": "I234567", "Subject": "3000", "Group": "PD", "Modality": "MRI", "Description": "MPRAGE GRAPPA", "Acq Date": "3/15/2011", "Format": "NiFTI"},
-        {"Image Data ID": "I234570", "Subject": "3001", "Group": "PD", "Modality": "SPECT", "Description": "DaTSCAN", "Acq Date": "4/01/2011", "Format": "NiFTI"},
-        {"Image Data ID": "I234571", "Subject": "3002", "Group": "Control", "Modality": "MRI", "Description": "MPRAGE GRAPPA", "Acq Date": "4/02/2011", "Format": "NiFTI"},
-    ])
+    ida_xml(
+        root / "PPMI_3000_MPRAGE_GRAPPA_S1_I234567.xml",
+        "3000",
+        "I234567",
+        "MPRAGE GRAPPA",
+        manufacturer="SIEMENS",
+        model="TrioTim",
+    )
+    _collection(
+        root / "PPMI_collection.csv",
+        [
+            {
+                "Image Data ID": "I234567",
+                "Subject": "3000",
+                "Group": "PD",
+                "Modality": "MRI",
+                "Description": "MPRAGE GRAPPA",
+                "Acq Date": "3/15/2011",
+                "Format": "NiFTI",
+            },
+            {
+                "Image Data ID": "I234570",
+                "Subject": "3001",
+                "Group": "PD",
+                "Modality": "SPECT",
+                "Description": "DaTSCAN",
+                "Acq Date": "4/01/2011",
+                "Format": "NiFTI",
+            },
+            {
+                "Image Data ID": "I234571",
+                "Subject": "3002",
+                "Group": "Control",
+                "Modality": "MRI",
+                "Description": "MPRAGE GRAPPA",
+                "Acq Date": "4/02/2011",
+                "Format": "NiFTI",
+            },
+        ],
+    )
     return root
 
 
 def adni_tree(root: Path, demo_bids: Path) -> Path:
     tree = root / "ADNI"
     a = demo_images(demo_bids, 2)
-    dicom_from_volume(nib.load(a["T1w"]), tree / "941_S_1202" / "Accelerated_Sagittal_MPRAGE" / "2017-05-10_13_45_12.0" / "I100001",
-                      description="Accelerated Sagittal MPRAGE")
-    dicom_from_volume(nib.load(a["FLAIR"]), tree / "941_S_1202" / "Sagittal_3D_FLAIR" / "2017-05-10_13_45_12.0" / "I100002",
-                      description="Sagittal 3D FLAIR")
+    dicom_from_volume(
+        nib.load(a["T1w"]),
+        tree / "941_S_1202" / "Accelerated_Sagittal_MPRAGE" / "2017-05-10_13_45_12.0" / "I100001",
+        description="Accelerated Sagittal MPRAGE",
+    )
+    dicom_from_volume(
+        nib.load(a["FLAIR"]),
+        tree / "941_S_1202" / "Sagittal_3D_FLAIR" / "2017-05-10_13_45_12.0" / "I100002",
+        description="Sagittal 3D FLAIR",
+    )
     # tau PET 75-105 min after injection, six 5-minute frames; the tracer tag is empty
-    dicom_from_volume(nib.load(a["pet-AV1451"]), tree / "941_S_1202" / "AV1451_Tau_6x5min" / "2017-06-01_10_00_00.0" / "I100003",
-                      modality="PT", description="AV1451 Tau 6x5min", model="Biograph64", date="20170601",
-                      series_start=datetime(2017, 6, 1, 10, 15), injection=datetime(2017, 6, 1, 9, 0), tracer="")
-    _copy(demo_images(demo_bids, 3)["T1w"], tree / "002_S_0413" / "MPRAGE" / "2018-01-10_09_00_00.0" / "I100004" /
-          "ADNI_002_S_0413_MR_MPRAGE_br_raw_20180110090000_S4_I100004.nii")
-    ida_xml(root / "ADNI_002_S_0413_MPRAGE_S4_I100004.xml", "002_S_0413", "I100004", "MPRAGE", manufacturer="GE MEDICAL SYSTEMS",
-            model="SIGNA Premier")
+    dicom_from_volume(
+        nib.load(a["pet-AV1451"]),
+        tree / "941_S_1202" / "AV1451_Tau_6x5min" / "2017-06-01_10_00_00.0" / "I100003",
+        modality="PT",
+        description="AV1451 Tau 6x5min",
+        model="Biograph64",
+        date="20170601",
+        series_start=datetime(2017, 6, 1, 10, 15),
+        injection=datetime(2017, 6, 1, 9, 0),
+        tracer="",
+    )
+    _copy(
+        demo_images(demo_bids, 3)["T1w"],
+        tree
+        / "002_S_0413"
+        / "MPRAGE"
+        / "2018-01-10_09_00_00.0"
+        / "I100004"
+        / "ADNI_002_S_0413_MR_MPRAGE_br_raw_20180110090000_S4_I100004.nii",
+    )
+    ida_xml(
+        root / "ADNI_002_S_0413_MPRAGE_S4_I100004.xml",
+        "002_S_0413",
+        "I100004",
+        "MPRAGE",
+        manufacturer="GE MEDICAL SYSTEMS",
+        model="SIGNA Premier",
+    )
     broken = tree / "002_S_0413" / "ADNI_Brain_PET__Raw_FDG" / "2018-01-12_09_00_00.0" / "I100005"
     broken.mkdir(parents=True)
     (broken / "00001.dcm").write_bytes(b"\x00" * 300)
-    _collection(root / "ADNI_collection.csv", [
-        {"Image Data ID": "I100001", "Subject": "941_S_1202", "Group": "AD", "Modality": "MRI", "Description": "Accelerated Sagittal MPRAGE", "Acq Date": "5/10/2017"},
-        {"Image Data ID": "I100002", "Subject": "941_S_1202", "Group": "AD", "Modality": "MRI", "Description": "Sagittal 3D FLAIR", "Acq Date": "5/10/2017"},
-        {"Image Data ID": "I100003", "Subject": "941_S_1202", "Group": "AD", "Modality": "PET", "Description": "AV1451 Tau 6x5min", "Acq Date": "6/01/2017"},
-        {"Image Data ID": "I100004", "Subject": "002_S_0413", "Group": "CN", "Modality": "MRI", "Description": "MPRAGE", "Acq Date": "1/10/2018", "Format": "NiFTI"},
-        {"Image Data ID": "I100005", "Subject": "002_S_0413", "Group": "CN", "Modality": "PET", "Description": "ADNI Brain PET: Raw FDG", "Acq Date": "1/12/2018"},
-    ])
-    pd.DataFrame({"RID": [1202, 413], "PTID": ["941_S_1202", "002_S_0413"], "VISCODE": ["bl", "m144"],
-                  "EXAMDATE": ["2017-05-01", "2018-01-05"], "DX": ["Dementia", "CN"]}).to_csv(root / "ADNIMERGE.csv", index=False)
+    _collection(
+        root / "ADNI_collection.csv",
+        [
+            {
+                "Image Data ID": "I100001",
+                "Subject": "941_S_1202",
+                "Group": "AD",
+                "Modality": "MRI",
+                "Description": "Accelerated Sagittal MPRAGE",
+                "Acq Date": "5/10/2017",
+            },
+            {
+                "Image Data ID": "I100002",
+                "Subject": "941_S_1202",
+                "Group": "AD",
+                "Modality": "MRI",
+                "Description": "Sagittal 3D FLAIR",
+                "Acq Date": "5/10/2017",
+            },
+            {
+                "Image Data ID": "I100003",
+                "Subject": "941_S_1202",
+                "Group": "AD",
+                "Modality": "PET",
+                "Description": "AV1451 Tau 6x5min",
+                "Acq Date": "6/01/2017",
+            },
+            {
+                "Image Data ID": "I100004",
+                "Subject": "002_S_0413",
+                "Group": "CN",
+                "Modality": "MRI",
+                "Description": "MPRAGE",
+                "Acq Date": "1/10/2018",
+                "Format": "NiFTI",
+            },
+            {
+                "Image Data ID": "I100005",
+                "Subject": "002_S_0413",
+                "Group": "CN",
+                "Modality": "PET",
+                "Description": "ADNI Brain PET: Raw FDG",
+                "Acq Date": "1/12/2018",
+            },
+        ],
+    )
+    pd.DataFrame(
+        {
+            "RID": [1202, 413],
+            "PTID": ["941_S_1202", "002_S_0413"],
+            "VISCODE": ["bl", "m144"],
+            "EXAMDATE": ["2017-05-01", "2018-01-05"],
+            "DX": ["Dementia", "CN"],
+        }
+    ).to_csv(root / "ADNIMERGE.csv", index=False)
     return root
 
 
 # ---------------------------------------------------------------- BIDS as Clinica writes it
+
 
 def clinica_bids_tree(root: Path, demo_bids: Path) -> Path:
     a, b = demo_images(demo_bids, 4), demo_images(demo_bids, 1)
@@ -275,8 +429,9 @@ def clinica_bids_tree(root: Path, demo_bids: Path) -> Path:
     # inherited by every tau PET of the dataset (BIDS inheritance), tracer named with its isotope
     (root / "trc-18FAV1451_pet.json").write_text(json.dumps({**timing, "TracerName": "[18F]AV-1451"}))
     _broken(b["T1w"], root / "sub-ADNI002S0413" / "ses-M000" / "anat" / "sub-ADNI002S0413_ses-M000_T1w.nii.gz", "nan1")
-    pd.DataFrame({"participant_id": ["sub-ADNI941S1202", "sub-ADNI002S0413"], "sex": ["F", "M"],
-                  "diagnosis": ["AD", "CN"]}).to_csv(root / "participants.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {"participant_id": ["sub-ADNI941S1202", "sub-ADNI002S0413"], "sex": ["F", "M"], "diagnosis": ["AD", "CN"]}
+    ).to_csv(root / "participants.tsv", sep="\t", index=False)
     return root
 
 

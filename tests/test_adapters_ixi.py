@@ -13,8 +13,20 @@ from magicflow.datasets.ixi import read_ixi
 from magicflow.datasets.manifest import read_manifest, write_manifest
 from magicflow.errors import InputError
 
-XLS_COLUMNS = ["IXI_ID", "SEX_ID (1=m, 2=f)", "HEIGHT", "WEIGHT", "ETHNIC_ID", "MARITAL_ID", "OCCUPATION_ID",
-               "QUALIFICATION_ID", "DOB", "DATE_AVAILABLE", "STUDY_DATE", "AGE"]
+XLS_COLUMNS = [
+    "IXI_ID",
+    "SEX_ID (1=m, 2=f)",
+    "HEIGHT",
+    "WEIGHT",
+    "ETHNIC_ID",
+    "MARITAL_ID",
+    "OCCUPATION_ID",
+    "QUALIFICATION_ID",
+    "DOB",
+    "DATE_AVAILABLE",
+    "STUDY_DATE",
+    "AGE",
+]
 
 
 def ixi_xls(path: Path, rows: list[tuple]) -> Path:
@@ -35,8 +47,15 @@ def ixi_xls(path: Path, rows: list[tuple]) -> Path:
 @pytest.fixture
 def ixi(tmp_path: Path) -> Path:
     root = tmp_path / "IXI"
-    for name in ("IXI002-Guys-0828-T1", "IXI002-Guys-0828-T2", "IXI012-HH-1211-T1", "IXI013-HH-1212-PD",
-                 "IXI013-HH-1212-T2", "IXI025-IOP-0890-T1", "IXI099-XYZ-0001-T1"):
+    for name in (
+        "IXI002-Guys-0828-T1",
+        "IXI002-Guys-0828-T2",
+        "IXI012-HH-1211-T1",
+        "IXI013-HH-1212-PD",
+        "IXI013-HH-1212-T2",
+        "IXI025-IOP-0890-T1",
+        "IXI099-XYZ-0001-T1",
+    ):
         nifti(root / f"IXI-{name.rsplit('-', 1)[1]}" / f"{name}.nii.gz")
     nifti(root / "IXI-DTI" / "IXI002-Guys-0828-DTI-00.nii.gz")
     nifti(root / "copy" / "IXI002-Guys-0828-T1.nii.gz")  # an archive unpacked twice

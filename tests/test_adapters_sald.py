@@ -27,7 +27,9 @@ def sald(tmp_path: Path) -> Path:
     # the same subject's T1 a second time, under another name: flagged, not merged
     nifti(root / RANGE / "sub-031323" / "anat" / "sub-031323_run-2_T1w.nii.gz")
     # Excel has dropped the leading zeros of the IDs; sex is coded 1/2
-    pd.DataFrame({"Sub_ID": [31274, 31323], "Sex": [1, 2], "Age": [19, 80.5]}).to_excel(root / "sub_information.xlsx", index=False)
+    pd.DataFrame({"Sub_ID": [31274, 31323], "Sex": [1, 2], "Age": [19, 80.5]}).to_excel(
+        root / "sub_information.xlsx", index=False
+    )
     return root
 
 
@@ -50,9 +52,13 @@ def test_sald_release_rows_and_exclusions(sald: Path, capsys):
     assert by_subject["031323"].path.endswith(f"{RANGE}/sub-031323/anat/sub-031323_T1w.nii.gz")
     reasons = {Path(e.path).relative_to(sald).as_posix(): e.reason for e in excluded}
     assert reasons[f"{RANGE}/sub-031274/func/sub-031274_task-rest_bold.nii.gz"].startswith("not a T1 image")
-    assert reasons["sub-031324_sub-031373/sub-031324/anat/sub-031324_T1w.nii.gz"] == "subject 031324 is not in the demographics sheet"
+    assert (
+        reasons["sub-031324_sub-031373/sub-031324/anat/sub-031324_T1w.nii.gz"]
+        == "subject 031324 is not in the demographics sheet"
+    )
     assert reasons[f"{RANGE}/sub-031323/anat/sub-031323_run-2_T1w.nii.gz"].endswith(
-        "sub-031323_T1w.nii.gz): a second T1w of subject 031323, not merged")
+        "sub-031323_T1w.nii.gz): a second T1w of subject 031323, not merged"
+    )
     assert len(reasons) == 4
     assert "sex codes 1 -> F: 1, 2 -> M: 1" in capsys.readouterr().out
 

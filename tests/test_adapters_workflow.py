@@ -15,9 +15,19 @@ from test_workflow import snakemake, workdir_with
 @pytest.mark.slow
 def test_adni_manifest_through_snakemake(tmp_path: Path):
     root = adni_download(tmp_path / "download")
-    work = workdir_with(tmp_path / "work", lambda c: c["datasets"].update(
-        adni={"kind": "adni", "root": str(root), "collection": "ADNI_collection.csv", "diagnosis_table": "ADNIMERGE.csv",
-              "visit_window_days": 180, "diagnosis_labels": {"Dementia": "AD"}}))
+    work = workdir_with(
+        tmp_path / "work",
+        lambda c: c["datasets"].update(
+            adni={
+                "kind": "adni",
+                "root": str(root),
+                "collection": "ADNI_collection.csv",
+                "diagnosis_table": "ADNIMERGE.csv",
+                "visit_window_days": 180,
+                "diagnosis_labels": {"Dementia": "AD"},
+            }
+        ),
+    )
     result = snakemake(work, "--cores", "1", "results/adni/manifest.tsv")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dicom_to_nifti" in result.stderr

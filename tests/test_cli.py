@@ -44,9 +44,23 @@ def test_registration_qc_outputs_go_together(tmp_path):
     """One QC output without the other is refused before any registration work or output."""
     t1_json = tmp_path / "t1.json"  # never read: the check comes first
     out = tmp_path / "out"
-    result = magicflow("preprocess-coregister", "--image", str(tmp_path / "t2.nii.gz"), "--modality", "T2w",
-                       "--t1-json", str(t1_json), "--out-image", str(out / "t2_mni.nii.gz"), "--out-rigid",
-                       str(out / "rigid.mat"), "--out-json", str(out / "t2.json"), "--qc-png", str(out / "qc.png"))
+    result = magicflow(
+        "preprocess-coregister",
+        "--image",
+        str(tmp_path / "t2.nii.gz"),
+        "--modality",
+        "T2w",
+        "--t1-json",
+        str(t1_json),
+        "--out-image",
+        str(out / "t2_mni.nii.gz"),
+        "--out-rigid",
+        str(out / "rigid.mat"),
+        "--out-json",
+        str(out / "t2.json"),
+        "--qc-png",
+        str(out / "qc.png"),
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "magicflow preprocess-coregister: error: --qc-png and --qc-json go together"
     assert not out.exists()
@@ -57,8 +71,20 @@ def test_an_unforeseen_failure_names_the_inputs_then_gives_the_traceback(tmp_pat
     the error first (what someone reading the log looks for), then the traceback."""
     broken = tmp_path / "qc.json"
     broken.write_text("[1, 2]")  # valid JSON, not a QC record: the table builder fails on it
-    result = subprocess.run([sys.executable, "-m", "magicflow", "preprocess-qc-table", "--inputs", str(broken),
-                             "--out-tsv", str(tmp_path / "qc.tsv")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "magicflow",
+            "preprocess-qc-table",
+            "--inputs",
+            str(broken),
+            "--out-tsv",
+            str(tmp_path / "qc.tsv"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     lines = result.stderr.splitlines()
     assert result.returncode == 1
     assert lines[0].startswith(f"magicflow preprocess-qc-table: failed on {broken}: ")

@@ -33,10 +33,19 @@ def test_shipped_config_is_valid_and_gets_defaults():
         (lambda c: c.update(trainig={}), "unknown key 'trainig' (did you mean 'training'?)"),
         (lambda c: c.pop("training"), "'training' is a required property"),
         (lambda c: c["datasets"].update(ext={"kind": "bids"}), "'datasets.ext': 'root' is a required property"),
-        (lambda c: c["datasets"].update(ext={"kind": "ixi", "root": "/no/such/folder"}), "'datasets.ext.root': folder '/no/such/folder' does not exist"),
+        (
+            lambda c: c["datasets"].update(ext={"kind": "ixi", "root": "/no/such/folder"}),
+            "'datasets.ext.root': folder '/no/such/folder' does not exist",
+        ),
         (lambda c: c["training"].update(epochs="five"), "'training.epochs': 'five' is not of type 'integer'"),
-        (lambda c: c["experiments"]["demo_scanner_generation"].update(preset="huge"), "'experiments.demo_scanner_generation.preset': 'huge'"),
-        (lambda c: c["experiments"]["demo_scanner_generation"].update(modalities=["T3w"]), "'experiments.demo_scanner_generation.modalities.0'"),
+        (
+            lambda c: c["experiments"]["demo_scanner_generation"].update(preset="huge"),
+            "'experiments.demo_scanner_generation.preset': 'huge'",
+        ),
+        (
+            lambda c: c["experiments"]["demo_scanner_generation"].update(modalities=["T3w"]),
+            "'experiments.demo_scanner_generation.modalities.0'",
+        ),
         (lambda c: c["datasets"].update({"bad-name": {"kind": "demo"}}), "'datasets'"),
     ],
 )
@@ -114,7 +123,10 @@ def test_image_size_is_an_experiment_setting_not_a_preset_override():
     [
         ({"kind": "in_domain", "weights": "/w.pt"}, "'evaluation.features': unknown key 'weights'"),
         ({"kind": "radimagenet_resnet50"}, "'evaluation.features': 'weights' is a required property"),
-        ({"kind": "swav_resnet50", "weights": "/w.pt", "epochs": 3}, "'evaluation.features': unknown key 'epochs'; allowed keys: kind, weights"),
+        (
+            {"kind": "swav_resnet50", "weights": "/w.pt", "epochs": 3},
+            "'evaluation.features': unknown key 'epochs'; allowed keys: kind, weights",
+        ),
         ({"kind": "in_domain", "feature_dim": 20}, "'evaluation.features.feature_dim': 20 is not a multiple of 8"),
     ],
 )
@@ -132,7 +144,14 @@ def test_every_feature_extractor_option_is_a_config_key():
     from magicflow.evaluate.features import _EXTERNAL_KEYS, _IN_DOMAIN_KEYS
 
     config = fresh()
-    config["evaluation"]["features"] = {"kind": "in_domain", "epochs": 2, "feature_dim": 64, "input_size": 48, "batch_size": 16, "lr": 0.01}
+    config["evaluation"]["features"] = {
+        "kind": "in_domain",
+        "epochs": 2,
+        "feature_dim": 64,
+        "input_size": 48,
+        "batch_size": 16,
+        "lr": 0.01,
+    }
     assert set(validate_config(config)["evaluation"]["features"]) == _IN_DOMAIN_KEYS
     config = fresh()
     config["evaluation"]["features"] = {"kind": "radimagenet_resnet50", "weights": "/w.pt"}

@@ -99,7 +99,9 @@ def test_t1w_only_volunteers_follow_and_leave_the_full_cohort_unchanged(tmp_path
     write_demo_cohort(tmp_path / "c", subjects=2, seed=0, tracers=("FDG",), workers=1, progress=False, t1w_only=1)
     files = sorted(str(p.relative_to(tmp_path / "c" / "sub-demo03")) for p in (tmp_path / "c" / "sub-demo03").rglob("*.nii.gz"))
     assert files == ["ses-01/anat/sub-demo03_ses-01_T1w.nii.gz"]
-    truth = json.loads((tmp_path / "c" / "derivatives" / "groundtruth" / "sub-demo03" / "sub-demo03_groundtruth.json").read_text())
+    truth = json.loads(
+        (tmp_path / "c" / "derivatives" / "groundtruth" / "sub-demo03" / "sub-demo03_groundtruth.json").read_text()
+    )
     assert truth["t1w_only"] is True and truth["pet_scanner"] is None and truth["corrupted_pet_frame"] == {}
     assert (tmp_path / "c" / "sub-demo01" / "ses-01" / "pet").is_dir()
     participants = pd.read_csv(tmp_path / "c" / "participants.tsv", sep="\t", dtype=str)
@@ -115,7 +117,9 @@ def test_ground_truth_points_land_on_the_same_anatomy(demo_bids: Path):
     t1 = nib.load(images(demo_bids, "sub-demo01_*_T1w.nii.gz")[0])
     from scipy import ndimage
 
-    native = ndimage.map_coordinates(t1.get_fdata(), np.linalg.inv(t1.affine)[:3] @ np.vstack([points, np.ones(points.shape[1])]), order=1)
+    native = ndimage.map_coordinates(
+        t1.get_fdata(), np.linalg.inv(t1.affine)[:3] @ np.vstack([points, np.ones(points.shape[1])]), order=1
+    )
     mni_mm = points_img.affine[:3] @ np.vstack([np.indices(points_img.shape[:3]).reshape(3, -1), np.ones(points.shape[1])])
     ijk = np.linalg.inv(anatomy.affine)[:3] @ np.vstack([mni_mm, np.ones(mni_mm.shape[1])])
     template = ndimage.map_coordinates(anatomy.mr["T1w"], ijk, order=1)
@@ -123,7 +127,9 @@ def test_ground_truth_points_land_on_the_same_anatomy(demo_bids: Path):
     r = np.corrcoef(native[brain], template[brain])[0, 1]
     assert r > 0.75  # noise, bias field and contrast curve keep it below 1
     # a wrong transform (shifted by 6 mm) must score clearly worse
-    shifted = ndimage.map_coordinates(t1.get_fdata(), np.linalg.inv(t1.affine)[:3] @ np.vstack([points + [[6], [0], [0]], np.ones(points.shape[1])]), order=1)
+    shifted = ndimage.map_coordinates(
+        t1.get_fdata(), np.linalg.inv(t1.affine)[:3] @ np.vstack([points + [[6], [0], [0]], np.ones(points.shape[1])]), order=1
+    )
     assert np.corrcoef(shifted[brain], template[brain])[0, 1] < r - 0.2
 
 
@@ -131,7 +137,9 @@ def test_ad_mask_only_for_ad_subjects(demo_bids: Path):
     participants = pd.read_csv(demo_bids / "participants.tsv", sep="\t", dtype=str)
     for _, row in participants.iterrows():
         sub = row["participant_id"]
-        mask = nib.load(demo_bids / "derivatives" / "groundtruth" / sub / f"{sub}_space-{TEMPLATE_SPACE}_desc-ADtau_mask.nii.gz").get_fdata()
+        mask = nib.load(
+            demo_bids / "derivatives" / "groundtruth" / sub / f"{sub}_space-{TEMPLATE_SPACE}_desc-ADtau_mask.nii.gz"
+        ).get_fdata()
         if row["diagnosis"] == "AD":
             assert 2_000 < mask.sum() < 200_000
         else:

@@ -58,7 +58,11 @@ def test_dicom_pet_takes_its_tracer_and_timing_from_the_download(downloads_run: 
     work = downloads_run["work"]
     manifest = read_manifest(work / "results" / "adni" / "manifest.tsv").set_index("image")
     pet = manifest.loc["sub-941S1202_ses-20170601_trc-AV1451_img-I100003_pet"]
-    assert (pet["tracer"], pet["reference"], pet["reference_gap_days"]) == ("tau", "sub-941S1202_ses-20170510_img-I100001_T1w", "22")
+    assert (pet["tracer"], pet["reference"], pet["reference_gap_days"]) == (
+        "tau",
+        "sub-941S1202_ses-20170510_img-I100001_T1w",
+        "22",
+    )
     (coreg,) = (work / "results" / "adni" / "preproc").glob(f"space-*/{pet.name}/{pet.name}_coreg.json")  # the template's space
     record = json.loads(coreg.read_text())
     assert record["Frames"] == 6 and record["FrameCombination"] == "median"
@@ -78,9 +82,19 @@ def test_nifti_downloads_take_their_scanner_from_idas_xml(downloads_run: dict):
 def test_a_tiny_experiment_on_ixi_and_sald_reaches_its_report(downloads_run: dict):
     work = downloads_run["work"]
     config = yaml.safe_load((work / "config" / "config.yaml").read_text())
-    config["experiments"] = {"sites": {
-        "datasets": ["ixi", "sald"], "label": "dataset", "modalities": ["T1w"], "offsets": {"train": [0], "eval": [0]},
-        "model": "classification", "preset": "small", "folds": 3, "samples": {"per_class": 2}, "attribution": {"max_images": 2}}}
+    config["experiments"] = {
+        "sites": {
+            "datasets": ["ixi", "sald"],
+            "label": "dataset",
+            "modalities": ["T1w"],
+            "offsets": {"train": [0], "eval": [0]},
+            "model": "classification",
+            "preset": "small",
+            "folds": 3,
+            "samples": {"per_class": 2},
+            "attribution": {"max_images": 2},
+        }
+    }
     config["evaluation"] = {"features": {"kind": "in_domain", "epochs": 1}, "bootstrap": 20, "ms_ssim_pairs": 20}
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(work, "--cores", "2", "results/sites/report.html")
@@ -94,8 +108,10 @@ def test_the_papers_experiments_plan_from_the_raw_trees(downloads_run: dict):
     work = downloads_run["work"]
     shipped = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
     config = yaml.safe_load((work / "config" / "config.yaml").read_text())
-    config["experiments"] = {name: shipped["experiments"][name] for name in
-                             ("scanner_generation", "scanner_classification", "modality_generation", "diagnosis_classification")}
+    config["experiments"] = {
+        name: shipped["experiments"][name]
+        for name in ("scanner_generation", "scanner_classification", "modality_generation", "diagnosis_classification")
+    }
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     plan = snakemake(work, "-n", "--cores", "2")
     jobs = plan.stdout + plan.stderr
@@ -123,9 +139,16 @@ def test_paths_with_home_and_spaces(tmp_path: Path, demo_bids: Path):
     shutil.copyfile(Path(sys.prefix) / "pyvenv.cfg", venv / "pyvenv.cfg")
     interpreter = venv / "bin" / "python"
     interpreter.symlink_to(sys.executable)
-    work = workdir_with(tmp_path / "work", lambda c: c.update(datasets={"mine": {"kind": "bids", "root": "~/raw data/bids"}}, experiments={}))
-    result = subprocess.run([str(interpreter), *SNAKEMAKE[1:], "--directory", str(work), "--cores", "1", "results/mine/manifest.tsv"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(home)})
+    work = workdir_with(
+        tmp_path / "work", lambda c: c.update(datasets={"mine": {"kind": "bids", "root": "~/raw data/bids"}}, experiments={})
+    )
+    result = subprocess.run(
+        [str(interpreter), *SNAKEMAKE[1:], "--directory", str(work), "--cores", "1", "results/mine/manifest.tsv"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HOME": str(home)},
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert f"'{interpreter}' -m magicflow manifest" in result.stdout + result.stderr
     table = read_manifest(work / "results" / "mine" / "manifest.tsv")

@@ -69,7 +69,9 @@ def conda_env(file: str) -> tuple[dict, dict[str, dict], dict[str, str]]:
 def pypi_versions(file: str) -> dict[str, str]:
     """Every PyPI package the env file pins, by PyPI name, whether conda or pip installs it."""
     _, conda, pip = conda_env(file)
-    versions = {normalise(CONDA_TO_PYPI.get(name, name)): spec["version"] for name, spec in conda.items() if not NOT_PYPI.match(name)}
+    versions = {
+        normalise(CONDA_TO_PYPI.get(name, name)): spec["version"] for name, spec in conda.items() if not NOT_PYPI.match(name)
+    }
     assert not set(versions) & set(pip), f"envs/{file}: installed by both conda and pip: {set(versions) & set(pip)}"
     return {**versions, **pip}
 
@@ -89,7 +91,9 @@ def test_constraints_pin_every_direct_dependency_of_pyproject():
                 continue
             if group == "slurm" and name == "pandas":  # its own pin below 3 (setup-env.sh drops the constraint)
                 continue
-            assert name in pins, f"pyproject.toml requires {requirement!r} ({group or 'dependencies'}) but envs/constraints.txt does not pin it"
+            assert name in pins, (
+                f"pyproject.toml requires {requirement!r} ({group or 'dependencies'}) but envs/constraints.txt does not pin it"
+            )
             exact = re.search(r"==\s*([^\s,;]+)", requirement)
             if exact:
                 assert exact[1] == pins[name], f"pyproject.toml pins {requirement!r}, envs/constraints.txt {name}=={pins[name]}"
@@ -116,7 +120,11 @@ def test_conda_env_versions_equal_the_constraints(file):
 @pytest.mark.parametrize("file", CONDA_ENVS)
 def test_conda_envs_pin_exactly_and_leave_snakemake_out(file):
     _, conda, _ = conda_env(file)
-    loose = [name for name, spec in conda.items() if name not in UNPINNED and (spec["version"] is None or spec["version"].endswith("*"))]
+    loose = [
+        name
+        for name, spec in conda.items()
+        if name not in UNPINNED and (spec["version"] is None or spec["version"].endswith("*"))
+    ]
     assert not loose, f"envs/{file}: no exact version for {loose}"
     fuzzy = [name for name, spec in conda.items() if spec["op"] == "=" and spec["build"] is None and name != "python"]
     assert not fuzzy, f"envs/{file}: 'name=version' is a prefix match in conda; write name==version for {fuzzy}"

@@ -42,16 +42,28 @@ def test_groundtruth_mask_lands_on_the_slice_it_was_drawn_in(tmp_path):
 
 
 def test_flatten_keeps_scalars_and_fold_rows():
-    metrics = to_json({"a": {"b": 1.5, "c": float("nan"), "d": "text"}, "per_fold": [{"fold": "fold-0", "x": 2}], "n": np.int64(3)})
+    metrics = to_json(
+        {"a": {"b": 1.5, "c": float("nan"), "d": "text"}, "per_fold": [{"fold": "fold-0", "x": 2}], "n": np.int64(3)}
+    )
     rows = dict(flatten(metrics))
     assert rows == {"a.b": 1.5, "a.c": None, "per_fold.fold-0.x": 2, "n": 3}
 
 
 def test_data_section_counts_augmented_training_slices():
-    images = pd.DataFrame({"dataset": ["demo"] * 5, "subject": ["1", "2", "3", "4", "5"], "image": list("abcde"),
-                           "label": ["AD", "AD", "CN", "CN", "CN"]})
+    images = pd.DataFrame(
+        {
+            "dataset": ["demo"] * 5,
+            "subject": ["1", "2", "3", "4", "5"],
+            "image": list("abcde"),
+            "label": ["AD", "AD", "CN", "CN", "CN"],
+        }
+    )
     experiment = {"name": "diagnosis_classification", "offsets": {"train": [0], "eval": [0], "augment": {"AD": [-1, 1]}}}
-    qc = {"demo": pd.DataFrame({"label": ["a", "z"], "image": ["a.nii.gz", "z.nii.gz"], "ncc": ["0.2", "0.1"], "flagged": ["True", "True"]})}
+    qc = {
+        "demo": pd.DataFrame(
+            {"label": ["a", "z"], "image": ["a.nii.gz", "z.nii.gz"], "ncc": ["0.2", "0.1"], "flagged": ["True", "True"]}
+        )
+    }
     section = data_section(pd.DataFrame(index=range(7)), images, experiment, qc)
     counts = {r["class"]: r for r in section["counts"]}
     assert counts["AD"]["slices"] == 2 * 3 and counts["CN"]["slices"] == 3
@@ -61,8 +73,14 @@ def test_data_section_counts_augmented_training_slices():
 
 def test_efficiency_from_training_log_and_samples():
     training = pd.DataFrame({"epoch": [1, 2], "steps": [3, 3], "train_seconds": [3.0, 3.0], "seconds": [4.0, 4.0]})
-    fold = FoldOutputs("fold-0", training, pd.DataFrame(), {"samples": np.zeros((2, 4, 1, 2, 2)), "seconds": np.float64(2.0)}, {},
-                       {"train": {"max_rss": 900.0}})
+    fold = FoldOutputs(
+        "fold-0",
+        training,
+        pd.DataFrame(),
+        {"samples": np.zeros((2, 4, 1, 2, 2)), "seconds": np.float64(2.0)},
+        {},
+        {"train": {"max_rss": 900.0}},
+    )
     (row,) = efficiency_section(ExperimentOutputs("x", ["a", "b"], {}, [fold]))
     assert row["steps"] == 6 and row["ms_per_step"] == 1000.0 and row["generated_per_s"] == 4.0 and row["peak_rss_mb"] == 900.0
 
@@ -86,11 +104,19 @@ def test_evaluation_reads_the_files_it_is_given_and_names_a_missing_fold(tmp_pat
         (where / "s").mkdir(parents=True)
         (where / "m").mkdir()
         pd.DataFrame({"epoch": [1], "seconds": [1.0]}).to_csv(where / "t.tsv", sep="\t", index=False)
-        pd.DataFrame({"image": ["i"], "true": ["a"], "posterior_a": [1.0], "posterior_b": [0.0]}).to_csv(where / "p.tsv", sep="\t", index=False)
+        pd.DataFrame({"image": ["i"], "true": ["a"], "posterior_a": [1.0], "posterior_b": [0.0]}).to_csv(
+            where / "p.tsv", sep="\t", index=False
+        )
         np.savez(where / "s" / "samples.npz", samples=np.zeros((2, 1, 1, 2, 2)))
         np.savez(where / "m" / "maps.npz", class_maps=np.zeros((1, 2, 2, 2)))
         pd.DataFrame({"s": [5.0], "max_rss": [100.0 + k], "h:m:s": ["0:00:05"]}).to_csv(where / "b.tsv", sep="\t", index=False)
-        for name, path in (("training", "t.tsv"), ("samples", "s"), ("predictions", "p.tsv"), ("attribution", "m"), ("train_benchmark", "b.tsv")):
+        for name, path in (
+            ("training", "t.tsv"),
+            ("samples", "s"),
+            ("predictions", "p.tsv"),
+            ("attribution", "m"),
+            ("train_benchmark", "b.tsv"),
+        ):
             files[name][fold] = where / path
     outputs = load_experiment(split, files)
     assert outputs.name == "x" and [f.name for f in outputs.folds] == ["fold-0", "fold-1"]

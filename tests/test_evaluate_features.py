@@ -142,8 +142,9 @@ def test_in_domain_rejects_labels_that_do_not_fit():
 def test_config_builds_in_domain_and_checks_settings(tmp_path: Path):
     images, labels = discs(8, seed=2)
     small = images[:, :, ::4, ::4]  # 46x46: the extractor resizes to its own input size
-    extractor = extractor_from_config({"kind": "in_domain", "epochs": 1, "feature_dim": 64}, small, labels, 2, seed=3,
-                                      progress=False)
+    extractor = extractor_from_config(
+        {"kind": "in_domain", "epochs": 1, "feature_dim": 64}, small, labels, 2, seed=3, progress=False
+    )
     assert extractor.feature_dim == 64 and extractor.info["training"]["epochs"] == 1
     assert extractor.info["training"]["seed"] == 3
     with pytest.raises(InputError, match="does not take"):
@@ -174,8 +175,17 @@ def randomise_batchnorm(net: nn.Module, seed: int) -> nn.Module:
 def torchvision_resnet50(seed: int) -> nn.Module:
     """MONAI's ResNet-50 in torchvision's layout: 7x7/2 stem, bias-free downsample."""
     torch.manual_seed(seed)
-    net = ResNet("bottleneck", [3, 4, 6, 3], get_inplanes(), spatial_dims=2, n_input_channels=3, conv1_t_size=7,
-                 conv1_t_stride=2, bias_downsample=False, feed_forward=False)
+    net = ResNet(
+        "bottleneck",
+        [3, 4, 6, 3],
+        get_inplanes(),
+        spatial_dims=2,
+        n_input_channels=3,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        bias_downsample=False,
+        feed_forward=False,
+    )
     return randomise_batchnorm(net, seed)
 
 
@@ -189,7 +199,9 @@ class KerasBottleneck(nn.Module):
         self.conv3, self.bn3 = nn.Conv2d(planes, 4 * planes, 1), nn.BatchNorm2d(4 * planes, eps=1.001e-5)
         self.downsample = None
         if stride != 1 or cin != 4 * planes:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, 4 * planes, 1, stride=stride), nn.BatchNorm2d(4 * planes, eps=1.001e-5))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, 4 * planes, 1, stride=stride), nn.BatchNorm2d(4 * planes, eps=1.001e-5)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -251,8 +263,9 @@ def test_radimagenet_resnet50_gives_the_original_networks_features(resnet_file: 
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_swav_checkpoint_with_heads_and_sequential_layout_load_the_same_weights(resnet_file: dict, tmp_path: Path,
-                                                                                two_slices: torch.Tensor):
+def test_swav_checkpoint_with_heads_and_sequential_layout_load_the_same_weights(
+    resnet_file: dict, tmp_path: Path, two_slices: torch.Tensor
+):
     swav = {f"module.{k}": v for k, v in resnet_file["state"].items()}
     swav["module.projection_head.0.weight"] = torch.zeros(2048, 2048)
     swav["module.prototypes.weight"] = torch.zeros(3000, 128)
@@ -264,7 +277,7 @@ def test_swav_checkpoint_with_heads_and_sequential_layout_load_the_same_weights(
     np.testing.assert_allclose(swav_extractor.features(two_slices), expected, rtol=1e-4, atol=1e-5)
 
     index = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
-    sequential = {index[k.split(".")[0]] + k[k.index("."):]: v for k, v in resnet_file["state"].items()}
+    sequential = {index[k.split(".")[0]] + k[k.index(".") :]: v for k, v in resnet_file["state"].items()}
     torch.save({"model": sequential}, tmp_path / "ResNet50.pt")
     rad = load_external("radimagenet_resnet50", tmp_path / "ResNet50.pt")
     assert rad.checksum == swav_extractor.checksum == load_external("radimagenet_resnet50", resnet_file["path"]).checksum
@@ -367,8 +380,9 @@ class StubInception(nn.Module):
         return (self.Conv2d_1a_3x3((x - 128) / 128).mean((2, 3)),)
 
 
-def test_inception_kinds_feed_torch_fidelity_uint8_and_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  two_slices: torch.Tensor):
+def test_inception_kinds_feed_torch_fidelity_uint8_and_round_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, two_slices: torch.Tensor
+):
     stub = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
     stub.FeatureExtractorInceptionV3 = StubInception
     monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))

@@ -155,7 +155,9 @@ def test_bootstrap_interval_is_the_percentile_loop_it_replaced():
 
     def by_hand(real, fake, metric, n, seed, level=0.95):
         rng = np.random.default_rng(seed)
-        values = [metric(real[rng.integers(0, len(real), len(real))], fake[rng.integers(0, len(fake), len(fake))]) for _ in range(n)]
+        values = [
+            metric(real[rng.integers(0, len(real), len(real))], fake[rng.integers(0, len(fake), len(fake))]) for _ in range(n)
+        ]
         tail = (1.0 - level) / 2.0
         return tuple(float(v) for v in np.percentile(values, [100.0 * tail, 100.0 * (1.0 - tail)]))
 
@@ -170,7 +172,19 @@ def test_generation_metrics_keys_and_types():
     rng = np.random.default_rng(12)
     real, fake = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 0.5
     result = gen.generation_metrics(real, fake, bootstrap=20, nearest_k=3)
-    assert set(result) == {"fid", "fid_ci", "kid", "kid_std", "kid_ci", "precision", "recall", "density", "coverage", "n_real", "n_fake"}
+    assert set(result) == {
+        "fid",
+        "fid_ci",
+        "kid",
+        "kid_std",
+        "kid_ci",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "n_real",
+        "n_fake",
+    }
     assert (result["n_real"], result["n_fake"]) == (40, 30)
     assert len(result["fid_ci"]) == len(result["kid_ci"]) == 2
     assert result["fid_ci"][0] <= result["fid_ci"][1]
@@ -448,8 +462,18 @@ def test_roi_features_by_hand():
     # fourth moment (2 * .00050625 + 2 * .00000625)/4 = .00025625 -> kurtosis .00025625/.0125^2 - 3 = -1.36
     # percentiles by linear interpolation: p10 = 0.1 + 0.3 * 0.1 = 0.13, p25 0.175, p50 0.25, p75 0.325, p90 0.37
     # 32 bins over [0, 1]: the four values fall in bins 3, 6, 9, 12 -> entropy log2(4) = 2 bits
-    expected = {"mean": 0.25, "std": np.sqrt(0.0125), "skewness": 0.0, "kurtosis": -1.36, "p10": 0.13,
-                "p25": 0.175, "p50": 0.25, "p75": 0.325, "p90": 0.37, "entropy": 2.0}
+    expected = {
+        "mean": 0.25,
+        "std": np.sqrt(0.0125),
+        "skewness": 0.0,
+        "kurtosis": -1.36,
+        "p10": 0.13,
+        "p25": 0.175,
+        "p50": 0.25,
+        "p75": 0.325,
+        "p90": 0.37,
+        "entropy": 2.0,
+    }
     assert features == pytest.approx(expected, abs=1e-12)
     from scipy import stats
 

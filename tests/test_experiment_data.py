@@ -18,8 +18,18 @@ def slice_table(tmp_path: Path) -> Path:
         for modality, tracer in (("T1w", "n/a"), ("pet", "tau"), ("pet", "fdg")):
             for offset in (-1, 0, 1):
                 image = f"sub-{s}_{modality}_{tracer}"
-                rows.append({"subject": s, "session": "01", "image": image, "modality": modality, "tracer": tracer,
-                             "diagnosis": dx, "offset": offset, "index": len(rows)})
+                rows.append(
+                    {
+                        "subject": s,
+                        "session": "01",
+                        "image": image,
+                        "modality": modality,
+                        "tracer": tracer,
+                        "diagnosis": dx,
+                        "offset": offset,
+                        "index": len(rows),
+                    }
+                )
     path = tmp_path / "slices.tsv"
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
     return path

@@ -21,15 +21,41 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_bench_tiny_cpu_json(capsys):
-    args = parse(["--device", "cpu", "--preset", "small", "--size", "16", "--batch", "2", "--steps", "1",
-                  "--sample-batch", "2", "--classes", "3", "--bf16", "--flops-size", "16"])
+    args = parse(
+        [
+            "--device",
+            "cpu",
+            "--preset",
+            "small",
+            "--size",
+            "16",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--sample-batch",
+            "2",
+            "--classes",
+            "3",
+            "--bf16",
+            "--flops-size",
+            "16",
+        ]
+    )
     assert bench.run(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["device"].startswith("cpu")
     assert set(report["capacity"]) == {"generation", "classification_conv"}  # no dense head in compact nets
     assert report["capacity"]["generation"]["parameters"] == report["magicflow"]["generation"]["parameters"]
-    keys = {"parameters", "train_step_ms", "peak_gpu_memory_mib", "images_per_s", "classify_ms_per_image",
-            "reconstruction_max_error", "bf16_predictions_equal_fp32"}
+    keys = {
+        "parameters",
+        "train_step_ms",
+        "peak_gpu_memory_mib",
+        "images_per_s",
+        "classify_ms_per_image",
+        "reconstruction_max_error",
+        "bf16_predictions_equal_fp32",
+    }
     for kind in ("generation", "classification"):
         figures = report["magicflow"][kind]
         assert keys <= set(figures)
@@ -90,8 +116,27 @@ def test_gpu_check_script_runs_on_cpu_at_a_tiny_size():
     from pathlib import Path
 
     script = Path(__file__).parents[1] / "workflow" / "scripts" / "gpu_check.sh"
-    tiny = ["--device", "cpu", "--preset", "small", "--size", "8", "--flops-size", "8", "--batch", "2",
-            "--sample-batch", "2", "--steps", "1", "--classes", "2", "--compile-backend", "eager", "--no-peer"]
+    tiny = [
+        "--device",
+        "cpu",
+        "--preset",
+        "small",
+        "--size",
+        "8",
+        "--flops-size",
+        "8",
+        "--batch",
+        "2",
+        "--sample-batch",
+        "2",
+        "--steps",
+        "1",
+        "--classes",
+        "2",
+        "--compile-backend",
+        "eager",
+        "--no-peer",
+    ]
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "GPU_CHECK_TIMEOUT": "280"}
     done = subprocess.run(["bash", str(script), *tiny], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

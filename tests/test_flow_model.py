@@ -16,13 +16,15 @@ TINY_WIDTHS = [[4, 4, 4]] * 11 + [[8, 8, 8]] * 13
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny(kind: str = "generation", size: int = 32, classes: int = 3, mask: torch.Tensor | None = None,
-         preset: str = "small", **kw) -> MagicFlow:
+def tiny(
+    kind: str = "generation", size: int = 32, classes: int = 3, mask: torch.Tensor | None = None, preset: str = "small", **kw
+) -> MagicFlow:
     """Paper layout, narrow couplings, every parameter moved off its identity start."""
     torch.manual_seed(0)
     kw.setdefault("embed_dim", 8)
-    model = MagicFlow.from_preset(preset, classes, kind, mask=mask, image_size=size, widths=TINY_WIDTHS,
-                                  actnorm_init_images=4, **kw)
+    model = MagicFlow.from_preset(
+        preset, classes, kind, mask=mask, image_size=size, widths=TINY_WIDTHS, actnorm_init_images=4, **kw
+    )
     model.train()
     with torch.no_grad():
         model.log_prob(torch.rand(4, 1, size, size), torch.arange(4) % classes)  # ActNorm data init
@@ -32,8 +34,13 @@ def tiny(kind: str = "generation", size: int = 32, classes: int = 3, mask: torch
 
 
 #: the authors' networks (paper preset) with both heads, next to the compact ones
-ARCHITECTURES = [("generation", {}), ("classification", {}), ("generation", {"preset": "paper"}),
-                 ("classification", {"preset": "paper"}), ("classification", {"preset": "paper", "head": "dense"})]
+ARCHITECTURES = [
+    ("generation", {}),
+    ("classification", {}),
+    ("generation", {"preset": "paper"}),
+    ("classification", {"preset": "paper"}),
+    ("classification", {"preset": "paper", "head": "dense"}),
+]
 
 
 def blob_mask(size: int) -> torch.Tensor:
@@ -250,8 +257,15 @@ def test_bad_inputs_raise_input_error():
 def test_every_step_starts_as_the_identity(kind: str, kw: dict):
     """Zero-initialised heads: before training each coupling leaves its input unchanged."""
     torch.manual_seed(0)
-    model = MagicFlow.from_preset(kw.get("preset", "small"), 3, kind, image_size=16, widths=TINY_WIDTHS,
-                                  embed_dim=8, **{k: v for k, v in kw.items() if k != "preset"})
+    model = MagicFlow.from_preset(
+        kw.get("preset", "small"),
+        3,
+        kind,
+        image_size=16,
+        widths=TINY_WIDTHS,
+        embed_dim=8,
+        **{k: v for k, v in kw.items() if k != "preset"},
+    )
     x, y = torch.randn(2, 1, 16, 16), torch.tensor([0, 2])
     for step in model.steps:
         h = torch.randn(2, *step.coupling.mask.shape[1:])
@@ -323,9 +337,19 @@ def test_compiled_networks_keep_outputs_and_checkpoint_names(tmp_path):
     from magicflow.flow import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)  # six steps, two scales: tracing 24 networks would take most of a minute
-    model = MagicFlow.from_preset("small", 2, "classification", image_size=8, embed_dim=8, widths=[[4, 4, 4]] * 6,
-                                  masks=["checkerboard"] * 2 + ["channel"] * 2 + ["checkerboard"] * 2,
-                                  squeeze_before=[2], split_after=[3], lite_steps=[], actnorm_init_images=2).eval()
+    model = MagicFlow.from_preset(
+        "small",
+        2,
+        "classification",
+        image_size=8,
+        embed_dim=8,
+        widths=[[4, 4, 4]] * 6,
+        masks=["checkerboard"] * 2 + ["channel"] * 2 + ["checkerboard"] * 2,
+        squeeze_before=[2],
+        split_after=[3],
+        lite_steps=[],
+        actnorm_init_images=2,
+    ).eval()
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
     names = [n for n, _ in model.named_parameters()]
     with torch.no_grad():

@@ -53,8 +53,7 @@ def test_checkpoint_round_trip_keeps_outputs_and_actnorm(tmp_path):
     torch.manual_seed(0)
     mask = torch.zeros(16, 16)
     mask[4:12, 3:13] = 1
-    model = MagicFlow.from_preset("small", 3, "generation", mask=mask, image_size=16, widths=WIDTHS,
-                                  actnorm_init_images=4)
+    model = MagicFlow.from_preset("small", 3, "generation", mask=mask, image_size=16, widths=WIDTHS, actnorm_init_images=4)
     x, y = torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 2, 1])
     model.train()
     model.log_prob(x, y)  # initialises every ActNorm

@@ -51,7 +51,8 @@ def bids(root: Path, subjects=("01", "02"), participants=True) -> Path:
         nifti(root / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz")
     if participants:
         pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects], "dx": ["AD", "CN"][: len(subjects)]}).to_csv(
-            root / "participants.tsv", sep="\t", index=False)
+            root / "participants.tsv", sep="\t", index=False
+        )
     return root
 
 
@@ -136,7 +137,8 @@ def test_dated_sessions_pair_by_days_within_the_gap(tmp_path: Path):
     assert (row.reference, row.reference_gap_days) == ("sub-01_ses-20180102_T1w", "4")
     assert {r.image: r.reference_gap_days for r in rows}["sub-01_ses-20170515_T1w"] == "0"
     assert [e.reason for e in excluded] == [
-        "nearest T1w of subject 01 (sub-01_ses-20180102_T1w) is 515 days away, more than max_reference_gap_days (365)"]
+        "nearest T1w of subject 01 (sub-01_ses-20180102_T1w) is 515 days away, more than max_reference_gap_days (365)"
+    ]
     rows, excluded = read_bids(root, "b", max_reference_gap_days=600)
     assert excluded == [] and {r.image: r.reference_gap_days for r in rows}["sub-01_ses-20190601_trc-FDG_pet"] == "515"
 
@@ -169,9 +171,20 @@ def test_broken_image_data_are_excluded_and_the_rest_goes_on(tmp_path: Path):
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        (lambda r: nifti(r / "sub-0x1" / "anat" / "sub-0x1_T1w.nii.gz").parent.parent.rename(r / "sub-0_1"), "subject ID '0_1' has characters other than letters and digits"),
-        (lambda r: pd.DataFrame({"participant_id": ["sub-01", "sub-01"]}).to_csv(r / "participants.tsv", sep="\t", index=False), "duplicate subject ID '01': it appears twice"),
-        (lambda r: nifti(r / "sub-A1" / "anat" / "sub-A1_T1w.nii.gz") and nifti(r / "sub-a1" / "anat" / "sub-a1_T1w.nii.gz"), "collides with"),
+        (
+            lambda r: nifti(r / "sub-0x1" / "anat" / "sub-0x1_T1w.nii.gz").parent.parent.rename(r / "sub-0_1"),
+            "subject ID '0_1' has characters other than letters and digits",
+        ),
+        (
+            lambda r: pd.DataFrame({"participant_id": ["sub-01", "sub-01"]}).to_csv(
+                r / "participants.tsv", sep="\t", index=False
+            ),
+            "duplicate subject ID '01': it appears twice",
+        ),
+        (
+            lambda r: nifti(r / "sub-A1" / "anat" / "sub-A1_T1w.nii.gz") and nifti(r / "sub-a1" / "anat" / "sub-a1_T1w.nii.gz"),
+            "collides with",
+        ),
     ],
 )
 def test_bad_subject_ids_stop_with_the_culprit(tmp_path: Path, setup, message):

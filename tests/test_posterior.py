@@ -44,7 +44,13 @@ def test_predictions_use_one_prior_row_per_training_image():
     test_meta = pd.DataFrame({"dataset": ["d"], "subject": ["s"], "session": ["1"], "image": ["t"], "offset": [0]})
     test = SliceSet(torch.zeros(1, 1, 2, 2), torch.tensor([0]), test_meta)
     # equal likelihoods: the prior alone decides, and the posterior is the prior
-    table, _ = predictions_table(test, SliceSet(torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.long)), train,
-                                 ["CN", "AD"], np.zeros((1, 2)), np.zeros((0, 2)))
+    table, _ = predictions_table(
+        test,
+        SliceSet(torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.long)),
+        train,
+        ["CN", "AD"],
+        np.zeros((1, 2)),
+        np.zeros((0, 2)),
+    )
     assert table["posterior_AD"].iloc[0] == pytest.approx(1 / 7)
     assert table["predicted"].iloc[0] == "CN"

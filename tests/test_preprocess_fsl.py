@@ -134,11 +134,26 @@ def test_threads_reach_fsl_environment(tmp_path):
 
 
 def _secondary(tmp_path: Path, modality: str, bias: bool) -> list[str]:
-    for name in ("in.nii.gz", "t1.nii.gz", "w.nii.gz", "tpl.nii.gz", "img_reorient.nii.gz", "img_fast_restore.nii.gz",
-                 "img_to_T1.mat"):
+    for name in (
+        "in.nii.gz",
+        "t1.nii.gz",
+        "w.nii.gz",
+        "tpl.nii.gz",
+        "img_reorient.nii.gz",
+        "img_fast_restore.nii.gz",
+        "img_to_T1.mat",
+    ):
         (tmp_path / name).write_bytes(b"")
-    steps = fsl_backend.secondary_steps(tmp_path / "in.nii.gz", tmp_path / "t1.nii.gz", tmp_path / "w.nii.gz",
-                                        tmp_path / "tpl.nii.gz", modality, bias, tmp_path, 1)["steps"]
+    steps = fsl_backend.secondary_steps(
+        tmp_path / "in.nii.gz",
+        tmp_path / "t1.nii.gz",
+        tmp_path / "w.nii.gz",
+        tmp_path / "tpl.nii.gz",
+        modality,
+        bias,
+        tmp_path,
+        1,
+    )["steps"]
     return [step().cmdline for step in steps]
 
 
@@ -217,8 +232,11 @@ def test_fsl_template_uses_fsls_own_2mm_files(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not fsl_available(), reason="FSL not installed ($FSLDIR unset or flirt not on PATH): "
-                                                "the chain's command lines are checked against fsl_anat's above")
+@pytest.mark.skipif(
+    not fsl_available(),
+    reason="FSL not installed ($FSLDIR unset or flirt not on PATH): "
+    "the chain's command lines are checked against fsl_anat's above",
+)
 def test_fsl_end_to_end(tmp_path):
     from magicflow.demo import write_demo_cohort
     from magicflow.preprocess.coregister import SecondaryOutputs, preprocess_secondary
@@ -229,7 +247,9 @@ def test_fsl_end_to_end(tmp_path):
     build_template(tmp_path / "tpl", use_fsl=True)
     sub = sorted(p.name for p in (tmp_path / "demo").glob("sub-*"))[0]
     anat = tmp_path / "demo" / sub / "ses-01" / "anat"
-    out = T1Outputs(*(tmp_path / "o" / n for n in ("mni.nii.gz", "mask.nii.gz", "native.nii.gz", "aff.mat", "warp.nii.gz", "t1.json")))
+    out = T1Outputs(
+        *(tmp_path / "o" / n for n in ("mni.nii.gz", "mask.nii.gz", "native.nii.gz", "aff.mat", "warp.nii.gz", "t1.json"))
+    )
     record = preprocess_t1(anat / f"{sub}_ses-01_T1w.nii.gz", tmp_path / "tpl", out, backend="fsl", threads=2)
     assert record["Backend"] == "fsl" and record["Space"] == SPACE_FSL
     mni = nib.load(out.mni)
@@ -238,8 +258,9 @@ def test_fsl_end_to_end(tmp_path):
     mask = nib.load(tpl.brain_mask).get_fdata() > 0
     assert np.corrcoef(mni.get_fdata()[mask], nib.load(tpl.t1).get_fdata()[mask])[0, 1] > 0.8
     pet = SecondaryOutputs(*(tmp_path / "o" / n for n in ("pet.nii.gz", "pet.mat", "pet.json")))
-    rec = preprocess_secondary(tmp_path / "demo" / sub / "ses-01" / "pet" / f"{sub}_ses-01_trc-FDG_pet.nii.gz", "pet",
-                               out.sidecar, pet, threads=2)
+    rec = preprocess_secondary(
+        tmp_path / "demo" / sub / "ses-01" / "pet" / f"{sub}_ses-01_trc-FDG_pet.nii.gz", "pet", out.sidecar, pet, threads=2
+    )
     assert rec["FrameAlignment"].startswith("mcflirt") and len(rec["FrameMotion"]) == rec["Frames"]
 
 

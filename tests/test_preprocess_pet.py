@@ -22,7 +22,8 @@ def _write_pet(tmp_path, data, tracer="FDG", starts=None, durations=None, sideca
         starts = starts if starts is not None else [1800 + 300 * i for i in range(frames)]
         durations = durations if durations is not None else [300] * frames
         (tmp_path / "sub-01_ses-01_trc-FDG_pet.json").write_text(
-            json.dumps({"TracerName": tracer, "FrameTimesStart": starts, "FrameDuration": durations}))
+            json.dumps({"TracerName": tracer, "FrameTimesStart": starts, "FrameDuration": durations})
+        )
     return path
 
 
@@ -76,8 +77,16 @@ def test_sidecar_missing_keys_is_an_error(tmp_path):
 
 @pytest.mark.parametrize(
     ("tracer", "start_min", "ok"),
-    [("FDG", 30, True), ("FDG", 5, False), ("AV45", 50, True), ("florbetapir", 90, False),
-     ("AV1451", 75, True), ("AV1451", 30, False), ("PiB", 50, True), ("MK-6240", 90, True)],
+    [
+        ("FDG", 30, True),
+        ("FDG", 5, False),
+        ("AV45", 50, True),
+        ("florbetapir", 90, False),
+        ("AV1451", 75, True),
+        ("AV1451", 30, False),
+        ("PiB", 50, True),
+        ("MK-6240", 90, True),
+    ],
 )
 def test_plateau_window(tmp_path, tracer, start_min, ok):
     data = np.random.default_rng(1).random((4, 4, 4, 4)) + 1
@@ -103,6 +112,7 @@ def test_tracer_aliases():
 
 
 # ---------------------------------------------------------------- DICOM-converted PET (real dcm2niix)
+
 
 def _converted(tmp_path, edit=None, tracer=None):
     """A 3-frame dynamic PET written with pydicom (frames start 10:00, 10:05, 10:10; 300 s each;
@@ -187,22 +197,42 @@ def _sidecar(tmp_path, frames=3, **meta):
 
 def test_bids_injection_start_counts_from_the_injection(tmp_path):
     # scan starts 30 min after the injection: frames 30-35, 35-40, 40-45 min, inside FDG's 30-60
-    path = _sidecar(tmp_path, TracerName="FDG", TimeZero="10:00:00", ScanStart=0, InjectionStart=-1800,
-                    FrameTimesStart=[0, 300, 600], FrameDuration=[300, 300, 300])
+    path = _sidecar(
+        tmp_path,
+        TracerName="FDG",
+        TimeZero="10:00:00",
+        ScanStart=0,
+        InjectionStart=-1800,
+        FrameTimesStart=[0, 300, 600],
+        FrameDuration=[300, 300, 300],
+    )
     result, said = _quiet(lambda: static_pet(path))
     assert result.timing.starts_s == (1800.0, 2100.0, 2400.0) and result.timing.origin == "injection"
     assert result.plateau == "inside" and said == []
     # the same frames 1 min after the injection are outside it, and said so
-    path = _sidecar(tmp_path, TracerName="FDG", TimeZero="10:00:00", ScanStart=0, InjectionStart=-60,
-                    FrameTimesStart=[0, 300, 600], FrameDuration=[300, 300, 300])
+    path = _sidecar(
+        tmp_path,
+        TracerName="FDG",
+        TimeZero="10:00:00",
+        ScanStart=0,
+        InjectionStart=-60,
+        FrameTimesStart=[0, 300, 600],
+        FrameDuration=[300, 300, 300],
+    )
     result, said = _quiet(lambda: static_pet(path))
     assert result.plateau == "outside" and len(said) == 1 and "frames span 1-16 min" in said[0]
 
 
 def test_injection_clock_time_across_midnight(tmp_path):
     # injected 22:55, series 00:10: 75 min later; frames 75-80, 80-85, 85-90 min, inside AV1451's 75-105
-    path = _sidecar(tmp_path, TracerName="[18F]AV-1451", SeriesTime="00:10:00", RadiopharmaceuticalStartTime="225500.00",
-                    FrameReferenceTime=[150, 450, 750], FrameDuration=[300, 300, 300])
+    path = _sidecar(
+        tmp_path,
+        TracerName="[18F]AV-1451",
+        SeriesTime="00:10:00",
+        RadiopharmaceuticalStartTime="225500.00",
+        FrameReferenceTime=[150, 450, 750],
+        FrameDuration=[300, 300, 300],
+    )
     result, said = _quiet(lambda: static_pet(path))
     assert result.timing.starts_s == (4500.0, 4800.0, 5100.0) and result.timing.origin == "injection"
     assert result.plateau == "inside" and said == []
@@ -223,12 +253,23 @@ def test_inherited_bids_sidecar_is_read_through_the_manifest(tmp_path):
         anat, pet_dir = root / f"sub-{sub}" / "anat", root / f"sub-{sub}" / "pet"
         anat.mkdir(parents=True), pet_dir.mkdir(parents=True)
         nib.save(nib.Nifti1Image(np.ones((8, 8, 8), dtype=np.float32), np.eye(4)), anat / f"sub-{sub}_T1w.nii.gz")
-        nib.save(nib.Nifti1Image(np.random.default_rng(6).random((4, 4, 4, 3)).astype(np.float32) + 1, np.eye(4)),
-                 pet_dir / f"sub-{sub}_trc-18FAV1451_pet.nii.gz")
+        nib.save(
+            nib.Nifti1Image(np.random.default_rng(6).random((4, 4, 4, 3)).astype(np.float32) + 1, np.eye(4)),
+            pet_dir / f"sub-{sub}_trc-18FAV1451_pet.nii.gz",
+        )
     # one sidecar at the top of the tree, inherited by every tau PET (BIDS inheritance principle)
-    (root / "trc-18FAV1451_pet.json").write_text(json.dumps({
-        "TracerName": "[18F]AV-1451", "TimeZero": "10:00:00", "InjectionStart": -4500, "ScanStart": 0,
-        "FrameTimesStart": [0, 300, 600], "FrameDuration": [300, 300, 300]}))
+    (root / "trc-18FAV1451_pet.json").write_text(
+        json.dumps(
+            {
+                "TracerName": "[18F]AV-1451",
+                "TimeZero": "10:00:00",
+                "InjectionStart": -4500,
+                "ScanStart": 0,
+                "FrameTimesStart": [0, 300, 600],
+                "FrameDuration": [300, 300, 300],
+            }
+        )
+    )
     rows, excluded = read_bids(root, "b")
     pet_row = next(r for r in rows if r.modality == "pet")
     assert (pet_row.tracer, pet_row.tracer_name, pet_row.sidecar) == ("tau", "18FAV1451", str(root / "trc-18FAV1451_pet.json"))
@@ -282,26 +323,45 @@ def test_stacked_frames_without_injection_time_are_not_plateau_times(tmp_path):
 
 # ---------------------------------------------------------------- one tracer parser
 
-@pytest.mark.parametrize(("name", "canonical", "family"), [
-    ("18FFDG", "FDG", "fdg"), ("18FAV45", "FLORBETAPIR", "amyloid"), ("18FAV1451", "FLORTAUCIPIR", "tau"),
-    ("18FFBB", "FLORBETABEN", "amyloid"), ("11CPIB", "PIB", "amyloid"), ("[18F]AV-1451", "FLORTAUCIPIR", "tau"),
-    ("Fluorodeoxyglucose F^18^", "FDG", "fdg"), ("MK-6240", "MK6240", "tau"), ("18F", None, None), ("XYZ-123", None, None),
-])
+
+@pytest.mark.parametrize(
+    ("name", "canonical", "family"),
+    [
+        ("18FFDG", "FDG", "fdg"),
+        ("18FAV45", "FLORBETAPIR", "amyloid"),
+        ("18FAV1451", "FLORTAUCIPIR", "tau"),
+        ("18FFBB", "FLORBETABEN", "amyloid"),
+        ("11CPIB", "PIB", "amyloid"),
+        ("[18F]AV-1451", "FLORTAUCIPIR", "tau"),
+        ("Fluorodeoxyglucose F^18^", "FDG", "fdg"),
+        ("MK-6240", "MK6240", "tau"),
+        ("18F", None, None),
+        ("XYZ-123", None, None),
+    ],
+)
 def test_clinica_and_sidecar_tracer_names(name, canonical, family):
     from magicflow.datasets.tracers import tracer_family
 
     assert canonical_tracer(name) == canonical and tracer_family(name) == family
 
 
-@pytest.mark.parametrize(("tracer", "start_min", "ok"), [("18FAV1451", 75, True), ("[18F]AV-1451", 30, False), ("11CPIB", 50, True)])
+@pytest.mark.parametrize(
+    ("tracer", "start_min", "ok"), [("18FAV1451", 75, True), ("[18F]AV-1451", 30, False), ("11CPIB", 50, True)]
+)
 def test_plateau_windows_through_the_one_parser(tmp_path, tracer, start_min, ok):
-    path = _write_pet(tmp_path, np.random.default_rng(7).random((4, 4, 4, 3)) + 1, tracer=tracer,
-                      starts=[60 * start_min + 300 * i for i in range(3)], durations=[300] * 3)
+    path = _write_pet(
+        tmp_path,
+        np.random.default_rng(7).random((4, 4, 4, 3)) + 1,
+        tracer=tracer,
+        starts=[60 * start_min + 300 * i for i in range(3)],
+        durations=[300] * 3,
+    )
     result, said = _quiet(lambda: static_pet(path))
     assert (result.plateau == "inside") == ok and (said == []) == ok
 
 
 # ---------------------------------------------------------------- bias correction
+
 
 def test_pet_is_never_bias_corrected_t2w_is(tmp_path, monkeypatch):
     from magicflow.preprocess import ants_backend, coregister
@@ -313,15 +373,32 @@ def test_pet_is_never_bias_corrected_t2w_is(tmp_path, monkeypatch):
     for name in ("affine.mat", "warp.nii.gz", "rigid.mat"):
         (tmp_path / name).write_bytes(b"x")
     t1 = tmp_path / "t1.json"
-    t1.write_text(json.dumps({"Backend": "ants", "Preset": "demo", "Space": "MNI", "TemplateDir": str(tmp_path),
-                              "Transforms": {"native": str(grid), "affine": str(tmp_path / "affine.mat"),
-                                             "warp": str(tmp_path / "warp.nii.gz")}}))
+    t1.write_text(
+        json.dumps(
+            {
+                "Backend": "ants",
+                "Preset": "demo",
+                "Space": "MNI",
+                "TemplateDir": str(tmp_path),
+                "Transforms": {
+                    "native": str(grid),
+                    "affine": str(tmp_path / "affine.mat"),
+                    "warp": str(tmp_path / "warp.nii.gz"),
+                },
+            }
+        )
+    )
     corrected = []
     monkeypatch.setattr(coregister, "load_template", lambda d, r: Template("MNI", 1, grid, grid, grid, grid, grid))
     monkeypatch.setattr(ants_backend, "bias_correct", lambda img, preset, work: corrected.append(img.shape) or img)
     monkeypatch.setattr(ants_backend, "rigid_to_t1", lambda *a: tmp_path / "rigid.mat")
-    monkeypatch.setattr(ants_backend, "realign_frames", lambda img, ref, work: Realignment(
-        img, ref, tuple(np.eye(4) for _ in range(img.shape[3])), np.zeros(3), "identity (test)"))
+    monkeypatch.setattr(
+        ants_backend,
+        "realign_frames",
+        lambda img, ref, work: Realignment(
+            img, ref, tuple(np.eye(4) for _ in range(img.shape[3])), np.zeros(3), "identity (test)"
+        ),
+    )
     monkeypatch.setattr(ants_backend, "to_mni", lambda img, *a: nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)))
     pet_path = _write_pet(tmp_path, np.random.default_rng(8).random((4, 4, 4, 3)) + 1)
     t2 = tmp_path / "t2.nii.gz"
@@ -338,8 +415,12 @@ def test_pet_is_never_bias_corrected_t2w_is(tmp_path, monkeypatch):
 def test_fsl_secondary_chain_has_no_fast_for_pet(tmp_path):
     from magicflow.preprocess import fsl_backend
 
-    steps = {m: fsl_backend.secondary_steps(tmp_path / "in.nii.gz", tmp_path / "t1.nii.gz", tmp_path / "w.nii.gz",
-                                            tmp_path / "tpl.nii.gz", m, True, tmp_path, 1)["steps"] for m in ("pet", "T2w", "FLAIR")}
+    steps = {
+        m: fsl_backend.secondary_steps(
+            tmp_path / "in.nii.gz", tmp_path / "t1.nii.gz", tmp_path / "w.nii.gz", tmp_path / "tpl.nii.gz", m, True, tmp_path, 1
+        )["steps"]
+        for m in ("pet", "T2w", "FLAIR")
+    }
     assert (len(steps["pet"]), len(steps["T2w"]), len(steps["FLAIR"])) == (3, 4, 4)  # reorient, [fast], flirt, applywarp
 
 
@@ -349,12 +430,28 @@ def test_coregister_command_passes_sidecar_and_tracer(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(coregister_cmd, "preprocess_secondary", lambda *a, **k: seen.append((a[4], k)))
-    base = ["preprocess-coregister", "--image", "p.nii.gz", "--modality", "pet", "--t1-json", "t1.json",
-            "--out-image", "o.nii.gz", "--out-rigid", "o.mat", "--out-json", "o.json", "--bias-correct"]
+    base = [
+        "preprocess-coregister",
+        "--image",
+        "p.nii.gz",
+        "--modality",
+        "pet",
+        "--t1-json",
+        "t1.json",
+        "--out-image",
+        "o.nii.gz",
+        "--out-rigid",
+        "o.mat",
+        "--out-json",
+        "o.json",
+        "--bias-correct",
+    ]
     assert cli.main(base + ["--sidecar", "bids/trc-18FAV1451_pet.json", "--tracer", "18FAV1451"]) == 0
     assert cli.main(base) == 0
-    assert seen == [(True, {"sidecar": "bids/trc-18FAV1451_pet.json", "tracer": "18FAV1451"}),
-                    (True, {"sidecar": None, "tracer": None})]
+    assert seen == [
+        (True, {"sidecar": "bids/trc-18FAV1451_pet.json", "tracer": "18FAV1451"}),
+        (True, {"sidecar": None, "tracer": None}),
+    ]
 
 
 def test_frame_reference_times_at_frame_starts(tmp_path):
@@ -367,13 +464,20 @@ def test_frame_reference_times_at_frame_starts(tmp_path):
 
 def test_dynamic_scan_started_before_the_injection(tmp_path):
     # series 09:59:50, injection 10:00:00: the first frame starts 10 s before it, not 23 h 59 min after
-    path = _sidecar(tmp_path, TracerName="FDG", SeriesTime="09:59:50", RadiopharmaceuticalStartTime="100000",
-                    FrameTimesStart=[0, 300, 600], FrameDuration=[300, 300, 300])
+    path = _sidecar(
+        tmp_path,
+        TracerName="FDG",
+        SeriesTime="09:59:50",
+        RadiopharmaceuticalStartTime="100000",
+        FrameTimesStart=[0, 300, 600],
+        FrameDuration=[300, 300, 300],
+    )
     result, said = _quiet(lambda: static_pet(path))
     assert result.timing.starts_s == (-10.0, 290.0, 590.0) and result.plateau == "outside" and len(said) == 1
 
 
 # ---------------------------------------------------------------- frame realignment
+
 
 def _moved(volume: np.ndarray, affine: np.ndarray, motion: np.ndarray) -> np.ndarray:
     """``volume`` after the head moved by ``motion`` (4x4, world mm): frame(w) = volume(motion^-1 w)."""

@@ -37,7 +37,10 @@ def _cases(t1: np.ndarray, mask: np.ndarray) -> dict[str, tuple[np.ndarray, bool
         "noisy_T1w": (t1 + 1.5 * sd * rng.standard_normal(t1.shape).astype(np.float32), False),
         "contrast_T1w": (np.clip(t1, 0, None) ** 2.5, False),
         "shifted3mm_T1w": (ndimage.shift(t1, (0, 3, 0), order=1), True),
-        "shifted6mm_noisy_T1w": (ndimage.shift(t1, (6, 0, 0), order=1) + sd * rng.standard_normal(t1.shape).astype(np.float32), True),
+        "shifted6mm_noisy_T1w": (
+            ndimage.shift(t1, (6, 0, 0), order=1) + sd * rng.standard_normal(t1.shape).astype(np.float32),
+            True,
+        ),
         "rotated6deg_T1w": (_rotated(t1, mask, 6.0), True),
     }
 
@@ -46,8 +49,14 @@ def test_check_tells_misregistration_from_noise_and_contrast(template, tmp_path)
     t1, mask = template
     paths, truth = [], {}
     for name, (image, moved) in _cases(t1, mask).items():
-        record = {"label": name, "image": f"{name}.nii.gz", "space": "test", "png": "",
-                  "ncc": masked_correlation(image, t1, mask), **alignment_check(image, t1, mask)}
+        record = {
+            "label": name,
+            "image": f"{name}.nii.gz",
+            "space": "test",
+            "png": "",
+            "ncc": masked_correlation(image, t1, mask),
+            **alignment_check(image, t1, mask),
+        }
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
         paths.append(tmp_path / f"{name}.json")
         truth[name] = moved
@@ -60,15 +69,23 @@ def test_check_tells_misregistration_from_noise_and_contrast(template, tmp_path)
 
 
 def test_pet_motion_and_other_contrasts(tmp_path):
-    rows = {"sub-1_trc-FDG_pet": {"ncc": 0.3, "motion_mm": 6.5, "rotation_deg": 1.0},
-            "sub-2_trc-FDG_pet": {"ncc": 0.3, "motion_mm": 1.0, "rotation_deg": 0.5},
-            "sub-1_T2w": {"ncc": -0.5}, "lost_FLAIR": {"ncc": 0.05},
-            "old_T1w": {"ncc": 0.7}}  # a record from before the check: raw NCC against the threshold
+    rows = {
+        "sub-1_trc-FDG_pet": {"ncc": 0.3, "motion_mm": 6.5, "rotation_deg": 1.0},
+        "sub-2_trc-FDG_pet": {"ncc": 0.3, "motion_mm": 1.0, "rotation_deg": 0.5},
+        "sub-1_T2w": {"ncc": -0.5},
+        "lost_FLAIR": {"ncc": 0.05},
+        "old_T1w": {"ncc": 0.7},
+    }  # a record from before the check: raw NCC against the threshold
     for label, fields in rows.items():
         (tmp_path / f"{label}.json").write_text(json.dumps({"label": label, "image": "x", "space": "s", "png": "", **fields}))
     table = gather_qc(sorted(tmp_path.glob("*.json")), tmp_path / "qc.tsv", threshold=0.8).set_index("label")
-    assert table["flagged"].to_dict() == {"lost_FLAIR": True, "old_T1w": True, "sub-1_T2w": False,
-                                          "sub-1_trc-FDG_pet": True, "sub-2_trc-FDG_pet": False}
+    assert table["flagged"].to_dict() == {
+        "lost_FLAIR": True,
+        "old_T1w": True,
+        "sub-1_T2w": False,
+        "sub-1_trc-FDG_pet": True,
+        "sub-2_trc-FDG_pet": False,
+    }
     assert "frame motion 6.5 mm" in table.loc["sub-1_trc-FDG_pet", "flag_reason"]
 
 
@@ -78,11 +95,14 @@ def test_partial_field_of_view_is_judged_where_it_has_data(template, tmp_path):
     t1, mask = template
     slab = t1.copy()
     slab[:, :, : t1.shape[2] * 2 // 5] = 0
-    slab[:, :, t1.shape[2] * 7 // 10:] = 0
+    slab[:, :, t1.shape[2] * 7 // 10 :] = 0
     in_place = alignment_check(slab, t1, mask)
     moved = alignment_check(ndimage.shift(slab, (0, 5, 0), order=1), t1, mask)
     assert in_place["alignment"] > 0 and in_place["coverage"] < 0.9 and moved["alignment"] < 0
-    (tmp_path / "slab.json").write_text(json.dumps({"label": "slab_T1w", "image": "x", "space": "s", "png": "",
-                                                    "ncc": masked_correlation(slab, t1, mask), **in_place}))
+    (tmp_path / "slab.json").write_text(
+        json.dumps(
+            {"label": "slab_T1w", "image": "x", "space": "s", "png": "", "ncc": masked_correlation(slab, t1, mask), **in_place}
+        )
+    )
     reason = gather_qc([tmp_path / "slab.json"], tmp_path / "qc.tsv")["flag_reason"].iloc[0]
     assert reason.startswith("partial field of view") and "misregistered" not in reason

@@ -29,8 +29,14 @@ def subject(tmp_path_factory):
     sub = sorted(p.name for p in (root / "demo").glob("sub-*"))[0]
     out = root / "out"
     t1_out = T1Outputs(*(out / n for n in ("t1_mni.nii.gz", "mask.nii.gz", "native.nii.gz", "aff.mat", "warp.nii.gz", "t1.json")))
-    preprocess_t1(root / "demo" / sub / "ses-01" / "anat" / f"{sub}_ses-01_T1w.nii.gz", root / "tpl", t1_out,
-                  backend="ants", preset="demo", threads=2)
+    preprocess_t1(
+        root / "demo" / sub / "ses-01" / "anat" / f"{sub}_ses-01_T1w.nii.gz",
+        root / "tpl",
+        t1_out,
+        backend="ants",
+        preset="demo",
+        threads=2,
+    )
     return {"root": root, "sub": sub, "t1": t1_out}
 
 
@@ -55,11 +61,16 @@ def test_t1_transform_recovers_groundtruth(subject, tmp_path):
     from nilearn.image import resample_to_img
 
     root, sub, out = subject["root"], subject["sub"], subject["t1"]
-    truth = nib.load(root / "demo" / "derivatives" / "groundtruth" / sub /
-                     f"{sub}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz")
+    truth = nib.load(
+        root / "demo" / "derivatives" / "groundtruth" / sub / f"{sub}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz"
+    )
     grid = nib.Nifti1Image(np.zeros(truth.shape[:3], np.float32), truth.affine)  # the 2 mm test grid
-    brain = resample_to_img(datasets.load_mni152_brain_mask(resolution=1), grid, interpolation="nearest",
-                            force_resample=True, copy_header=True).get_fdata() > 0
+    brain = (
+        resample_to_img(
+            datasets.load_mni152_brain_mask(resolution=1), grid, interpolation="nearest", force_resample=True, copy_header=True
+        ).get_fdata()
+        > 0
+    )
     points = mni_to_native_points([out.warp, out.affine], grid, tmp_path)
     error = np.linalg.norm(points - truth.get_fdata(), axis=-1)[brain]
     print(f"mean displacement error {error.mean():.2f} mm (95th pct {np.percentile(error, 95):.2f})")
@@ -86,8 +97,9 @@ def test_t2w_rigid_recovers_groundtruth(subject):
 def test_pet_median_and_coregistration(subject):
     root, sub, t1 = subject["root"], subject["sub"], subject["t1"]
     out = SecondaryOutputs(*(root / "out" / n for n in ("pet_mni.nii.gz", "pet_rigid.mat", "pet.json")))
-    record = preprocess_secondary(root / "demo" / sub / "ses-01" / "pet" / f"{sub}_ses-01_trc-FDG_pet.nii.gz", "pet",
-                                  t1.sidecar, out, threads=2)
+    record = preprocess_secondary(
+        root / "demo" / sub / "ses-01" / "pet" / f"{sub}_ses-01_trc-FDG_pet.nii.gz", "pet", t1.sidecar, out, threads=2
+    )
     assert record["FrameCombination"] == "median" and record["Frames"] >= 4 and record["TracerName"] == "FDG"
     pet = nib.load(out.mni).get_fdata()
     tpl = load_template(root / "tpl", 1)
@@ -130,8 +142,11 @@ def test_threads_bound_itk():
         ants.registration(img, moving, 'SyN', reg_iterations=(20, 10, 0))
         print((time.process_time() - cpu) / (time.perf_counter() - wall))
     """)
-    ratio = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                 cwd=Path(__file__).parents[1]).stdout.split()[-1])
+    ratio = float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
+        ).stdout.split()[-1]
+    )
     assert ratio < 1.2
 
 
@@ -151,7 +166,7 @@ def test_pet_uptake_ratio_survives_preprocessing(subject, tmp_path):
     shape = (88, 88, 80)  # 2.5 mm PET grid around the head
     affine = np.diag([2.5, 2.5, 2.5, 1.0])
     affine[:3, 3] = centre - 2.5 * (np.array(shape) - 1) / 2
-    world = (affine[:3, :3] @ np.indices(shape).reshape(3, -1) + affine[:3, 3:4])
+    world = affine[:3, :3] @ np.indices(shape).reshape(3, -1) + affine[:3, 3:4]
     to_t1 = np.linalg.inv(native.affine)
     in_head = ndimage.map_coordinates(head, to_t1[:3, :3] @ world + to_t1[:3, 3:4], order=1).reshape(shape)
     uptake = np.where(np.linalg.norm(world.T - hot, axis=1) < 40.0, 2.0, 1.0).reshape(shape)
@@ -160,20 +175,28 @@ def test_pet_uptake_ratio_survives_preprocessing(subject, tmp_path):
     frames = np.stack([pet * (1 + 0.01 * rng.standard_normal(shape).astype(np.float32)) for _ in range(3)], -1)
     path = tmp_path / "sub-x_trc-FDG_pet.nii.gz"
     nib.save(nib.Nifti1Image(frames, affine), path)
-    (tmp_path / "sub-x_trc-FDG_pet.json").write_text(json.dumps(
-        {"TracerName": "FDG", "FrameTimesStart": [1800, 2100, 2400], "FrameDuration": [300, 300, 300]}))
+    (tmp_path / "sub-x_trc-FDG_pet.json").write_text(
+        json.dumps({"TracerName": "FDG", "FrameTimesStart": [1800, 2100, 2400], "FrameDuration": [300, 300, 300]})
+    )
     out = SecondaryOutputs(*(tmp_path / n for n in ("pet_mni.nii.gz", "pet.mat", "pet.json")))
     record = preprocess_secondary(path, "pet", t1.sidecar, out, bias_correct=True, threads=2)
     assert record["BiasCorrection"] is False
     # where each MNI voxel (2 mm grid) sits in the native T1: inside the sphere, or far from it
-    truth = nib.load(root / "demo" / "derivatives" / "groundtruth" / subject["sub"] /
-                     f"{subject['sub']}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz")
+    truth = nib.load(
+        root
+        / "demo"
+        / "derivatives"
+        / "groundtruth"
+        / subject["sub"]
+        / f"{subject['sub']}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz"
+    )
     grid = nib.Nifti1Image(np.zeros(truth.shape[:3], np.float32), truth.affine)
     points = mni_to_native_points([t1.warp, t1.affine], grid, tmp_path)
     distance = np.linalg.norm(points - hot, axis=-1)
     mni = nib.load(out.mni)
-    ijk = np.linalg.inv(mni.affine) @ np.vstack([(grid.affine[:3, :3] @ np.indices(grid.shape).reshape(3, -1)
-                                                  + grid.affine[:3, 3:4]), np.ones((1, distance.size))])
+    ijk = np.linalg.inv(mni.affine) @ np.vstack(
+        [(grid.affine[:3, :3] @ np.indices(grid.shape).reshape(3, -1) + grid.affine[:3, 3:4]), np.ones((1, distance.size))]
+    )
     values = ndimage.map_coordinates(mni.get_fdata(), ijk[:3], order=1).reshape(grid.shape)
     tpl = load_template(root / "tpl", 1)
     brain = ndimage.map_coordinates(nib.load(tpl.brain_mask).get_fdata(), ijk[:3], order=0).reshape(grid.shape) > 0

@@ -60,9 +60,15 @@ def pose(degrees: tuple[float, float, float], shift_mm: tuple[float, float, floa
     return out
 
 
-def scan(head_pose: np.ndarray, voxel: tuple[float, float, float], z_range: tuple[float, float],
-         grid_rotation: tuple[float, float, float] = (0, 0, 0), las: bool = False, uint8: bool = False,
-         noise: float = 0.02) -> nib.Nifti1Image:
+def scan(
+    head_pose: np.ndarray,
+    voxel: tuple[float, float, float],
+    z_range: tuple[float, float],
+    grid_rotation: tuple[float, float, float] = (0, 0, 0),
+    las: bool = False,
+    uint8: bool = False,
+    noise: float = 0.02,
+) -> nib.Nifti1Image:
     """Acquire the head placed by ``head_pose``: a grid of ``voxel`` mm covering x, y -120..120 and
     the head's ``z_range`` (template mm, superior axis), optionally oblique, LAS-stored, 8-bit."""
     data, affine = head()
@@ -88,8 +94,14 @@ CASES = {
     # an axial clinical slab: 4 mm slices from the temporal lobes to the upper ventricles
     "partial_fov": dict(head_pose=pose((0, 0, 6), (-5, 8, -12)), voxel=(2.0, 2.0, 4.0), z_range=(-30, 55)),
     # tilted head, oblique LAS grid, anisotropic voxels, 8-bit intensities
-    "oblique": dict(head_pose=pose((18, 8, -6), (0, 5, 10)), voxel=(2.0, 2.2, 2.6), z_range=(-90, 100),
-                    grid_rotation=(20, 0, 12), las=True, uint8=True),
+    "oblique": dict(
+        head_pose=pose((18, 8, -6), (0, 5, 10)),
+        voxel=(2.0, 2.2, 2.6),
+        z_range=(-90, 100),
+        grid_rotation=(20, 0, 12),
+        las=True,
+        uint8=True,
+    ),
 }
 
 
@@ -128,9 +140,11 @@ def test_t1_lands_within_2mm_or_is_flagged(case, template, tmp_path):
     qc = image_qc(out.mni, load_template(template, 1), tmp_path / "qc.png", tmp_path / "qc.json", f"sub-{case}_T1w")
     reason = gather_qc([tmp_path / "qc.json"], tmp_path / "qc.tsv")["flag_reason"].iloc[0]
     misregistered = "misregistered" in reason or "NCC" in reason
-    print(f"{case}: mean error {error.mean():.2f} mm (95th pct {np.percentile(error, 95):.2f}), in the field of view "
-          f"{error_in_view.mean():.2f} mm ({100 * in_view.mean():.0f} % of the brain); NCC {qc['ncc']:.3f}, smoothed "
-          f"{qc['ncc_smooth']:.3f}, alignment {qc['alignment']:+.4f}, coverage {qc['coverage']:.2f}; flags: {reason or 'none'}")
+    print(
+        f"{case}: mean error {error.mean():.2f} mm (95th pct {np.percentile(error, 95):.2f}), in the field of view "
+        f"{error_in_view.mean():.2f} mm ({100 * in_view.mean():.0f} % of the brain); NCC {qc['ncc']:.3f}, smoothed "
+        f"{qc['ncc_smooth']:.3f}, alignment {qc['alignment']:+.4f}, coverage {qc['coverage']:.2f}; flags: {reason or 'none'}"
+    )
     assert error.mean() < 2.0 or reason, "off the truth and not flagged"
     assert error_in_view.mean() < 2.0 or misregistered, "misregistered where the scan has data, and not flagged so"
     assert not (error_in_view.mean() < 1.5 and misregistered), "a registration this close to the truth must not be flagged"

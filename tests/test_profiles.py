@@ -90,8 +90,12 @@ def by_rule(jobs: list[Job], rule: str) -> list[Job]:
 def fake_roots(tmp_path: Path, kinds: dict[str, str]) -> dict[str, dict]:
     """Dataset entries on empty folders, with the tables each kind requires (empty files: a dry
     run reads nothing)."""
-    tables = {"ixi": {"demographics": "IXI.xls"}, "sald": {"demographics": "participants.xlsx"}, "ppmi": {"collection": "collection.csv"},
-              "adni": {"collection": "collection.csv", "diagnosis_table": "ADNIMERGE.csv"}}
+    tables = {
+        "ixi": {"demographics": "IXI.xls"},
+        "sald": {"demographics": "participants.xlsx"},
+        "ppmi": {"collection": "collection.csv"},
+        "adni": {"collection": "collection.csv", "diagnosis_table": "ADNIMERGE.csv"},
+    }
     entries = {}
     for name, kind in kinds.items():
         root = tmp_path / "data" / name
@@ -123,14 +127,18 @@ def test_the_demo_plans_every_stage_with_its_resources(tmp_path: Path):
     (template,) = by_rule(jobs, "preprocess_template")
     assert "--backend auto --out-dir results/template" in template.shell
     # evaluation is given each fold's files by name, the training benchmark included
-    evaluate = next(j for j in by_rule(jobs, "evaluate_experiment") if j.wildcards["experiment"] == "demo_diagnosis_classification")
+    evaluate = next(
+        j for j in by_rule(jobs, "evaluate_experiment") if j.wildcards["experiment"] == "demo_diagnosis_classification"
+    )
     for fold in ("fold-0", "fold-1", "fold-2"):
         assert f"--train-benchmark {fold}=results/benchmarks/train/demo_diagnosis_classification_{fold}.tsv" in evaluate.shell
         assert f"--attribution {fold}=results/demo_diagnosis_classification/attribution/{fold}" in evaluate.shell
     assert "results/benchmarks/train/demo_diagnosis_classification_fold-2.tsv" in evaluate.fields["input"]
     assert "--split results/demo_diagnosis_classification/splits/split.json" in evaluate.shell
     # every rule that writes a result keeps a benchmark, the run: rules included
-    assert all("benchmark" in job.fields for job in jobs if job.rule != "all"), [j.rule for j in jobs if "benchmark" not in j.fields]
+    assert all("benchmark" in job.fields for job in jobs if job.rule != "all"), [
+        j.rule for j in jobs if "benchmark" not in j.fields
+    ]
 
 
 @pytest.mark.parametrize("kind", ["bids", "ixi", "sald", "ppmi", "adni"])
@@ -147,7 +155,9 @@ def test_each_dataset_kind_plans_its_manifest_on_its_root(tmp_path: Path, kind: 
     if kind in ("ppmi", "adni"):  # IDA downloads: DICOM converted first, the table read by the manifest
         (convert,) = converts
         assert "--nifti-dir results/ext/nifti --convert-only" in convert.shell
-        assert "results/ext/nifti/conversion.tsv" in manifest.fields["input"] and "--nifti-dir results/ext/nifti" in manifest.shell
+        assert (
+            "results/ext/nifti/conversion.tsv" in manifest.fields["input"] and "--nifti-dir results/ext/nifti" in manifest.shell
+        )
     else:
         assert not converts
 
@@ -171,11 +181,14 @@ def conda_environments(tmp_path: Path, edit=None) -> set[str]:
     return {str((tmp_path / path).resolve().relative_to(REPO_ROOT)) for path in found}
 
 
-@pytest.mark.parametrize(("backend", "environments"), [
-    ("auto", {"envs/fsl.yaml", "envs/magicflow.yaml"}),  # with --use-conda, auto finds the FSL env's FSL
-    ("fsl", {"envs/fsl.yaml", "envs/magicflow.yaml"}),
-    ("ants", {"envs/magicflow.yaml"}),
-])
+@pytest.mark.parametrize(
+    ("backend", "environments"),
+    [
+        ("auto", {"envs/fsl.yaml", "envs/magicflow.yaml"}),  # with --use-conda, auto finds the FSL env's FSL
+        ("fsl", {"envs/fsl.yaml", "envs/magicflow.yaml"}),
+        ("ants", {"envs/magicflow.yaml"}),
+    ],
+)
 def test_the_backend_is_decided_in_the_job_and_its_environment(tmp_path: Path, backend: str, environments: set[str]):
     """No backend is resolved while the rules are read: `fsl` plans here, where FSL is missing,
     and the template job gets the backend to resolve where it runs, in the registration env."""
@@ -203,15 +216,18 @@ def test_each_experiment_asks_for_a_gpu_by_its_own_device(tmp_path: Path):
 def test_a_parse_time_error_is_one_line(tmp_path: Path):
     result = snakemake(workdir(tmp_path, lambda c: c["experiments"]["demo_scanner_generation"].update(run_folds=9)), "-n")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == \
-        "invalid configuration: config key 'experiments.demo_scanner_generation.run_folds': 9 is more than folds=3"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "invalid configuration: config key 'experiments.demo_scanner_generation.run_folds': 9 is more than folds=3"
+    )
     assert "Traceback" not in result.stderr and 'File "' not in result.stderr
 
 
 def test_lint_finds_nothing(tmp_path: Path):
     result = snakemake(workdir(tmp_path), "--lint")
-    assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr, \
-        (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0 and "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr, (
+        result.stdout + result.stderr
+    )[-3000:]
 
 
 def profile(name: str) -> dict:

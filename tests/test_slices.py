@@ -42,7 +42,7 @@ def test_superior_at_top_and_subject_right_on_the_left():
     # a blob in the subject's LEFT hemisphere (x = -40 mm), high up (z = +50 mm), on the central plane
     i, j, k = _world_to_index(-40.0, -17.0, 50.0)
     assert j == 109
-    volume[i - 3:i + 4, j - 3:j + 4, k - 3:k + 4] = 1.0
+    volume[i - 3 : i + 4, j - 3 : j + 4, k - 3 : k + 4] = 1.0
     plane = coronal_slice(volume)[0]
     rows, cols = np.nonzero(plane)
     assert rows.mean() < 182 / 2  # superior half is the top of the array
@@ -89,6 +89,7 @@ def _fake_template(root):
     from magicflow.preprocess.template import template_filenames
 
     import json
+
     root.mkdir()
     names = template_filenames("MNI152NLin2009aSym", 1)
     mask = np.zeros(GRID_1MM_SHAPE, dtype=np.uint8)
@@ -101,10 +102,37 @@ def _fake_template(root):
 def test_extract_slices_table_and_arrays(tmp_path):
     _fake_template(tmp_path / "tpl")
     rows = [
-        {"subject": "01", "session": "01", "image": "sub-01_ses-01_T1w", "modality": "T1w", "tracer": "", "diagnosis": "AD", "scanner": "A", "path": "raw1"},
-        {"subject": "02", "session": "01", "image": "sub-02_ses-01_trc-FDG_pet", "modality": "PET", "tracer": "FDG", "diagnosis": "CN", "scanner": "B", "path": "raw2"},
-        {"subject": "03", "session": "01", "image": "sub-03_ses-01_T1w", "modality": "T1w", "tracer": "", "diagnosis": "CN", "scanner": "B", "path": "raw3",
-         "exclusion_reason": "motion"},
+        {
+            "subject": "01",
+            "session": "01",
+            "image": "sub-01_ses-01_T1w",
+            "modality": "T1w",
+            "tracer": "",
+            "diagnosis": "AD",
+            "scanner": "A",
+            "path": "raw1",
+        },
+        {
+            "subject": "02",
+            "session": "01",
+            "image": "sub-02_ses-01_trc-FDG_pet",
+            "modality": "PET",
+            "tracer": "FDG",
+            "diagnosis": "CN",
+            "scanner": "B",
+            "path": "raw2",
+        },
+        {
+            "subject": "03",
+            "session": "01",
+            "image": "sub-03_ses-01_T1w",
+            "modality": "T1w",
+            "tracer": "",
+            "diagnosis": "CN",
+            "scanner": "B",
+            "path": "raw3",
+            "exclusion_reason": "motion",
+        },
     ]
     manifest = tmp_path / "manifest.tsv"
     pd.DataFrame(rows).fillna("").to_csv(manifest, sep="\t", index=False)
@@ -128,7 +156,9 @@ def test_extract_slices_table_and_arrays(tmp_path):
 def test_extract_slices_missing_image_is_an_error(tmp_path):
     _fake_template(tmp_path / "tpl")
     manifest = tmp_path / "manifest.tsv"
-    pd.DataFrame([{"subject": "09", "session": "01", "image": "sub-09_ses-01_T2w", "modality": "T2w", "tracer": ""}]).to_csv(manifest, sep="\t", index=False)
+    pd.DataFrame([{"subject": "09", "session": "01", "image": "sub-09_ses-01_T2w", "modality": "T2w", "tracer": ""}]).to_csv(
+        manifest, sep="\t", index=False
+    )
     with pytest.raises(InputError, match="preprocessed image missing"):
         extract_slices(manifest, tmp_path / "preproc", tmp_path / "tpl", [0], tmp_path / "s.npz", tmp_path / "s.tsv")
     assert not (tmp_path / "s.npz").exists() and not (tmp_path / "s.tsv").exists()

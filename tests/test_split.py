@@ -15,8 +15,15 @@ def images(n_subjects=20, per_subject=3, classes=("A", "B")) -> pd.DataFrame:
     rows = []
     for s in range(n_subjects):
         for i in range(per_subject):
-            rows.append({"dataset": "d1" if s % 2 else "d2", "subject": f"s{s // 2}", "session": "01",
-                         "image": f"sub-s{s}_img{i}", "label": classes[s % len(classes)]})
+            rows.append(
+                {
+                    "dataset": "d1" if s % 2 else "d2",
+                    "subject": f"s{s // 2}",
+                    "session": "01",
+                    "image": f"sub-s{s}_img{i}",
+                    "label": classes[s % len(classes)],
+                }
+            )
     return pd.DataFrame(rows)
 
 

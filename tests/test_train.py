@@ -50,7 +50,9 @@ SETTINGS = TrainSettings(epochs=4, batch_size=8, lr=2e-3, seed=1)
 
 def test_toy_training_lowers_nll_and_beats_chance(tmp_path: Path):
     settings = replace(SETTINGS, epochs=12)  # 48 optimiser steps, as the flow library's own toy test
-    history = train_model(model(), toy(32, 0), toy(16, 1), tmp_path, settings, torch.device("cpu"), classification=True, progress=False)
+    history = train_model(
+        model(), toy(32, 0), toy(16, 1), tmp_path, settings, torch.device("cpu"), classification=True, progress=False
+    )
     assert history["val_nll"].iloc[-1] < history["val_nll"].iloc[0]
     assert history["val_balanced_accuracy"].max() > 0.5
     table = pd.read_csv(tmp_path / "training.tsv", sep="\t")
@@ -68,9 +70,21 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path, sett
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "resumed", settings, torch.device("cpu"), True, on_epoch_end=kill_after_two, progress=False)
+        train_model(
+            model(),
+            toy(24, 0),
+            toy(8, 1),
+            tmp_path / "resumed",
+            settings,
+            torch.device("cpu"),
+            True,
+            on_epoch_end=kill_after_two,
+            progress=False,
+        )
     assert len(pd.read_csv(tmp_path / "resumed" / "training.tsv", sep="\t")) == 2
-    history = train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "resumed", settings, torch.device("cpu"), True, progress=False)
+    history = train_model(
+        model(), toy(24, 0), toy(8, 1), tmp_path / "resumed", settings, torch.device("cpu"), True, progress=False
+    )
     assert list(history["epoch"]) == [1, 2, 3, 4]
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
@@ -153,8 +167,18 @@ class SyncCounter(TorchDispatchMode):
     (``item``, ``bool(tensor)``, ``int(tensor)``), comparing whole tensors, and ops whose output
     shape depends on values (nonzero, masked_select, unique)."""
 
-    SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "masked_select",
-               "_unique2", "unique_dim", "unique_consecutive"}
+    SYNCING = {
+        "_local_scalar_dense",
+        "item",
+        "is_nonzero",
+        "equal",
+        "allclose",
+        "nonzero",
+        "masked_select",
+        "_unique2",
+        "unique_dim",
+        "unique_consecutive",
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -225,7 +249,17 @@ def test_every_step_trains_at_the_formula_rate_resume_included(tmp_path: Path, m
     monkeypatch.setattr(train_module, "train_step", recording)
     settings = replace(SETTINGS, warmup_fraction=0.25)
     with pytest.raises(KeyboardInterrupt):
-        train_model(model(), toy(24, 0), toy(8, 1), tmp_path, settings, torch.device("cpu"), True, on_epoch_end=kill_after_two, progress=False)
+        train_model(
+            model(),
+            toy(24, 0),
+            toy(8, 1),
+            tmp_path,
+            settings,
+            torch.device("cpu"),
+            True,
+            on_epoch_end=kill_after_two,
+            progress=False,
+        )
     assert len(rates) == 6
     history = train_model(model(), toy(24, 0), toy(8, 1), tmp_path, settings, torch.device("cpu"), True, progress=False)
     assert rates == [formula_rate(k, 12, settings) for k in range(12)]
@@ -284,8 +318,16 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
 
 def test_precision_is_a_training_setting(tmp_path: Path):
     m = model()
-    history = train_model(m, toy(16, 0), toy(8, 1), tmp_path, replace(SETTINGS, epochs=1, precision="bf16"),
-                          torch.device("cpu"), True, progress=False)
+    history = train_model(
+        m,
+        toy(16, 0),
+        toy(8, 1),
+        tmp_path,
+        replace(SETTINGS, epochs=1, precision="bf16"),
+        torch.device("cpu"),
+        True,
+        progress=False,
+    )
     assert all(step.coupling.bf16 for step in m.steps) and math.isfinite(history["val_nll"].iloc[0])
     with pytest.raises(InputError, match="precision"):
         TrainSettings(precision="fp16")

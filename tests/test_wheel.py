@@ -26,7 +26,13 @@ def snakemake_imports() -> list[str]:
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             if any(n == "snakemake" or n.startswith("snakemake.") for n in names):
                 found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
     return found
@@ -61,7 +67,11 @@ def test_wheel_installed_in_a_fresh_venv_runs_outside_the_checkout(tmp_path: Pat
     shutil.copytree(PACKAGE, source / "magicflow", ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", wheels, source], tmp_path, env)
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", wheels, source],
+        tmp_path,
+        env,
+    )
     (wheel,) = wheels.glob("magicflow-*.whl")
 
     # a fresh venv that sees this environment's third-party packages through a .pth line (a path

@@ -35,7 +35,9 @@ def workdir_with(tmp_path: Path, edit=None) -> Path:
 
 def test_dry_run_of_the_shipped_config():
     # --forceall: plan every job even where this checkout's results/ already holds the demo's outputs
-    result = subprocess.run([*SNAKEMAKE, "-n", "--forceall", "--cores", "2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*SNAKEMAKE, "-n", "--forceall", "--cores", "2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "demo_cohort" in result.stdout and "dataset_manifest" in result.stdout
 
@@ -68,9 +70,18 @@ def tiny_experiment(config: dict) -> None:
     config["datasets"]["demo"].update(subjects=6, t1w_only=0, tracers=[])
     config["training"].update(epochs=1, batch_size=4, device="cpu")
     config["experiments"] = {
-        "tiny": {"datasets": ["demo"], "label": "diagnosis", "modalities": ["T1w"], "offsets": {"train": [-1, 0], "eval": [0]},
-                 "model": "classification", "preset": "small", "folds": 3, "image_size": 48, "samples": {"per_class": 2},
-                 "attribution": {"max_images": 2}},
+        "tiny": {
+            "datasets": ["demo"],
+            "label": "diagnosis",
+            "modalities": ["T1w"],
+            "offsets": {"train": [-1, 0], "eval": [0]},
+            "model": "classification",
+            "preset": "small",
+            "folds": 3,
+            "image_size": 48,
+            "samples": {"per_class": 2},
+            "attribution": {"max_images": 2},
+        },
     }
     config["evaluation"] = {"features": {"kind": "in_domain", "epochs": 1}, "bootstrap": 20, "ms_ssim_pairs": 20}
 
@@ -95,7 +106,10 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     assert metrics["generation"]["n_generated"] == 4 and metrics["feature_extractor"]["suffix"] == "ID"
     assert len(metrics["efficiency"]) == 3 and metrics["efficiency"][0]["steps"] > 0
     page = (results / "tiny" / "report.html").read_text()
-    assert all(f'id="{a}"' in page for a in ("overview", "data", "generation", "classification", "attribution", "efficiency", "dataset-demo"))
+    assert all(
+        f'id="{a}"' in page
+        for a in ("overview", "data", "generation", "classification", "attribution", "efficiency", "dataset-demo")
+    )
     assert "figure missing" not in page
     # Snakemake's own report gathers the experiment report, evaluation figures and training curves
     snapshot = snakemake(work, "--report", "results/snakemake-report.html")
@@ -154,13 +168,18 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
 LOGGED = REPO_ROOT / "workflow" / "scripts" / "logged.sh"
 
 
-@pytest.mark.parametrize(("command", "status", "said"), [
-    ("echo working; echo broken >&2; exit 3", 3, "exit status 3"),
-    ("echo working; kill -9 $$", 137, "killed by signal 9 (SIGKILL: often the out-of-memory killer"),
-])
+@pytest.mark.parametrize(
+    ("command", "status", "said"),
+    [
+        ("echo working; echo broken >&2; exit 3", 3, "exit status 3"),
+        ("echo working; kill -9 $$", 137, "killed by signal 9 (SIGKILL: often the out-of-memory killer"),
+    ],
+)
 def test_a_failed_command_keeps_its_log_and_quotes_its_end(tmp_path: Path, command: str, status: int, said: str):
     log = tmp_path / "logs" / "classify" / "x_fold-0.log"
-    result = subprocess.run(["bash", str(LOGGED), str(log), "OMP_NUM_THREADS=1", "sh", "-c", command], capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(LOGGED), str(log), "OMP_NUM_THREADS=1", "sh", "-c", command], capture_output=True, text=True
+    )
     assert result.returncode == status
     assert said in result.stderr and "working" in result.stderr  # the log's last lines, on stderr
     kept = list(log.parent.glob("x_fold-0.log.failed-*"))
@@ -172,7 +191,8 @@ def test_a_failed_command_keeps_its_log_and_quotes_its_end(tmp_path: Path, comma
 
 def test_a_command_that_succeeds_says_nothing_extra(tmp_path: Path):
     log = tmp_path / "a.log"
-    result = subprocess.run(["bash", str(LOGGED), str(log), "OMP_NUM_THREADS=1", "sh", "-c", "echo $OMP_NUM_THREADS"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(LOGGED), str(log), "OMP_NUM_THREADS=1", "sh", "-c", "echo $OMP_NUM_THREADS"], capture_output=True, text=True
+    )
     assert (result.returncode, result.stdout, result.stderr, log.read_text()) == (0, "", "", "1\n")
     assert list(tmp_path.glob("a.log.failed-*")) == []

@@ -78,8 +78,19 @@ def read_adni(
             return None, f"no diagnosis for {ptid} (RID {key}) in {table_path.name}"
         gap, when, label = min((abs((when - scan).days), when, label) for when, label in visits[key])
         if gap > visit_window_days:
-            return None, f"no diagnosis within {visit_window_days} days of the scan ({scan}); the nearest visit ({when}) is {gap} days away"
+            return (
+                None,
+                f"no diagnosis within {visit_window_days} days of the scan ({scan}); the nearest visit ({when}) is {gap} days away",
+            )
         return label, ""
 
-    return read_ida(root, dataset, PROJECT, collection, nifti_dir, diagnose, processing_level=processing_level,
-                    series_filter=SeriesFilter.of(mri_series_include, mri_series_exclude))
+    return read_ida(
+        root,
+        dataset,
+        PROJECT,
+        collection,
+        nifti_dir,
+        diagnose,
+        processing_level=processing_level,
+        series_filter=SeriesFilter.of(mri_series_include, mri_series_exclude),
+    )

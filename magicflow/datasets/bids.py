@@ -73,7 +73,9 @@ def scanner_name(sidecar: dict) -> str:
     return re.sub(r"\s+", " ", name) or MISSING
 
 
-def read_bids(root: str | Path, dataset: str, participant_columns: dict[str, str] | None = None) -> tuple[list[ImageRow], list[Exclusion]]:
+def read_bids(
+    root: str | Path, dataset: str, participant_columns: dict[str, str] | None = None
+) -> tuple[list[ImageRow], list[Exclusion]]:
     """Manifest rows (references not yet assigned) and exclusions for a BIDS dataset."""
     root = Path(root)
     if not root.is_dir():

@@ -24,6 +24,8 @@ def parse_date(value: str) -> date | None:
         except ValueError:
             continue
     return None
+
+
 CLOCK = re.compile(r"(\d{2}):?(\d{2}):?(\d{2}(?:\.\d*)?)")
 
 

@@ -18,7 +18,12 @@ from magicflow.datasets.ida import convert_download
 from magicflow.datasets.series import PROCESSING_LEVELS
 from magicflow.datasets.ixi import read_ixi
 from magicflow.datasets.manifest import (
-    MAX_REFERENCE_GAP_DAYS, Exclusion, ImageRow, assign_references, screen_images, write_manifest,
+    MAX_REFERENCE_GAP_DAYS,
+    Exclusion,
+    ImageRow,
+    assign_references,
+    screen_images,
+    write_manifest,
 )
 from magicflow.datasets.ppmi import read_ppmi
 from magicflow.datasets.sald import DEMOGRAPHIC_COLUMNS, read_sald
@@ -30,14 +35,31 @@ IDA_PROJECTS = {"ppmi": "PPMI", "adni": "ADNI"}
 KIND_OPTIONS: dict[str, dict[str, str]] = {
     "bids": {"participant_column": "participant_columns"},
     "ixi": {"demographics": "demographics", "site": "sites", "diagnosis": "diagnosis", "sex_label": "sex_labels"},
-    "sald": {"demographics": "demographics", "participant_column": "demographic_columns", "sex_label": "sex_labels",
-             "scanner": "scanner", "diagnosis": "diagnosis", "t1_pattern": "t1_pattern"},
-    "ppmi": {"collection": "collection", "nifti_dir": "nifti_dir", "diagnosis_label": "diagnosis_labels",
-             "mri_series_include": "mri_series_include", "mri_series_exclude": "mri_series_exclude"},
-    "adni": {"collection": "collection", "nifti_dir": "nifti_dir", "diagnosis_table": "diagnosis_table",
-             "visit_window_days": "visit_window_days", "diagnosis_label": "diagnosis_labels",
-             "processing_level": "processing_level", "mri_series_include": "mri_series_include",
-             "mri_series_exclude": "mri_series_exclude"},
+    "sald": {
+        "demographics": "demographics",
+        "participant_column": "demographic_columns",
+        "sex_label": "sex_labels",
+        "scanner": "scanner",
+        "diagnosis": "diagnosis",
+        "t1_pattern": "t1_pattern",
+    },
+    "ppmi": {
+        "collection": "collection",
+        "nifti_dir": "nifti_dir",
+        "diagnosis_label": "diagnosis_labels",
+        "mri_series_include": "mri_series_include",
+        "mri_series_exclude": "mri_series_exclude",
+    },
+    "adni": {
+        "collection": "collection",
+        "nifti_dir": "nifti_dir",
+        "diagnosis_table": "diagnosis_table",
+        "visit_window_days": "visit_window_days",
+        "diagnosis_label": "diagnosis_labels",
+        "processing_level": "processing_level",
+        "mri_series_include": "mri_series_include",
+        "mri_series_exclude": "mri_series_exclude",
+    },
 }
 COLUMN_NAMES = {"bids": LABEL_COLUMNS, "sald": tuple(DEMOGRAPHIC_COLUMNS)}
 PAIR_OPTIONS = ("participant_column", "site", "sex_label", "diagnosis_label")
@@ -60,30 +82,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path, help="dataset folder as downloaded")
     parser.add_argument("--out", type=Path, help="manifest.tsv to write")
     parser.add_argument("--excluded", type=Path, help="manifest_excluded.tsv to write")
-    parser.add_argument("--participant-column", action="append", default=[], metavar="NAME=COLUMN",
-                        help="bids: manifest column NAME (diagnosis, age, sex) from participants.tsv column COLUMN; "
-                             "sald: NAME (subject, age, sex) from the demographics sheet's COLUMN")
+    parser.add_argument(
+        "--participant-column",
+        action="append",
+        default=[],
+        metavar="NAME=COLUMN",
+        help="bids: manifest column NAME (diagnosis, age, sex) from participants.tsv column COLUMN; "
+        "sald: NAME (subject, age, sex) from the demographics sheet's COLUMN",
+    )
     parser.add_argument("--demographics", type=Path, help="ixi, sald: demographics sheet (relative to --root unless absolute)")
-    parser.add_argument("--site", action="append", default=[], metavar="CODE=SCANNER",
-                        help="ixi: scanner of a site code (given at all, these replace the built-in Guys/HH/IOP)")
+    parser.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="CODE=SCANNER",
+        help="ixi: scanner of a site code (given at all, these replace the built-in Guys/HH/IOP)",
+    )
     parser.add_argument("--sex-label", action="append", default=[], metavar="CODE=LABEL", help="ixi, sald: relabel sex codes")
     parser.add_argument("--diagnosis", help="ixi, sald: the diagnosis label of every subject (healthy cohorts)")
     parser.add_argument("--scanner", help="sald: the scanner of every image")
     parser.add_argument("--t1-pattern", help="sald: regular expression a T1 path matches")
     parser.add_argument("--collection", type=Path, help="ppmi, adni: IDA collection CSV (relative to --root unless absolute)")
     parser.add_argument("--nifti-dir", type=Path, help="ppmi, adni: folder of converted images and conversion.tsv")
-    parser.add_argument("--convert-only", action="store_true", help="ppmi, adni: convert DICOM to NIfTI into --nifti-dir and stop")
-    parser.add_argument("--diagnosis-table", type=Path, help="adni: ADNIMERGE or DXSUM table (relative to --root unless absolute)")
+    parser.add_argument(
+        "--convert-only", action="store_true", help="ppmi, adni: convert DICOM to NIfTI into --nifti-dir and stop"
+    )
+    parser.add_argument(
+        "--diagnosis-table", type=Path, help="adni: ADNIMERGE or DXSUM table (relative to --root unless absolute)"
+    )
     parser.add_argument("--visit-window-days", type=int, help="adni: largest gap between scan and diagnosed visit")
-    parser.add_argument("--diagnosis-label", action="append", default=[], metavar="VALUE=LABEL",
-                        help="ppmi, adni: relabel diagnosis values (e.g. Dementia=AD)")
-    parser.add_argument("--max-reference-gap-days", type=int, default=MAX_REFERENCE_GAP_DAYS,
-                        help=f"largest gap in days between an image and the T1w it registers through (default {MAX_REFERENCE_GAP_DAYS})")
+    parser.add_argument(
+        "--diagnosis-label",
+        action="append",
+        default=[],
+        metavar="VALUE=LABEL",
+        help="ppmi, adni: relabel diagnosis values (e.g. Dementia=AD)",
+    )
+    parser.add_argument(
+        "--max-reference-gap-days",
+        type=int,
+        default=MAX_REFERENCE_GAP_DAYS,
+        help=f"largest gap in days between an image and the T1w it registers through (default {MAX_REFERENCE_GAP_DAYS})",
+    )
     parser.add_argument("--workers", type=int, default=2, help="threads reading images for the data checks (default 2)")
-    parser.add_argument("--processing-level", choices=PROCESSING_LEVELS,
-                        help="adni: which of a PET scan's raw series and ADNI's processed steps is used (default raw)")
+    parser.add_argument(
+        "--processing-level",
+        choices=PROCESSING_LEVELS,
+        help="adni: which of a PET scan's raw series and ADNI's processed steps is used (default raw)",
+    )
     parser.add_argument("--mri-series-include", metavar="REGEX", help="ppmi, adni: use only MRI series whose description matches")
-    parser.add_argument("--mri-series-exclude", metavar="REGEX", help="ppmi, adni: leave out MRI series whose description matches")
+    parser.add_argument(
+        "--mri-series-exclude", metavar="REGEX", help="ppmi, adni: leave out MRI series whose description matches"
+    )
 
 
 def reader_options(args: argparse.Namespace) -> dict[str, object]:
@@ -96,12 +146,22 @@ def reader_options(args: argparse.Namespace) -> dict[str, object]:
             continue
         if dest not in allowed:
             raise InputError(f"--{dest.replace('_', '-')} does not apply to --kind {args.kind}")
-        options[allowed[dest]] = _pairs(dest, value, COLUMN_NAMES.get(args.kind) if dest == "participant_column" else None) if dest in PAIR_OPTIONS else value
+        options[allowed[dest]] = (
+            _pairs(dest, value, COLUMN_NAMES.get(args.kind) if dest == "participant_column" else None)
+            if dest in PAIR_OPTIONS
+            else value
+        )
     return options
 
 
-def build_manifest(kind: str, root: Path, dataset: str, options: dict[str, object],
-                   max_reference_gap_days: int | None = MAX_REFERENCE_GAP_DAYS, workers: int = 2) -> tuple[list[ImageRow], list[Exclusion]]:
+def build_manifest(
+    kind: str,
+    root: Path,
+    dataset: str,
+    options: dict[str, object],
+    max_reference_gap_days: int | None = MAX_REFERENCE_GAP_DAYS,
+    workers: int = 2,
+) -> tuple[list[ImageRow], list[Exclusion]]:
     """Rows and exclusions of one dataset: the adapter's, minus images with broken data, each
     other image paired with its T1w (after the checks, so a broken T1w is never a reference)."""
     reader = READERS[kind]

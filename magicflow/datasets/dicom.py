@@ -93,7 +93,9 @@ def main_image(images: list[Path]) -> tuple[Path, list[tuple[Path, str]]]:
         left = [best]
     if len(left) != 1:
         names = ", ".join(p.name for p in images)
-        raise InputError(f"{len(images)} images for one MR series and none is the main one (frames are stacked for PET only): {names}")
+        raise InputError(
+            f"{len(images)} images for one MR series and none is the main one (frames are stacked for PET only): {names}"
+        )
     return left[0], sorted(reasons.items())
 
 
@@ -207,7 +209,9 @@ def assemble_frames(frames: list[Path], image: Path, sidecar: Path) -> None:
     first = loaded[0]
     for i, img in zip(order, loaded):
         if img.shape[:3] != first.shape[:3] or len(img.shape) > 3 and img.shape[3] != 1:
-            raise InputError(f"cannot assemble frames: {frames[i].name} has shape {img.shape}, {frames[order[0]].name} has {first.shape}")
+            raise InputError(
+                f"cannot assemble frames: {frames[i].name} has shape {img.shape}, {frames[order[0]].name} has {first.shape}"
+            )
         if not np.allclose(img.affine, first.affine, atol=1e-3):
             raise InputError(f"cannot assemble frames: {frames[i].name} is not on the grid of {frames[order[0]].name}")
     data = np.stack([np.asarray(img.dataobj, dtype=np.float32).reshape(first.shape[:3]) for img in loaded], axis=-1)

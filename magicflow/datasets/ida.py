@@ -27,8 +27,15 @@ from magicflow.datasets.bids import scanner_name
 from magicflow.datasets.clock import parse_date
 from magicflow.datasets.dicom import NIFTI, assemble_frames, convert_series, main_image
 from magicflow.datasets.manifest import (
-    MISSING, Exclusion, ImageRow, check_subject_ids, drop_duplicate_images, exclusion_of,
-    file_stem, format_age, subject_id,
+    MISSING,
+    Exclusion,
+    ImageRow,
+    check_subject_ids,
+    drop_duplicate_images,
+    exclusion_of,
+    file_stem,
+    format_age,
+    subject_id,
 )
 from magicflow.datasets.tables import column, read_table
 from magicflow.datasets.series import PROCESSING_LEVELS, classify, processing_step
@@ -66,10 +73,16 @@ def image_folders(root: Path, project: str) -> list[ImageFolder]:
         subject, description, when, image = path.relative_to(tree).parts
         match = re.match(r"^(\d{4})-(\d{2})-(\d{2})", when)
         image_id = image if re.fullmatch(r"I\d+", image) else _image_id_from_files(path) or image
-        folders.append(ImageFolder(
-            subject=subject, description=description, date="".join(match.groups()) if match else MISSING,
-            image_id=image_id, path=path, key=file_stem(*path.relative_to(tree).parts),
-        ))
+        folders.append(
+            ImageFolder(
+                subject=subject,
+                description=description,
+                date="".join(match.groups()) if match else MISSING,
+                image_id=image_id,
+                path=path,
+                key=file_stem(*path.relative_to(tree).parts),
+            )
+        )
     return folders
 
 
@@ -83,6 +96,7 @@ def _image_id_from_files(folder: Path) -> str | None:
 
 
 # ---------------------------------------------------------------- conversion (cached)
+
 
 def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> Path:
     """Give every image folder one NIfTI + sidecar and write ``nifti_dir/conversion.tsv``.
@@ -98,9 +112,19 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
         raise InputError(f"{project} root {str(root)!r} does not exist")
     records = []
     for folder in image_folders(root, project):
-        record = {"key": folder.key, "image_id": folder.image_id, "folder": str(folder.path), "format": MISSING,
-                  "status": "ok", "nifti": MISSING, "sidecar": MISSING, "reason": ""}
-        files = sorted(p for p in folder.path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".xml")
+        record = {
+            "key": folder.key,
+            "image_id": folder.image_id,
+            "folder": str(folder.path),
+            "format": MISSING,
+            "status": "ok",
+            "nifti": MISSING,
+            "sidecar": MISSING,
+            "reason": "",
+        }
+        files = sorted(
+            p for p in folder.path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".xml"
+        )
         niftis = [p for p in files if NIFTI.search(p.name)]
         record["format"] = "nifti" if niftis else "dicom"
         set_aside: list[tuple[Path, Path | str, str]] = []
@@ -179,6 +203,7 @@ def read_conversions(nifti_dir: Path) -> tuple[dict[str, dict[str, str]], dict[s
 
 # ---------------------------------------------------------------- collection CSV
 
+
 def image_data_id(value: str) -> str:
     """'I123456', '123456' and '123456.0' (spreadsheet round trips) are one image ID."""
     digits = re.sub(r"\.0$", "", value.strip()).lstrip("Ii")
@@ -204,8 +229,20 @@ def read_collection(path: str | Path) -> dict[str, dict[str, str]]:
 
 #: dcm2niix's manufacturer names, chosen by the first two letters of the DICOM Manufacturer as
 #: dcm2niix does (nii_dicom.cpp dcmStrManufacturer), so header and XML scanners agree
-MANUFACTURERS = {"SI": "Siemens", "CP": "Siemens", "GE": "GE", "PH": "Philips", "TO": "Toshiba", "CA": "Canon",
-                 "HI": "Hitachi", "ME": "Mediso", "UI": "UIH", "BR": "Bruker", "MR": "MRSolutions", "HY": "Hyperfine"}
+MANUFACTURERS = {
+    "SI": "Siemens",
+    "CP": "Siemens",
+    "GE": "GE",
+    "PH": "Philips",
+    "TO": "Toshiba",
+    "CA": "Canon",
+    "HI": "Hitachi",
+    "ME": "Mediso",
+    "UI": "UIH",
+    "BR": "Bruker",
+    "MR": "MRSolutions",
+    "HY": "Hyperfine",
+}
 
 
 def metadata_files(root: Path, folders: list[ImageFolder]) -> dict[str, Path]:
@@ -242,7 +279,12 @@ def read_metadata_xml(path: Path) -> dict[str, object]:
         meta["ManufacturersModelName"] = terms["Mfg Model"]
     if terms.get("Radiopharmaceutical"):
         meta["Radiopharmaceutical"] = terms["Radiopharmaceutical"]
-    texts = [e.text.strip() for tag in ("processedDataLabel", "description") for e in tree.getroot().iter(tag) if e.text and e.text.strip()]
+    texts = [
+        e.text.strip()
+        for tag in ("processedDataLabel", "description")
+        for e in tree.getroot().iter(tag)
+        if e.text and e.text.strip()
+    ]
     meta["descriptions"] = list(dict.fromkeys(texts))
     return meta
 
@@ -269,6 +311,7 @@ class SeriesFilter:
                 return re.compile(pattern)
             except re.error as error:
                 raise InputError(f"{setting} {pattern!r} is not a regular expression: {error}") from None
+
         return cls(compiled(include, "mri_series_include"), compiled(exclude, "mri_series_exclude"))
 
     def problem(self, texts: list[str]) -> str:
@@ -321,8 +364,16 @@ def read_ida(
     for folder in folders:
         subject = subject_id(folder.subject)
         excluded += [Exclusion(dataset, subject, folder.date, r["nifti"], r["reason"]) for r in set_aside.get(folder.key, [])]
-        found = _candidate(folder, subject, dataset, meta.get(folder.image_id), conversions.get(folder.key),
-                           xmls.get(folder.image_id), diagnose, series_filter)
+        found = _candidate(
+            folder,
+            subject,
+            dataset,
+            meta.get(folder.image_id),
+            conversions.get(folder.key),
+            xmls.get(folder.image_id),
+            diagnose,
+            series_filter,
+        )
         if isinstance(found, str):
             excluded.append(Exclusion(dataset, subject, folder.date, str(folder.path), found))
         else:
@@ -349,20 +400,37 @@ def one_image_per_scan(candidates: list[Candidate], level: str) -> tuple[list[Im
         chosen = [c for c in scan if c.step == level]
         if not chosen:
             has = ", ".join(f"{c.image_id} {c.step}" for c in scan)
-            excluded += [exclusion_of(c.row, f"no {level} image of this PET scan (processing_level {level}); the download has {has}") for c in scan]
+            excluded += [
+                exclusion_of(c.row, f"no {level} image of this PET scan (processing_level {level}); the download has {has}")
+                for c in scan
+            ]
             continue
         kept = max(chosen, key=lambda c: int(c.image_id[1:]) if c.image_id[1:].isdigit() else -1)
         rows.append(kept.row)
         for c in scan:
             if c is kept:
                 continue
-            what = f"another {level} image of the same PET scan" if c.step == level else f"ADNI processing step {c.step} ({c.description!r}), not processing_level {level}"
-            excluded.append(exclusion_of(c.row, f"{what}: one image per subject, date and tracer, kept {kept.image_id} ({kept.row.path})"))
+            what = (
+                f"another {level} image of the same PET scan"
+                if c.step == level
+                else f"ADNI processing step {c.step} ({c.description!r}), not processing_level {level}"
+            )
+            excluded.append(
+                exclusion_of(c.row, f"{what}: one image per subject, date and tracer, kept {kept.image_id} ({kept.row.path})")
+            )
     return rows, excluded
 
 
-def _candidate(folder: ImageFolder, subject: str, dataset: str, record: dict[str, str] | None, conversion: dict[str, str] | None,
-               xml: Path | None, diagnose: Diagnose, series_filter: SeriesFilter) -> Candidate | str:
+def _candidate(
+    folder: ImageFolder,
+    subject: str,
+    dataset: str,
+    record: dict[str, str] | None,
+    conversion: dict[str, str] | None,
+    xml: Path | None,
+    diagnose: Diagnose,
+    series_filter: SeriesFilter,
+) -> Candidate | str:
     if record is None:
         return f"image ID {folder.image_id} is not in the collection CSV"
     if conversion is None:
@@ -411,12 +479,25 @@ def _candidate(folder: ImageFolder, subject: str, dataset: str, record: dict[str
     session = scan_date.strftime("%Y%m%d") if scan_date else MISSING
     suffix = "pet" if modality == "pet" else modality
     row = ImageRow(
-        dataset=dataset, subject=subject, session=session,
-        image=file_stem(f"sub-{subject}", f"ses-{session}" if scan_date else "", f"trc-{tracer_name}" if modality == "pet" else "",
-                        f"img-{folder.image_id}", suffix),
-        modality=modality, tracer=tracer_family(tracer_name) if modality == "pet" else MISSING,
-        tracer_name=tracer_name, scanner=scanner_name(header), diagnosis=diagnosis,
-        age=format_age(record["Age"]), sex=record["Sex"] or MISSING,
-        reference=MISSING, path=conversion["nifti"], sidecar=conversion["sidecar"],
+        dataset=dataset,
+        subject=subject,
+        session=session,
+        image=file_stem(
+            f"sub-{subject}",
+            f"ses-{session}" if scan_date else "",
+            f"trc-{tracer_name}" if modality == "pet" else "",
+            f"img-{folder.image_id}",
+            suffix,
+        ),
+        modality=modality,
+        tracer=tracer_family(tracer_name) if modality == "pet" else MISSING,
+        tracer_name=tracer_name,
+        scanner=scanner_name(header),
+        diagnosis=diagnosis,
+        age=format_age(record["Age"]),
+        sex=record["Sex"] or MISSING,
+        reference=MISSING,
+        path=conversion["nifti"],
+        sidecar=conversion["sidecar"],
     )
     return Candidate(row, folder.image_id, step, record["Description"] or folder.description)

@@ -12,7 +12,15 @@ import re
 from pathlib import Path
 
 from magicflow.datasets.manifest import (
-    MISSING, Exclusion, ImageRow, check_subject_ids, drop_duplicate_images, format_age, image_stem, subject_id, volume_problem,
+    MISSING,
+    Exclusion,
+    ImageRow,
+    check_subject_ids,
+    drop_duplicate_images,
+    format_age,
+    image_stem,
+    subject_id,
+    volume_problem,
 )
 from magicflow.datasets.tables import column, read_table, relabel
 from magicflow.errors import InputError
@@ -71,7 +79,11 @@ def read_ixi(
     for image in images:
         match = FILE_NAME.match(image.name)
         if match is None:
-            excluded.append(Exclusion(dataset, MISSING, MISSING, str(image), "file name does not follow IXI<id>-<site>-<number>-<modality>.nii.gz"))
+            excluded.append(
+                Exclusion(
+                    dataset, MISSING, MISSING, str(image), "file name does not follow IXI<id>-<site>-<number>-<modality>.nii.gz"
+                )
+            )
             continue
         ixi_id, site, _, modality = match.groups()
         subject = subject_id(ixi_id)
@@ -86,15 +98,24 @@ def read_ixi(
             excluded.append(Exclusion(dataset, subject, MISSING, str(image), reason))
             continue
         person = labels.get(ixi_id, {})
-        rows.append(ImageRow(
-            dataset=dataset, subject=subject, session=MISSING,
-            image=image_stem(subject, MODALITIES[modality]),
-            modality=MODALITIES[modality], tracer=MISSING, tracer_name=MISSING,
-            scanner=sites[site], diagnosis=diagnosis,
-            age=person.get("age", MISSING), sex=person.get("sex", MISSING),
-            reference=MISSING, path=str(image), sidecar=MISSING,
-        ))
+        rows.append(
+            ImageRow(
+                dataset=dataset,
+                subject=subject,
+                session=MISSING,
+                image=image_stem(subject, MODALITIES[modality]),
+                modality=MODALITIES[modality],
+                tracer=MISSING,
+                tracer_name=MISSING,
+                scanner=sites[site],
+                diagnosis=diagnosis,
+                age=person.get("age", MISSING),
+                sex=person.get("sex", MISSING),
+                reference=MISSING,
+                path=str(image),
+                sidecar=MISSING,
+            )
+        )
     rows, duplicates = drop_duplicate_images(rows)
     check_subject_ids(sorted({r.subject for r in rows}), f"IXI dataset {root}")
     return rows, excluded + duplicates
-

@@ -154,7 +154,11 @@ def image_stem(subject: str, modality: str, session: str = MISSING, tracer: str 
     what the preprocessing rules take (see :data:`IMAGE_STEM`)."""
     if modality not in SUFFIXES:
         raise InputError(f"modality {modality!r}: expected one of {', '.join(SUFFIXES)}")
-    given = [(key, value) for key, value in (("sub", subject), ("ses", session), ("trc", tracer), ("img", image_id)) if value not in ("", MISSING)]
+    given = [
+        (key, value)
+        for key, value in (("sub", subject), ("ses", session), ("trc", tracer), ("img", image_id))
+        if value not in ("", MISSING)
+    ]
     return file_stem(*(f"{key}-{value}" for key, value in given), modality)
 
 
@@ -187,8 +191,13 @@ def drop_duplicate_images(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Ex
         elif Path(first.path).name == Path(row.path).name:
             gone.append(exclusion_of(row, f"duplicate image ID {row.image} (kept {first.path}): the same image twice"))
         else:
-            gone.append(exclusion_of(row, f"duplicate image ID {row.image} (kept {first.path}): a second {row.modality} "
-                                          f"of subject {row.subject}{'' if row.session == MISSING else ' session ' + row.session}, not merged"))
+            gone.append(
+                exclusion_of(
+                    row,
+                    f"duplicate image ID {row.image} (kept {first.path}): a second {row.modality} "
+                    f"of subject {row.subject}{'' if row.session == MISSING else ' session ' + row.session}, not merged",
+                )
+            )
     return list(kept.values()), gone
 
 
@@ -219,8 +228,13 @@ def assign_references(rows: list[ImageRow], max_gap_days: int | None = None) -> 
         best = candidates[0]
         gap = _gap_days(best.session, row.session)
         if gap is not None and max_gap_days is not None and gap > max_gap_days:
-            excluded.append(exclusion_of(row, f"nearest T1w of subject {row.subject} ({best.image}) is {gap} days away, "
-                                              f"more than max_reference_gap_days ({max_gap_days})"))
+            excluded.append(
+                exclusion_of(
+                    row,
+                    f"nearest T1w of subject {row.subject} ({best.image}) is {gap} days away, "
+                    f"more than max_reference_gap_days ({max_gap_days})",
+                )
+            )
             continue
         kept.append(_replace(row, reference=best.image, reference_gap_days=MISSING if gap is None else str(gap)))
     return kept, excluded
@@ -262,10 +276,13 @@ def write_manifest(rows: list[ImageRow], excluded: list[Exclusion], manifest: Pa
     for record in table.to_dict("records"):
         error = jsonschema.exceptions.best_match(validator.iter_errors(record))
         if error is not None:
-            raise InputError(f"{source}: manifest row for {record['path']}: column '{'.'.join(map(str, error.absolute_path))}': {error.message}")
+            raise InputError(
+                f"{source}: manifest row for {record['path']}: column '{'.'.join(map(str, error.absolute_path))}': {error.message}"
+            )
     # one line per reason: library messages may hold newlines, which logs and reports would break on
-    gone = pd.DataFrame([{**asdict(e), "reason": " ".join(e.reason.split())} for e in excluded],
-                        columns=EXCLUDED_COLUMNS).sort_values(["subject", "path"])
+    gone = pd.DataFrame(
+        [{**asdict(e), "reason": " ".join(e.reason.split())} for e in excluded], columns=EXCLUDED_COLUMNS
+    ).sort_values(["subject", "path"])
     with atomic_path(manifest) as tmp_manifest, atomic_path(excluded_path) as tmp_excluded:
         table.to_csv(tmp_manifest, sep="\t", index=False)
         gone.to_csv(tmp_excluded, sep="\t", index=False)

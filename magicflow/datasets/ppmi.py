@@ -31,5 +31,12 @@ def read_ppmi(
         group = record["Group"]
         return (relabel(group, labels), "") if group else (None, "no Group for this image in the collection CSV")
 
-    return read_ida(root, dataset, PROJECT, collection, nifti_dir, diagnose,
-                    series_filter=SeriesFilter.of(mri_series_include, mri_series_exclude))
+    return read_ida(
+        root,
+        dataset,
+        PROJECT,
+        collection,
+        nifti_dir,
+        diagnose,
+        series_filter=SeriesFilter.of(mri_series_include, mri_series_exclude),
+    )

@@ -16,7 +16,14 @@ from collections import Counter
 from pathlib import Path
 
 from magicflow.datasets.manifest import (
-    MISSING, Exclusion, ImageRow, check_subject_ids, drop_duplicate_images, format_age, image_stem, volume_problem,
+    MISSING,
+    Exclusion,
+    ImageRow,
+    check_subject_ids,
+    drop_duplicate_images,
+    format_age,
+    image_stem,
+    volume_problem,
 )
 from magicflow.datasets.tables import column, read_table, relabel
 from magicflow.errors import InputError
@@ -35,7 +42,9 @@ PUBLISHED_MALE_SHARE = 187 / 494
 def read_demographics(path: Path, columns: dict[str, str], sex_labels: dict[str, str]) -> dict[int, dict[str, str]]:
     """Age and sex per subject number."""
     table = read_table(path, "SALD demographics")
-    names = {key: column(table, columns.get(key, default), path, "SALD demographics") for key, default in DEMOGRAPHIC_COLUMNS.items()}
+    names = {
+        key: column(table, columns.get(key, default), path, "SALD demographics") for key, default in DEMOGRAPHIC_COLUMNS.items()
+    }
     out: dict[int, dict[str, str]] = {}
     for record in table.to_dict("records"):
         digits = re.sub(r"\D", "", re.sub(r"\.0$", "", record[names["subject"]]))
@@ -51,12 +60,18 @@ def read_demographics(path: Path, columns: dict[str, str], sex_labels: dict[str,
 
 def _report_sex_codes(path: Path, codes: list[str], labels: dict[str, str]) -> None:
     counts = Counter(re.sub(r"\.0$", "", c) for c in codes if c)
-    print(f"SALD demographics {path.name}: sex codes " + ", ".join(f"{c} -> {labels.get(c, c)}: {n}" for c, n in sorted(counts.items())))
+    print(
+        f"SALD demographics {path.name}: sex codes "
+        + ", ".join(f"{c} -> {labels.get(c, c)}: {n}" for c, n in sorted(counts.items()))
+    )
     males = sum(n for c, n in counts.items() if labels.get(c, c) == "M")
     total = sum(counts.values())
     if total >= 100 and males / total > 0.5:
-        print(f"warning: {males} of {total} subjects come out male, but the SALD descriptor reports "
-              f"{PUBLISHED_MALE_SHARE:.0%}; check sex_labels", file=sys.stderr)
+        print(
+            f"warning: {males} of {total} subjects come out male, but the SALD descriptor reports "
+            f"{PUBLISHED_MALE_SHARE:.0%}; check sex_labels",
+            file=sys.stderr,
+        )
 
 
 def subject_of(relative: str) -> str | None:
@@ -110,12 +125,24 @@ def read_sald(
         if reason:
             excluded.append(Exclusion(dataset, subject, MISSING, str(image), reason))
             continue
-        rows.append(ImageRow(
-            dataset=dataset, subject=subject, session=MISSING, image=image_stem(subject, "T1w"),
-            modality="T1w", tracer=MISSING, tracer_name=MISSING, scanner=scanner, diagnosis=diagnosis,
-            age=labels[int(subject)]["age"], sex=labels[int(subject)]["sex"],
-            reference=MISSING, path=str(image), sidecar=_sidecar(image),
-        ))
+        rows.append(
+            ImageRow(
+                dataset=dataset,
+                subject=subject,
+                session=MISSING,
+                image=image_stem(subject, "T1w"),
+                modality="T1w",
+                tracer=MISSING,
+                tracer_name=MISSING,
+                scanner=scanner,
+                diagnosis=diagnosis,
+                age=labels[int(subject)]["age"],
+                sex=labels[int(subject)]["sex"],
+                reference=MISSING,
+                path=str(image),
+                sidecar=_sidecar(image),
+            )
+        )
     rows, duplicates = drop_duplicate_images(rows)
     check_subject_ids(sorted({r.subject for r in rows}), f"SALD dataset {root}")
     return rows, excluded + duplicates

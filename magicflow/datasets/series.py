@@ -10,7 +10,9 @@ from magicflow.datasets.manifest import MISSING
 from magicflow.datasets.tracers import normalise_tracer, tracer_family
 
 #: series description -> modality; checked in this order (a 'T2 FLAIR' is FLAIR, a 'T2 STAR' is T2*)
-NOT_STRUCTURAL = re.compile(r"(?i)(localizer|scout|calibration|field.?map|T2.?STAR|T2\*|\bSWI\b|DTI|DWI|fMRI|BOLD|\bASL\b|PERFUSION|HighResHippo)")
+NOT_STRUCTURAL = re.compile(
+    r"(?i)(localizer|scout|calibration|field.?map|T2.?STAR|T2\*|\bSWI\b|DTI|DWI|fMRI|BOLD|\bASL\b|PERFUSION|HighResHippo)"
+)
 MRI_MODALITIES = (
     ("FLAIR", re.compile(r"(?i)FLAIR")),
     ("T2w", re.compile(r"(?i)(T2|TSE|SPACE)")),
@@ -45,6 +47,7 @@ def processing_step(description: str, image_type: str) -> str:
 
 # ---------------------------------------------------------------- modality and tracer
 
+
 def tracer_in(text: str) -> str | None:
     """A known tracer named in free text ('ADNI3-AV-1451 6x5min', 'FBB Brain', 'MK-6240'): each
     word and each pair of adjacent words is looked up."""
@@ -63,12 +66,20 @@ def _word(pattern: str) -> str:
 
 #: descriptions of series that are named T1/T2 yet are not the T1w/T2w the pipeline registers
 NOT_T1W_T2W = (
-    (re.compile(r"(?i)" + _word(r"PD|DE|PDT2|T2PD|dual[-_ ]?echo|proton[-_ ]?density")),
-     "a proton-density or PD/T2 dual-echo image"),
-    (re.compile(r"(?i)T1W?[-_ ]*" + _word(r"SE|TSE|FSE|spin[-_ ]?echo") + "|" + _word(r"SE|TSE|FSE") + r"[-_ ]*T1"),
-     "a T1 spin echo, not a 3D T1 gradient echo (MPRAGE, IR-SPGR)"),
-    (re.compile(r"(?i)T2\*?[-_ ]*" + _word(r"GRE|FFE|FLASH|MERGE|gradient[-_ ]?echo") + "|" + _word(r"GRE|FFE|FLASH") + r"[-_ ]*T2"),
-     "a T2* gradient echo, not a T2w spin echo"),
+    (
+        re.compile(r"(?i)" + _word(r"PD|DE|PDT2|T2PD|dual[-_ ]?echo|proton[-_ ]?density")),
+        "a proton-density or PD/T2 dual-echo image",
+    ),
+    (
+        re.compile(r"(?i)T1W?[-_ ]*" + _word(r"SE|TSE|FSE|spin[-_ ]?echo") + "|" + _word(r"SE|TSE|FSE") + r"[-_ ]*T1"),
+        "a T1 spin echo, not a 3D T1 gradient echo (MPRAGE, IR-SPGR)",
+    ),
+    (
+        re.compile(
+            r"(?i)T2\*?[-_ ]*" + _word(r"GRE|FFE|FLASH|MERGE|gradient[-_ ]?echo") + "|" + _word(r"GRE|FFE|FLASH") + r"[-_ ]*T2"
+        ),
+        "a T2* gradient echo, not a T2w spin echo",
+    ),
 )
 
 

@@ -99,10 +99,7 @@ def load_template_anatomy() -> TemplateAnatomy:
         mr[modality] = c_csf * csf + c_gm * gm + c_wm * wm + sum(c * shells[s] for c, s in zip(c_shells, _SHELLS_MM))
     mr = {k: np.clip(v, 0.0, 1.0).astype(np.float32) for k, v in mr.items()}
 
-    regions = {
-        name: _smooth_in_box(_ellipsoid(t1.shape, affine, c, r), 3.0) * gm
-        for name, (c, r) in AD_REGIONS.items()
-    }
+    regions = {name: _smooth_in_box(_ellipsoid(t1.shape, affine, c, r), 3.0) * gm for name, (c, r) in AD_REGIONS.items()}
     scalp = 0.05 * shells["scalp"]
     pet_base = {
         "fdg": 1.0 * gm + 0.35 * wm + 0.05 * csf + scalp,

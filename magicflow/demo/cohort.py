@@ -85,28 +85,32 @@ def plan_cohort(subjects: int, seed: int, ad_fraction: float = 0.5, t1w_only: in
     plans = []
     for i in range(subjects):
         ad = bool(is_ad[i])
-        plans.append(SubjectPlan(
-            index=i,
-            subject=f"demo{i + 1:02d}",
-            diagnosis="AD" if ad else "CN",
-            age=round(float(np.clip(rng.normal(74 if ad else 70, 6), 55, 90)), 1),
-            sex=str(rng.choice(["F", "M"])),
-            scanner=int(scanners[i]),
-            pet_scanner=int(rng.integers(len(PET_SCANNERS))),
-            severity=round(float(rng.uniform(0.7, 1.2)), 3) if ad else 0.0,
-        ))
+        plans.append(
+            SubjectPlan(
+                index=i,
+                subject=f"demo{i + 1:02d}",
+                diagnosis="AD" if ad else "CN",
+                age=round(float(np.clip(rng.normal(74 if ad else 70, 6), 55, 90)), 1),
+                sex=str(rng.choice(["F", "M"])),
+                scanner=int(scanners[i]),
+                pet_scanner=int(rng.integers(len(PET_SCANNERS))),
+                severity=round(float(rng.uniform(0.7, 1.2)), 3) if ad else 0.0,
+            )
+        )
     for i in range(subjects, subjects + t1w_only):
-        plans.append(SubjectPlan(
-            index=i,
-            subject=f"demo{i + 1:02d}",
-            diagnosis="CN",
-            age=round(float(np.clip(rng.normal(70, 6), 55, 90)), 1),
-            sex=str(rng.choice(["F", "M"])),
-            scanner=i % len(MRI_SCANNERS),
-            pet_scanner=0,
-            severity=0.0,
-            t1w_only=True,
-        ))
+        plans.append(
+            SubjectPlan(
+                index=i,
+                subject=f"demo{i + 1:02d}",
+                diagnosis="CN",
+                age=round(float(np.clip(rng.normal(70, 6), 55, 90)), 1),
+                sex=str(rng.choice(["F", "M"])),
+                scanner=i % len(MRI_SCANNERS),
+                pet_scanner=0,
+                severity=0.0,
+                t1w_only=True,
+            )
+        )
     return plans
 
 
@@ -121,8 +125,13 @@ def bias_field(rng: np.random.Generator, world: np.ndarray, strength: float, sha
 
 
 def render_mr(
-    anatomy: TemplateAnatomy, modality: str, scanner: MRIScanner, voxel_mm: tuple[float, float, float],
-    pose: np.ndarray, warp: geo.Warp, rng: np.random.Generator,
+    anatomy: TemplateAnatomy,
+    modality: str,
+    scanner: MRIScanner,
+    voxel_mm: tuple[float, float, float],
+    pose: np.ndarray,
+    warp: geo.Warp,
+    rng: np.random.Generator,
 ) -> nib.Nifti1Image:
     """One MR series on its scanner grid: anatomy, blur, contrast curve, bias, noise, integer storage."""
     shape, affine = geo.native_grid(rng, pose, voxel_mm, scanner.orientation, MR_FOV_MM)
@@ -143,8 +152,14 @@ def render_mr(
 
 
 def render_pet(
-    anatomy: TemplateAnatomy, tracer: Tracer, scanner: PETScanner, severity: float, region_weights: np.ndarray,
-    pose: np.ndarray, warp: geo.Warp, rng: np.random.Generator,
+    anatomy: TemplateAnatomy,
+    tracer: Tracer,
+    scanner: PETScanner,
+    severity: float,
+    region_weights: np.ndarray,
+    pose: np.ndarray,
+    warp: geo.Warp,
+    rng: np.random.Generator,
 ) -> tuple[nib.Nifti1Image, int]:
     """A 4D PET on its scanner grid, one frame moved by head motion. Returns (image, corrupted frame)."""
     shape, affine = geo.native_grid(rng, pose, scanner.voxel_mm, "RAS", PET_FOV_MM)
@@ -153,7 +168,9 @@ def render_pet(
 
     def activity(frame_pose: np.ndarray) -> np.ndarray:
         template_mm = geo.template_coordinates(world, frame_pose, warp)
-        uptake = pet_uptake(lambda v: geo.sample(v, anatomy.affine, template_mm, shape), anatomy, tracer.family, severity, region_weights)
+        uptake = pet_uptake(
+            lambda v: geo.sample(v, anatomy.affine, template_mm, shape), anatomy, tracer.family, severity, region_weights
+        )
         return ndimage.gaussian_filter(uptake, sigma)
 
     still = activity(pose)
@@ -173,7 +190,11 @@ def render_pet(
 
 
 def pet_uptake(
-    at: Callable[[np.ndarray], np.ndarray], anatomy: TemplateAnatomy, family: str, severity: float, region_weights: np.ndarray,
+    at: Callable[[np.ndarray], np.ndarray],
+    anatomy: TemplateAnatomy,
+    family: str,
+    severity: float,
+    region_weights: np.ndarray,
 ) -> np.ndarray:
     """Uptake of one subject: normal pattern plus the AD effect of its severity.
 
@@ -256,11 +277,19 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
     warp = geo.random_warp(rng, anatomy.mr["T1w"].shape, anatomy.affine, rms_mm=float(rng.uniform(1.5, 2.5)))
     sub = f"sub-{plan.subject}"
     stem = f"{sub}_ses-{SESSION}"
-    anat, pet, truth = out / sub / f"ses-{SESSION}" / "anat", out / sub / f"ses-{SESSION}" / "pet", out / "derivatives" / "groundtruth" / sub
+    anat, pet, truth = (
+        out / sub / f"ses-{SESSION}" / "anat",
+        out / sub / f"ses-{SESSION}" / "pet",
+        out / "derivatives" / "groundtruth" / sub,
+    )
     truth.mkdir(parents=True, exist_ok=True)
     moves: dict[str, np.ndarray] = {"T1w": np.eye(4)}
 
-    _save(render_mr(anatomy, "T1w", scanner, scanner.voxel_mm, pose, warp, rng), anat / f"{stem}_T1w.nii.gz", _mr_sidecar(scanner, "T1w"))
+    _save(
+        render_mr(anatomy, "T1w", scanner, scanner.voxel_mm, pose, warp, rng),
+        anat / f"{stem}_T1w.nii.gz",
+        _mr_sidecar(scanner, "T1w"),
+    )
     for modality in () if plan.t1w_only else ("T2w", "FLAIR"):
         moves[modality] = geo.rigid(rng, 3.0, 4.0)  # head motion between series: T1w world -> this series' world
         voxel = (scanner.voxel_mm[0], scanner.voxel_mm[1], THICK_SLICE_MM[modality])
@@ -273,7 +302,9 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
         tracer = TRACERS[name]
         key = f"trc-{name}_pet"
         moves[key] = geo.rigid(rng, 8.0, 10.0)  # a separate visit on another scanner
-        img, corrupted_frames[name] = render_pet(anatomy, tracer, pet_scanner, plan.severity, weights, moves[key] @ pose, warp, rng)
+        img, corrupted_frames[name] = render_pet(
+            anatomy, tracer, pet_scanner, plan.severity, weights, moves[key] @ pose, warp, rng
+        )
         _save(img, pet / f"{stem}_trc-{name}_pet.nii.gz", _pet_sidecar(pet_scanner, tracer))
 
     # ground truth: where each MNI point of the template sits in this subject's T1w world
@@ -290,7 +321,9 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
             np.savetxt(truth / f"{sub}_from-T1w_to-{key}_mode-rigid_xfm.txt", move, fmt="%.8f")
     mask = np.zeros(anatomy.unpadded_shape, dtype=np.uint8)
     if plan.severity > 0:
-        extra_tau = pet_uptake(lambda v: _unpad(v, anatomy), anatomy, "tau", plan.severity, weights) - _unpad(anatomy.pet_base["tau"], anatomy)
+        extra_tau = pet_uptake(lambda v: _unpad(v, anatomy), anatomy, "tau", plan.severity, weights) - _unpad(
+            anatomy.pet_base["tau"], anatomy
+        )
         mask[extra_tau > TAU_MASK_THRESHOLD] = 1
     _save(nib.Nifti1Image(mask, anatomy.unpadded_affine), truth / f"{sub}_space-{TEMPLATE_SPACE}_desc-ADtau_mask.nii.gz")
     record = {
@@ -312,20 +345,30 @@ def _dataset_files(out: Path, plans: list[SubjectPlan], seed: int, tracers: tupl
         "DatasetType": "raw",
         "License": "CC0",
         "Authors": ["magicflow"],
-        "GeneratedBy": [{"Name": "magicflow demo-cohort", "Version": __version__,
-                         "Description": f"seed={seed}, subjects={len(plans) - n_t1w_only}, t1w_only={n_t1w_only}, tracers={','.join(tracers)}"}],
+        "GeneratedBy": [
+            {
+                "Name": "magicflow demo-cohort",
+                "Version": __version__,
+                "Description": f"seed={seed}, subjects={len(plans) - n_t1w_only}, t1w_only={n_t1w_only}, tracers={','.join(tracers)}",
+            }
+        ],
         "HowToAcknowledge": "Synthetic data derived from the ICBM 2009a MNI152 template bundled with nilearn.",
     }
     (out / "dataset_description.json").write_text(json.dumps(description, indent=2) + "\n")
-    table = pd.DataFrame({
-        "participant_id": [f"sub-{p.subject}" for p in plans],
-        "diagnosis": [p.diagnosis for p in plans],
-        "age": [p.age for p in plans],
-        "sex": [p.sex for p in plans],
-    })
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{p.subject}" for p in plans],
+            "diagnosis": [p.diagnosis for p in plans],
+            "age": [p.age for p in plans],
+            "sex": [p.sex for p in plans],
+        }
+    )
     table.to_csv(out / "participants.tsv", sep="\t", index=False)
     columns = {
-        "diagnosis": {"Description": "Simulated diagnosis", "Levels": {"AD": "Alzheimer's disease pattern", "CN": "cognitively normal"}},
+        "diagnosis": {
+            "Description": "Simulated diagnosis",
+            "Levels": {"AD": "Alzheimer's disease pattern", "CN": "cognitively normal"},
+        },
         "age": {"Description": "Age at scan", "Units": "year"},
         "sex": {"Description": "Sex", "Levels": {"F": "female", "M": "male"}},
     }
@@ -338,8 +381,14 @@ def _dataset_files(out: Path, plans: list[SubjectPlan], seed: int, tracers: tupl
 
 
 def write_demo_cohort(
-    out: str | os.PathLike[str], subjects: int = 12, seed: int = 0, ad_fraction: float = 0.5,
-    tracers: tuple[str, ...] = tuple(TRACERS), workers: int | None = None, progress: bool = True, t1w_only: int = 0,
+    out: str | os.PathLike[str],
+    subjects: int = 12,
+    seed: int = 0,
+    ad_fraction: float = 0.5,
+    tracers: tuple[str, ...] = tuple(TRACERS),
+    workers: int | None = None,
+    progress: bool = True,
+    t1w_only: int = 0,
 ) -> list[SubjectPlan]:
     """Write the demo BIDS dataset to ``out`` (replacing it only once complete): ``subjects``
     with every series, then ``t1w_only`` volunteers with a T1w scan only.
@@ -373,10 +422,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t1w-only", type=int, default=0, help="extra healthy volunteers with a T1w scan only (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     parser.add_argument("--ad-fraction", type=float, default=0.5, help="fraction of AD subjects (default 0.5)")
-    parser.add_argument("--tracers", nargs="*", default=list(TRACERS), help=f"PET tracers, none for MRI only (default: {' '.join(TRACERS)})")
+    parser.add_argument(
+        "--tracers", nargs="*", default=list(TRACERS), help=f"PET tracers, none for MRI only (default: {' '.join(TRACERS)})"
+    )
     parser.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: CPU count)")
 
 
 def run(args: argparse.Namespace) -> int:
-    write_demo_cohort(args.out, args.subjects, args.seed, args.ad_fraction, tuple(args.tracers), args.workers, t1w_only=args.t1w_only)
+    write_demo_cohort(
+        args.out, args.subjects, args.seed, args.ad_fraction, tuple(args.tracers), args.workers, t1w_only=args.t1w_only
+    )
     return 0

@@ -76,8 +76,12 @@ def grid_points(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
 
 
 def native_grid(
-    rng: np.random.Generator, pose: np.ndarray, voxel_mm: tuple[float, float, float], orientation: str,
-    fov_mm: tuple[float, float, float], centre_mm: tuple[float, float, float] = (0.0, -18.0, 10.0),
+    rng: np.random.Generator,
+    pose: np.ndarray,
+    voxel_mm: tuple[float, float, float],
+    orientation: str,
+    fov_mm: tuple[float, float, float],
+    centre_mm: tuple[float, float, float] = (0.0, -18.0, 10.0),
 ) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and affine of a scanner grid around the head placed by ``pose``.
 

@@ -66,9 +66,7 @@ def _mask(mask: np.ndarray | None, shape: tuple[int, int], name: str = "mask") -
     return m
 
 
-def normalise_maps(
-    maps: np.ndarray, mask: np.ndarray | None = None, keep: Literal["low", "high"] = "low"
-) -> np.ndarray:
+def normalise_maps(maps: np.ndarray, mask: np.ndarray | None = None, keep: Literal["low", "high"] = "low") -> np.ndarray:
     """Per-map min-max scaling inside the mask, oriented so that 0 is the most salient pixel.
 
     keep="low" (the paper's choice, see the module docstring): (m - min) / (max - min), so the
@@ -173,15 +171,15 @@ def threshold_analysis(
         features = np.stack([roi_features(img[i], rois[i]) for i in range(len(img))])
         scores = cross_val_score(model, features, y, cv=splitter, scoring="f1_macro")
         area = rois[:, inside].mean(axis=1).mean()
-        rows.append({"threshold": float(t), "f1": float(scores.mean()), "f1_std": float(scores.std()), "retained_area": float(area)})
+        rows.append(
+            {"threshold": float(t), "f1": float(scores.mean()), "f1_std": float(scores.std()), "retained_area": float(area)}
+        )
     result = pd.DataFrame(rows, columns=["threshold", "f1", "f1_std", "retained_area"])
     result.attrs["folds"] = used
     return result
 
 
-def mask_auc(
-    maps: np.ndarray, truth: np.ndarray, brain: np.ndarray | None = None, low_is_positive: bool = True
-) -> float:
+def mask_auc(maps: np.ndarray, truth: np.ndarray, brain: np.ndarray | None = None, low_is_positive: bool = True) -> float:
     """Pixel-level ROC AUC of the maps against a ground-truth lesion mask (the demo cohort's AD
     tau regions, or a segmentation), pooled over all in-brain pixels of all images.
 

@@ -82,7 +82,9 @@ def classification_metrics(true: np.ndarray, proba: np.ndarray, classes: list[st
     absent = [classes[c] for c in range(k) if not (labels == c).any()]
     if absent:
         auc = float("nan")
-        notes.append(f"macro_auc undefined: class(es) {absent} absent from the true labels, so their one-vs-rest curves have no positives")
+        notes.append(
+            f"macro_auc undefined: class(es) {absent} absent from the true labels, so their one-vs-rest curves have no positives"
+        )
     elif k == 2:
         auc = float(roc_auc_score(labels, p[:, 1]))
     else:
@@ -121,7 +123,9 @@ def chance_test(true: np.ndarray, pred: np.ndarray, k: int, resamples: int = 10_
     labels = _labels(true, k)
     predicted = _labels(pred, k, "pred")
     if len(labels) != len(predicted) or len(labels) < 2:
-        raise InputError(f"chance_test: needs at least 2 predictions with one true label each, got {len(predicted)} and {len(labels)}")
+        raise InputError(
+            f"chance_test: needs at least 2 predictions with one true label each, got {len(predicted)} and {len(labels)}"
+        )
     present = np.unique(labels)
     support = np.array([(labels == c).sum() for c in present])
 
@@ -130,10 +134,22 @@ def chance_test(true: np.ndarray, pred: np.ndarray, k: int, resamples: int = 10_
         hits = np.stack([((shuffled == c) & (labels == c)).sum(-1) for c in present], axis=-1)
         return (hits / support).mean(-1)
 
-    result = permutation_test((predicted,), balanced, permutation_type="pairings", n_resamples=resamples,
-                              alternative="greater", random_state=seed, vectorized=True)
-    return {"balanced_accuracy": float(result.statistic), "chance_level": 1.0 / len(present),
-            "p_value": float(result.pvalue), "resamples": resamples, "n": int(len(labels))}
+    result = permutation_test(
+        (predicted,),
+        balanced,
+        permutation_type="pairings",
+        n_resamples=resamples,
+        alternative="greater",
+        random_state=seed,
+        vectorized=True,
+    )
+    return {
+        "balanced_accuracy": float(result.statistic),
+        "chance_level": 1.0 / len(present),
+        "p_value": float(result.pvalue),
+        "resamples": resamples,
+        "n": int(len(labels)),
+    }
 
 
 def fold_summary(per_fold: list[dict[str, Any]]) -> pd.DataFrame:

@@ -24,15 +24,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from magicflow.evaluate.inputs import FOLD_FILES, OPTIONAL
 
     add_experiment_inputs(parser)
-    parser.add_argument("--evaluation", type=Path, help="evaluation settings JSON (config section 'evaluation'); defaults if absent")
+    parser.add_argument(
+        "--evaluation", type=Path, help="evaluation settings JSON (config section 'evaluation'); defaults if absent"
+    )
     parser.add_argument("--split", required=True, type=Path, help="results/<experiment>/splits/split.json (folds run, classes)")
     parser.add_argument("--folds", required=True, type=Path, help="results/<experiment>/splits/folds (the first fold's sets)")
     for name, what in FOLD_FILES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="append", default=[], metavar="FOLD=PATH",
-                            help=f"a fold's {what}, one per fold run" + (" (optional)" if name in OPTIONAL else ""))
-    parser.add_argument("--groundtruth", action="append", default=[], metavar="DATASET=DIR", help="a demo dataset's derivatives/groundtruth")
-    parser.add_argument("--qc", action="append", default=[], metavar="DATASET=TSV", help="a dataset's qc.tsv (flags shown in the report)")
-    parser.add_argument("--out-dir", required=True, type=Path, help="results/<experiment>/evaluation (figures, feature extractor)")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            action="append",
+            default=[],
+            metavar="FOLD=PATH",
+            help=f"a fold's {what}, one per fold run" + (" (optional)" if name in OPTIONAL else ""),
+        )
+    parser.add_argument(
+        "--groundtruth", action="append", default=[], metavar="DATASET=DIR", help="a demo dataset's derivatives/groundtruth"
+    )
+    parser.add_argument(
+        "--qc", action="append", default=[], metavar="DATASET=TSV", help="a dataset's qc.tsv (flags shown in the report)"
+    )
+    parser.add_argument(
+        "--out-dir", required=True, type=Path, help="results/<experiment>/evaluation (figures, feature extractor)"
+    )
     parser.add_argument("--out-json", required=True, type=Path, help="results/<experiment>/metrics.json")
     parser.add_argument("--out-tsv", required=True, type=Path, help="results/<experiment>/metrics.tsv")
 
@@ -69,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     offsets = experiment["offsets"]
     train = load_set(select_slices(slices, fold0["train"], offsets["train"]), arrays, classes)
     heldout = load_set(select_slices(slices, pd.concat([fold0["val"], fold0["test"]]), offsets["eval"]), arrays, classes)
-    qc = {name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False) for name, path in parse_pairs(args.qc, "qc").items()}
+    qc = {
+        name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False) for name, path in parse_pairs(args.qc, "qc").items()
+    }
 
     with atomic_dir(args.out_dir) as fig_dir:
         print(f"{outputs.name}: feature extractor ({settings['features']['kind']}) on {len(train)} training slices", flush=True)
@@ -85,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
             "folds_run": len(outputs.folds),
             "folds": experiment["folds"],
             "settings": settings,
-            "feature_extractor": {"kind": extractor.kind, "name": extractor.name, "feature_dim": extractor.feature_dim,
-                                  "checksum": extractor.checksum, "suffix": extractor.metric_suffix},
+            "feature_extractor": {
+                "kind": extractor.kind,
+                "name": extractor.name,
+                "feature_dim": extractor.feature_dim,
+                "checksum": extractor.checksum,
+                "suffix": extractor.metric_suffix,
+            },
             "data": ev.data_section(slices, experiment_images(slices), experiment, qc),
         }
         print("generation metrics", flush=True)
@@ -105,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(args.out_tsv) as tmp:
         pd.DataFrame(ev.flatten(metrics), columns=["metric", "value"]).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     summary = metrics["classification"]["pooled"]
-    print(f"{outputs.name}: balanced accuracy {summary.get('balanced_accuracy')}, "
-          f"FID_{extractor.metric_suffix} {metrics['generation']['overall']['generated'].get('fid')} "
-          f"in {time.perf_counter() - started:.1f} s -> {args.out_json}")
+    print(
+        f"{outputs.name}: balanced accuracy {summary.get('balanced_accuracy')}, "
+        f"FID_{extractor.metric_suffix} {metrics['generation']['overall']['generated'].get('fid')} "
+        f"in {time.perf_counter() - started:.1f} s -> {args.out_json}"
+    )
     return 0

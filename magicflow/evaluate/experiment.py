@@ -74,8 +74,9 @@ def generation_section(outputs: ExperimentOutputs, train, heldout, extractor, se
         row = {}
         for name, candidate in (("generated", f_fake[mask_fake]), ("real", f_train[mask_train])):
             try:
-                row[name] = gen.generation_metrics(f_held[mask_held], candidate, bootstrap=boot, seed=seed,
-                                                   nearest_k=settings["nearest_k"])
+                row[name] = gen.generation_metrics(
+                    f_held[mask_held], candidate, bootstrap=boot, seed=seed, nearest_k=settings["nearest_k"]
+                )
             except InputError as error:
                 row[name] = {"skipped": str(error)}
         return row
@@ -90,14 +91,21 @@ def generation_section(outputs: ExperimentOutputs, train, heldout, extractor, se
     memo = gen.memorisation(flat(fake), flat(train.images.numpy()), flat(heldout.images.numpy()))
     ratios = np.asarray(memo["ratio"], float)
     closest = np.argsort(ratios)[:4]
-    figures.memorisation_figure(ratios, [(fake[i, 0], train.images[int(memo["nearest_train"][i]), 0].numpy(), float(ratios[i])) for i in closest],
-                                fig_dir / FIGURES["memorisation"])
+    figures.memorisation_figure(
+        ratios,
+        [(fake[i, 0], train.images[int(memo["nearest_train"][i]), 0].numpy(), float(ratios[i])) for i in closest],
+        fig_dir / FIGURES["memorisation"],
+    )
     real_by_class = {c: heldout.images.numpy()[held_labels == k] for k, c in enumerate(classes)}
-    figures.real_vs_generated_figure(real_by_class, {c: samples[k] for k, c in enumerate(classes)}, fig_dir / FIGURES["real_vs_generated"])
+    figures.real_vs_generated_figure(
+        real_by_class, {c: samples[k] for k, c in enumerate(classes)}, fig_dir / FIGURES["real_vs_generated"]
+    )
     return {
         "fold": fold.name,
         "suffix": extractor.metric_suffix,
-        "n_generated": int(len(fake)), "n_train": int(len(train)), "n_heldout": int(len(heldout)),
+        "n_generated": int(len(fake)),
+        "n_train": int(len(train)),
+        "n_heldout": int(len(heldout)),
         "overall": both(all_fake, all_train, all_held),
         "per_class": per_class,
         "ms_ssim": ms_ssim,
@@ -152,7 +160,9 @@ def _pooled_maps(outputs: ExperimentOutputs) -> dict[str, np.ndarray]:
     return {k: np.concatenate([f.maps[k] for f in outputs.folds]) for k in keys}
 
 
-def attribution_section(outputs: ExperimentOutputs, brain: np.ndarray, groundtruth: dict[str, Path], settings: dict, fig_dir: Path) -> dict:
+def attribution_section(
+    outputs: ExperimentOutputs, brain: np.ndarray, groundtruth: dict[str, Path], settings: dict, fig_dir: Path
+) -> dict:
     from magicflow.evaluate.groundtruth import slice_masks
     from magicflow.slices import resize_mask
 
@@ -161,7 +171,9 @@ def attribution_section(outputs: ExperimentOutputs, brain: np.ndarray, groundtru
     labels = np.array([lookup[t] for t in maps["true"]])
     out: dict[str, Any] = {"n_maps": int(len(labels)), "map": "predicted label"}
     try:
-        table = attr.threshold_analysis(maps["predicted_label"][:, 0], maps["images"][:, 0], labels, brain > 0, seed=settings["seed"])
+        table = attr.threshold_analysis(
+            maps["predicted_label"][:, 0], maps["images"][:, 0], labels, brain > 0, seed=settings["seed"]
+        )
         figures.threshold_figure(table, fig_dir / FIGURES["thresholds"])
         best = table.loc[table["f1"].idxmax()]
         out.update(thresholds=table.to_dict(orient="records"), best_threshold=float(best["threshold"]), best_f1=float(best["f1"]))
@@ -185,16 +197,28 @@ def attribution_section(outputs: ExperimentOutputs, brain: np.ndarray, groundtru
             out["groundtruth"] = {
                 "slices": int(len(scored)),
                 # per-slice [0, 1] scaling first: pooled pixels must not be ranked by each map's offset
-                "auc_evidence": attr.mask_auc(attr.normalise_maps(evidence, brain > 0), truth[scored], brain > 0, low_is_positive=False),
-                "auc_low_likelihood": attr.mask_auc(attr.normalise_maps(own, brain > 0), truth[scored], brain > 0, low_is_positive=True),
+                "auc_evidence": attr.mask_auc(
+                    attr.normalise_maps(evidence, brain > 0), truth[scored], brain > 0, low_is_positive=False
+                ),
+                "auc_low_likelihood": attr.mask_auc(
+                    attr.normalise_maps(own, brain > 0), truth[scored], brain > 0, low_is_positive=True
+                ),
                 "uptake_fraction": float(truth[scored][:, brain > 0].mean()),
             }
             i = scored[0]
-            figures.groundtruth_figure(maps["images"][i, 0], evidence[0], truth[i], brain,
-                                       f"{maps['subject'][i]} offset {maps['offset'][i]}: AUC {out['groundtruth']['auc_evidence']:.2f}",
-                                       fig_dir / FIGURES["groundtruth"])
+            figures.groundtruth_figure(
+                maps["images"][i, 0],
+                evidence[0],
+                truth[i],
+                brain,
+                f"{maps['subject'][i]} offset {maps['offset'][i]}: AUC {out['groundtruth']['auc_evidence']:.2f}",
+                fig_dir / FIGURES["groundtruth"],
+            )
         else:
-            out["groundtruth"] = {"slices": 0, "note": "no test slice with ground-truth uptake (no AD subject among the mapped slices)"}
+            out["groundtruth"] = {
+                "slices": 0,
+                "note": "no test slice with ground-truth uptake (no AD subject among the mapped slices)",
+            }
     return out
 
 
@@ -208,18 +232,20 @@ def efficiency_section(outputs: ExperimentOutputs) -> list[dict]:
         train_s = float(t["train_seconds"].sum()) if "train_seconds" in t else float(t["seconds"].sum())
         n_images = int(np.prod(fold.samples["samples"].shape[:2]))
         sample_s = float(fold.samples.get("seconds", np.nan))
-        rows.append({
-            "fold": fold.name,
-            "epochs": int(len(t)),
-            "steps": steps,
-            "training_s": train_s,
-            "epoch_s_with_validation": float(t["seconds"].mean()),
-            "ms_per_step": 1000 * train_s / steps if steps else float("nan"),
-            "peak_rss_mb": fold.benchmarks.get("train", {}).get("max_rss", float("nan")),
-            "peak_gpu_mb": float(t["peak_gpu_mb"].max()) if "peak_gpu_mb" in t else float("nan"),
-            "generated_per_s": n_images / sample_s if sample_s > 0 else float("nan"),
-            "device": str(fold.samples.get("device", "")),
-        })
+        rows.append(
+            {
+                "fold": fold.name,
+                "epochs": int(len(t)),
+                "steps": steps,
+                "training_s": train_s,
+                "epoch_s_with_validation": float(t["seconds"].mean()),
+                "ms_per_step": 1000 * train_s / steps if steps else float("nan"),
+                "peak_rss_mb": fold.benchmarks.get("train", {}).get("max_rss", float("nan")),
+                "peak_gpu_mb": float(t["peak_gpu_mb"].max()) if "peak_gpu_mb" in t else float("nan"),
+                "generated_per_s": n_images / sample_s if sample_s > 0 else float("nan"),
+                "device": str(fold.samples.get("device", "")),
+            }
+        )
     return rows
 
 
@@ -233,8 +259,15 @@ def data_section(slices: pd.DataFrame, images: pd.DataFrame, experiment: dict, q
     counts = []
     for (dataset, label), group in images.groupby(["dataset", "label"]):
         n_slices = len(group) * len(offsets["train"]) + len(group) * len(offsets.get("augment", {}).get(label, []))
-        counts.append({"dataset": dataset, "class": label, "subjects": int(group["subject"].nunique()),
-                       "images": int(len(group)), "slices": int(n_slices)})
+        counts.append(
+            {
+                "dataset": dataset,
+                "class": label,
+                "subjects": int(group["subject"].nunique()),
+                "images": int(len(group)),
+                "slices": int(n_slices),
+            }
+        )
     flags = []
     for dataset, table in qc.items():
         used = set(images.loc[images["dataset"] == dataset, "image"])
@@ -242,8 +275,12 @@ def data_section(slices: pd.DataFrame, images: pd.DataFrame, experiment: dict, q
             # qc.tsv's ``label`` is the image stem (its ``image`` column is the registered file's path)
             bad = table[(table["flagged"].astype(str).str.lower().isin(["true", "1", "yes"])) & table["label"].isin(used)]
             flags += [{"dataset": dataset, **{k: str(v) for k, v in r.items()}} for r in bad.to_dict(orient="records")]
-    return {"counts": counts, "paper_counts": paper_counts(experiment["name"]), "qc_flags": flags,
-            "slices_available": int(len(slices))}
+    return {
+        "counts": counts,
+        "paper_counts": paper_counts(experiment["name"]),
+        "qc_flags": flags,
+        "slices_available": int(len(slices)),
+    }
 
 
 def seed_everything(seed: int) -> None:

@@ -130,8 +130,9 @@ def _small_resnet(width: int) -> nn.Module:
     if width < 16 or width % 8:
         raise InputError(f"in-domain feature_dim must be a multiple of 8 and at least 16, got {width}")
     planes = [width // 8, width // 4, width // 2, width]
-    return ResNet("basic", [1, 1, 1, 1], planes, spatial_dims=2, n_input_channels=1, conv1_t_size=7,
-                  conv1_t_stride=2, feed_forward=False)
+    return ResNet(
+        "basic", [1, 1, 1, 1], planes, spatial_dims=2, n_input_channels=1, conv1_t_size=7, conv1_t_stride=2, feed_forward=False
+    )
 
 
 def _resnet50(layout: str) -> nn.Module:
@@ -144,8 +145,17 @@ def _resnet50(layout: str) -> nn.Module:
     from monai.networks.nets import ResNet
     from monai.networks.nets.resnet import get_inplanes
 
-    net = ResNet("bottleneck", [3, 4, 6, 3], get_inplanes(), spatial_dims=2, n_input_channels=3, conv1_t_size=7,
-                 conv1_t_stride=2, bias_downsample=False, feed_forward=False)
+    net = ResNet(
+        "bottleneck",
+        [3, 4, 6, 3],
+        get_inplanes(),
+        spatial_dims=2,
+        n_input_channels=3,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        bias_downsample=False,
+        feed_forward=False,
+    )
     if layout == "keras":
         for module in net.modules():
             if isinstance(module, nn.Conv2d) and module.bias is None:
@@ -191,7 +201,8 @@ def _fidelity_inception(state: dict[str, torch.Tensor], source: str, kind: str) 
     except ImportError:
         raise InputError(
             f"feature extractor {kind!r} needs the torch-fidelity package (its FeatureExtractorInceptionV3), "
-            f"which is not installed; install torch-fidelity or use another kind ({source})") from None
+            f"which is not installed; install torch-fidelity or use another kind ({source})"
+        ) from None
     fd, tmp = tempfile.mkstemp(suffix=".pt")
     os.close(fd)
     try:
@@ -200,7 +211,9 @@ def _fidelity_inception(state: dict[str, torch.Tensor], source: str, kind: str) 
             net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=tmp)
         except RuntimeError as error:  # load_state_dict: missing/unexpected keys, wrong shapes
             first = str(error).splitlines()[:4]
-            raise InputError(f"{source} does not fit the {kind} network (torch-fidelity InceptionV3): {' '.join(first)}") from None
+            raise InputError(
+                f"{source} does not fit the {kind} network (torch-fidelity InceptionV3): {' '.join(first)}"
+            ) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return _FidelityInception(net)
@@ -260,7 +273,9 @@ class FeatureExtractor:
     ``arch`` is the JSON-able architecture description that :meth:`load` rebuilds from;
     ``info`` holds JSON-able provenance (weights file, training summary) for reports."""
 
-    def __init__(self, module: _Extractor, kind: str, name: str, arch: dict[str, Any], info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, module: _Extractor, kind: str, name: str, arch: dict[str, Any], info: dict[str, Any] | None = None
+    ) -> None:
         if kind not in METRIC_SUFFIX:
             raise InputError(f"unknown feature extractor kind {kind!r}; expected one of {sorted(METRIC_SUFFIX)}")
         self.module = module.eval().requires_grad_(False)
@@ -291,7 +306,7 @@ class FeatureExtractor:
             raise InputError(f"feature batch size must be at least 1, got {batch}")
         x = as_image_batch(images)
         self.module.eval()
-        out = [self.module(x[i:i + batch].to(self.device)).double().cpu() for i in range(0, x.shape[0], batch)]
+        out = [self.module(x[i : i + batch].to(self.device)).double().cpu() for i in range(0, x.shape[0], batch)]
         if not out:
             return np.zeros((0, self.feature_dim), dtype=np.float64)
         feats = torch.cat(out).numpy()
@@ -301,8 +316,14 @@ class FeatureExtractor:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able identity for metric files and reports."""
-        return {"kind": self.kind, "name": self.name, "feature_dim": self.feature_dim, "checksum": self.checksum,
-                "metric_suffix": self.metric_suffix, **self.info}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "feature_dim": self.feature_dim,
+            "checksum": self.checksum,
+            "metric_suffix": self.metric_suffix,
+            **self.info,
+        }
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Weights (CPU tensors) + description, atomically; loads with ``weights_only=True``."""
@@ -345,7 +366,8 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
     if missing or unexpected:
         raise InputError(
             f"{source} does not fit the {kind} network: {len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}")
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}"
+        )
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:  # same names, wrong shapes
@@ -369,8 +391,8 @@ def _recalibrate_batchnorm(module: _Extractor, x: torch.Tensor, batch: int) -> N
     module.train()
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
-            if x[i:i + batch].shape[0] > 1:
-                module.backbone(x[i:i + batch])
+            if x[i : i + batch].shape[0] > 1:
+                module.backbone(x[i : i + batch])
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     module.eval()
@@ -408,13 +430,20 @@ def train_in_domain(
     if num_classes < 2:
         raise InputError(f"in-domain training needs at least 2 classes, got num_classes={num_classes}")
     if x.shape[0] < 2 or y.min() < 0 or y.max() >= num_classes:
-        raise InputError(f"in-domain training needs >= 2 images with labels in [0, {num_classes - 1}], "
-                         f"got {x.shape[0]} images, labels {sorted(set(y.tolist()))[:10]}")
+        raise InputError(
+            f"in-domain training needs >= 2 images with labels in [0, {num_classes - 1}], "
+            f"got {x.shape[0]} images, labels {sorted(set(y.tolist()))[:10]}"
+        )
     if epochs < 1 or batch_size < 2:
         raise InputError(f"in-domain training needs epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     device = torch.device(device)
-    arch = {"net": "small_resnet", "width": feature_dim, "num_classes": num_classes, "feature_dim": feature_dim,
-            "input": {"size": input_size, "channels": 1, "mean": [0.0], "std": [1.0], "resize": "area"}}
+    arch = {
+        "net": "small_resnet",
+        "width": feature_dim,
+        "num_classes": num_classes,
+        "feature_dim": feature_dim,
+        "input": {"size": input_size, "channels": 1, "mean": [0.0], "std": [1.0], "resize": "area"},
+    }
     with torch.random.fork_rng(devices=[]):  # MONAI initialises from the global RNG
         torch.manual_seed(seed)
         module = _build(arch)
@@ -433,7 +462,7 @@ def train_in_domain(
         permutation = torch.randperm(n, generator=order).to(device)
         total, seen = 0.0, 0
         for i in range(0, n, batch_size):
-            index = permutation[i:i + batch_size]
+            index = permutation[i : i + batch_size]
             if index.shape[0] < 2:  # BatchNorm cannot train on a single image
                 continue
             loss = F.cross_entropy(module.logits(prepared[index]), y[index], weight=weight.to(device))
@@ -446,10 +475,18 @@ def train_in_domain(
         bar.set_postfix(loss=f"{loss_value:.3f}")
     _recalibrate_batchnorm(module, prepared, batch_size)
     with torch.no_grad():
-        predicted = torch.cat([module.logits(prepared[i:i + 256]).argmax(1) for i in range(0, n, 256)])
-    info = {"training": {"images": n, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
-                         "final_loss": round(loss_value, 6),
-                         "train_accuracy": round(float((predicted == y).float().mean()), 6)}}
+        predicted = torch.cat([module.logits(prepared[i : i + 256]).argmax(1) for i in range(0, n, 256)])
+    info = {
+        "training": {
+            "images": n,
+            "epochs": epochs,
+            "seed": seed,
+            "batch_size": batch_size,
+            "lr": lr,
+            "final_loss": round(loss_value, 6),
+            "train_accuracy": round(float((predicted == y).float().mean()), 6),
+        }
+    }
     name = f"in_domain_resnet{feature_dim}_{input_size}px"
     return FeatureExtractor(module, "in_domain", name, arch, info)
 
@@ -471,8 +508,7 @@ def _read_state(path: Path, kind: str) -> dict[str, torch.Tensor]:
             break
         payload = inner
     if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise InputError(f"{path} holds no {kind} state dict (expected name -> tensor, plain or under "
-                         f"'state_dict' / 'model')")
+        raise InputError(f"{path} holds no {kind} state dict (expected name -> tensor, plain or under 'state_dict' / 'model')")
     return dict(payload)
 
 
@@ -482,7 +518,7 @@ def _strip_prefixes(name: str) -> str:
         changed = False
         for prefix in _PREFIXES:
             if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
+                name, changed = name[len(prefix) :], True
     return name
 
 
@@ -590,8 +626,16 @@ def extractor_from_config(
     if kind == "in_domain":
         options: dict[str, Callable[[Any], Any]] = {"feature_dim": int, "input_size": int, "batch_size": int, "lr": float}
         extra = {k: cast(settings[k]) for k, cast in options.items() if k in settings}
-        return train_in_domain(train_images, train_labels, num_classes, epochs=int(settings.get("epochs", 5)),
-                               seed=seed, device=device, progress=progress, **extra)
+        return train_in_domain(
+            train_images,
+            train_labels,
+            num_classes,
+            epochs=int(settings.get("epochs", 5)),
+            seed=seed,
+            device=device,
+            progress=progress,
+            **extra,
+        )
     if not settings.get("weights"):
         raise InputError(f"feature extractor {kind!r} needs 'weights': a local file (weights are never downloaded)")
     return load_external(kind, Path(os.path.expanduser(str(settings["weights"])))).to(device)

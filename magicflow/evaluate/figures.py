@@ -31,7 +31,15 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], path: Path) -> Path
     shown = ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color="white" if shade[i, j] > 0.5 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                str(int(matrix[i, j])),
+                ha="center",
+                va="center",
+                color="white" if shade[i, j] > 0.5 else "black",
+                fontsize=9,
+            )
     ax.set_xticks(range(k), classes, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(k), classes, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test folds pooled)")
@@ -44,8 +52,14 @@ def reliability_figure(bins: pd.DataFrame, ece: float, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4.2, 4))
     filled = bins[bins["count"] > 0]
     centres = (bins["lower"] + bins["upper"]) / 2
-    ax.bar(centres[bins["count"] > 0], filled["accuracy"], width=(bins["upper"] - bins["lower"]).iloc[0] * 0.9,
-           color="C0", alpha=0.7, label="accuracy in bin")
+    ax.bar(
+        centres[bins["count"] > 0],
+        filled["accuracy"],
+        width=(bins["upper"] - bins["lower"]).iloc[0] * 0.9,
+        color="C0",
+        alpha=0.7,
+        label="accuracy in bin",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.plot(filled["confidence"], filled["accuracy"], "o", color="C3", ms=4, label="mean confidence")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max posterior)", ylabel="accuracy", title=f"reliability, ECE {ece:.3f}")
@@ -57,8 +71,13 @@ def rejection_figure(curve: pd.DataFrame, path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     ax.plot(curve["rejected_fraction"], curve["accuracy"], "o-", ms=3)
-    ax.set(xlabel="fraction rejected (least confident first)", ylabel="accuracy of the rest", xlim=(0, 1), ylim=(0, 1.02),
-           title="accuracy-rejection curve")
+    ax.set(
+        xlabel="fraction rejected (least confident first)",
+        ylabel="accuracy of the rest",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="accuracy-rejection curve",
+    )
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -67,7 +86,9 @@ def threshold_figure(table: pd.DataFrame, path: Path) -> Path:
     """F1 of the ROI-feature classifier and the retained area against the threshold (paper's Figure 3)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
-    ax.errorbar(table["threshold"], table["f1"], yerr=table.get("f1_std"), fmt="o-", ms=3, capsize=2, color="C0", label="macro F1 (CV)")
+    ax.errorbar(
+        table["threshold"], table["f1"], yerr=table.get("f1_std"), fmt="o-", ms=3, capsize=2, color="C0", label="macro F1 (CV)"
+    )
     ax.set(xlabel="threshold on normalised map", ylabel="macro F1", ylim=(0, 1.02))
     twin = ax.twinx()
     twin.plot(table["threshold"], table["retained_area"], "s--", ms=3, color="C1", label="retained area")
@@ -117,7 +138,9 @@ def memorisation_figure(ratios: np.ndarray, pairs: list[tuple[np.ndarray, np.nda
     return _save(fig, path)
 
 
-def groundtruth_figure(image: np.ndarray, evidence: np.ndarray, truth: np.ndarray, brain: np.ndarray, title: str, path: Path) -> Path:
+def groundtruth_figure(
+    image: np.ndarray, evidence: np.ndarray, truth: np.ndarray, brain: np.ndarray, title: str, path: Path
+) -> Path:
     """One slice: the image, the evidence map with the true uptake region outlined."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
@@ -126,7 +149,9 @@ def groundtruth_figure(image: np.ndarray, evidence: np.ndarray, truth: np.ndarra
     values = evidence[brain > 0] if brain.any() else evidence.ravel()
     bound = float(np.percentile(np.abs(values - np.median(values)), 98)) or 1.0
     axes[1].imshow(image, cmap="gray", vmin=0, vmax=1)
-    shown = axes[1].imshow(np.ma.masked_where(brain == 0, evidence - np.median(values)), cmap="RdBu_r", vmin=-bound, vmax=bound, alpha=0.75)
+    shown = axes[1].imshow(
+        np.ma.masked_where(brain == 0, evidence - np.median(values)), cmap="RdBu_r", vmin=-bound, vmax=bound, alpha=0.75
+    )
     if truth.any():
         axes[1].contour(truth.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
     axes[1].set_title("evidence for the true class; green: true uptake", fontsize=8)

@@ -135,9 +135,17 @@ def bootstrap_ci(
         raise InputError(f"bootstrap needs n >= 1 replicates, got {n}")
     if not 0.0 < level < 1.0:
         raise InputError(f"bootstrap level must be strictly between 0 and 1, got {level}")
-    result = stats.bootstrap((np.arange(len(r)), np.arange(len(f))), lambda i, j: metric(r[i], f[j]), n_resamples=n,
-                             batch=1, vectorized=False, paired=False, confidence_level=level, method="percentile",
-                             rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (np.arange(len(r)), np.arange(len(f))),
+        lambda i, j: metric(r[i], f[j]),
+        n_resamples=n,
+        batch=1,
+        vectorized=False,
+        paired=False,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 

@@ -27,8 +27,14 @@ def subject_mask_volume(groundtruth_dir: Path, subject: str) -> np.ndarray | Non
         return None
     try:
         img = nib.load(found[0])
-        on_grid = resample_img(img, target_affine=GRID_1MM_AFFINE, target_shape=GRID_1MM_SHAPE,
-                               interpolation="nearest", force_resample=True, copy_header=True)
+        on_grid = resample_img(
+            img,
+            target_affine=GRID_1MM_AFFINE,
+            target_shape=GRID_1MM_SHAPE,
+            interpolation="nearest",
+            force_resample=True,
+            copy_header=True,
+        )
     except (OSError, ValueError) as error:
         raise InputError(f"{found[0]}: cannot read the ground-truth mask: {error}") from None
     return np.asarray(on_grid.dataobj) > 0

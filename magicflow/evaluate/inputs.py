@@ -31,7 +31,9 @@ OPTIONAL = ("train_benchmark",)
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        raise InputError(f"{path}: missing; run the experiment's learning stages first (snakemake train sample classify attribution)")
+        raise InputError(
+            f"{path}: missing; run the experiment's learning stages first (snakemake train sample classify attribution)"
+        )
     return path
 
 
@@ -78,20 +80,31 @@ def load_experiment(split_json: Path, files: dict[str, dict[str, Path]]) -> Expe
     for name, what in FOLD_FILES.items():
         given = files.get(name, {})
         if sorted(given) != folds and not (name in OPTIONAL and not given):
-            raise InputError(f"{split_json} runs {folds}, but the {what} was given for {sorted(given)} "
-                             f"(--{name.replace('_', '-')} FOLD=PATH, one per fold)")
-    return ExperimentOutputs(name=split["experiment"], classes=list(split["classes"]), split=split, folds=[
-        FoldOutputs(
-            name=fold,
-            training=read_tsv(files["training"][fold]),
-            predictions=pd.read_csv(_need(files["predictions"][fold]), sep="\t",
-                                    dtype={"subject": str, "session": str, "image": str, "dataset": str}, keep_default_na=False),
-            samples=read_npz(Path(files["samples"][fold]) / "samples.npz"),
-            maps=read_npz(Path(files["attribution"][fold]) / "maps.npz"),
-            benchmarks={"train": read_benchmark(files["train_benchmark"][fold])} if files.get("train_benchmark") else {},
-        )
-        for fold in folds
-    ])
+            raise InputError(
+                f"{split_json} runs {folds}, but the {what} was given for {sorted(given)} "
+                f"(--{name.replace('_', '-')} FOLD=PATH, one per fold)"
+            )
+    return ExperimentOutputs(
+        name=split["experiment"],
+        classes=list(split["classes"]),
+        split=split,
+        folds=[
+            FoldOutputs(
+                name=fold,
+                training=read_tsv(files["training"][fold]),
+                predictions=pd.read_csv(
+                    _need(files["predictions"][fold]),
+                    sep="\t",
+                    dtype={"subject": str, "session": str, "image": str, "dataset": str},
+                    keep_default_na=False,
+                ),
+                samples=read_npz(Path(files["samples"][fold]) / "samples.npz"),
+                maps=read_npz(Path(files["attribution"][fold]) / "maps.npz"),
+                benchmarks={"train": read_benchmark(files["train_benchmark"][fold])} if files.get("train_benchmark") else {},
+            )
+            for fold in folds
+        ],
+    )
 
 
 def posterior_matrix(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -41,9 +41,13 @@ def _settings(path: Path) -> dict:
 
 def add_experiment_inputs(parser: argparse.ArgumentParser, arrays: bool = True) -> None:
     parser.add_argument("--experiment", required=True, type=Path, help="results/<experiment>/experiment.json")
-    parser.add_argument("--slices", action="append", default=[], metavar="DATASET=TSV", help="a dataset's slices.tsv (repeat per dataset)")
+    parser.add_argument(
+        "--slices", action="append", default=[], metavar="DATASET=TSV", help="a dataset's slices.tsv (repeat per dataset)"
+    )
     if arrays:
-        parser.add_argument("--arrays", action="append", default=[], metavar="DATASET=NPZ", help="a dataset's slices.npz (repeat per dataset)")
+        parser.add_argument(
+            "--arrays", action="append", default=[], metavar="DATASET=NPZ", help="a dataset's slices.npz (repeat per dataset)"
+        )
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
@@ -76,12 +80,24 @@ def run_split(args: argparse.Namespace) -> int:
     images = exp_data.experiment_images(slices)
     splits = make_splits(images, settings["folds"], settings["run_folds"], settings["seed"])
     with atomic_dir(args.out) as tmp:
-        write_splits(splits, tmp, {"experiment": settings["name"], "label": settings["label"], "folds": settings["folds"],
-                                   "run_folds": settings["run_folds"], "seed": settings["seed"], "images": len(images)})
+        write_splits(
+            splits,
+            tmp,
+            {
+                "experiment": settings["name"],
+                "label": settings["label"],
+                "folds": settings["folds"],
+                "run_folds": settings["run_folds"],
+                "seed": settings["seed"],
+                "images": len(images),
+            },
+        )
         if args.info is not None:
             with atomic_path(args.info) as info:
                 shutil.copyfile(tmp / "split.json", info)
-    print(f"{settings['name']}: {len(images)} images of {images['subject'].nunique()} subjects in {settings['run_folds']} fold(s) -> {args.out}")
+    print(
+        f"{settings['name']}: {len(images)} images of {images['subject'].nunique()} subjects in {settings['run_folds']} fold(s) -> {args.out}"
+    )
     return 0
 
 
@@ -113,18 +129,41 @@ def run_train(args: argparse.Namespace) -> int:
     settings, slices, arrays, mask = load_inputs(args)
     classes, sets = _fold_sets(args, settings, slices, arrays)
     t = settings["training"]
-    train_settings = TrainSettings(epochs=t["epochs"], patience=t.get("patience"), batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"],
-                                   loss=t.get("loss", "dimension"), precision=t.get("precision", "fp32"), ema=t.get("ema", 0.0),
-                                   compile=t.get("compile", False), **t.get("augment", {}))
+    train_settings = TrainSettings(
+        epochs=t["epochs"],
+        patience=t.get("patience"),
+        batch_size=t["batch_size"],
+        lr=t["lr"],
+        seed=t["seed"],
+        loss=t.get("loss", "dimension"),
+        precision=t.get("precision", "fp32"),
+        ema=t.get("ema", 0.0),
+        compile=t.get("compile", False),
+        **t.get("augment", {}),
+    )
     torch.manual_seed(t["seed"])
-    model = MagicFlow.from_preset(settings["preset_base"], len(classes), coupling=settings["model"],
-                                  mask=torch.from_numpy(mask.astype(np.float32)),
-                                  **{**settings["preset_overrides"], "image_size": int(mask.shape[-1])})
+    model = MagicFlow.from_preset(
+        settings["preset_base"],
+        len(classes),
+        coupling=settings["model"],
+        mask=torch.from_numpy(mask.astype(np.float32)),
+        **{**settings["preset_overrides"], "image_size": int(mask.shape[-1])},
+    )
     device = resolve_device(t["device"])
-    print(f"{settings['name']} {args.fold_dir.name}: {len(sets['train'])} training / {len(sets['val'])} validation slices, "
-          f"{len(classes)} classes, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
-    train_model(model, sets["train"], sets["val"], args.out, train_settings, device, classification=settings["model"] == "classification",
-                extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name})
+    print(
+        f"{settings['name']} {args.fold_dir.name}: {len(sets['train'])} training / {len(sets['val'])} validation slices, "
+        f"{len(classes)} classes, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}"
+    )
+    train_model(
+        model,
+        sets["train"],
+        sets["val"],
+        args.out,
+        train_settings,
+        device,
+        classification=settings["model"] == "classification",
+        extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name},
+    )
     return 0
 
 
@@ -207,25 +246,39 @@ def run_attribution(args: argparse.Namespace) -> int:
     predicted = torch.tensor([lookup[p] for p in predictions["predicted"]], dtype=torch.long)
     # one map per class (K passes): true- and predicted-label maps are rows of it, and the
     # per-pixel log-likelihood ratio between classes is what evaluation scores against truth
-    class_maps = np.stack([attribution_maps(model, subset, torch.full((limit,), k, dtype=torch.long), device)[:, 0]
-                           for k in range(len(classes))], axis=1)
+    class_maps = np.stack(
+        [attribution_maps(model, subset, torch.full((limit,), k, dtype=torch.long), device)[:, 0] for k in range(len(classes))],
+        axis=1,
+    )
     rows = np.arange(limit)
     true_maps = class_maps[rows, subset.labels.numpy()][:, None]
     pred_maps = class_maps[rows, predicted.numpy()][:, None]
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "maps.npz") as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, true_label=true_maps, predicted_label=pred_maps, class_maps=class_maps,
-                                classes=np.array(classes, dtype=str), images=subset.images.numpy(),
-                                image=subset.meta["image"].to_numpy(str), dataset=subset.meta["dataset"].to_numpy(str),
-                                subject=subset.meta["subject"].to_numpy(str), offset=subset.meta["offset"].to_numpy(int),
-                                true=predictions["true"].to_numpy(str), predicted=predictions["predicted"].to_numpy(str))
+            np.savez_compressed(
+                handle,
+                true_label=true_maps,
+                predicted_label=pred_maps,
+                class_maps=class_maps,
+                classes=np.array(classes, dtype=str),
+                images=subset.images.numpy(),
+                image=subset.meta["image"].to_numpy(str),
+                dataset=subset.meta["dataset"].to_numpy(str),
+                subject=subset.meta["subject"].to_numpy(str),
+                offset=subset.meta["offset"].to_numpy(int),
+                true=predictions["true"].to_numpy(str),
+                predicted=predictions["predicted"].to_numpy(str),
+            )
     for i in range(limit):
         name = subset.meta["image"].iloc[i]
         t, p = predictions["true"].iloc[i], predictions["predicted"].iloc[i]
-        overlay_png(args.out / f"{name}_offset{subset.meta['offset'].iloc[i]}.png", subset.images[i, 0].numpy(),
-                    {f"H(x, true={t})": true_maps[i, 0], f"H(x, predicted={p})": pred_maps[i, 0]}, mask,
-                    f"{name}: true {t}, predicted {p}")
+        overlay_png(
+            args.out / f"{name}_offset{subset.meta['offset'].iloc[i]}.png",
+            subset.images[i, 0].numpy(),
+            {f"H(x, true={t})": true_maps[i, 0], f"H(x, predicted={p})": pred_maps[i, 0]},
+            mask,
+            f"{name}: true {t}, predicted {p}",
+        )
     print(f"attribution maps for {limit} test slices -> {args.out}")
     return 0
-

@@ -28,7 +28,9 @@ class SliceSet:
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.shape[0] != self.labels.shape[0]:
-            raise InputError(f"slice set needs images (N,1,H,W) and N labels, got {tuple(self.images.shape)} and {tuple(self.labels.shape)}")
+            raise InputError(
+                f"slice set needs images (N,1,H,W) and N labels, got {tuple(self.images.shape)} and {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -74,7 +76,9 @@ def experiment_slices(slice_tables: dict[str, Path], experiment: dict) -> pd.Dat
             raise InputError(f"classes {absent} have no slices; labels present: {sorted(table['label'].unique())}")
         table = table[table["label"].isin(experiment["classes"])]
     if table.empty:
-        raise InputError(f"no slices of kinds {experiment['modalities']} with a {experiment['label']!r} label in {sorted(slice_tables)}")
+        raise InputError(
+            f"no slices of kinds {experiment['modalities']} with a {experiment['label']!r} label in {sorted(slice_tables)}"
+        )
     table["offset"] = table["offset"].astype(int)
     table["index"] = table["index"].astype(int)
     return table
@@ -82,10 +86,14 @@ def experiment_slices(slice_tables: dict[str, Path], experiment: dict) -> pd.Dat
 
 def experiment_images(slices: pd.DataFrame) -> pd.DataFrame:
     """One row per image (what splits are made of)."""
-    return slices.drop_duplicates(["dataset", "image"])[["dataset", "subject", "session", "image", "label"]].reset_index(drop=True)
+    return slices.drop_duplicates(["dataset", "image"])[["dataset", "subject", "session", "image", "label"]].reset_index(
+        drop=True
+    )
 
 
-def select_slices(slices: pd.DataFrame, images: pd.DataFrame, offsets: list[int], augment: dict[str, list[int]] | None = None) -> pd.DataFrame:
+def select_slices(
+    slices: pd.DataFrame, images: pd.DataFrame, offsets: list[int], augment: dict[str, list[int]] | None = None
+) -> pd.DataFrame:
     """Slices of these images at these offsets, plus each class's augment offsets (training only)."""
     chosen = slices.merge(images[["dataset", "image"]], on=["dataset", "image"])
     wanted = chosen["offset"].isin(offsets)

@@ -36,8 +36,9 @@ def slice_to_nifti(plane: np.ndarray, offset: int = 0) -> nib.Nifti1Image:
 
 
 @torch.no_grad()
-def draw_samples(model: MagicFlow, classes: list[str], per_class: int, temperature: float, seed: int,
-                 device: torch.device, batch: int = 16) -> np.ndarray:
+def draw_samples(
+    model: MagicFlow, classes: list[str], per_class: int, temperature: float, seed: int, device: torch.device, batch: int = 16
+) -> np.ndarray:
     """(K, per_class, 1, S, S) samples at the model's image size, clipped to [0, 1]; deterministic given the seed."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -52,16 +53,27 @@ def draw_samples(model: MagicFlow, classes: list[str], per_class: int, temperatu
     return np.stack(out)
 
 
-def write_samples(samples: np.ndarray, classes: list[str], out_dir: Path, nifti_per_class: int = 2,
-                  seconds: float = float("nan"), device: str = "") -> None:
+def write_samples(
+    samples: np.ndarray,
+    classes: list[str],
+    out_dir: Path,
+    nifti_per_class: int = 2,
+    seconds: float = float("nan"),
+    device: str = "",
+) -> None:
     """samples.npz (with the sampling time, for the efficiency table), a grid PNG per class
     and a few NIfTI files per class."""
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "samples.npz") as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, samples=samples.astype(np.float32), classes=np.array(classes),
-                                seconds=np.float64(seconds), device=np.array(device))
+            np.savez_compressed(
+                handle,
+                samples=samples.astype(np.float32),
+                classes=np.array(classes),
+                seconds=np.float64(seconds),
+                device=np.array(device),
+            )
     for k, name in enumerate(classes):
         safe = "".join(ch if ch.isalnum() else "-" for ch in name)
         n = samples.shape[1]
@@ -85,12 +97,13 @@ def write_samples(samples: np.ndarray, classes: list[str], out_dir: Path, nifti_
 def class_log_likelihoods(model: MagicFlow, data: SliceSet, device: torch.device, batch: int = 8) -> np.ndarray:
     """(N, K) log p(x | y=k) in nats, all labels in one batched pass per chunk."""
     model.eval()
-    out = [model.class_log_likelihoods(data.images[s:s + batch].to(device)).cpu() for s in range(0, len(data), batch)]
+    out = [model.class_log_likelihoods(data.images[s : s + batch].to(device)).cpu() for s in range(0, len(data), batch)]
     return torch.cat(out).double().numpy() if out else np.zeros((0, model.num_classes))
 
 
-def predictions_table(test: SliceSet, val: SliceSet, train: SliceSet, classes: list[str],
-                      test_ll: np.ndarray, val_ll: np.ndarray) -> tuple[pd.DataFrame, float]:
+def predictions_table(
+    test: SliceSet, val: SliceSet, train: SliceSet, classes: list[str], test_ll: np.ndarray, val_ll: np.ndarray
+) -> tuple[pd.DataFrame, float]:
     """Per test slice: log-likelihood and posterior per class, predicted and true label.
     Priors count one row per training image (:meth:`SliceSet.image_labels`), as in training's
     model selection; the temperature is fitted on the validation fold."""
@@ -114,7 +127,7 @@ def attribution_maps(model: MagicFlow, data: SliceSet, labels: torch.Tensor, dev
     maps = []
     with torch.no_grad():
         for s in range(0, len(data), batch):
-            maps.append(model.attribution(data.images[s:s + batch].to(device), labels[s:s + batch].to(device)).cpu())
+            maps.append(model.attribution(data.images[s : s + batch].to(device), labels[s : s + batch].to(device)).cpu())
     return torch.cat(maps).numpy() if maps else np.zeros((0, 1, model.image_size, model.image_size), np.float32)
 
 

@@ -71,20 +71,28 @@ class TrainSettings:
     compile: bool = False  # torch.compile each coupling network
 
     def __post_init__(self) -> None:
-        if (self.loss not in LOSSES or self.precision not in PRECISIONS or self.log_every < 1 or not 0 <= self.probability <= 1
-                or (self.patience is not None and self.patience < 1) or not 0 <= self.ema < 1):
-            raise InputError(f"training: loss must be one of {LOSSES}, precision one of {PRECISIONS}, log_every >= 1, "
-                             f"augment probability in [0, 1], patience >= 1 or null, ema in [0, 1); got {self.loss!r}, "
-                             f"{self.precision!r}, {self.log_every}, {self.probability}, {self.patience}, {self.ema}")
+        if (
+            self.loss not in LOSSES
+            or self.precision not in PRECISIONS
+            or self.log_every < 1
+            or not 0 <= self.probability <= 1
+            or (self.patience is not None and self.patience < 1)
+            or not 0 <= self.ema < 1
+        ):
+            raise InputError(
+                f"training: loss must be one of {LOSSES}, precision one of {PRECISIONS}, log_every >= 1, "
+                f"augment probability in [0, 1], patience >= 1 or null, ema in [0, 1); got {self.loss!r}, "
+                f"{self.precision!r}, {self.log_every}, {self.probability}, {self.patience}, {self.ema}"
+            )
 
 
 def validate_set(model: MagicFlow, data: SliceSet, batch: int = 256) -> None:
     """Check a whole set once (shapes, finite intensities, label range) in chunks, so training
     steps can skip those checks: each of them waits for the device."""
     for start in range(0, len(data), batch):
-        chunk = data.images[start:start + batch]
+        chunk = data.images[start : start + batch]
         model.prepare(chunk)
-        model.check_labels(data.labels[start:start + batch], chunk.shape[0])
+        model.check_labels(data.labels[start : start + batch], chunk.shape[0])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,8 +153,9 @@ def balanced_accuracy(true: np.ndarray, pred: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: MagicFlow, data: SliceSet, settings: TrainSettings, device: torch.device,
-             log_prior: torch.Tensor | None) -> dict[str, float]:
+def evaluate(
+    model: MagicFlow, data: SliceSet, settings: TrainSettings, device: torch.device, log_prior: torch.Tensor | None
+) -> dict[str, float]:
     """Validation NLL (nats per image) and bits/dim measured as in training: the image
     dequantised (border included) with noise fixed by the seed, so epochs compare like with
     like, and :meth:`MagicFlow.log_likelihood` of the image at its own size. For classifiers
@@ -155,8 +164,8 @@ def evaluate(model: MagicFlow, data: SliceSet, settings: TrainSettings, device: 
     noise = _epoch_generator(settings.seed, 0, 3, device)  # stream 3: validation only, the same every epoch
     nll, predictions = [], []
     for start in range(0, len(data), settings.batch_size):
-        x = data.images[start:start + settings.batch_size].to(device)
-        y = data.labels[start:start + settings.batch_size].to(device)
+        x = data.images[start : start + settings.batch_size].to(device)
+        y = data.labels[start : start + settings.batch_size].to(device)
         nll.append(-model.log_likelihood(model.dequantise(x, settings.dequantize, noise), y, settings.dequantize))
         if log_prior is not None:
             scores = model.class_log_likelihoods(x) + log_prior.to(device)
@@ -168,8 +177,9 @@ def evaluate(model: MagicFlow, data: SliceSet, settings: TrainSettings, device: 
     return out
 
 
-def train_step(model: MagicFlow, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               settings: TrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: MagicFlow, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step that never waits for the device. ``x`` is dequantised and padded
     (:meth:`MagicFlow.dequantise`) and ``y`` checked, both on the model's device. Returns the
     per-image NLL (0-d) and whether it was finite (0-d bool), both still on the device.
@@ -219,14 +229,22 @@ def configure_speed(model: MagicFlow, settings: TrainSettings, device: torch.dev
 
 def fingerprint(model: MagicFlow, settings: TrainSettings, train: SliceSet) -> str:
     """Identifies a training run: a saved state from another run is never resumed."""
-    text = json.dumps({"model": model.config, "settings": asdict(settings), "n": len(train),
-                       "labels": train.labels.tolist()}, sort_keys=True)
+    text = json.dumps(
+        {"model": model.config, "settings": asdict(settings), "n": len(train), "labels": train.labels.tolist()}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def train_model(
-    model: MagicFlow, train: SliceSet, val: SliceSet, out_dir: Path, settings: TrainSettings, device: torch.device,
-    classification: bool, extra: dict[str, Any] | None = None, on_epoch_end: Callable[[int], None] | None = None,
+    model: MagicFlow,
+    train: SliceSet,
+    val: SliceSet,
+    out_dir: Path,
+    settings: TrainSettings,
+    device: torch.device,
+    classification: bool,
+    extra: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train, writing ``last.pt`` (full state, every epoch), ``best.pt`` (flow checkpoint),
@@ -247,7 +265,9 @@ def train_model(
     optimizer = make_optimizer(model, settings)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    scheduler = make_scheduler(optimizer, total_steps, settings)  # before the optimiser's state is loaded, which it would overwrite
+    scheduler = make_scheduler(
+        optimizer, total_steps, settings
+    )  # before the optimiser's state is loaded, which it would overwrite
     counts = torch.bincount(train.image_labels(), minlength=model.num_classes).float()
     log_prior = torch.log(counts.clamp(min=1) / counts.sum()) if classification else None
     run_id = fingerprint(model, settings, train)
@@ -280,7 +300,7 @@ def train_model(
         nll_sum, finite_steps, skipped, bad_run, worst_run = zero.clone(), zero.clone(), zero.clone(), zero.clone(), zero.clone()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         for b in bar:
-            index = order[b * settings.batch_size:(b + 1) * settings.batch_size]
+            index = order[b * settings.batch_size : (b + 1) * settings.batch_size]
             x = model.dequantise(augment(images[index], settings, noise), settings.dequantize, noise, validate=False)
             nll, finite = train_step(model, optimizer, x, labels[index], settings)
             scheduler.step()
@@ -304,25 +324,51 @@ def train_model(
         if n_skipped:
             print(f"epoch {epoch + 1}: {n_skipped} step(s) with a non-finite loss skipped")
         train_nll = float(nll_sum) / n_finite if n_finite else float("nan")
-        row = {"epoch": epoch + 1, "lr": learning_rate(step - 1, total_steps, settings), "train_nll": train_nll,
-               "train_bpd": train_nll / (model.image_dims * math.log(2)), **metrics,
-               "skipped_steps": n_skipped, "steps": n_finite + n_skipped, "train_seconds": train_seconds,
-               "seconds": time.perf_counter() - started,
-               "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")}
+        row = {
+            "epoch": epoch + 1,
+            "lr": learning_rate(step - 1, total_steps, settings),
+            "train_nll": train_nll,
+            "train_bpd": train_nll / (model.image_dims * math.log(2)),
+            **metrics,
+            "skipped_steps": n_skipped,
+            "steps": n_finite + n_skipped,
+            "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - started,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
+        }
         history.append(row)
         score = selection_score(metrics, classification)
         if score > best or not (out_dir / "best.pt").exists():
             best = max(best, score)
-            save_checkpoint(out_dir / "best.pt", model, {**(extra or {}), "epoch": epoch + 1, "score": score[0],
-                                                         "selected_by": "val_balanced_accuracy, then val_nll" if classification else "val_nll"})
+            save_checkpoint(
+                out_dir / "best.pt",
+                model,
+                {
+                    **(extra or {}),
+                    "epoch": epoch + 1,
+                    "score": score[0],
+                    "selected_by": "val_balanced_accuracy, then val_nll" if classification else "val_nll",
+                },
+            )
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         stop = should_stop(history, settings.patience)
         if stop:
             print(f"stopping early after epoch {epoch + 1}: validation NLL not better for {settings.patience} epochs", flush=True)
         if average is not None:
             average.swap()  # back to the optimiser's weights, which training goes on from
-        _save_state(state_path, model, optimizer, scheduler, run_id, epoch, step, best, history,
-                    completed=stop or epoch + 1 == settings.epochs, average=average)
+        _save_state(
+            state_path,
+            model,
+            optimizer,
+            scheduler,
+            run_id,
+            epoch,
+            step,
+            best,
+            history,
+            completed=stop or epoch + 1 == settings.epochs,
+            average=average,
+        )
         write_history(history, out_dir)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
@@ -349,8 +395,10 @@ def should_stop(history: list[dict[str, float]], patience: int | None) -> bool:
 def _stop_if_diverged(worst_run: torch.Tensor, settings: TrainSettings, epoch: int) -> None:
     """Raise once ``max_bad_steps`` consecutive losses were non-finite (read at log points)."""
     if int(worst_run) >= settings.max_bad_steps:
-        raise RuntimeError(f"{settings.max_bad_steps} consecutive non-finite losses at epoch {epoch + 1}; "
-                           "lower training.lr or check the input slices")
+        raise RuntimeError(
+            f"{settings.max_bad_steps} consecutive non-finite losses at epoch {epoch + 1}; "
+            "lower training.lr or check the input slices"
+        )
 
 
 class WeightAverage:
@@ -380,14 +428,32 @@ class WeightAverage:
             a.copy_(live)
 
 
-def _save_state(path: Path, model: MagicFlow, optimizer: torch.optim.Optimizer, scheduler: LambdaLR, run_id: str, epoch: int,
-                step: int, best: list[float], history: list[dict], completed: bool, average: WeightAverage | None = None) -> None:
+def _save_state(
+    path: Path,
+    model: MagicFlow,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    run_id: str,
+    epoch: int,
+    step: int,
+    best: list[float],
+    history: list[dict],
+    completed: bool,
+    average: WeightAverage | None = None,
+) -> None:
     columns = list(history[0]) if history else []
     state = {
-        "format": STATE_FORMAT, "run_id": run_id, "epoch": epoch, "step": step, "best": best, "completed": completed,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict(),
+        "format": STATE_FORMAT,
+        "run_id": run_id,
+        "epoch": epoch,
+        "step": step,
+        "best": best,
+        "completed": completed,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "history_columns": columns, "history": [[float(r[c]) for c in columns] for r in history],
+        "history_columns": columns,
+        "history": [[float(r[c]) for c in columns] for r in history],
         "average": [a.detach().cpu() for a in average.average] if average is not None else None,
     }
     with atomic_path(path) as tmp:

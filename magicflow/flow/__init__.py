@@ -9,7 +9,23 @@ from magicflow.flow.nets import ClassificationNet, GenerationNet
 from magicflow.flow.presets import PRESETS, preset_config
 
 __all__ = [
-    "ActNorm", "ClassificationNet", "DoubleAffineCoupling", "GenerationNet", "InvConv1x1", "MagicFlow",
-    "PRESETS", "channelwise", "checkerboard", "crop_image", "load_checkpoint", "merge", "pad_image",
-    "preset_config", "save_checkpoint", "split", "squeeze", "unsqueeze", "validate_model_config",
+    "ActNorm",
+    "ClassificationNet",
+    "DoubleAffineCoupling",
+    "GenerationNet",
+    "InvConv1x1",
+    "MagicFlow",
+    "PRESETS",
+    "channelwise",
+    "checkerboard",
+    "crop_image",
+    "load_checkpoint",
+    "merge",
+    "pad_image",
+    "preset_config",
+    "save_checkpoint",
+    "split",
+    "squeeze",
+    "unsqueeze",
+    "validate_model_config",
 ]

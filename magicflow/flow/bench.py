@@ -56,14 +56,19 @@ def capacity(preset: str, classes: int, size: int, flops_size: int) -> dict[str,
     """Parameters and forward GFLOP of the generation and both classification couplings,
     with the authors' figures and ratios where they are known (the ``paper`` preset)."""
     out: dict[str, dict[str, Any]] = {}
-    for name, coupling, head in (("generation", "generation", "conv"), ("classification_conv", "classification", "conv"),
-                                 ("classification_dense", "classification", "dense")):
+    for name, coupling, head in (
+        ("generation", "generation", "conv"),
+        ("classification_conv", "classification", "conv"),
+        ("classification_dense", "classification", "dense"),
+    ):
         if head == "dense" and PRESETS[preset]["architecture"] != "authors":
             continue
         with torch.device("meta"):  # shapes only: a 152 M-parameter model builds in a second
             model = MagicFlow.from_preset(preset, classes, coupling, image_size=size, head=head)
-        figures: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()),
-                                   "forward_gflop_per_image": forward_gflop(model.config, flops_size)}
+        figures: dict[str, Any] = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "forward_gflop_per_image": forward_gflop(model.config, flops_size),
+        }
         reference = AUTHORS.get(name) if preset == "paper" and AUTHORS_SIZE.get(name, size) == size else None
         if reference:
             figures["authors"] = reference
@@ -82,24 +87,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed repetitions per figure")
     parser.add_argument("--classes", type=int, default=7)
     parser.add_argument("--head", choices=HEADS, default="conv", help="head of the timed classification coupling")
-    parser.add_argument("--flops-size", type=int, default=64,
-                        help="image side of the FLOP count (the authors quote 27 GFLOP at 64x64)")
+    parser.add_argument(
+        "--flops-size", type=int, default=64, help="image side of the FLOP count (the authors quote 27 GFLOP at 64x64)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                        help="torch.compile the coupling networks")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
-                        help="bfloat16 autocast inside coupling networks (log-dets stay fp32)")
-    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
-                        help="allow TF32 matmul/conv on CUDA")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
-                        help="spatial convolutions of the coupling networks in channels-last layout (faster on CPU)")
-    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure the normflows conditional Glow")
-    parser.add_argument("--suite", choices=("single", "gpu"), default="single",
-                        help="gpu: fp32, bf16 and bf16+compile in one run, checked against the GPU targets "
-                             "(workflow/scripts/gpu_check.sh)")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend (aot_eager traces without a C++ toolchain, for CPU smoke tests)")
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the coupling networks"
+    )
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bfloat16 autocast inside coupling networks (log-dets stay fp32)",
+    )
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="allow TF32 matmul/conv on CUDA")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="spatial convolutions of the coupling networks in channels-last layout (faster on CPU)",
+    )
+    parser.add_argument(
+        "--peer", action=argparse.BooleanOptionalAction, default=True, help="also measure the normflows conditional Glow"
+    )
+    parser.add_argument(
+        "--suite",
+        choices=("single", "gpu"),
+        default="single",
+        help="gpu: fp32, bf16 and bf16+compile in one run, checked against the GPU targets (workflow/scripts/gpu_check.sh)",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (aot_eager traces without a C++ toolchain, for CPU smoke tests)",
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -258,15 +279,11 @@ _RATIO_KEYS = ("parameters", "train_step_ms", "peak_gpu_memory_mib", "images_per
 
 
 def _ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
-    return {
-        key: (ours[key] / peer[key] if ours.get(key) is not None and peer.get(key) else None)
-        for key in _RATIO_KEYS
-    }
+    return {key: (ours[key] / peer[key] if ours.get(key) is not None and peer.get(key) else None) for key in _RATIO_KEYS}
 
 
 #: the issue's GPU targets for the paper preset on one H100/H200 (issue 17, item 8)
-GPU_TARGETS = {"train_step_ms": 250.0, "peak_gpu_memory_mib": 12 * 1024.0, "images_per_s": 400.0,
-               "classify_ms_per_image": 2.0}
+GPU_TARGETS = {"train_step_ms": 250.0, "peak_gpu_memory_mib": 12 * 1024.0, "images_per_s": 400.0, "classify_ms_per_image": 2.0}
 
 
 def _meets(figures: dict[str, Any]) -> dict[str, bool | None]:
@@ -286,8 +303,11 @@ def _gpu_suite(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         variant = argparse.Namespace(**{**vars(args), "bf16": bf16, "compile": compiled})
         started = time.perf_counter()
         figures = {kind: _measure_ours(variant, kind, device) for kind in COUPLINGS}
-        out[name] = {**figures, "targets_met": {kind: _meets(figures[kind]) for kind in COUPLINGS},
-                     "wall_s": time.perf_counter() - started}
+        out[name] = {
+            **figures,
+            "targets_met": {kind: _meets(figures[kind]) for kind in COUPLINGS},
+            "wall_s": time.perf_counter() - started,
+        }
     return out
 
 
@@ -308,8 +328,13 @@ def run(args: argparse.Namespace) -> int:
         "batch": args.batch,
         "sample_batch": args.sample_batch,
         "classes": args.classes,
-        "settings": {"compile": args.compile, "bf16": args.bf16, "tf32": args.tf32 and use_cuda,
-                     "channels_last": args.channels_last, "classification_head": args.head},
+        "settings": {
+            "compile": args.compile,
+            "bf16": args.bf16,
+            "tf32": args.tf32 and use_cuda,
+            "channels_last": args.channels_last,
+            "classification_head": args.head,
+        },
         "flops_size": args.flops_size,
         "capacity": capacity(args.preset, args.classes, args.size, args.flops_size),
     }

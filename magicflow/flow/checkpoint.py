@@ -39,9 +39,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: MagicFlow, extra: dict 
         torch.save(payload, tmp)
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-) -> tuple[MagicFlow, dict]:
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[MagicFlow, dict]:
     """Rebuild the model saved at ``path``; returns ``(model, extra)``."""
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)

@@ -40,9 +40,7 @@ class DoubleAffineCoupling(nn.Module):
     def _nets(self) -> tuple[nn.Module, nn.Module]:
         return self.net_b, self.net_a if self.net_a is not None else self.net_b
 
-    def forward(
-        self, x: torch.Tensor, y: torch.Tensor, per_position: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, per_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         net_b, net_a = self._nets()
         m = self.mask
         s1, t1 = self._params(net_b, x * m, y, 1 - m)

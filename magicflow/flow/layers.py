@@ -67,9 +67,7 @@ class ActNorm(nn.Module):
         var = (self.stat_sumsq / count - mean * mean).clamp_min(0.0)
         keep = self.initialized
         self.bias.copy_(torch.where(keep, self.bias, -mean.view_as(self.bias)))
-        self.log_scale.copy_(
-            torch.where(keep, self.log_scale, -0.5 * torch.log(var + self.eps).view_as(self.log_scale))
-        )
+        self.log_scale.copy_(torch.where(keep, self.log_scale, -0.5 * torch.log(var + self.eps).view_as(self.log_scale)))
         self.initialized.copy_(self.images_seen >= self.init_images)
 
     def forward(

@@ -49,8 +49,7 @@ def check_application_mask(mask: torch.Tensor, size: int, padded: int) -> torch.
         raise InputError(f"application mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dim() != 2 or tuple(mask.shape) not in {(size, size), (padded, padded)}:
         raise InputError(
-            f"application mask must be 2-D of shape ({size}, {size}) or ({padded}, {padded}), "
-            f"got {tuple(mask.shape)}"
+            f"application mask must be 2-D of shape ({size}, {size}) or ({padded}, {padded}), got {tuple(mask.shape)}"
         )
     mask = mask.detach().float().cpu()
     if not bool(((mask == 0) | (mask == 1)).all()):
@@ -60,9 +59,7 @@ def check_application_mask(mask: torch.Tensor, size: int, padded: int) -> torch.
     return mask
 
 
-def carry_application_mask(
-    mask: torch.Tensor, channels: int, ops: list[str], parity: int
-) -> torch.Tensor:
+def carry_application_mask(mask: torch.Tensor, channels: int, ops: list[str], parity: int) -> torch.Tensor:
     """Carry a padded (H, W) mask through ``ops`` ("squeeze"/"split") to a step's geometry."""
     carried = mask.expand(1, channels, *mask.shape).clone()
     for op in ops:

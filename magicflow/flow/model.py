@@ -48,10 +48,24 @@ from magicflow.flow.presets import COUPLINGS, preset_config
 
 _LOG_2PI = math.log(2 * math.pi)
 _REQUIRED = {
-    "num_classes": int, "coupling": str, "in_channels": int, "image_size": int, "background": float,
-    "masks": list, "squeeze_before": list, "split_after": list, "widths": list, "embed_dim": int,
-    "scale_bound": float, "shared_nets": bool, "lite_steps": list, "dropout": float, "actnorm_init_images": int,
-    "architecture": str, "head": str, "checker_phase": str,
+    "num_classes": int,
+    "coupling": str,
+    "in_channels": int,
+    "image_size": int,
+    "background": float,
+    "masks": list,
+    "squeeze_before": list,
+    "split_after": list,
+    "widths": list,
+    "embed_dim": int,
+    "scale_bound": float,
+    "shared_nets": bool,
+    "lite_steps": list,
+    "dropout": float,
+    "actnorm_init_images": int,
+    "architecture": str,
+    "head": str,
+    "checker_phase": str,
 }
 
 
@@ -79,8 +93,10 @@ def validate_model_config(config: dict[str, Any]) -> None:
     if config["num_classes"] < 1:
         raise InputError(f"num_classes must be >= 1, got {config['num_classes']}")
     if config["architecture"] not in ARCHITECTURES or config["head"] not in HEADS:
-        raise InputError(f"architecture must be one of {ARCHITECTURES} and head one of {HEADS}, "
-                         f"got {config['architecture']!r} and {config['head']!r}")
+        raise InputError(
+            f"architecture must be one of {ARCHITECTURES} and head one of {HEADS}, "
+            f"got {config['architecture']!r} and {config['head']!r}"
+        )
     if config["head"] == "dense" and (config["architecture"], config["coupling"]) != ("authors", "classification"):
         raise InputError("head 'dense' exists only for the authors' classification coupling (architecture 'authors')")
     if config["checker_phase"] not in ("same", "alternating"):
@@ -90,8 +106,7 @@ def validate_model_config(config: dict[str, Any]) -> None:
     if any(kind not in MASK_KINDS for kind in config["masks"]):
         raise InputError(f"masks must be from {MASK_KINDS}, got {config['masks']}")
     if len(config["widths"]) != steps or any(
-        not isinstance(w, list) or len(w) != 3 or not all(isinstance(v, int) and v > 0 for v in w)
-        for w in config["widths"]
+        not isinstance(w, list) or len(w) != 3 or not all(isinstance(v, int) and v > 0 for v in w) for w in config["widths"]
     ):
         raise InputError(f"widths must be {steps} lists of three positive ints (one per step)")
     for key in ("squeeze_before", "split_after", "lite_steps"):
@@ -168,11 +183,20 @@ class MagicFlow(nn.Module):
                 kind = "checkerboard"  # documented fallback when no mask is given
             if kind == "channel" and channels < 2:
                 raise InputError(f"step {i} has a channel-wise mask but only {channels} channel(s)")
-            step_mask = build_mask(kind, (channels, size, size), i % 2, application, self.in_channels, ops,
-                                   c["checker_phase"] == "alternating")
+            step_mask = build_mask(
+                kind, (channels, size, size), i % 2, application, self.in_channels, ops, c["checker_phase"] == "alternating"
+            )
             net_args = (
-                c["coupling"], channels, tuple(c["widths"][i]), self.num_classes, c["embed_dim"], c["dropout"],
-                i in c["lite_steps"], c["architecture"], size, c["head"],
+                c["coupling"],
+                channels,
+                tuple(c["widths"][i]),
+                self.num_classes,
+                c["embed_dim"],
+                c["dropout"],
+                i in c["lite_steps"],
+                c["architecture"],
+                size,
+                c["head"],
             )
             net_b = build_net(*net_args)
             net_a = net_b if c["shared_nets"] else build_net(*net_args)
@@ -244,8 +268,7 @@ class MagicFlow(nn.Module):
         sizes = (self.image_size, self.padded_size)
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] != x.shape[3] or x.shape[2] not in sizes:
             raise InputError(
-                f"images must have shape (B, {self.in_channels}, S, S) with S in {sorted(set(sizes))}, "
-                f"got {tuple(x.shape)}"
+                f"images must have shape (B, {self.in_channels}, S, S) with S in {sorted(set(sizes))}, got {tuple(x.shape)}"
             )
         if x.shape[0] == 0:
             raise InputError("images: empty batch")
@@ -262,7 +285,9 @@ class MagicFlow(nn.Module):
         """Check class indices ``(batch,)``; their range ``[0, num_classes)`` only if ``validate``
         (it waits for the device, see :meth:`prepare`)."""
         if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise InputError(f"labels must be an integer torch.Tensor of class indices, got {getattr(y, 'dtype', type(y).__name__)}")
+            raise InputError(
+                f"labels must be an integer torch.Tensor of class indices, got {getattr(y, 'dtype', type(y).__name__)}"
+            )
         if y.shape != (batch,):
             raise InputError(f"labels must have shape ({batch},) to match the batch, got {tuple(y.shape)}")
         y = y.to(device=self._device(), dtype=torch.long)
@@ -292,9 +317,7 @@ class MagicFlow(nn.Module):
         latents.append(h)
         return latents, logdet
 
-    def forward(
-        self, x: torch.Tensor, y: torch.Tensor, validate: bool = True
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, validate: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Images ``(B, C, S, S)`` -> (latents as in :attr:`latent_shapes`, log|det J| per image).
         ``validate=False`` skips the value checks that wait for the device (see :meth:`prepare`)."""
         x = self.prepare(x, validate)
@@ -309,7 +332,9 @@ class MagicFlow(nn.Module):
         batch = latents[0].shape[0] if isinstance(latents[0], torch.Tensor) else -1
         for z, shape in zip(latents, shapes):
             if not isinstance(z, torch.Tensor) or tuple(z.shape) != (batch, *shape):
-                raise InputError(f"latents must have shapes (B, *s) for s in {shapes}, got {[tuple(getattr(t, 'shape', ())) for t in latents]}")
+                raise InputError(
+                    f"latents must have shapes (B, *s) for s in {shapes}, got {[tuple(getattr(t, 'shape', ())) for t in latents]}"
+                )
             if not bool(torch.isfinite(z).all()):
                 raise InputError("latents contain NaN or infinite values")
         y = self.check_labels(y, batch)
@@ -331,9 +356,7 @@ class MagicFlow(nn.Module):
         prior = sum(_normal_log_density(z).flatten(1).sum(1) for z in latents)
         return prior + logdet
 
-    def log_likelihood(
-        self, x: torch.Tensor, y: torch.Tensor, bin_width: float, validate: bool = True
-    ) -> torch.Tensor:
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, bin_width: float, validate: bool = True) -> torch.Tensor:
         """log P(x | y) in nats of the image quantised to bins of ``bin_width`` (a lower bound,
         see the module docstring): ``log_prob + num_dims * log(bin_width)``. Pass
         :meth:`dequantise` output for the standard single-sample estimate."""
@@ -375,9 +398,7 @@ class MagicFlow(nn.Module):
             scores.append(sum(_normal_log_density(z).flatten(1).sum(1) for z in latents) + logdet)
         return torch.cat(scores).view(batch, k)
 
-    def predict_proba(
-        self, x: torch.Tensor, log_prior: torch.Tensor | None = None, temperature: float = 1.0
-    ) -> torch.Tensor:
+    def predict_proba(self, x: torch.Tensor, log_prior: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
         """Softmax over ``(log p(x|y) + log p(y)) / temperature``, shape (B, K)."""
         if not (math.isfinite(temperature) and temperature > 0):
             raise InputError(f"temperature must be a finite positive number, got {temperature}")

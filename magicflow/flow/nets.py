@@ -82,9 +82,7 @@ class GlobalContext(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 2)  # LayerNorm over one feature would erase it
         self.key = nn.Conv2d(channels, 1, 1)
-        self.transform = nn.Sequential(
-            nn.Linear(channels, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, channels)
-        )
+        self.transform = nn.Sequential(nn.Linear(channels, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -113,9 +111,7 @@ class ASPPSE(nn.Module):
     ``branch`` channels per branch: a quarter of ``cout`` in the compact networks, ``cout``
     (full width, as the authors built it) in :class:`AuthorsGenerationNet`."""
 
-    def __init__(
-        self, cin: int, cout: int, dilations: tuple[int, ...] = (6, 12, 18), branch: int | None = None
-    ) -> None:
+    def __init__(self, cin: int, cout: int, dilations: tuple[int, ...] = (6, 12, 18), branch: int | None = None) -> None:
         super().__init__()
         branch = branch or max(cout // 4, 4)
         self.branches = nn.ModuleList(
@@ -160,9 +156,7 @@ class GenerationNet(nn.Module):
     ``lite`` keeps only stem, one FiLM residual block and head: on a CPU the attention and
     dilated branches at full resolution cost far more than they add to a small model."""
 
-    def __init__(
-        self, channels: int, widths: tuple[int, int, int], num_classes: int, embed_dim: int, lite: bool = False
-    ) -> None:
+    def __init__(self, channels: int, widths: tuple[int, int, int], num_classes: int, embed_dim: int, lite: bool = False) -> None:
         super().__init__()
         w1, w2, w3 = widths
         self.embed = nn.Embedding(num_classes, embed_dim)
@@ -352,8 +346,14 @@ class AuthorsClassificationNet(nn.Module):
     with zero-initialised 3x3 convolutions, at a small fraction of the parameters."""
 
     def __init__(
-        self, channels: int, widths: tuple[int, int, int], num_classes: int, embed_dim: int,
-        dropout: float, size: int, head: str = "conv",
+        self,
+        channels: int,
+        widths: tuple[int, int, int],
+        num_classes: int,
+        embed_dim: int,
+        dropout: float,
+        size: int,
+        head: str = "conv",
     ) -> None:
         super().__init__()
         f1, f2, f3 = widths

@@ -15,24 +15,26 @@ from magicflow.errors import InputError
 
 #: mask kind per step: 1 application, 4 checkerboard, 2 x (3 channel, 3 checkerboard), 3 channel, 4 checkerboard
 PAPER_MASKS: list[str] = (
-    ["application"] + ["checkerboard"] * 4
-    + (["channel"] * 3 + ["checkerboard"] * 3) * 2
-    + ["channel"] * 3 + ["checkerboard"] * 4
+    ["application"] + ["checkerboard"] * 4 + (["channel"] * 3 + ["checkerboard"] * 3) * 2 + ["channel"] * 3 + ["checkerboard"] * 4
 )
 
 #: the authors' generation-coupling filter counts per step (three per step)
 PAPER_WIDTHS: list[list[int]] = (
-    [[16, 16, 32]] * 2 + [[16, 32, 32]] * 4 + [[16, 32, 64]] * 4 + [[16, 64, 64]]
-    + [[32, 64, 64]] * 3 + [[32, 64, 128]] * 3 + [[64, 64, 128]] * 3
-    + [[64, 128, 128]] * 2 + [[128, 256, 256]] * 2
+    [[16, 16, 32]] * 2
+    + [[16, 32, 32]] * 4
+    + [[16, 32, 64]] * 4
+    + [[16, 64, 64]]
+    + [[32, 64, 64]] * 3
+    + [[32, 64, 128]] * 3
+    + [[64, 64, 128]] * 3
+    + [[64, 128, 128]] * 2
+    + [[128, 256, 256]] * 2
 )
 
 #: narrow widths for CPU training: full-resolution steps stay thin, deep ones widen a little.
 #: The small preset also shares one network per coupling and uses lite networks (no
 #: attention, context or ASPP branches) before the second squeeze, where maps are largest.
-SMALL_WIDTHS: list[list[int]] = (
-    [[4, 4, 4]] * 5 + [[8, 8, 8]] * 6 + [[16, 16, 16]] * 6 + [[32, 32, 32]] * 7
-)
+SMALL_WIDTHS: list[list[int]] = [[4, 4, 4]] * 5 + [[8, 8, 8]] * 6 + [[16, 16, 16]] * 6 + [[32, 32, 32]] * 7
 
 _BASE: dict[str, Any] = {
     "in_channels": 1,
@@ -56,8 +58,15 @@ _BASE: dict[str, Any] = {
 LEGACY_DEFAULTS: dict[str, Any] = {"architecture": "compact", "head": "conv", "checker_phase": "same"}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {**_BASE, "widths": PAPER_WIDTHS, "architecture": "authors", "embed_dim": 128, "shared_nets": True,
-              "dropout": 0.3, "checker_phase": "alternating"},
+    "paper": {
+        **_BASE,
+        "widths": PAPER_WIDTHS,
+        "architecture": "authors",
+        "embed_dim": 128,
+        "shared_nets": True,
+        "dropout": 0.3,
+        "checker_phase": "alternating",
+    },
     "lite": {**_BASE, "widths": PAPER_WIDTHS},
     "small": {**_BASE, "widths": SMALL_WIDTHS, "embed_dim": 16, "shared_nets": True, "lite_steps": list(range(11))},
 }

@@ -42,7 +42,11 @@ class Preset:
     rigid_smoothing: tuple[int, ...]
     n4_shrink: int
     #: the T1's 12-dof affine schedule (iterations, shrink factors, smoothing sigmas)
-    affine_schedule: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((2100, 1200, 1200, 10), (6, 4, 2, 1), (3, 2, 1, 0))
+    affine_schedule: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = (
+        (2100, 1200, 1200, 10),
+        (6, 4, 2, 1),
+        (3, 2, 1, 0),
+    )
 
 
 PRESETS: dict[str, Preset] = {
@@ -58,8 +62,17 @@ PRESETS: dict[str, Preset] = {
     # only evaluates (100/70/40/0, as antsRegistrationSyNQuick.sh): 149 CPU-s (N4 53, SyN 81,
     # affine 11), 1.05 mm. The T2w/FLAIR/PET rigid stops at shrink 2 too: 0.30 mm from the truth
     # (0.13 at 1 mm) in 21 CPU-s instead of 40.
-    "full": Preset("full", 1, (100, 70, 40, 0), (50, 50, 50, 50), (2100, 1200, 1200), (6, 4, 2), (3, 2, 1), 4,
-                   ((2100, 1200, 1200), (6, 4, 2), (3, 2, 1))),
+    "full": Preset(
+        "full",
+        1,
+        (100, 70, 40, 0),
+        (50, 50, 50, 50),
+        (2100, 1200, 1200),
+        (6, 4, 2),
+        (3, 2, 1),
+        4,
+        ((2100, 1200, 1200), (6, 4, 2), (3, 2, 1)),
+    ),
 }
 
 #: robustfov's (and so fsl_anat's) brain size: the T1 keeps this much below the top of the
@@ -136,9 +149,7 @@ class T1Result:
     step_seconds: dict[str, float] | None = None
 
 
-def register_t1(
-    t1: nib.Nifti1Image, template_1mm: Template, template_reg: Template, preset: Preset, workdir: Path
-) -> T1Result:
+def register_t1(t1: nib.Nifti1Image, template_1mm: Template, template_reg: Template, preset: Preset, workdir: Path) -> T1Result:
     """Reorient, crop the neck, N4, affine+SyN to ``template_reg``; resample the T1 onto the 1 mm grid once.
 
     The affine starts from a centre-of-mass alignment (antspy's ``[fixed, moving, 1]``) of the
@@ -158,13 +169,22 @@ def register_t1(
     fixed = ants.image_read(str(template_reg.t1)) * fixed_mask
     iterations, shrink, smoothing = preset.affine_schedule
     linear = ants.registration(
-        fixed=fixed, moving=moving, type_of_transform="Affine", mask=fixed_mask, aff_iterations=iterations,
-        aff_shrink_factors=shrink, aff_smoothing_sigmas=smoothing, outprefix=str(workdir / "t1_affine_")
+        fixed=fixed,
+        moving=moving,
+        type_of_transform="Affine",
+        mask=fixed_mask,
+        aff_iterations=iterations,
+        aff_shrink_factors=shrink,
+        aff_smoothing_sigmas=smoothing,
+        outprefix=str(workdir / "t1_affine_"),
     )
     lap("affine")
     affine_init = linear["fwdtransforms"][0]
     native_mask = ants.apply_transforms(
-        fixed=moving, moving=fixed_mask, transformlist=[affine_init], whichtoinvert=[True],
+        fixed=moving,
+        moving=fixed_mask,
+        transformlist=[affine_init],
+        whichtoinvert=[True],
         interpolator="nearestNeighbor",
     )
     reg = ants.registration(
@@ -184,24 +204,33 @@ def register_t1(
     return T1Result(native, mni_img, Path(affine), Path(warp), time.perf_counter() - start, cut_mm, steps)
 
 
-def _rigid(fixed, moving, iterations: tuple[int, ...], shrink: tuple[int, ...], smoothing: tuple[int, ...],
-           prefix: Path) -> Path:
+def _rigid(fixed, moving, iterations: tuple[int, ...], shrink: tuple[int, ...], smoothing: tuple[int, ...], prefix: Path) -> Path:
     """Rigid (6 dof) Mattes mutual-information registration; the ``.mat`` maps fixed points to moving points."""
     reg = _ants().registration(
-        fixed=fixed, moving=moving, type_of_transform="Rigid", aff_metric="mattes", aff_iterations=iterations,
-        aff_shrink_factors=shrink, aff_smoothing_sigmas=smoothing, outprefix=str(prefix),
+        fixed=fixed,
+        moving=moving,
+        type_of_transform="Rigid",
+        aff_metric="mattes",
+        aff_iterations=iterations,
+        aff_shrink_factors=shrink,
+        aff_smoothing_sigmas=smoothing,
+        outprefix=str(prefix),
     )
     return Path(reg["fwdtransforms"][0])
 
 
-def rigid_to_t1(
-    moving_img: nib.Nifti1Image, t1_native: nib.Nifti1Image, preset: Preset, workdir: Path, name: str
-) -> Path:
+def rigid_to_t1(moving_img: nib.Nifti1Image, t1_native: nib.Nifti1Image, preset: Preset, workdir: Path, name: str) -> Path:
     """Rigid registration of ``moving_img`` to the native T1.
 
     Returns the ANTs ``.mat`` that maps T1 physical points to ``moving_img`` points."""
-    return _rigid(_read(t1_native, workdir, f"{name}_fixed"), _read(moving_img, workdir, f"{name}_moving"),
-                  preset.rigid_iterations, preset.rigid_shrink, preset.rigid_smoothing, workdir / f"{name}_to_t1_")
+    return _rigid(
+        _read(t1_native, workdir, f"{name}_fixed"),
+        _read(moving_img, workdir, f"{name}_moving"),
+        preset.rigid_iterations,
+        preset.rigid_shrink,
+        preset.rigid_smoothing,
+        workdir / f"{name}_to_t1_",
+    )
 
 
 #: PET frame realignment schedule, on the PET grid (2-3 mm voxels): frames of one scan share
@@ -238,12 +267,18 @@ def realign_frames(frames: nib.Nifti1Image, reference: int, workdir: Path) -> Re
             continue
         moving = _read(img, workdir, f"frame_{i}")
         mat = _rigid(fixed, moving, *schedule, workdir / f"frame_{i}_")
-        aligned[..., i] = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=[str(mat)],
-                                                interpolator="linear").numpy()
+        aligned[..., i] = ants.apply_transforms(
+            fixed=fixed, moving=moving, transformlist=[str(mat)], interpolator="linear"
+        ).numpy()
         matrices.append(ras_matrix(mat))
     centre = frames.affine[:3, :3] @ ((np.asarray(data.shape[:3]) - 1) / 2) + frames.affine[:3, 3]
-    return Realignment(nib.Nifti1Image(aligned, frames.affine), reference, tuple(matrices), centre,
-                       f"ANTs rigid (Mattes MI) to frame {reference}")
+    return Realignment(
+        nib.Nifti1Image(aligned, frames.affine),
+        reference,
+        tuple(matrices),
+        centre,
+        f"ANTs rigid (Mattes MI) to frame {reference}",
+    )
 
 
 def to_mni(
@@ -261,9 +296,7 @@ def to_mni(
     return _to_nibabel(out, nib.load(template_1mm.t1).affine)
 
 
-def mni_to_native_points(
-    transforms: list[Path], grid: nib.Nifti1Image, workdir: Path
-) -> np.ndarray:
+def mni_to_native_points(transforms: list[Path], grid: nib.Nifti1Image, workdir: Path) -> np.ndarray:
     """Native RAS world coordinates (X,Y,Z,3) of each voxel centre of ``grid`` (an MNI-space grid).
 
     Composes the forward transforms into one displacement field on that grid; used to check a

@@ -60,9 +60,14 @@ def frame_realigner(backend: str, work: Path, threads: int) -> Realigner:
 
 
 def preprocess_secondary(
-    image_path: str | os.PathLike[str], modality: str, t1_sidecar: str | os.PathLike[str],
-    out: SecondaryOutputs, bias_correct: bool = False, threads: int = 1,
-    sidecar: str | os.PathLike[str] | None = None, tracer: str | None = None,
+    image_path: str | os.PathLike[str],
+    modality: str,
+    t1_sidecar: str | os.PathLike[str],
+    out: SecondaryOutputs,
+    bias_correct: bool = False,
+    threads: int = 1,
+    sidecar: str | os.PathLike[str] | None = None,
+    tracer: str | None = None,
 ) -> dict[str, object]:
     """Coregister one T2w/FLAIR/PET to its T1 and resample it into MNI (backend follows the T1's).
 
@@ -105,17 +110,26 @@ def preprocess_secondary(
 
             src = work / "input.nii.gz"
             nib.save(moving, src)
-            steps = fsl_backend.secondary_steps(src, Path(transforms["native"]), Path(transforms["warp"]), tpl1.t1,
-                                                modality, bias_correct, work, threads)
+            steps = fsl_backend.secondary_steps(
+                src, Path(transforms["native"]), Path(transforms["warp"]), tpl1.t1, modality, bias_correct, work, threads
+            )
             for step in steps["steps"]:
                 fsl_backend.run(step())
             rigid, mni = steps["files"]["rigid"], nib.load(steps["files"]["mni"])
         grid = nib.load(tpl1.t1).affine
         record = {
-            "Backend": t1["Backend"], "Space": t1["Space"], "Modality": modality, "Source": str(Path(image_path)),
-            "T1Sidecar": str(Path(t1_sidecar)), "BiasCorrection": bias_correct,
-            "Coregistration": "FLIRT 6 dof, -cost normmi -searchcost normmi" if t1["Backend"] == "fsl" else "ANTs Rigid, Mattes MI",
-            "RigidTransform": str(out.rigid), "Seconds": round(time.perf_counter() - start, 1), **pet_info,
+            "Backend": t1["Backend"],
+            "Space": t1["Space"],
+            "Modality": modality,
+            "Source": str(Path(image_path)),
+            "T1Sidecar": str(Path(t1_sidecar)),
+            "BiasCorrection": bias_correct,
+            "Coregistration": "FLIRT 6 dof, -cost normmi -searchcost normmi"
+            if t1["Backend"] == "fsl"
+            else "ANTs Rigid, Mattes MI",
+            "RigidTransform": str(out.rigid),
+            "Seconds": round(time.perf_counter() - start, 1),
+            **pet_info,
         }
         with ExitStack() as stack:
             tmp_mni = stack.enter_context(atomic_path(out.mni))

@@ -94,9 +94,16 @@ def bias_correct(in_file: Path, out_basename: Path, modality: str = "T1w", threa
     writes ``<basename>_restore`` and ``<basename>_bias``."""
     return _setup(
         fsl.FAST(
-            in_files=str(in_file), out_basename=str(out_basename), img_type=FAST_TYPES[modality],
-            bias_lowpass=BIAS_LOWPASS_MM, bias_iters=BIAS_ITERATIONS, no_pve=True, output_biascorrected=True,
-            output_biasfield=True, verbose=True, args="--fixed=0",  # nipype's iters_afterbias refuses 0
+            in_files=str(in_file),
+            out_basename=str(out_basename),
+            img_type=FAST_TYPES[modality],
+            bias_lowpass=BIAS_LOWPASS_MM,
+            bias_iters=BIAS_ITERATIONS,
+            no_pve=True,
+            output_biascorrected=True,
+            output_biasfield=True,
+            verbose=True,
+            args="--fixed=0",  # nipype's iters_afterbias refuses 0
         ),
         threads,
     )
@@ -116,36 +123,61 @@ def smooth_fill(in_file: Path, mask: Path, out_file: Path, threads: int = 1) -> 
 def affine_to_template(in_file: Path, reference: Path, out_matrix: Path, out_file: Path, threads: int = 1) -> CommandLine:
     return _setup(
         fsl.FLIRT(
-            in_file=str(in_file), reference=str(reference), dof=12, interp="spline",
-            out_matrix_file=str(out_matrix), out_file=str(out_file),
+            in_file=str(in_file),
+            reference=str(reference),
+            dof=12,
+            interp="spline",
+            out_matrix_file=str(out_matrix),
+            out_file=str(out_file),
         ),
         threads,
     )
 
 
 def nonlinear_to_template(
-    in_file: Path, reference: Path, ref_mask: Path, affine: Path, files: dict[str, Path], threads: int = 1,
+    in_file: Path,
+    reference: Path,
+    ref_mask: Path,
+    affine: Path,
+    files: dict[str, Path],
+    threads: int = 1,
 ) -> CommandLine:
     """FNIRT with fsl_anat's config and outputs (coefficients, field, Jacobian, image, log)."""
     return _setup(
         fsl.FNIRT(
-            in_file=str(in_file), ref_file=str(reference), refmask_file=str(ref_mask), affine_file=str(affine),
-            config_file="T1_2_MNI152_2mm", fieldcoeff_file=str(files["warp"]), field_file=str(files["field"]),
-            jacobian_file=str(files["jacobian"]), warped_file=str(files["fnirt_image"]), log_file=str(files["fnirt_log"]),
+            in_file=str(in_file),
+            ref_file=str(reference),
+            refmask_file=str(ref_mask),
+            affine_file=str(affine),
+            config_file="T1_2_MNI152_2mm",
+            fieldcoeff_file=str(files["warp"]),
+            field_file=str(files["field"]),
+            jacobian_file=str(files["jacobian"]),
+            warped_file=str(files["fnirt_image"]),
+            log_file=str(files["fnirt_log"]),
         ),
         threads,
     )
 
 
 def apply_warp(
-    in_file: Path, reference: Path, warp: Path, out_file: Path, premat: Path | None = None,
-    interp: str = "spline", threads: int = 1,
+    in_file: Path,
+    reference: Path,
+    warp: Path,
+    out_file: Path,
+    premat: Path | None = None,
+    interp: str = "spline",
+    threads: int = 1,
 ) -> CommandLine:
     kwargs = {"premat": str(premat)} if premat is not None else {}
     return _setup(
         fsl.ApplyWarp(
-            in_file=str(in_file), ref_file=str(reference), field_file=str(warp), out_file=str(out_file),
-            interp=interp, **kwargs,
+            in_file=str(in_file),
+            ref_file=str(reference),
+            field_file=str(warp),
+            out_file=str(out_file),
+            interp=interp,
+            **kwargs,
         ),
         threads,
     )
@@ -155,8 +187,15 @@ def rigid_to_t1(in_file: Path, t1_native: Path, out_matrix: Path, out_file: Path
     """FLIRT 6 dof with normalised mutual information for both the search and the final cost."""
     return _setup(
         fsl.FLIRT(
-            in_file=str(in_file), reference=str(t1_native), dof=6, cost="normmi", cost_func="normmi",
-            searchr_x=[-90, 90], searchr_y=[-90, 90], searchr_z=[-90, 90], out_matrix_file=str(out_matrix),
+            in_file=str(in_file),
+            reference=str(t1_native),
+            dof=6,
+            cost="normmi",
+            cost_func="normmi",
+            searchr_x=[-90, 90],
+            searchr_y=[-90, 90],
+            searchr_z=[-90, 90],
+            out_matrix_file=str(out_matrix),
             out_file=str(out_file),
         ),
         threads,
@@ -167,8 +206,7 @@ def realign(in_file: Path, out_file: Path, reference_frame: int, threads: int = 
     """``mcflirt`` rigid realignment of every frame to ``reference_frame``, keeping the matrices
     (``<out>.mat/MAT_nnnn``) and the motion parameters (``<out>.par``)."""
     return _setup(
-        fsl.MCFLIRT(in_file=str(in_file), out_file=str(out_file), ref_vol=reference_frame, save_mats=True,
-                    save_plots=True),
+        fsl.MCFLIRT(in_file=str(in_file), out_file=str(out_file), ref_vol=reference_frame, save_mats=True, save_plots=True),
         threads,
     )
 
@@ -177,8 +215,7 @@ def run(interface: CommandLine) -> None:
     """Run one FSL step (the command line nipype built) and raise with FSL's output on failure."""
     command = interface.cmdline
     print(f"[fsl] {command}", flush=True)
-    result = subprocess.run(command, shell=True, env={**os.environ, **interface.inputs.environ},
-                            capture_output=True, text=True)
+    result = subprocess.run(command, shell=True, env={**os.environ, **interface.inputs.environ}, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"FSL step failed ({result.returncode}): {command}\n{result.stdout}{result.stderr}")
 
@@ -186,14 +223,26 @@ def run(interface: CommandLine) -> None:
 def t1_files(work: Path) -> dict[str, Path]:
     """fsl_anat's file names (``T1_*``) for the chain's files in ``work``."""
     names = {
-        "fullfov": "T1_fullfov.nii.gz", "cropped": "T1.nii.gz", "roi_to_full": "T1_roi2nonroi.mat",
-        "rough_brain": "T1_initfast2_brain.nii.gz", "rough_mask": "T1_initfast2_brain_mask.nii.gz",
-        "fast_base": "T1_fast", "fast_restore": "T1_fast_restore.nii.gz", "totbias": "T1_fast_totbias.nii.gz",
-        "fill_mask": "T1_initfast2_brain_mask2.nii.gz", "bias": "T1_fast_bias.nii.gz", "native": "T1_biascorr.nii.gz",
-        "affine": "T1_to_MNI_lin.mat", "affine_image": "T1_to_MNI_lin.nii.gz",
-        "ref_mask": "MNI152_T1_2mm_brain_mask_dil1.nii.gz", "warp": "T1_to_MNI_nonlin_coeff.nii.gz",
-        "field": "T1_to_MNI_nonlin_field.nii.gz", "jacobian": "T1_to_MNI_nonlin_jac.nii.gz",
-        "fnirt_image": "T1_to_MNI_nonlin.nii.gz", "fnirt_log": "T1_to_MNI_nonlin.txt", "mni": "T1_to_MNI.nii.gz",
+        "fullfov": "T1_fullfov.nii.gz",
+        "cropped": "T1.nii.gz",
+        "roi_to_full": "T1_roi2nonroi.mat",
+        "rough_brain": "T1_initfast2_brain.nii.gz",
+        "rough_mask": "T1_initfast2_brain_mask.nii.gz",
+        "fast_base": "T1_fast",
+        "fast_restore": "T1_fast_restore.nii.gz",
+        "totbias": "T1_fast_totbias.nii.gz",
+        "fill_mask": "T1_initfast2_brain_mask2.nii.gz",
+        "bias": "T1_fast_bias.nii.gz",
+        "native": "T1_biascorr.nii.gz",
+        "affine": "T1_to_MNI_lin.mat",
+        "affine_image": "T1_to_MNI_lin.nii.gz",
+        "ref_mask": "MNI152_T1_2mm_brain_mask_dil1.nii.gz",
+        "warp": "T1_to_MNI_nonlin_coeff.nii.gz",
+        "field": "T1_to_MNI_nonlin_field.nii.gz",
+        "jacobian": "T1_to_MNI_nonlin_jac.nii.gz",
+        "fnirt_image": "T1_to_MNI_nonlin.nii.gz",
+        "fnirt_log": "T1_to_MNI_nonlin.txt",
+        "mni": "T1_to_MNI.nii.gz",
     }
     return {key: work / name for key, name in names.items()}
 
@@ -224,8 +273,9 @@ def t1_steps(t1: Path, standard_dir: Path, grid_1mm: Path, work: Path, threads: 
     return {"files": f, "steps": steps}
 
 
-def secondary_steps(image: Path, t1_native: Path, t1_warp: Path, template_1mm_t1: Path, modality: str,
-                    bias: bool, work: Path, threads: int) -> dict[str, object]:
+def secondary_steps(
+    image: Path, t1_native: Path, t1_warp: Path, template_1mm_t1: Path, modality: str, bias: bool, work: Path, threads: int
+) -> dict[str, object]:
     """Reorient, optional FAST (T2w and FLAIR only), FLIRT normmi 6 dof to the native T1, one
     applywarp to MNI. A PET arrives realigned and collapsed (:func:`realign_frames`)."""
     bias = bias_correction_applies(modality, bias)
@@ -242,8 +292,9 @@ def secondary_steps(image: Path, t1_native: Path, t1_warp: Path, template_1mm_t1
         steps.append(lambda: bias_correct(files["reoriented"], files["fast_base"], modality, threads))
     steps += [
         lambda: rigid_to_t1(source, t1_native, files["rigid"], files["rigid_image"], threads),
-        lambda: apply_warp(source, template_1mm_t1, t1_warp, files["mni"], premat=files["rigid"],
-                           interp="spline", threads=threads),
+        lambda: apply_warp(
+            source, template_1mm_t1, t1_warp, files["mni"], premat=files["rigid"], interp="spline", threads=threads
+        ),
     ]
     return {"files": files, "steps": steps}
 

@@ -12,7 +12,7 @@ MRI = {"T1W": "T1w", "T1": "T1w", "T2W": "T2w", "T2": "T2w", "FLAIR": "FLAIR"}
 
 def _strip(value: object, prefix: str) -> str:
     text = str(value).strip()
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def modality_suffix(modality: str) -> str:

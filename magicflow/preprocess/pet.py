@@ -118,7 +118,8 @@ def _numbers(meta: dict, key: str, side: Path) -> list[float] | None:
 
 def _overlap(starts: list[float], durations: list[float]) -> bool:
     return len(starts) == len(durations) and any(
-        later < start + duration - OVERLAP_S for start, duration, later in zip(starts, durations, starts[1:]))
+        later < start + duration - OVERLAP_S for start, duration, later in zip(starts, durations, starts[1:])
+    )
 
 
 def frame_starts(meta: dict, side: Path, durations: list[float]) -> tuple[list[float] | None, str, float | None]:
@@ -154,8 +155,9 @@ def injection_offset(meta: dict, zero: float | None) -> float | None:
     return None
 
 
-def read_timing(pet_path: str | os.PathLike[str], frames: int, sidecar: str | os.PathLike[str] | None = None,
-                tracer: str | None = None) -> FrameTiming | None:
+def read_timing(
+    pet_path: str | os.PathLike[str], frames: int, sidecar: str | os.PathLike[str] | None = None, tracer: str | None = None
+) -> FrameTiming | None:
     """Frame timing and tracer from the sidecar (``sidecar``, else the one beside the image).
 
     A missing sidecar beside the image is a warning (the image is usable, only the timing
@@ -166,7 +168,9 @@ def read_timing(pet_path: str | os.PathLike[str], frames: int, sidecar: str | os
     if not side.is_file():
         if named:
             raise InputError(f"{pet_path}: its sidecar {side} (named by the manifest) does not exist")
-        warnings.warn(f"{pet_path}: no BIDS sidecar ({side.name}); frame timing and tracer not checked", TimingWarning, stacklevel=2)
+        warnings.warn(
+            f"{pet_path}: no BIDS sidecar ({side.name}); frame timing and tracer not checked", TimingWarning, stacklevel=2
+        )
         return None
     try:
         meta = json.loads(side.read_text())
@@ -188,7 +192,8 @@ def read_timing(pet_path: str | os.PathLike[str], frames: int, sidecar: str | os
     if len(durations) != frames or starts is not None and len(starts) != frames:
         count = "no" if starts is None else len(starts)
         raise InputError(
-            f"{side}: {count} FrameTimesStart / {len(durations)} FrameDuration values for {frames} frames in the image")
+            f"{side}: {count} FrameTimesStart / {len(durations)} FrameDuration values for {frames} frames in the image"
+        )
     if starts is None:
         return FrameTiming(tracer_name, (), tuple(durations), UNKNOWN, "none in the sidecar", tracer_source, str(side))
     offset = injection_offset(meta, zero)
@@ -221,8 +226,10 @@ def check_plateau(timing: FrameTiming, source: str | os.PathLike[str]) -> tuple[
     lo, hi = window
     if start >= lo - TOLERANCE_MINUTES and end <= hi + TOLERANCE_MINUTES:
         return "inside", None
-    message = (f"{source}: frames span {start:g}-{end:g} min, outside the {timing.tracer} plateau "
-               f"{lo:g}-{hi:g} min (+/-{TOLERANCE_MINUTES:g})")
+    message = (
+        f"{source}: frames span {start:g}-{end:g} min, outside the {timing.tracer} plateau "
+        f"{lo:g}-{hi:g} min (+/-{TOLERANCE_MINUTES:g})"
+    )
     warnings.warn(message, TimingWarning, stacklevel=2)
     return "outside", message
 
@@ -273,13 +280,14 @@ class FrameMotion:
 def frame_motion(matrix: np.ndarray, centre_mm: np.ndarray, radius: float = MOTION_RADIUS_MM) -> FrameMotion:
     """Displacement and rotation of one rigid frame transform, measured on a sphere around the centre."""
     k = np.arange(200) + 0.5  # Fibonacci sphere: near-uniform directions
-    polar, azimuth = np.arccos(1 - 2 * k / len(k)), np.pi * (1 + 5 ** 0.5) * k
+    polar, azimuth = np.arccos(1 - 2 * k / len(k)), np.pi * (1 + 5**0.5) * k
     directions = np.stack([np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], 1)
     points = np.vstack([np.zeros(3), radius * directions]) + np.asarray(centre_mm, dtype=float)
     moved = points @ matrix[:3, :3].T + matrix[:3, 3]
     cosine = np.clip((np.trace(matrix[:3, :3]) - 1) / 2, -1.0, 1.0)
-    return FrameMotion(round(float(np.linalg.norm(moved - points, axis=1).max()), 3),
-                       round(float(np.degrees(np.arccos(cosine))), 3))
+    return FrameMotion(
+        round(float(np.linalg.norm(moved - points, axis=1).max()), 3), round(float(np.degrees(np.arccos(cosine))), 3)
+    )
 
 
 @dataclass(frozen=True)
@@ -297,8 +305,12 @@ class StaticPET:
         return any(m.displacement_mm > MOTION_LIMIT_MM or m.rotation_deg > MOTION_LIMIT_DEG for m in self.motion)
 
 
-def static_pet(pet_path: str | os.PathLike[str], sidecar: str | os.PathLike[str] | None = None,
-               tracer: str | None = None, realign: Realigner | None = None) -> StaticPET:
+def static_pet(
+    pet_path: str | os.PathLike[str],
+    sidecar: str | os.PathLike[str] | None = None,
+    tracer: str | None = None,
+    realign: Realigner | None = None,
+) -> StaticPET:
     """Load a PET and return one static 3D image, with the timing of its sidecar (``sidecar``,
     else the file beside the image) and ``tracer`` where the sidecar names none.
 
@@ -336,8 +348,11 @@ def motion_summary(record: dict) -> dict[str, object]:
     """The QC table's motion fields from a coregistration record: the largest displacement and
     rotation, and every frame's as ``"0.0 mm 0.0 deg | 1.2 mm 0.8 deg | ..."``."""
     frames = record.get("FrameMotion") or []
-    return {"motion_mm": record.get("MaxFrameDisplacementMM"), "rotation_deg": record.get("MaxFrameRotationDeg"),
-            "frame_motion": " | ".join(f"{m['displacement_mm']:.1f} mm {m['rotation_deg']:.1f} deg" for m in frames) or None}
+    return {
+        "motion_mm": record.get("MaxFrameDisplacementMM"),
+        "rotation_deg": record.get("MaxFrameRotationDeg"),
+        "frame_motion": " | ".join(f"{m['displacement_mm']:.1f} mm {m['rotation_deg']:.1f} deg" for m in frames) or None,
+    }
 
 
 def pet_record(static: StaticPET) -> dict[str, object]:
@@ -345,12 +360,17 @@ def pet_record(static: StaticPET) -> dict[str, object]:
     frame times and what they count from, and the plateau check's outcome."""
     timing = static.timing
     return {
-        "Sidecar": timing.sidecar if timing else None, "Frames": static.frames, "FrameCombination": "median" if static.frames > 1 else "none (static)",
-        "TracerName": timing.tracer if timing else None, "TracerSource": timing.tracer_source if timing else None,
+        "Sidecar": timing.sidecar if timing else None,
+        "Frames": static.frames,
+        "FrameCombination": "median" if static.frames > 1 else "none (static)",
+        "TracerName": timing.tracer if timing else None,
+        "TracerSource": timing.tracer_source if timing else None,
         "FrameTimesStart": list(timing.starts_s) if timing else None,
         "FrameDuration": list(timing.durations_s) if timing else None,
-        "FrameTimesFrom": timing.origin if timing else None, "FrameTimesSource": timing.source if timing else None,
-        "Plateau": static.plateau, "TimingWarning": static.warning,
+        "FrameTimesFrom": timing.origin if timing else None,
+        "FrameTimesSource": timing.source if timing else None,
+        "Plateau": static.plateau,
+        "TimingWarning": static.warning,
         "FrameAlignment": static.alignment,
         "FrameMotion": [{"displacement_mm": m.displacement_mm, "rotation_deg": m.rotation_deg} for m in static.motion],
         "MaxFrameDisplacementMM": max((m.displacement_mm for m in static.motion), default=None),

@@ -53,6 +53,8 @@ PROBE_ERODE = 3
 #: a T1w covering less of the template's brain than this is flagged (a partial field of view:
 #: the coronal slices would be cut); the check itself is then made where the scan has data
 MIN_COVERAGE = 0.9
+
+
 def _block_mean(volume: np.ndarray) -> np.ndarray:
     """2x2x2 block means (the 1 mm grid's even dimensions: 182x218x182 -> 91x109x91)."""
     x, y, z = (s // 2 * 2 for s in volume.shape)
@@ -115,8 +117,12 @@ def alignment_check(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -
     scores = {name: score(m) for name, m in _probes(points.mean(axis=1)).items()}
     best = max(scores, key=scores.get)
     alignment = sign * ncc - scores[best]
-    return {"ncc_smooth": round(ncc, 5), "alignment": round(alignment, 5), "best_probe": best if alignment < 0 else "",
-            "coverage": round(coverage, 3)}
+    return {
+        "ncc_smooth": round(ncc, 5),
+        "alignment": round(alignment, 5),
+        "best_probe": best if alignment < 0 else "",
+        "coverage": round(coverage, 3),
+    }
 
 
 def _views(volume: np.ndarray) -> list[np.ndarray]:
@@ -151,8 +157,12 @@ def qc_figure(image: np.ndarray, template: np.ndarray, title: str, out_png: str 
 
 
 def image_qc(
-    image_path: str | os.PathLike[str], template: Template, out_png: str | os.PathLike[str],
-    out_json: str | os.PathLike[str], label: str | None = None, motion: dict[str, float | None] | None = None,
+    image_path: str | os.PathLike[str],
+    template: Template,
+    out_png: str | os.PathLike[str],
+    out_json: str | os.PathLike[str],
+    label: str | None = None,
+    motion: dict[str, float | None] | None = None,
 ) -> dict[str, object]:
     """Correlation, misregistration check and overlay for one MNI image; the JSON feeds
     :func:`gather_qc`. ``motion`` is a PET's largest frame motion (``motion_mm``, ``rotation_deg``)
@@ -164,8 +174,15 @@ def image_qc(
     check = alignment_check(image, tpl, mask)
     name = label or Path(image_path).name
     qc_figure(image, tpl, f"{name}  NCC={ncc:.3f} smoothed {check['ncc_smooth']:.3f}", out_png)
-    record = {"image": str(Path(image_path)), "label": name, "ncc": round(ncc, 5), **check,
-              **{key: (motion or {}).get(key) for key in MOTION_COLUMNS}, "png": str(Path(out_png)), "space": template.space}
+    record = {
+        "image": str(Path(image_path)),
+        "label": name,
+        "ncc": round(ncc, 5),
+        **check,
+        **{key: (motion or {}).get(key) for key in MOTION_COLUMNS},
+        "png": str(Path(out_png)),
+        "space": template.space,
+    }
     write_json(out_json, record)
     return record
 
@@ -203,8 +220,9 @@ def _flag_reason(row: pd.Series, threshold: float) -> str:
     return "; ".join(reasons)
 
 
-def gather_qc(json_paths: list[str | os.PathLike[str]], out_tsv: str | os.PathLike[str],
-              threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+def gather_qc(
+    json_paths: list[str | os.PathLike[str]], out_tsv: str | os.PathLike[str], threshold: float = DEFAULT_THRESHOLD
+) -> pd.DataFrame:
     """Collect per-image QC JSONs into one TSV. ``flagged`` (with ``flag_reason``) marks a T1w
     (label ending in ``T1w``) whose smoothed NCC is below ``threshold``, that a probe of
     :func:`alignment_check` fits better (misregistered) or that covers less than

@@ -41,8 +41,12 @@ def _mni_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 
 def preprocess_t1(
-    t1_path: str | os.PathLike[str], template_dir: str | os.PathLike[str], out: T1Outputs,
-    backend: str = "auto", preset: str = "demo", threads: int = 1,
+    t1_path: str | os.PathLike[str],
+    template_dir: str | os.PathLike[str],
+    out: T1Outputs,
+    backend: str = "auto",
+    preset: str = "demo",
+    threads: int = 1,
 ) -> dict[str, object]:
     """Register one T1 to the template; returns (and writes) the sidecar record.
 
@@ -54,8 +58,10 @@ def preprocess_t1(
     chosen = resolve_backend(backend)
     tpl1 = load_template(template_dir, 1)
     if chosen == "fsl" and tpl1.space != SPACE_FSL:
-        raise InputError(f"{template_dir}: a {tpl1.space} template, but the FSL backend registers to FSL's own "
-                         f"MNI152 ({SPACE_FSL}); rebuild it with `magicflow preprocess-template --backend fsl`")
+        raise InputError(
+            f"{template_dir}: a {tpl1.space} template, but the FSL backend registers to FSL's own "
+            f"MNI152 ({SPACE_FSL}); rebuild it with `magicflow preprocess-template --backend fsl`"
+        )
     t1 = load_3d(t1_path, "T1")  # validate before any heavy work
     print(f"[preprocess-t1] {t1_path}: backend={chosen} preset={preset} threads={threads}", flush=True)
     start = time.perf_counter()
@@ -76,7 +82,12 @@ def preprocess_t1(
                 fsl_backend.run(step())
             files = chain["files"]
             native, mni = nib.load(files["native"]), nib.load(files["mni"])
-            affine_file, warp_file, fmt, details = files["affine"], files["warp"], "fsl", {"Chain": "fsl_anat --noseg --nosubcortseg"}
+            affine_file, warp_file, fmt, details = (
+                files["affine"],
+                files["warp"],
+                "fsl",
+                {"Chain": "fsl_anat --noseg --nosubcortseg"},
+            )
         grid = nib.load(tpl1.t1)
         record: dict[str, object] = {
             "Backend": chosen,
@@ -91,7 +102,9 @@ def preprocess_t1(
             **details,
         }
         with ExitStack() as stack:
-            tmp_paths = {k: stack.enter_context(atomic_path(getattr(out, k))) for k in ("mni", "mask", "native", "affine", "warp")}
+            tmp_paths = {
+                k: stack.enter_context(atomic_path(getattr(out, k))) for k in ("mni", "mask", "native", "affine", "warp")
+            }
             nib.save(_mni_image(mni.get_fdata(), grid.affine), tmp_paths["mni"])
             shutil.copyfile(tpl1.brain_mask, tmp_paths["mask"])
             save_float32(native, tmp_paths["native"])

@@ -22,14 +22,10 @@ from magicflow.io import atomic_dir
 
 #: FSL's MNI152 1 mm grid: LAS storage (x index grows towards the subject's left).
 GRID_1MM_SHAPE = (182, 218, 182)
-GRID_1MM_AFFINE = np.array(
-    [[-1.0, 0, 0, 90], [0, 1.0, 0, -126], [0, 0, 1.0, -72], [0, 0, 0, 1]]
-)
+GRID_1MM_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1.0, 0, -126], [0, 0, 1.0, -72], [0, 0, 0, 1]])
 #: FSL's MNI152 2 mm grid, same field of view.
 GRID_2MM_SHAPE = (91, 109, 91)
-GRID_2MM_AFFINE = np.array(
-    [[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]]
-)
+GRID_2MM_AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
 GRIDS = {1: (GRID_1MM_SHAPE, GRID_1MM_AFFINE), 2: (GRID_2MM_SHAPE, GRID_2MM_AFFINE)}
 
 SPACE_FSL = "MNI152NLin6Asym"
@@ -115,7 +111,9 @@ def _on_grid(path: Path, resolution: int) -> np.ndarray:
     img = nib.load(path)
     shape, affine = GRIDS[resolution]
     if img.shape[:3] != shape or not np.allclose(img.affine, affine, atol=1e-3):
-        raise InputError(f"{path}: expected FSL's {resolution} mm grid {shape}, got {img.shape} with affine {img.affine.tolist()}")
+        raise InputError(
+            f"{path}: expected FSL's {resolution} mm grid {shape}, got {img.shape} with affine {img.affine.tolist()}"
+        )
     return np.asarray(img.dataobj, dtype=np.float32)
 
 

@@ -20,10 +20,25 @@ from magicflow.report import html as h
 #: attribution overlays shown per fold (the rest stay in results/<experiment>/attribution/)
 OVERLAYS_PER_FOLD = 2
 #: per-fold files the page shows: option name -> what each FOLD=PATH names (the report rule's inputs)
-FOLD_FILES = {"curves": "training.png", "samples": "samples folder (samples_<class>.png grids)",
-              "attribution": "attribution folder (overlay PNGs)"}
+FOLD_FILES = {
+    "curves": "training.png",
+    "samples": "samples folder (samples_<class>.png grids)",
+    "attribution": "attribution folder (overlay PNGs)",
+}
 CLASSIFICATION_COLUMNS = ["accuracy", "balanced_accuracy", "macro_auc", "macro_precision", "macro_recall", "macro_f1", "n"]
-GENERATION_COLUMNS = ["fid", "fid_ci", "kid", "kid_std", "kid_ci", "precision", "recall", "density", "coverage", "n_real", "n_fake"]
+GENERATION_COLUMNS = [
+    "fid",
+    "fid_ci",
+    "kid",
+    "kid_std",
+    "kid_ci",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "n_real",
+    "n_fake",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, what in FOLD_FILES.items():
         parser.add_argument(f"--{name}", action="append", default=[], metavar="FOLD=PATH", help=f"a fold's {what}")
     parser.add_argument("--evaluation", required=True, type=Path, help="results/<experiment>/evaluation (figures)")
-    parser.add_argument("--excluded", action="append", default=[], metavar="DATASET=TSV", help="a dataset's manifest_excluded.tsv")
+    parser.add_argument(
+        "--excluded", action="append", default=[], metavar="DATASET=TSV", help="a dataset's manifest_excluded.tsv"
+    )
     parser.add_argument("--template", type=Path, help="results/template/template.json (which template space was used)")
     parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/report.html")
 
@@ -48,9 +65,19 @@ def _generation_rows(block: dict) -> list[dict]:
 
 
 def _gen_headers(suffix: str) -> dict[str, str]:
-    return {"fid": f"FID_{suffix}", "fid_ci": "95% CI", "kid": f"KID_{suffix}", "kid_std": "KID std", "kid_ci": "95% CI",
-            "precision": f"precision_{suffix}", "recall": f"recall_{suffix}", "density": f"density_{suffix}",
-            "coverage": f"coverage_{suffix}", "n_real": "held-out", "n_fake": "compared"}
+    return {
+        "fid": f"FID_{suffix}",
+        "fid_ci": "95% CI",
+        "kid": f"KID_{suffix}",
+        "kid_std": "KID std",
+        "kid_ci": "95% CI",
+        "precision": f"precision_{suffix}",
+        "recall": f"recall_{suffix}",
+        "density": f"density_{suffix}",
+        "coverage": f"coverage_{suffix}",
+        "n_real": "held-out",
+        "n_fake": "compared",
+    }
 
 
 def overview(m: dict) -> str:
@@ -60,23 +87,33 @@ def overview(m: dict) -> str:
     suffix = g["suffix"]
     size = m.get("image_size", 182)  # metrics written before image_size existed were 182
     items = [
-        ("balanced accuracy (mean over folds)", f"{h.fmt(mean.get('balanced_accuracy'))} ± {h.fmt(std.get('balanced_accuracy'))}"),
+        (
+            "balanced accuracy (mean over folds)",
+            f"{h.fmt(mean.get('balanced_accuracy'))} ± {h.fmt(std.get('balanced_accuracy'))}",
+        ),
         ("macro AUC", h.fmt(mean.get("macro_auc"))),
         ("chance level", h.fmt(1 / len(m["classes"]))),
-        ("pooled balanced accuracy, p vs chance (label shuffles)",
-         f"{h.fmt(c['chance']['balanced_accuracy'])} (p = {c['chance']['p_value']:.2g}, n = {c['chance']['n']})"),
+        (
+            "pooled balanced accuracy, p vs chance (label shuffles)",
+            f"{h.fmt(c['chance']['balanced_accuracy'])} (p = {c['chance']['p_value']:.2g}, n = {c['chance']['n']})",
+        ),
         ("expected calibration error", h.fmt(c["calibration"]["ece"])),
-        (f"FID_{suffix} generated / real ref.", f"{h.fmt(g['overall']['generated'].get('fid'))} / {h.fmt(g['overall']['real'].get('fid'))}"),
+        (
+            f"FID_{suffix} generated / real ref.",
+            f"{h.fmt(g['overall']['generated'].get('fid'))} / {h.fmt(g['overall']['real'].get('fid'))}",
+        ),
         (f"coverage_{suffix}", h.fmt(g["overall"]["generated"].get("coverage"))),
         ("attribution: best ROI F1", h.fmt(a.get("best_f1"))),
     ]
     if "groundtruth" in a and "auc_evidence" in a["groundtruth"]:
         items.append(("attribution vs true uptake (AUC)", h.fmt(a["groundtruth"]["auc_evidence"])))
-    text = (f"<p>{h.esc(m['model'])} model, label <b>{h.esc(m['label'])}</b>, {len(m['classes'])} classes "
-            f"({h.esc(', '.join(m['classes']))}), datasets {h.esc(', '.join(m['datasets']))}, "
-            f"images {size} x {size}{' (area-averaged from the 182 x 182 slices)' if size != 182 else ''}, "
-            f"{m['folds_run']} of {m['folds']} folds run. Feature extractor: {h.esc(m['feature_extractor']['name'])} "
-            f"(checksum {h.esc(m['feature_extractor']['checksum'][:16])}&hellip;).</p>")
+    text = (
+        f"<p>{h.esc(m['model'])} model, label <b>{h.esc(m['label'])}</b>, {len(m['classes'])} classes "
+        f"({h.esc(', '.join(m['classes']))}), datasets {h.esc(', '.join(m['datasets']))}, "
+        f"images {size} x {size}{' (area-averaged from the 182 x 182 slices)' if size != 182 else ''}, "
+        f"{m['folds_run']} of {m['folds']} folds run. Feature extractor: {h.esc(m['feature_extractor']['name'])} "
+        f"(checksum {h.esc(m['feature_extractor']['checksum'][:16])}&hellip;).</p>"
+    )
     return text + h.cards(items)
 
 
@@ -85,12 +122,19 @@ def data(m: dict, excluded: dict[str, pd.DataFrame]) -> str:
     paper = d.get("paper_counts") or {}
     counts = [{**r, "paper_slices": paper.get(r["class"])} for r in d["counts"]]
     body = "<h3>Images and slices per class</h3>"
-    body += h.table(counts, ["dataset", "class", "subjects", "images", "slices", "paper_slices"],
-                    {"slices": "slices (training offsets)", "paper_slices": "paper, Table 4"})
+    body += h.table(
+        counts,
+        ["dataset", "class", "subjects", "images", "slices", "paper_slices"],
+        {"slices": "slices (training offsets)", "paper_slices": "paper, Table 4"},
+    )
     if not paper:
         body += '<p class="note">This experiment is not one of the paper\'s four tasks: no Table 4 counts to compare with.</p>'
     body += "<h3>Registration QC flags</h3>"
-    body += h.table(d["qc_flags"], ["dataset", "label", "ncc", "ncc_smooth", "threshold", "flag_reason"]) if d["qc_flags"] else '<p class="note">No image of this experiment was flagged.</p>'
+    body += (
+        h.table(d["qc_flags"], ["dataset", "label", "ncc", "ncc_smooth", "threshold", "flag_reason"])
+        if d["qc_flags"]
+        else '<p class="note">No image of this experiment was flagged.</p>'
+    )
     body += "<h3>Images excluded when the manifest was built</h3>"
     for dataset, table in excluded.items():
         if table.empty:
@@ -105,28 +149,36 @@ def generation(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> 
     g = m["generation"]
     suffix = g["suffix"]
     headers = _gen_headers(suffix)
-    body = (f'<p class="note">Fold {h.esc(g["fold"])}: {g["n_generated"]} generated slices against {g["n_heldout"]} held-out real slices '
-            f'(validation and test subjects). Metrics with the suffix _{h.esc(suffix)} use the {h.esc(m["feature_extractor"]["name"])} '
-            f'features; they are comparable within this pipeline, not with the paper\'s FID_Rad. The reference row compares real '
-            f'training slices with the same held-out slices.</p>')
+    body = (
+        f'<p class="note">Fold {h.esc(g["fold"])}: {g["n_generated"]} generated slices against {g["n_heldout"]} held-out real slices '
+        f"(validation and test subjects). Metrics with the suffix _{h.esc(suffix)} use the {h.esc(m['feature_extractor']['name'])} "
+        f"features; they are comparable within this pipeline, not with the paper's FID_Rad. The reference row compares real "
+        f"training slices with the same held-out slices.</p>"
+    )
     body += "<h3>All classes</h3>" + h.table(_generation_rows(g["overall"]), ["images", *GENERATION_COLUMNS, "note"], headers)
     rows = []
     for name, block in g["per_class"].items():
         for r in _generation_rows(block):
             rows.append({"class": name, **r})
-    body += "<h3>Per class</h3>" + h.table(rows, ["class", "images", "fid", "kid", "precision", "recall", "density", "coverage", "n_real", "n_fake", "note"], headers)
+    body += "<h3>Per class</h3>" + h.table(
+        rows, ["class", "images", "fid", "kid", "precision", "recall", "density", "coverage", "n_real", "n_fake", "note"], headers
+    )
     ms = [{"images": k, **v} for k, v in g["ms_ssim"].items()]
-    body += "<h3>MS-SSIM (diversity: lower intra-class = more diverse)</h3>" + h.table(ms, ["images", "intra", "intra_std", "inter", "inter_std", "intra_pairs", "inter_pairs"])
+    body += "<h3>MS-SSIM (diversity: lower intra-class = more diverse)</h3>" + h.table(
+        ms, ["images", "intra", "intra_std", "inter", "inter_std", "intra_pairs", "inter_pairs"]
+    )
     body += h.image(evaluation / "real_vs_generated.png", "Per class: held-out real slices (left) and generated slices (right).")
     samples = folds["samples"].get(g["fold"])
     for png in sorted(samples.glob("samples_*.png")) if samples else []:
         body += h.image(png, f"Sample grid: {png.stem.removeprefix('samples_')}", width=560)
     memo = g["memorisation"]
-    body += ("<h3>Memorisation check</h3>"
-             f"<p>For each generated slice, the pixel distance to its nearest training slice divided by the distance to its nearest "
-             f"held-out slice. Median ratio {h.fmt(memo['median_ratio'])}; {h.fmt(memo['fraction_below_0.5'])} of generated slices "
-             f"are under 0.5 (much closer to a training slice than to any new one, a copying warning). Values near or above 1 mean "
-             f"the samples are no closer to the training data than to unseen data.</p>")
+    body += (
+        "<h3>Memorisation check</h3>"
+        f"<p>For each generated slice, the pixel distance to its nearest training slice divided by the distance to its nearest "
+        f"held-out slice. Median ratio {h.fmt(memo['median_ratio'])}; {h.fmt(memo['fraction_below_0.5'])} of generated slices "
+        f"are under 0.5 (much closer to a training slice than to any new one, a copying warning). Values near or above 1 mean "
+        f"the samples are no closer to the training data than to unseen data.</p>"
+    )
     body += h.image(evaluation / "memorisation.png", "Ratio distribution and the closest generated/training pairs.")
     return body
 
@@ -138,23 +190,33 @@ def classification(m: dict, evaluation: Path) -> str:
     recall = [{"class": k, "recall (pooled test folds)": v} for k, v in c["pooled"].get("per_class_recall", {}).items()]
     body += "<h3>Per-class recall</h3>" + h.table(recall)
     body += h.image(evaluation / "confusion.png", "Confusion matrix over all test folds.")
-    body += h.image(evaluation / "reliability.png", "Reliability diagram: posterior confidence against accuracy (temperature fitted on validation folds).")
-    body += h.image(evaluation / "rejection.png", "Accuracy-rejection curve: the least confident predictions are rejected first; a rising curve means confidence is informative.")
+    body += h.image(
+        evaluation / "reliability.png",
+        "Reliability diagram: posterior confidence against accuracy (temperature fitted on validation folds).",
+    )
+    body += h.image(
+        evaluation / "rejection.png",
+        "Accuracy-rejection curve: the least confident predictions are rejected first; a rising curve means confidence is informative.",
+    )
     return body
 
 
 def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> str:
     a = m["attribution"]
-    body = ('<p class="note">Maps H(x, y) of Section 5: each pixel\'s share of log p(x|y); blue = low likelihood, red = high. '
-            "Regions of interest are cut from each test slice's map for its predicted label.</p>")
+    body = (
+        '<p class="note">Maps H(x, y) of Section 5: each pixel\'s share of log p(x|y); blue = low likelihood, red = high. '
+        "Regions of interest are cut from each test slice's map for its predicted label.</p>"
+    )
     for fold in range(m["folds_run"]):
         overlays = folds["attribution"].get(f"fold-{fold}")
         for png in sorted(overlays.glob("*.png"))[:OVERLAYS_PER_FOLD] if overlays else []:
             body += h.image(png, f"fold-{fold}: {png.stem}", width=720)
     body += "<h3>Threshold analysis (the paper's Figure 3)</h3>"
     if "thresholds" in a:
-        body += (f"<p>Best macro F1 {h.fmt(a['best_f1'])} at threshold {h.fmt(a['best_threshold'])} over {a['n_maps']} maps "
-                 "(gray-level features inside the ROI, cross-validated logistic regression).</p>")
+        body += (
+            f"<p>Best macro F1 {h.fmt(a['best_f1'])} at threshold {h.fmt(a['best_threshold'])} over {a['n_maps']} maps "
+            "(gray-level features inside the ROI, cross-validated logistic regression).</p>"
+        )
         body += h.image(evaluation / "attribution_thresholds.png", "F1 and retained area against the threshold.")
     else:
         body += f'<p class="note">Skipped: {h.esc(a.get("thresholds_skipped", "no maps"))}</p>'
@@ -162,9 +224,11 @@ def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) ->
     if gt:
         body += "<h3>Against the demo's ground truth</h3>"
         if "auc_evidence" in gt:
-            body += (f"<p>Over {gt['slices']} slices with planted uptake ({h.fmt(gt['uptake_fraction'])} of the brain): AUC of the evidence map "
-                     f"(log-likelihood of the true class minus the others, per pixel) against the uptake mask {h.fmt(gt['auc_evidence'])}; "
-                     f"AUC of the low-likelihood map of the true class {h.fmt(gt['auc_low_likelihood'])}. 0.5 = no relation.</p>")
+            body += (
+                f"<p>Over {gt['slices']} slices with planted uptake ({h.fmt(gt['uptake_fraction'])} of the brain): AUC of the evidence map "
+                f"(log-likelihood of the true class minus the others, per pixel) against the uptake mask {h.fmt(gt['auc_evidence'])}; "
+                f"AUC of the low-likelihood map of the true class {h.fmt(gt['auc_low_likelihood'])}. 0.5 = no relation.</p>"
+            )
             body += h.image(evaluation / "attribution_groundtruth.png", "Evidence map with the planted uptake region outlined.")
         else:
             body += f'<p class="note">{h.esc(gt.get("note", ""))}</p>'
@@ -172,10 +236,29 @@ def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) ->
 
 
 def efficiency(m: dict, folds: dict[str, dict[str, Path]]) -> str:
-    body = h.table(m["efficiency"], ["fold", "epochs", "steps", "training_s", "ms_per_step", "epoch_s_with_validation", "peak_rss_mb",
-                                     "peak_gpu_mb", "generated_per_s", "device"],
-                   {"training_s": "training (s)", "ms_per_step": "ms/step", "epoch_s_with_validation": "s/epoch incl. validation",
-                    "peak_rss_mb": "peak RAM (MB)", "peak_gpu_mb": "peak GPU (MB)", "generated_per_s": "generated images/s"})
+    body = h.table(
+        m["efficiency"],
+        [
+            "fold",
+            "epochs",
+            "steps",
+            "training_s",
+            "ms_per_step",
+            "epoch_s_with_validation",
+            "peak_rss_mb",
+            "peak_gpu_mb",
+            "generated_per_s",
+            "device",
+        ],
+        {
+            "training_s": "training (s)",
+            "ms_per_step": "ms/step",
+            "epoch_s_with_validation": "s/epoch incl. validation",
+            "peak_rss_mb": "peak RAM (MB)",
+            "peak_gpu_mb": "peak GPU (MB)",
+            "generated_per_s": "generated images/s",
+        },
+    )
     for fold in range(m["folds_run"]):
         curves = folds["curves"].get(f"fold-{fold}", Path(f"fold-{fold} training.png (not given)"))
         body += h.image(curves, f"fold-{fold}: training and validation curves", width=620)
@@ -196,8 +279,13 @@ def per_dataset(m: dict, dataset: str, excluded: dict[str, pd.DataFrame]) -> str
     return body
 
 
-def build_report(metrics: dict, folds: dict[str, dict[str, Path]], evaluation: Path, excluded: dict[str, pd.DataFrame],
-                 template_space: str = "") -> str:
+def build_report(
+    metrics: dict,
+    folds: dict[str, dict[str, Path]],
+    evaluation: Path,
+    excluded: dict[str, pd.DataFrame],
+    template_space: str = "",
+) -> str:
     """The page; ``folds`` maps each :data:`FOLD_FILES` name to ``{fold name: path}``."""
     folds = {name: folds.get(name, {}) for name in FOLD_FILES}
     sections = [
@@ -222,8 +310,10 @@ def run(args: argparse.Namespace) -> int:
         metrics = json.loads(args.metrics.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise InputError(f"cannot read {args.metrics}: {error}; rerun the evaluate stage") from None
-    excluded = {name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-                for name, path in parse_pairs(args.excluded, "excluded").items()}
+    excluded = {
+        name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        for name, path in parse_pairs(args.excluded, "excluded").items()
+    }
     space = json.loads(args.template.read_text()).get("space", "") if args.template and args.template.exists() else ""
     folds = {name: parse_pairs(getattr(args, name), name) for name in FOLD_FILES}
     page = build_report(metrics, folds, args.evaluation, excluded, space)

@@ -71,8 +71,11 @@ def image(path: Path, caption: str = "", width: int | None = None) -> str:
 
 def cards(items: Iterable[tuple[str, Any]]) -> str:
     """Headline numbers; a str value is taken as already formatted HTML (from :func:`fmt`)."""
-    return '<div class="cards">' + "".join(f'<div class="card"><b>{v if isinstance(v, str) else fmt(v)}</b><span>{esc(k)}</span></div>'
-                                           for k, v in items) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card"><b>{v if isinstance(v, str) else fmt(v)}</b><span>{esc(k)}</span></div>' for k, v in items)
+        + "</div>"
+    )
 
 
 def section(anchor: str, title: str, body: str) -> str:
@@ -81,15 +84,19 @@ def section(anchor: str, title: str, body: str) -> str:
 
 #: after loading, the page records how many of its images decoded (``<body data-images="n/m">``),
 #: so a headless browser can check that every embedded figure shows
-IMAGE_CHECK = ("<script>window.addEventListener('load',function(){var a=Array.prototype.slice.call(document.images);"
-               "var ok=a.filter(function(i){return i.complete&&i.naturalWidth>0}).length;"
-               "document.body.setAttribute('data-images',ok+'/'+a.length)});</script>")
+IMAGE_CHECK = (
+    "<script>window.addEventListener('load',function(){var a=Array.prototype.slice.call(document.images);"
+    "var ok=a.filter(function(i){return i.complete&&i.naturalWidth>0}).length;"
+    "document.body.setAttribute('data-images',ok+'/'+a.length)});</script>"
+)
 
 
 def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:
     """A whole document: header, a navigation bar of the sections, the sections."""
     nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t, _ in sections)
     body = "".join(section(a, t, b) for a, t, b in sections)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
-            f'<body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav><main>{body}</main>{IMAGE_CHECK}</body></html>\n')
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
+        f"<body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header><nav>{nav}</nav><main>{body}</main>{IMAGE_CHECK}</body></html>\n"
+    )

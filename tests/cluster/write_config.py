@@ -20,8 +20,14 @@ config["datasets"]["demo"].update(subjects=3, t1w_only=0, tracers=[])
 config["training"].update(epochs=1, batch_size=4, device="auto")
 config["registration"].update(backend="ants", preset="demo", bias_correction=False)
 tiny = {
-    "datasets": ["demo"], "label": "modality", "modalities": ["T1w", "T2w"], "offsets": {"train": [-1, 0], "eval": [0]},
-    "model": "classification", "preset": "small", "folds": 3, "run_folds": 1,
+    "datasets": ["demo"],
+    "label": "modality",
+    "modalities": ["T1w", "T2w"],
+    "offsets": {"train": [-1, 0], "eval": [0]},
+    "model": "classification",
+    "preset": "small",
+    "folds": 3,
+    "run_folds": 1,
 }
 config["experiments"] = {"tiny": tiny, "broken": {**tiny, "classes": ["T1w", "PDw"]}}
 out.parent.mkdir(parents=True, exist_ok=True)

@@ -186,7 +186,9 @@ def template_space():
     try:
         return json.loads(path.read_text())["space"]
     except (OSError, ValueError, KeyError) as error:
-        raise WorkflowError(f"{path}: no template space to read ({type(error).__name__}: {error}); delete {TEMPLATE} and rerun") from None
+        raise WorkflowError(
+            f"{path}: no template space to read ({type(error).__name__}: {error}); delete {TEMPLATE} and rerun"
+        ) from None
 
 
 def manifest_row(wc):
@@ -199,7 +201,12 @@ def manifest_row(wc):
 
 def t1_outputs(dataset, image, space):
     stem = PREPROC.format(dataset=dataset, image=image, space=space)
-    return {"json": f"{stem}_t1.json", "affine": f"{stem}_affine.mat", "warp": f"{stem}_warp.nii.gz", "native": f"{stem}_native.nii.gz"}
+    return {
+        "json": f"{stem}_t1.json",
+        "affine": f"{stem}_affine.mat",
+        "warp": f"{stem}_warp.nii.gz",
+        "native": f"{stem}_native.nii.gz",
+    }
 
 
 def dataset_images(dataset, what):
@@ -281,8 +288,9 @@ def evaluation_inputs(wc):
 
 def fold_args(wc, input, names):
     """`--NAME fold-k=PATH` for every fold, PATH the rule's declared input of that name."""
-    return " ".join(f"--{name.replace('_', '-')} {fold}={path}" for name in names
-                    for fold, path in zip(folds_of(wc.experiment), input[name]))
+    return " ".join(
+        f"--{name.replace('_', '-')} {fold}={path}" for name in names for fold, path in zip(folds_of(wc.experiment), input[name])
+    )
 
 
 def evaluation_args(wc, input):

@@ -11,25 +11,27 @@ IDA_DATASETS = sorted(name for name, d in config["datasets"].items() if d["kind"
 rule dicom_to_nifti:
     output:
         f"{RESULTS}/{{dataset}}/nifti/conversion.tsv",
-    wildcard_constraints:
-        dataset=name_regex(IDA_DATASETS),
-    params:
-        kind=manifest_kind,
-        root=dataset_root,
-        nifti=lambda wc, output: Path(output[0]).parent,  # the converted images, beside their table
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=240,
     log:
         log_path("dicom_to_nifti", "{dataset}"),
     benchmark:
         benchmark_path("dicom_to_nifti", "{dataset}")
+    wildcard_constraints:
+        dataset=name_regex(IDA_DATASETS),
     conda:
         ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=240,
+    params:
+        kind=manifest_kind,
+        root=dataset_root,
+        nifti=lambda wc, output: Path(output[0]).parent,  # the converted images, beside their table
     shell:
-        magicflow_command("manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
-                          " --nifti-dir {params.nifti} --convert-only")
+        magicflow_command(
+            "manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
+            " --nifti-dir {params.nifti} --convert-only"
+        )
 
 
 checkpoint dataset_manifest:
@@ -38,25 +40,27 @@ checkpoint dataset_manifest:
     output:
         manifest=f"{RESULTS}/{{dataset}}/manifest.tsv",
         excluded=f"{RESULTS}/{{dataset}}/manifest_excluded.tsv",
-    wildcard_constraints:
-        dataset=name_regex(DATASETS),
-    params:
-        kind=manifest_kind,
-        root=dataset_root,
-        options=manifest_options,
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=30,
     log:
         log_path("manifest", "{dataset}"),
     benchmark:
         benchmark_path("manifest", "{dataset}")
+    wildcard_constraints:
+        dataset=name_regex(DATASETS),
     conda:
         ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        kind=manifest_kind,
+        root=dataset_root,
+        options=manifest_options,
     shell:
-        magicflow_command("manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
-                          " --out {output.manifest} --excluded {output.excluded} {params.options}")
+        magicflow_command(
+            "manifest --dataset {wildcards.dataset} --kind {params.kind} --root {params.root:q}"
+            " --out {output.manifest} --excluded {output.excluded} {params.options}"
+        )
 
 
 rule manifest:

@@ -4,24 +4,26 @@
 rule demo_cohort:
     output:
         directory(f"{RESULTS}/{{dataset}}/bids"),
+    log:
+        log_path("demo_cohort", "{dataset}"),
+    benchmark:
+        benchmark_path("demo_cohort", "{dataset}")
     wildcard_constraints:
         dataset=name_regex(DEMO_DATASETS),
+    conda:
+        ENV_MAGICFLOW
+    threads: 2
+    resources:
+        mem_mb=5000,
+        runtime=20,
     params:
         subjects=lambda wc: config["datasets"][wc.dataset]["subjects"],
         t1w_only=lambda wc: config["datasets"][wc.dataset]["t1w_only"],
         seed=lambda wc: config["datasets"][wc.dataset]["seed"],
         ad_fraction=lambda wc: config["datasets"][wc.dataset]["ad_fraction"],
         tracers=lambda wc: " ".join(config["datasets"][wc.dataset]["tracers"]),
-    threads: 2
-    resources:
-        mem_mb=5000,
-        runtime=20,
-    log:
-        log_path("demo_cohort", "{dataset}"),
-    benchmark:
-        benchmark_path("demo_cohort", "{dataset}")
-    conda:
-        ENV_MAGICFLOW
     shell:
-        magicflow_command("demo-cohort {output} --subjects {params.subjects} --t1w-only {params.t1w_only} --seed {params.seed}"
-                          " --ad-fraction {params.ad_fraction} --tracers {params.tracers} --workers {threads}")
+        magicflow_command(
+            "demo-cohort {output} --subjects {params.subjects} --t1w-only {params.t1w_only} --seed {params.seed}"
+            " --ad-fraction {params.ad_fraction} --tracers {params.tracers} --workers {threads}"
+        )

@@ -21,12 +21,12 @@ localrules:
 rule experiment_settings:
     output:
         f"{RESULTS}/{{experiment}}/experiment.json",
-    params:
-        settings=lambda wc: json.dumps(EXPERIMENT_SETTINGS[wc.experiment], indent=2, sort_keys=True),
     log:
         log_path("experiment_settings", "{experiment}"),
     benchmark:
         benchmark_path("experiment_settings", "{experiment}")
+    params:
+        settings=lambda wc: json.dumps(EXPERIMENT_SETTINGS[wc.experiment], indent=2, sort_keys=True),
     run:
         write_logged(output[0], f"{params.settings}\n", log[0])
 
@@ -38,18 +38,18 @@ rule split:
     output:
         info=f"{RESULTS}/{{experiment}}/splits/split.json",
         folds=directory(f"{RESULTS}/{{experiment}}/splits/folds"),
-    params:
-        slices=lambda wc, input: slices_args(wc, input, arrays=False),
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
     log:
         log_path("split", "{experiment}"),
     benchmark:
         benchmark_path("split", "{experiment}")
     conda:
         ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        slices=lambda wc, input: slices_args(wc, input, arrays=False),
     shell:
         magicflow_command("split --experiment {input.settings} {params.slices} --out {output.folds} --info {output.info}")
 
@@ -69,23 +69,26 @@ rule train_fold:
             subcategory="{experiment}",
             labels={"experiment": "{experiment}", "fold": "{fold}"},
         ),
-    params:
-        slices=slices_args,
-        out=lambda wc, output: Path(output.model).parent,  # also holds last.pt, the resumable state
-    threads: config["training"]["threads"]
-    resources:
-        mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
-        runtime=240,
-        gpu=gpu_request,
     log:
         log_path("train", "{experiment}_{fold}"),
     benchmark:
         benchmark_path("train", "{experiment}_{fold}")
     conda:
         ENV_MAGICFLOW
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
+        runtime=240,
+        gpu=gpu_request,
+    params:
+        slices=slices_args,
+        out=lambda wc, output: Path(output.model).parent,  # also holds last.pt, the resumable state
     shell:
-        magicflow_command("train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
-                          " --out {params.out}", torch=True)
+        magicflow_command(
+            "train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
+            " --out {params.out}",
+            torch=True,
+        )
 
 
 rule sample_fold:
@@ -94,17 +97,17 @@ rule sample_fold:
         model=rules.train_fold.output.model,
     output:
         directory(f"{RESULTS}/{{experiment}}/samples/{{fold}}"),  # samples.npz, a grid per class, NIfTI samples
-    threads: 1  # mostly start-up and I/O: two at once beat one with two threads
-    resources:
-        mem_mb=1000,
-        runtime=60,
-        gpu=gpu_request,
     log:
         log_path("sample", "{experiment}_{fold}"),
     benchmark:
         benchmark_path("sample", "{experiment}_{fold}")
     conda:
         ENV_MAGICFLOW
+    threads: 1  # mostly start-up and I/O: two at once beat one with two threads
+    resources:
+        mem_mb=1000,
+        runtime=60,
+        gpu=gpu_request,
     shell:
         magicflow_command("sample --experiment {input.settings} --model {input.model} --out {output}", torch=True)
 
@@ -117,22 +120,25 @@ rule classify_fold:
         model=rules.train_fold.output.model,
     output:
         f"{RESULTS}/{{experiment}}/predictions/{{fold}}/predictions.tsv",
-    params:
-        slices=slices_args,
-    threads: 1  # mostly start-up and I/O: two at once beat one with two threads
-    resources:
-        mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
-        runtime=60,
-        gpu=gpu_request,
     log:
         log_path("classify", "{experiment}_{fold}"),
     benchmark:
         benchmark_path("classify", "{experiment}_{fold}")
     conda:
         ENV_MAGICFLOW
+    threads: 1  # mostly start-up and I/O: two at once beat one with two threads
+    resources:
+        mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
+        runtime=60,
+        gpu=gpu_request,
+    params:
+        slices=slices_args,
     shell:
-        magicflow_command("classify --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
-                          " --model {input.model} --out {output}", torch=True)
+        magicflow_command(
+            "classify --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
+            " --model {input.model} --out {output}",
+            torch=True,
+        )
 
 
 rule attribution_fold:
@@ -144,22 +150,25 @@ rule attribution_fold:
         predictions=rules.classify_fold.output,
     output:
         directory(f"{RESULTS}/{{experiment}}/attribution/{{fold}}"),  # maps.npz and an overlay per mapped slice
-    params:
-        slices=slices_args,
-    threads: 1  # mostly start-up and I/O: two at once beat one with two threads
-    resources:
-        mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
-        runtime=60,
-        gpu=gpu_request,
     log:
         log_path("attribution", "{experiment}_{fold}"),
     benchmark:
         benchmark_path("attribution", "{experiment}_{fold}")
     conda:
         ENV_MAGICFLOW
+    threads: 1  # mostly start-up and I/O: two at once beat one with two threads
+    resources:
+        mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
+        runtime=60,
+        gpu=gpu_request,
+    params:
+        slices=slices_args,
     shell:
-        magicflow_command("attribution --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
-                          " --model {input.model} --predictions {input.predictions} --out {output}", torch=True)
+        magicflow_command(
+            "attribution --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
+            " --model {input.model} --predictions {input.predictions} --out {output}",
+            torch=True,
+        )
 
 
 rule train:

@@ -16,7 +16,9 @@ PREPROC = f"{RESULTS}/{{dataset}}/preproc/space-{{space}}/{{image}}/{{image}}"
 # Peak memory of a registration job (MB) with a margin: measured 0.87 GB (T1w) and 0.63 GB
 # (coregistration) with the demo preset, 1.75 GB for a 1 mm T1w with the full preset; the full
 # preset's coregistration is not measured yet (2.5 GB is an upper guess).
-REGISTRATION_MEM_MB = {"demo": {"t1": 1500, "coregister": 1000}, "full": {"t1": 3000, "coregister": 2500}}[config["registration"]["preset"]]
+REGISTRATION_MEM_MB = {"demo": {"t1": 1500, "coregister": 1000}, "full": {"t1": 3000, "coregister": 2500}}[
+    config["registration"]["preset"]
+]
 TEMPLATE = f"{RESULTS}/template"
 ENV_REGISTRATION = ENV_MAGICFLOW if BACKEND == "ants" else "../../envs/fsl.yaml"
 
@@ -30,18 +32,18 @@ wildcard_constraints:
 checkpoint preprocess_template:
     output:
         directory(TEMPLATE),
-    params:
-        backend=BACKEND,
-    threads: 1
-    resources:
-        mem_mb=1500,
-        runtime=10,
     log:
         log_path("preprocess_template", "template"),
     benchmark:
         benchmark_path("preprocess_template", "template")
     conda:
         ENV_REGISTRATION
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=10,
+    params:
+        backend=BACKEND,
     shell:
         magicflow_command("preprocess-template --backend {params.backend} --out-dir {output}")
 
@@ -59,26 +61,28 @@ rule preprocess_t1:
         json=f"{PREPROC}_t1.json",
         qc_png=f"{PREPROC}_qc.png",
         qc_json=f"{PREPROC}_qc.json",
-    wildcard_constraints:
-        image=f"{IMAGE_STEM}_T1w",
-    params:
-        backend=BACKEND,
-        preset=config["registration"]["preset"],
-    threads: config["registration"]["threads"]
-    resources:
-        mem_mb=REGISTRATION_MEM_MB['t1'],
-        runtime=90,
     log:
         log_path("preprocess_t1", "{dataset}_{image}_space-{space}"),
     benchmark:
         benchmark_path("preprocess_t1", "{dataset}_{image}_space-{space}")
+    wildcard_constraints:
+        image=f"{IMAGE_STEM}_T1w",
     conda:
         ENV_REGISTRATION
+    threads: config["registration"]["threads"]
+    resources:
+        mem_mb=REGISTRATION_MEM_MB["t1"],
+        runtime=90,
+    params:
+        backend=BACKEND,
+        preset=config["registration"]["preset"],
     shell:
-        magicflow_command("preprocess-t1 --t1 {input.image:q} --template-dir {input.template} --backend {params.backend}"
-                          " --preset {params.preset} --threads {threads} --out-t1 {output.image} --out-mask {output.mask}"
-                          " --out-native {output.native} --out-affine {output.affine} --out-warp {output.warp} --out-json {output.json}"
-                          " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}")
+        magicflow_command(
+            "preprocess-t1 --t1 {input.image:q} --template-dir {input.template} --backend {params.backend}"
+            " --preset {params.preset} --threads {threads} --out-t1 {output.image} --out-mask {output.mask}"
+            " --out-native {output.native} --out-affine {output.affine} --out-warp {output.warp} --out-json {output.json}"
+            " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}"
+        )
 
 
 rule preprocess_coregister:
@@ -92,28 +96,30 @@ rule preprocess_coregister:
         json=f"{PREPROC}_coreg.json",
         qc_png=f"{PREPROC}_qc.png",
         qc_json=f"{PREPROC}_qc.json",
+    log:
+        log_path("preprocess_coregister", "{dataset}_{image}_space-{space}"),
+    benchmark:
+        benchmark_path("preprocess_coregister", "{dataset}_{image}_space-{space}")
     wildcard_constraints:
         image=f"{IMAGE_STEM}_(T2w|FLAIR|pet)",
+    conda:
+        ENV_REGISTRATION
+    threads: config["registration"]["threads"]
+    resources:
+        mem_mb=REGISTRATION_MEM_MB["coregister"],
+        runtime=30,
     params:
         modality=lambda wc: manifest_row(wc)["modality"],
         t1_json=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"], wc.space)["json"],
         bias="--bias-correct" if config["registration"]["bias_correction"] else "",
         sidecar=lambda wc: manifest_row(wc)["sidecar"],
         tracer=lambda wc: manifest_row(wc)["tracer_name"],
-    threads: config["registration"]["threads"]
-    resources:
-        mem_mb=REGISTRATION_MEM_MB['coregister'],
-        runtime=30,
-    log:
-        log_path("preprocess_coregister", "{dataset}_{image}_space-{space}"),
-    benchmark:
-        benchmark_path("preprocess_coregister", "{dataset}_{image}_space-{space}")
-    conda:
-        ENV_REGISTRATION
     shell:
-        magicflow_command("preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
-                          " --sidecar {params.sidecar:q} --tracer {params.tracer:q} {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
-                          " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}")
+        magicflow_command(
+            "preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
+            " --sidecar {params.sidecar:q} --tracer {params.tracer:q} {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
+            " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}"
+        )
 
 
 rule qc_table:
@@ -121,18 +127,18 @@ rule qc_table:
         lambda wc: dataset_images(wc.dataset, "qc"),
     output:
         f"{RESULTS}/{{dataset}}/qc.tsv",
-    params:
-        threshold=config["registration"]["qc_threshold"],
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
     log:
         log_path("qc_table", "{dataset}"),
     benchmark:
         benchmark_path("qc_table", "{dataset}")
     conda:
         ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        threshold=config["registration"]["qc_threshold"],
     shell:
         magicflow_command("preprocess-qc-table --inputs {input} --threshold {params.threshold} --out-tsv {output}")
 
@@ -146,24 +152,26 @@ rule dataset_slices:
     output:
         npz=f"{RESULTS}/{{dataset}}/slices/slices.npz",
         tsv=f"{RESULTS}/{{dataset}}/slices/slices.tsv",
-    params:
-        preproc=lambda wc: f"{RESULTS}/{wc.dataset}/preproc/space-{template_space()}",
-        offsets=lambda wc: dataset_offsets(wc.dataset),
-        exclude=lambda wc, input: f"--exclude-flagged {input.qc}" if config["registration"]["exclude_failed_qc"] else "",
-    threads: 1
-    resources:
-        mem_mb=lambda wc, input: 1000 + int(input.size_mb),
-        runtime=30,
     log:
         log_path("slices", "{dataset}"),
     benchmark:
         benchmark_path("slices", "{dataset}")
     conda:
         ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=lambda wc, input: 1000 + int(input.size_mb),
+        runtime=30,
+    params:
+        preproc=lambda wc: f"{RESULTS}/{wc.dataset}/preproc/space-{template_space()}",
+        offsets=lambda wc: dataset_offsets(wc.dataset),
+        exclude=lambda wc, input: f"--exclude-flagged {input.qc}" if config["registration"]["exclude_failed_qc"] else "",
     shell:
-        magicflow_command("slices --manifest {input.manifest} --preproc-dir {params.preproc}"
-                          " --template-dir {input.template} --offsets={params.offsets} {params.exclude}"
-                          " --out-npz {output.npz} --out-tsv {output.tsv}")
+        magicflow_command(
+            "slices --manifest {input.manifest} --preproc-dir {params.preproc}"
+            " --template-dir {input.template} --offsets={params.offsets} {params.exclude}"
+            " --out-npz {output.npz} --out-tsv {output.tsv}"
+        )
 
 
 rule preprocess:

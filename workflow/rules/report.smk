@@ -4,7 +4,6 @@
 
 import json
 
-
 # Per-fold files that evaluation and reports read: input name (the command's option, with - for
 # _) -> the file a rule declares, so neither command rebuilds the results layout.
 FOLD_FILES = {
@@ -26,12 +25,12 @@ localrules:
 rule evaluation_settings:
     output:
         f"{RESULTS}/{{experiment}}/evaluation.json",
-    params:
-        settings=json.dumps({k: v for k, v in config["evaluation"].items() if k != "threads"}, indent=2, sort_keys=True),
     log:
         log_path("evaluation_settings", "{experiment}"),
     benchmark:
         benchmark_path("evaluation_settings", "{experiment}")
+    params:
+        settings=json.dumps({k: v for k, v in config["evaluation"].items() if k != "threads"}, indent=2, sort_keys=True),
     run:
         write_logged(output[0], f"{params.settings}\n", log[0])
 
@@ -49,30 +48,33 @@ rule evaluate_experiment:
             category="Evaluation figures",
             subcategory="{experiment}",
         ),
-    params:
-        inputs=evaluation_args,
-    threads: config["evaluation"]["threads"]
-    resources:
-        mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
-        runtime=60,
     log:
         log_path("evaluate", "{experiment}"),
     benchmark:
         benchmark_path("evaluate", "{experiment}")
     conda:
         ENV_MAGICFLOW
+    threads: config["evaluation"]["threads"]
+    resources:
+        mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
+        runtime=60,
+    params:
+        inputs=evaluation_args,
     shell:
-        magicflow_command("evaluate --experiment {input.settings} --evaluation {input.evaluation} --split {input.split} --folds {input.folds}"
-                          " {params.inputs} --out-dir {output.figures} --out-json {output.json} --out-tsv {output.tsv}", torch=True)
+        magicflow_command(
+            "evaluate --experiment {input.settings} --evaluation {input.evaluation} --split {input.split} --folds {input.folds}"
+            " {params.inputs} --out-dir {output.figures} --out-json {output.json} --out-tsv {output.tsv}",
+            torch=True,
+        )
 
 
 rule report_experiment:
     input:
+        **{name: lambda wc, name=name: fold_files(wc, name) for name in REPORT_READS},
         metrics=rules.evaluate_experiment.output.json,
         figures=rules.evaluate_experiment.output.figures,
         excluded=lambda wc: [f"{RESULTS}/{d}/manifest_excluded.tsv" for d in EXPERIMENT_SETTINGS[wc.experiment]["datasets"]],
         template=TEMPLATE,
-        **{name: lambda wc, name=name: fold_files(wc, name) for name in REPORT_READS},
     output:
         report(
             f"{RESULTS}/{{experiment}}/report.html",
@@ -80,22 +82,26 @@ rule report_experiment:
             category="Experiment reports",
             labels={"experiment": "{experiment}"},
         ),
-    params:
-        excluded=lambda wc, input: " ".join(f"--excluded {d}={p}" for d, p in zip(EXPERIMENT_SETTINGS[wc.experiment]["datasets"], input.excluded)),
-        folds=lambda wc, input: fold_args(wc, input, REPORT_READS),
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
     log:
         log_path("report", "{experiment}"),
     benchmark:
         benchmark_path("report", "{experiment}")
     conda:
         ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        excluded=lambda wc, input: " ".join(
+            f"--excluded {d}={p}" for d, p in zip(EXPERIMENT_SETTINGS[wc.experiment]["datasets"], input.excluded)
+        ),
+        folds=lambda wc, input: fold_args(wc, input, REPORT_READS),
     shell:
-        magicflow_command("report --metrics {input.metrics} --evaluation {input.figures} {params.folds}"
-                              " {params.excluded} --template {input.template}/template.json --out {output}")
+        magicflow_command(
+            "report --metrics {input.metrics} --evaluation {input.figures} {params.folds}"
+            " {params.excluded} --template {input.template}/template.json --out {output}"
+        )
 
 
 rule evaluate:

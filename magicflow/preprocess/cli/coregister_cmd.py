@@ -14,13 +14,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="raw T2w/FLAIR NIfTI, or PET (3D or 4D, with a BIDS sidecar)")
     parser.add_argument("--modality", required=True, choices=MODALITIES)
     parser.add_argument("--t1-json", required=True, help="sidecar written by preprocess-t1 for the same subject")
-    parser.add_argument("--sidecar", default=None,
-                        help="PET: the JSON sidecar to read (the manifest's sidecar column, possibly inherited higher "
-                             "in a BIDS tree); absent or n/a: the file beside the image")
-    parser.add_argument("--tracer", default=None,
-                        help="PET: tracer name used when the sidecar has no TracerName (the manifest's tracer_name)")
-    parser.add_argument("--bias-correct", action="store_true",
-                        help="N4 (ANTs) / FAST (FSL) before coregistration; T2w and FLAIR only, never PET")
+    parser.add_argument(
+        "--sidecar",
+        default=None,
+        help="PET: the JSON sidecar to read (the manifest's sidecar column, possibly inherited higher "
+        "in a BIDS tree); absent or n/a: the file beside the image",
+    )
+    parser.add_argument(
+        "--tracer", default=None, help="PET: tracer name used when the sidecar has no TracerName (the manifest's tracer_name)"
+    )
+    parser.add_argument(
+        "--bias-correct", action="store_true", help="N4 (ANTs) / FAST (FSL) before coregistration; T2w and FLAIR only, never PET"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-image", required=True, help="image in MNI, 182x218x182 float32")
     parser.add_argument("--out-rigid", required=True, help="rigid transform to the native T1 (.mat)")
@@ -31,10 +36,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     outputs = SecondaryOutputs(Path(args.out_image), Path(args.out_rigid), Path(args.out_json))
     qc = qc_requested(args)
-    record = preprocess_secondary(args.image, args.modality, args.t1_json, outputs, args.bias_correct, args.threads,
-                                  sidecar=args.sidecar, tracer=args.tracer)
+    record = preprocess_secondary(
+        args.image,
+        args.modality,
+        args.t1_json,
+        outputs,
+        args.bias_correct,
+        args.threads,
+        sidecar=args.sidecar,
+        tracer=args.tracer,
+    )
     if qc:
         template_dir = read_t1_record(args.t1_json)["TemplateDir"]
-        write_qc(args.out_image, template_dir, args.qc_png, args.qc_json, args.qc_label, f"preprocess-{args.modality}",
-                 motion_summary(record))
+        write_qc(
+            args.out_image,
+            template_dir,
+            args.qc_png,
+            args.qc_json,
+            args.qc_label,
+            f"preprocess-{args.modality}",
+            motion_summary(record),
+        )
     return 0

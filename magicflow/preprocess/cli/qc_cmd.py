@@ -37,13 +37,23 @@ def qc_requested(args: argparse.Namespace) -> bool:
     return args.qc_png is not None
 
 
-def write_qc(image: str | os.PathLike[str], template_dir: str | os.PathLike[str], png: str, json_path: str,
-             label: str | None, stage: str, motion: dict[str, float | None] | None = None) -> None:
+def write_qc(
+    image: str | os.PathLike[str],
+    template_dir: str | os.PathLike[str],
+    png: str,
+    json_path: str,
+    label: str | None,
+    stage: str,
+    motion: dict[str, float | None] | None = None,
+) -> None:
     """Write the QC figure and JSON of a registered image (with a PET's frame motion) and log the check."""
     record = image_qc(image, load_template(template_dir, 1), png, json_path, label, motion)
     probe = f", fits better moved {record['best_probe']}" if record["best_probe"] else ""
-    print(f"[{stage}] QC {record['label']}: NCC {record['ncc']:.3f}, smoothed {record['ncc_smooth']:.3f}, "
-          f"alignment {record['alignment']:+.4f}{probe}", flush=True)
+    print(
+        f"[{stage}] QC {record['label']}: NCC {record['ncc']:.3f}, smoothed {record['ncc_smooth']:.3f}, "
+        f"alignment {record['alignment']:+.4f}{probe}",
+        flush=True,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,9 +9,13 @@ from magicflow.preprocess.qc import DEFAULT_THRESHOLD, gather_qc
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", nargs="+", required=True, help="QC JSON files from preprocess-qc")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help="flag a T1w whose smoothed (3 mm) correlation with the template is below this; "
-                             "misregistration and PET motion are flagged whatever it is")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="flag a T1w whose smoothed (3 mm) correlation with the template is below this; "
+        "misregistration and PET motion are flagged whatever it is",
+    )
     parser.add_argument("--out-tsv", required=True)
 
 

@@ -26,8 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    outputs = T1Outputs(Path(args.out_t1), Path(args.out_mask), Path(args.out_native), Path(args.out_affine),
-                        Path(args.out_warp), Path(args.out_json))
+    outputs = T1Outputs(
+        Path(args.out_t1),
+        Path(args.out_mask),
+        Path(args.out_native),
+        Path(args.out_affine),
+        Path(args.out_warp),
+        Path(args.out_json),
+    )
     qc = qc_requested(args)
     preprocess_t1(args.t1, args.template_dir, outputs, args.backend, args.preset, args.threads)
     if qc:

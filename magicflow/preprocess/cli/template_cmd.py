@@ -11,11 +11,19 @@ from magicflow.preprocess.template import SPACE_FSL, build_template, space_for_b
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="template directory to (re)create")
-    parser.add_argument("--source", choices=("auto", "fsl", "nilearn"), default="auto",
-                        help="auto: FSL's MNI152 when FSL is installed, else nilearn's ICBM 2009a")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="the template of this registration backend (fsl: FSL's MNI152, ants: nilearn's "
-                             "ICBM 2009a); run it where that backend runs. Overrides --source")
+    parser.add_argument(
+        "--source",
+        choices=("auto", "fsl", "nilearn"),
+        default="auto",
+        help="auto: FSL's MNI152 when FSL is installed, else nilearn's ICBM 2009a",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="the template of this registration backend (fsl: FSL's MNI152, ants: nilearn's "
+        "ICBM 2009a); run it where that backend runs. Overrides --source",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
