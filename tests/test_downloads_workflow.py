@@ -150,7 +150,8 @@ def test_paths_with_home_and_spaces(tmp_path: Path, demo_bids: Path):
         env={**os.environ, "HOME": str(home)},
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert f"'{interpreter}' -m magicflow manifest" in result.stdout + result.stderr
+    # the rule runs "$MAGICFLOW_PYTHON" (quoted), which is this interpreter: the path with the space
+    assert '"$MAGICFLOW_PYTHON" -m magicflow manifest' in result.stdout + result.stderr
     table = read_manifest(work / "results" / "mine" / "manifest.tsv")
     assert set(table["image"]) == {"sub-ADNI941S1202_ses-M000_T1w", "sub-ADNI941S1202_ses-M000_trc-18FAV1451_pet"}
     assert table["path"].str.startswith(str(home / "raw data" / "bids")).all()
