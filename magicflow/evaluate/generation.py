@@ -300,8 +300,7 @@ def ms_ssim_pairs(
         kernel_size = ms_ssim_kernel(min(x.shape[2:]))
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise InputError(f"kernel_size must be a positive odd number, got {kernel_size}")
-    scale_div = (MS_SSIM_SCALES - 1) ** 2  # torchmetrics' size check divides by this
-    min_side = max(2**MS_SSIM_SCALES, (kernel_size - 1) * scale_div + scale_div)
+    min_side = _ms_ssim_min_side(kernel_size)
     if min(x.shape[2:]) < min_side:
         raise InputError(
             f"MS-SSIM with {MS_SSIM_SCALES} scales and a {kernel_size} px window needs images of at least"
@@ -321,11 +320,17 @@ def ms_ssim_pairs(
     return result
 
 
+def _ms_ssim_min_side(kernel_size: int) -> int:
+    """The smallest side torchmetrics' five-scale MS-SSIM accepts with this window (its size check
+    divides by (scales - 1) ** 2), and never under 2 ** scales."""
+    scale_div = (MS_SSIM_SCALES - 1) ** 2
+    return max(2**MS_SSIM_SCALES, (kernel_size - 1) * scale_div + scale_div)
+
+
 def ms_ssim_kernel(side: int, largest: int = 11) -> int:
     """The widest odd Gaussian window (at most ``largest``, torchmetrics' default) that
     five-scale MS-SSIM accepts on ``side`` x ``side`` images: 11 from 176 px, 5 at 96, 3 at 64."""
-    scale_div = (MS_SSIM_SCALES - 1) ** 2
-    fits = [k for k in range(1, largest + 1, 2) if side >= max(2**MS_SSIM_SCALES, (k - 1) * scale_div + scale_div)]
+    fits = [k for k in range(1, largest + 1, 2) if side >= _ms_ssim_min_side(k)]
     if not fits:
         raise InputError(f"MS-SSIM with {MS_SSIM_SCALES} scales needs images of at least {2**MS_SSIM_SCALES} px, got {side}")
     return fits[-1]

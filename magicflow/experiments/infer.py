@@ -20,9 +20,8 @@ from magicflow.experiments.posterior import fit_temperature, log_priors, posteri
 from magicflow.flow import MagicFlow
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot
+from magicflow.preprocess.template import GRID_1MM_AFFINE
 from magicflow.slices import CENTRAL_INDEX, upsample_plane
-
-FSL_MNI_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
 
 
 def slice_to_nifti(plane: np.ndarray, offset: int = 0) -> nib.Nifti1Image:
@@ -30,8 +29,8 @@ def slice_to_nifti(plane: np.ndarray, offset: int = 0) -> nib.Nifti1Image:
     on FSL's MNI 1 mm grid at y index 109 + offset: the inverse of slicing. A reduced-size
     plane is enlarged to 182 x 182 first, so viewers show it over the template."""
     slab = np.ascontiguousarray(upsample_plane(plane)[::-1].T[:, None, :], dtype=np.float32)
-    affine = FSL_MNI_AFFINE.copy()
-    affine[:3, 3] += FSL_MNI_AFFINE[:3, 1] * (CENTRAL_INDEX + offset)
+    affine = GRID_1MM_AFFINE.copy()
+    affine[:3, 3] += GRID_1MM_AFFINE[:3, 1] * (CENTRAL_INDEX + offset)
     return nib.Nifti1Image(slab, affine)
 
 
