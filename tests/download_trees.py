@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from adapter_fixtures import COLLECTION_COLUMNS, dicom_file, ida_xml, series_uids
+from adapter_fixtures import COLLECTION, collection_csv, dicom_file, ida_xml, series_uids
 
 #: dataset -> (image stems that reach slices.tsv, {excluded file name: start of its reason})
 EXPECTED: dict[str, tuple[set[str], dict[str, str]]] = {
@@ -237,12 +237,6 @@ def dicom_from_volume(
 # ---------------------------------------------------------------- IDA (PPMI, ADNI)
 
 
-def _collection(path: Path, rows: list[dict]) -> Path:
-    defaults = {"Sex": "F", "Age": "71", "Visit": "sc", "Type": "Original", "Format": "DCM", "Downloaded": "6/01/2024"}
-    pd.DataFrame([{**defaults, **r} for r in rows], columns=COLLECTION_COLUMNS).to_csv(path, index=False)
-    return path
-
-
 def ppmi_tree(root: Path, demo_bids: Path) -> Path:
     tree = root / "PPMI"
     _copy(
@@ -277,7 +271,7 @@ def ppmi_tree(root: Path, demo_bids: Path) -> Path:
         manufacturer="SIEMENS",
         model="TrioTim",
     )
-    _collection(
+    collection_csv(
         root / "PPMI_collection.csv",
         [
             {
@@ -357,51 +351,10 @@ def adni_tree(root: Path, demo_bids: Path) -> Path:
     broken = tree / "002_S_0413" / "ADNI_Brain_PET__Raw_FDG" / "2018-01-12_09_00_00.0" / "I100005"
     broken.mkdir(parents=True)
     (broken / "00001.dcm").write_bytes(b"\x00" * 300)
-    _collection(
+    collection_csv(
         root / "ADNI_collection.csv",
-        [
-            {
-                "Image Data ID": "I100001",
-                "Subject": "941_S_1202",
-                "Group": "AD",
-                "Modality": "MRI",
-                "Description": "Accelerated Sagittal MPRAGE",
-                "Acq Date": "5/10/2017",
-            },
-            {
-                "Image Data ID": "I100002",
-                "Subject": "941_S_1202",
-                "Group": "AD",
-                "Modality": "MRI",
-                "Description": "Sagittal 3D FLAIR",
-                "Acq Date": "5/10/2017",
-            },
-            {
-                "Image Data ID": "I100003",
-                "Subject": "941_S_1202",
-                "Group": "AD",
-                "Modality": "PET",
-                "Description": "AV1451 Tau 6x5min",
-                "Acq Date": "6/01/2017",
-            },
-            {
-                "Image Data ID": "I100004",
-                "Subject": "002_S_0413",
-                "Group": "CN",
-                "Modality": "MRI",
-                "Description": "MPRAGE",
-                "Acq Date": "1/10/2018",
-                "Format": "NiFTI",
-            },
-            {
-                "Image Data ID": "I100005",
-                "Subject": "002_S_0413",
-                "Group": "CN",
-                "Modality": "PET",
-                "Description": "ADNI Brain PET: Raw FDG",
-                "Acq Date": "1/12/2018",
-            },
-        ],
+        # the adapter tests' first five rows; the MPRAGE was downloaded as NIfTI
+        [{**row, "Format": "NiFTI"} if row["Image Data ID"] == "I100004" else row for row in COLLECTION[:5]],
     )
     pd.DataFrame(
         {
