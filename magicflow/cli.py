@@ -68,6 +68,16 @@ COMMANDS: dict[str, Command] = {
         f"{_EXPERIMENTS}:add_attribution_arguments",
         f"{_EXPERIMENTS}:run_attribution",
     ),
+    "baseline-train": Command(
+        "train a discriminative baseline (timm) on one fold, on the flow's slices and splits (resumable)",
+        "magicflow.baselines.commands:add_train_arguments",
+        "magicflow.baselines.commands:run_train",
+    ),
+    "baseline-classify": Command(
+        "classify a fold's test slices with a trained baseline (the flow's predictions.tsv columns)",
+        "magicflow.baselines.commands:add_classify_arguments",
+        "magicflow.baselines.commands:run_classify",
+    ),
     "evaluate": _stage("magicflow.evaluate.commands", "metrics (JSON, TSV) and figures of one experiment"),
     "report": _stage("magicflow.report.experiment", "the self-contained HTML report of one experiment"),
     "bench": _stage("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),

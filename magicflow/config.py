@@ -106,6 +106,46 @@ def check_config(config: dict[str, Any]) -> None:
                 f"config key 'experiments.{name}.preset': {experiment['preset']!r} is neither a library preset "
                 f"{list(LIBRARY_PRESETS)} nor a model_presets entry {sorted(config.get('model_presets', {}))}"
             )
+        baseline_entries(name, experiment)
+
+
+def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, Any]]:
+    """The experiment's ``baselines`` as checked mappings ``{id, name, weights, training}``:
+    known names, unique ids, a classification experiment, an image size the architecture
+    runs at, and weights files that exist."""
+    from magicflow.baselines import DISCRIMINATIVE
+
+    entries, seen = [], {}
+    for i, item in enumerate(experiment.get("baselines") or []):
+        key = f"config key 'experiments.{name}.baselines.{i}'"
+        entry = {"name": item} if isinstance(item, str) else dict(item)
+        arch = DISCRIMINATIVE.get(entry["name"])
+        if arch is None:
+            close = difflib.get_close_matches(entry["name"], DISCRIMINATIVE, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"{key}: unknown baseline {entry['name']!r}{hint}; known baselines: {', '.join(DISCRIMINATIVE)}")
+        if experiment["model"] != "classification":
+            raise InputError(
+                f"{key}: {entry['name']!r} is a classification baseline, but experiment {name!r} has model: "
+                f"{experiment['model']} (list baselines under a classification experiment)"
+            )
+        size = experiment.get("image_size", 182)
+        if size < arch.min_size:
+            raise InputError(
+                f"{key}: {entry['name']} ({arch.timm_name}) needs image_size >= {arch.min_size}, the experiment has "
+                f"{size}; sizes {arch.min_size}-182 work"
+            )
+        entry_id = entry.get("id", entry["name"])
+        if entry_id in seen:
+            raise InputError(f"{key}: baseline id {entry_id!r} is listed twice (also entry {seen[entry_id]}); give one an id")
+        seen[entry_id] = i
+        if "weights" in entry:
+            weights = Path(entry["weights"]).expanduser()
+            if not weights.is_file():
+                raise InputError(f"{key}.weights: file {str(weights)!r} does not exist (weights are never downloaded)")
+            entry["weights"] = str(weights)
+        entries.append({"id": entry_id, "name": entry["name"], "weights": entry.get("weights"), "training": entry.get("training", {})})
+    return entries
 
 
 def active_experiments(config: dict[str, Any]) -> tuple[dict[str, dict], list[str]]:
@@ -118,6 +158,30 @@ def active_experiments(config: dict[str, Any]) -> tuple[dict[str, dict], list[st
         else:
             active[name] = experiment
     return active, skipped
+
+
+def baseline_settings(config: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """Each baseline of one experiment by id: what its training and classification read besides
+    experiment.json, written to ``results/<experiment>/baselines/<id>/baseline.json`` (a file of
+    its own, so adding a baseline reruns nothing of the flow's). Training is the experiment's
+    with the entry's overrides; augmentation and seed are always the experiment's."""
+    from magicflow.baselines import DISCRIMINATIVE
+
+    experiment = config["experiments"][name]
+    training = experiment_settings(config, name)["training"]
+    out = {}
+    for entry in baseline_entries(name, experiment):
+        arch = DISCRIMINATIVE[entry["name"]]
+        out[entry["id"]] = {
+            "id": entry["id"],
+            "name": entry["name"],
+            "label": arch.label,
+            "architecture": arch.timm_name,
+            "image_size": experiment["image_size"],
+            "weights": entry["weights"],
+            "training": {**training, **entry["training"]},
+        }
+    return out
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

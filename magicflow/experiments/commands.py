@@ -101,7 +101,10 @@ def run_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fold_sets(args, settings, slices, arrays):
+def fold_sets(args, settings, slices, arrays):
+    """The fold's classes (split.json) and its train/val/test SliceSets: training slices at the
+    training offsets plus each class's augment offsets, validation and test at the evaluation
+    offsets (shared by the flow's stages and the baselines, so both see the same slices)."""
     from magicflow.experiments.data import load_set, select_slices
 
     classes = json.loads((args.fold_dir.parent / "split.json").read_text())["classes"]
@@ -127,7 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
     from magicflow.flow import MagicFlow
 
     settings, slices, arrays, mask = load_inputs(args)
-    classes, sets = _fold_sets(args, settings, slices, arrays)
+    classes, sets = fold_sets(args, settings, slices, arrays)
     t = settings["training"]
     train_settings = TrainSettings(
         epochs=t["epochs"],
@@ -209,7 +212,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import class_log_likelihoods, predictions_table
 
     settings, slices, arrays, _ = load_inputs(args)
-    classes, sets = _fold_sets(args, settings, slices, arrays)
+    classes, sets = fold_sets(args, settings, slices, arrays)
     model, _, device = _model(args.model, settings["training"]["device"])
     test_ll = class_log_likelihoods(model, sets["test"], device)
     val_ll = class_log_likelihoods(model, sets["val"], device)
@@ -234,7 +237,7 @@ def run_attribution(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import attribution_maps, overlay_png
 
     settings, slices, arrays, mask = load_inputs(args)
-    classes, sets = _fold_sets(args, settings, slices, arrays)
+    classes, sets = fold_sets(args, settings, slices, arrays)
     test = sets["test"]
     limit = min(len(test), settings["attribution"]["max_images"])
     predictions = pd.read_csv(args.predictions, sep="\t", dtype=str, keep_default_na=False).iloc[:limit]

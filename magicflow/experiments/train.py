@@ -384,11 +384,12 @@ def selection_score(metrics: dict[str, float], classification: bool) -> list[flo
     return [metrics["val_balanced_accuracy"], -metrics["val_nll"]] if classification else [-metrics["val_nll"]]
 
 
-def should_stop(history: list[dict[str, float]], patience: int | None) -> bool:
-    """True once the last ``patience`` epochs brought no validation NLL below the best before them."""
+def should_stop(history: list[dict[str, float]], patience: int | None, key: str = "val_nll") -> bool:
+    """True once the last ``patience`` epochs brought no validation NLL (or other loss ``key``)
+    below the best before them."""
     if patience is None or len(history) <= patience:
         return False
-    nll = [row["val_nll"] for row in history]
+    nll = [row[key] for row in history]
     return min(nll[-patience:]) >= min(nll[:-patience])
 
 

@@ -1,0 +1,46 @@
+"""Baselines trained on exactly an experiment's slices, splits and augmentation, so that the
+report can set MAGIC-Flow beside them (the paper's Table 3).
+
+This module is the registry only and imports no torch: the config is validated against it at
+every Snakemake start. :mod:`magicflow.baselines.discriminative` trains and applies them.
+
+Each entry of :data:`DISCRIMINATIVE` maps a config name to the timm architecture built for it
+(``timm.create_model(architecture, pretrained=False, in_chans=1, num_classes=K)``, plus
+``img_size`` for the transformers) and the smallest ``image_size`` it runs at. Those sizes were
+measured with timm 1.0.31 (a forward pass of a zero image at each size 16-182) and are held
+true by tests/test_baselines.py:
+
+- resnet18, resnet50, swin_tiny, swin_base, swin, vit_r50_b16: every size 16-182. timm's Swin pads
+  the patch grid and each stage's windows, and a window larger than its stage's feature map
+  shrinks to it, so no size has to divide the window (7) or the patch (4);
+- densenet121: 29 and up (its last pooling needs a 2x2 map);
+- vit_b32: 32 and up (one 32x32 patch at least; a side that 32 does not divide loses its last
+  ``side % 32`` rows and columns to the patch grid);
+- inception_v3, inception_resnet_v2: 75 and up (their stems reduce 75 px to a 3x3 map)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Architecture:
+    timm_name: str
+    label: str  # as the paper's Table 3 names it
+    min_size: int  # smallest image_size its forward pass accepts
+    img_size: bool = False  # takes img_size= (the transformers: position embeddings, windows)
+    note: str = ""
+
+
+DISCRIMINATIVE: dict[str, Architecture] = {
+    "resnet18": Architecture("resnet18", "ResNet-18", 16, note="small, for demos"),
+    "resnet50": Architecture("resnet50", "ResNet-50", 16),
+    "densenet121": Architecture("densenet121", "DenseNet-121", 29),
+    "inception_v3": Architecture("inception_v3", "InceptionV3", 75),
+    "inception_resnet_v2": Architecture("inception_resnet_v2", "IncepResNetV2", 75),
+    "vit_b32": Architecture("vit_base_patch32_224", "ViT-B/32", 32, img_size=True),
+    "vit_r50_b16": Architecture("vit_base_r50_s16_224", "ViT-ResNet/16", 16, img_size=True),
+    "swin_tiny": Architecture("swin_tiny_patch4_window7_224", "Swin-T", 16, img_size=True),
+    "swin_base": Architecture("swin_base_patch4_window7_224", "Swin-B", 16, img_size=True),
+    "swin": Architecture("swin_base_patch4_window7_224", "Swin-ViT", 16, img_size=True, note="Swin-B, as swin_base"),
+}

@@ -1,0 +1,102 @@
+"""``magicflow baseline-train`` and ``magicflow baseline-classify``: one baseline on one fold.
+
+Both read the experiment's ``experiment.json`` (slices, offsets, image size, device) and the
+baseline's ``baseline.json`` (``results/<experiment>/baselines/<id>/``: architecture, weights
+file, training settings), and load the fold's sets exactly as the flow's ``train`` and
+``classify`` do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from magicflow.errors import InputError
+from magicflow.io import atomic_path
+
+
+def _baseline(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read baseline settings {path}: {error}") from None
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    from magicflow.experiments.commands import add_experiment_inputs
+
+    add_experiment_inputs(parser)
+    parser.add_argument("--baseline", required=True, type=Path, help="results/<experiment>/baselines/<id>/baseline.json")
+    parser.add_argument("--fold-dir", required=True, type=Path, help="results/<experiment>/splits/folds/fold-<k>")
+
+
+def _load(args: argparse.Namespace):
+    from magicflow.experiments.commands import fold_sets, load_inputs
+
+    settings, slices, arrays, _ = load_inputs(args)
+    baseline = _baseline(args.baseline)
+    if baseline.get("image_size", settings.get("image_size")) != settings.get("image_size"):
+        raise InputError(
+            f"{args.baseline} is for image_size {baseline['image_size']}, {args.experiment} has {settings['image_size']}; "
+            "rerun its baseline_settings job"
+        )
+    classes, sets = fold_sets(args, settings, slices, arrays)
+    return settings, baseline, classes, sets
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_inputs(parser)
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/baselines/<id>/models/fold-<k>")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from magicflow.baselines.discriminative import model_from_settings, train_baseline
+    from magicflow.experiments.train import resolve_device
+
+    settings, baseline, classes, sets = _load(args)
+    device = resolve_device(baseline["training"]["device"])
+    torch.manual_seed(baseline["training"]["seed"])
+    model = model_from_settings(baseline, len(classes))
+    print(
+        f"{settings['name']} {baseline['id']} ({baseline['architecture']}) {args.fold_dir.name}: {len(sets['train'])} training / "
+        f"{len(sets['val'])} validation slices, {len(classes)} classes, {sum(p.numel() for p in model.parameters()):,} "
+        f"parameters, device {device}" + (f", from {baseline['weights']}" if baseline.get("weights") else ", from scratch")
+    )
+    train_baseline(
+        model,
+        sets["train"],
+        sets["val"],
+        args.out,
+        baseline,
+        device,
+        len(classes),
+        extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name},
+    )
+    return 0
+
+
+def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_inputs(parser)
+    parser.add_argument("--model", required=True, type=Path, help="the baseline's best.pt of this fold")
+    parser.add_argument("--out", required=True, type=Path, help="predictions.tsv")
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from magicflow.baselines.discriminative import load_baseline, logits_of, predictions_table
+    from magicflow.experiments.train import resolve_device
+
+    settings, baseline, classes, sets = _load(args)
+    device = resolve_device(baseline["training"]["device"])
+    model, payload = load_baseline(args.model, device)
+    if payload["extra"].get("classes", classes) != classes:
+        raise InputError(f"{args.model} was trained on classes {payload['extra']['classes']}, the split has {classes}; retrain it")
+    test = logits_of(model, sets["test"], device).double().numpy()
+    val = logits_of(model, sets["val"], device).double().numpy()
+    table, temperature = predictions_table(sets["test"], sets["val"], classes, test, val)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    accuracy = float((table["true"] == table["predicted"]).mean()) if len(table) else float("nan")
+    print(f"{baseline['id']}: {len(table)} test slices, accuracy {accuracy:.3f}, temperature {temperature:.3g} -> {args.out}")
+    return 0

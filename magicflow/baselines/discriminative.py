@@ -1,0 +1,424 @@
+"""Discriminative baselines (timm CNNs and ViTs) trained like the experiment's MAGIC-Flow model.
+
+Per fold a baseline sees exactly the flow's data: the same split, training slices (augment
+offsets included), validation and test slices (:func:`magicflow.experiments.commands.fold_sets`),
+the same on-the-fly augmentation (:func:`magicflow.experiments.train.augment`, same seeds per
+epoch), the same optimiser settings (Adam, gradient norm clipped at 1.0, warm-up then cosine
+decay from ``training.lr``), seeds, device handling and model selection: ``best.pt`` is the
+epoch with the highest validation balanced accuracy, ties broken by the lower validation loss;
+``patience`` stops on the validation loss. The loss is cross-entropy. The flow's own settings
+(dequantisation, ``loss``, ``ema``, ``precision``, ``compile``) do not apply.
+
+``last.pt`` holds the whole training state after every epoch, so a killed run resumes from its
+last epoch (a completed one, or another run's state, is never resumed), and ``training.tsv`` /
+``training.png`` the curves.
+
+Predictions use the flow's ``predictions.tsv`` columns, so evaluation scores both alike:
+``loglik_<class>`` holds the network's log-softmax, log p(class | image) (a discriminative model
+has no image likelihood), ``posterior_<class>`` the softmax of the logits over a temperature
+fitted on the validation slices (as the flow's posteriors are; it changes confidence, never the
+prediction), ``predicted`` the argmax of the logits.
+
+Pretrained weights come only from a local file (:func:`load_weights`); nothing is downloaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy.special import log_softmax
+from torch import nn
+
+from magicflow.baselines import DISCRIMINATIVE
+from magicflow.errors import InputError
+from magicflow.experiments.data import SliceSet
+from magicflow.experiments.posterior import fit_temperature, posteriors
+from magicflow.experiments.train import (
+    TrainSettings,
+    _epoch_generator,
+    augment,
+    balanced_accuracy,
+    learning_rate,
+    make_scheduler,
+    should_stop,
+)
+from magicflow.io import atomic_path
+from magicflow.plotting import pyplot
+
+FORMAT = "magicflow.baseline/1"
+STATE_FORMAT = "magicflow.baseline-train/1"
+#: wrappers stripped from the names in a weights file (DataParallel, Lightning, ...)
+_PREFIXES = ("module.", "model.")
+
+
+# --------------------------------------------------------------------------- models
+def build_model(name: str, num_classes: int, image_size: int) -> nn.Module:
+    """The timm architecture of a baseline name, untrained, for 1-channel images of this size."""
+    import timm
+
+    arch = DISCRIMINATIVE.get(name)
+    if arch is None:
+        raise InputError(f"unknown baseline {name!r}; known baselines: {', '.join(DISCRIMINATIVE)}")
+    if num_classes < 2:
+        raise InputError(f"baseline {name}: needs at least 2 classes, got {num_classes}")
+    kwargs = {"img_size": image_size} if arch.img_size else {}
+    return timm.create_model(arch.timm_name, pretrained=False, in_chans=1, num_classes=num_classes, **kwargs)
+
+
+def check_image_size(model: nn.Module, name: str, image_size: int) -> None:
+    """One forward pass of a zero image: an architecture that cannot take this size fails here
+    with the sizes that work, not in the middle of training."""
+    arch = DISCRIMINATIVE[name]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, image_size, image_size, device=next(model.parameters()).device))
+    except RuntimeError as error:
+        raise InputError(
+            f"baseline {name} ({arch.timm_name}) does not run at image_size {image_size}: {error}; "
+            f"sizes {arch.min_size}-182 work (magicflow/baselines/__init__.py)"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def model_from_settings(settings: dict[str, Any], num_classes: int) -> nn.Module:
+    """The baseline.json settings' model: built, and started from its weights file if it names one."""
+    model = build_model(settings["name"], num_classes, settings["image_size"])
+    if settings.get("weights"):
+        for note in load_weights(model, settings["weights"]):
+            print(note)
+    return model
+
+
+# --------------------------------------------------------------------------- weights
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file: a state dict saved with torch.save (plain, or under
+    ``state_dict`` / ``model``) or a safetensors file; wrappers' ``module.``/``model.`` prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"baseline weights not found: {path} is not a file (weights are never downloaded; give a local file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            payload: Any = load_file(str(path))
+        else:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt, not a weights file, or pickled code
+        raise InputError(
+            f"{path} is not a readable weights file (torch.load weights_only=True, or safetensors for .safetensors): {error}"
+        ) from None
+    while isinstance(payload, dict):
+        inner = next((payload[k] for k in ("state_dict", "model") if isinstance(payload.get(k), dict)), None)
+        if inner is None:
+            break
+        payload = inner
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise InputError(f"{path} holds no state dict (expected name -> tensor, plain or under 'state_dict' / 'model')")
+    state = {}
+    for key, value in payload.items():
+        name = key
+        while name.startswith(_PREFIXES):
+            name = name.split(".", 1)[1]
+        state[name] = value
+    return state
+
+
+def _layout(expected: dict[str, torch.Tensor], count: int = 6) -> str:
+    shown = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(expected.items())[:count])
+    return f"{len(expected)} tensors: {shown}, ..."
+
+
+def _heads(model: nn.Module) -> tuple[str, ...]:
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", ())
+    return (classifier,) if isinstance(classifier, str) else tuple(classifier)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a local weights file into a timm baseline strictly; returns notes on what was adapted.
+
+    Adapted, and said in the notes: a 3-channel first convolution (an ImageNet/RadImageNet
+    file) is summed over its input channels to the 1 channel the baselines take (as timm does
+    for in_chans=1); timm's own checkpoint filter of the architecture runs (position
+    embeddings and Swin's relative position tables resampled to this image size, older key
+    names converted); a classifier head of another class count is left out, so the head
+    starts untrained. Anything else missing, unexpected or of another shape is an InputError
+    that names the file and the layout expected."""
+    path = Path(path)
+    state = read_weights(path)
+    expected = model.state_dict()
+    notes = []
+    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    first_key = f"{first}.weight" if first else None
+    if first_key in state and first_key in expected:
+        have, want = state[first_key], expected[first_key]
+        if have.ndim == 4 and have.shape[1] == 3 and want.shape[1] == 1 and have.shape[0] == want.shape[0]:
+            state[first_key] = have.sum(dim=1, keepdim=True)
+            notes.append(f"{path}: {first_key} summed over its 3 input channels to the 1 channel of the slices")
+    module = sys.modules.get(type(model).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception as error:
+            raise InputError(f"{path}: timm cannot convert it for {type(model).__name__}: {type(error).__name__}: {error}") from None
+    dropped = []
+    for key in list(state):
+        if any(key.startswith(f"{head}.") for head in _heads(model)) and key in expected and state[key].shape != expected[key].shape:
+            dropped.append(key)
+            del state[key]
+    if dropped:
+        notes.append(f"{path}: classifier head {dropped} of another class count left out; it starts untrained")
+    missing = [k for k in expected if k not in state and k not in dropped]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}" for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing key(s) {missing[:5]}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
+        if shapes:
+            problems.append(f"{len(shapes)} shape mismatch(es) {shapes[:5]}")
+        raise InputError(
+            f"{path} does not fit {type(model).__name__} ({'; '.join(problems)}). Expected a timm state dict of this "
+            f"architecture with in_chans=1 (a 3-channel first convolution is summed), as torch.save(model.state_dict()) "
+            f"writes it: {_layout(expected)}"
+        )
+    model.load_state_dict({**{k: expected[k] for k in dropped}, **state}, strict=True)
+    return notes
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_baseline(path: Path, model: nn.Module, settings: dict[str, Any], num_classes: int, extra: dict[str, Any]) -> None:
+    payload = {
+        "format": FORMAT,
+        "baseline": settings,
+        "num_classes": num_classes,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_baseline(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A trained baseline from its best.pt: (model on ``device`` in eval mode, the payload without weights)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"baseline checkpoint not found: {path}") from None
+    except Exception as error:
+        raise InputError(f"{path} is not a readable baseline checkpoint: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{path} is not a baseline checkpoint (expected format {FORMAT!r})")
+    settings = payload["baseline"]
+    model = build_model(settings["name"], payload["num_classes"], settings["image_size"])
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.to(device).eval()
+    return model, {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+# --------------------------------------------------------------------------- training
+def train_settings(training: dict[str, Any]) -> TrainSettings:
+    """The flow's TrainSettings from a baseline's training section (its flow-only keys ignored)."""
+    return TrainSettings(
+        epochs=training["epochs"],
+        patience=training.get("patience"),
+        batch_size=training["batch_size"],
+        lr=training["lr"],
+        seed=training["seed"],
+        **training.get("augment", {}),
+    )
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, data: SliceSet, device: torch.device, batch: int = 32) -> torch.Tensor:
+    """(N, K) logits on the CPU, in eval mode."""
+    model.eval()
+    out = [model(data.images[s : s + batch].to(device)).float().cpu() for s in range(0, len(data), batch)]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def _validate(model: nn.Module, data: SliceSet, device: torch.device, batch: int) -> dict[str, float]:
+    logits = logits_of(model, data, device, batch)
+    predicted = logits.argmax(1).numpy()
+    labels = data.labels.numpy()
+    return {
+        "val_loss": float(F.cross_entropy(logits, data.labels)),
+        "val_accuracy": float((predicted == labels).mean()),
+        "val_balanced_accuracy": balanced_accuracy(labels, predicted),
+    }
+
+
+def fingerprint(settings: dict[str, Any], train: TrainSettings, data: SliceSet, num_classes: int) -> str:
+    text = json.dumps(
+        {"baseline": settings, "train": asdict(train), "k": num_classes, "n": len(data), "labels": data.labels.tolist()},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_baseline(
+    model: nn.Module,
+    train: SliceSet,
+    val: SliceSet,
+    out_dir: Path,
+    settings: dict[str, Any],
+    device: torch.device,
+    num_classes: int,
+    extra: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Train with cross-entropy, writing best.pt, last.pt (resumable state), training.tsv and
+    training.png into ``out_dir``; returns the history. ``settings`` is the baseline.json content."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(train) < 2 or len(val) == 0:
+        raise InputError(f"{out_dir}: too small a training ({len(train)}, at least 2) or validation ({len(val)}) set")
+    ts = train_settings(settings["training"])
+    model.to(device)
+    check_image_size(model, settings["name"], int(train.images.shape[-1]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=ts.lr)
+    # a last batch of one image would meet batch norm with one value per channel: it joins no step
+    steps_per_epoch = len(train) // ts.batch_size if len(train) % ts.batch_size == 1 else math.ceil(len(train) / ts.batch_size)
+    total_steps = steps_per_epoch * ts.epochs
+    scheduler = make_scheduler(optimizer, total_steps, ts)
+    run_id = fingerprint(settings, ts, train, num_classes)
+    history: list[dict[str, float]] = []
+    best: list[float] = [-math.inf]
+    start_epoch, step = 0, 0
+    state_path = out_dir / "last.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("format") == STATE_FORMAT and state["run_id"] == run_id and not state["completed"]:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, step, best = state["epoch"] + 1, state["step"], list(state["best"])
+            history = [dict(zip(state["history_columns"], row)) for row in state["history"]]
+            print(f"resuming from {state_path} after epoch {state['epoch'] + 1} of {ts.epochs}")
+    images, labels = train.images.to(device), train.labels.to(device)
+    for epoch in range(start_epoch, ts.epochs):
+        torch.manual_seed(int(np.random.SeedSequence([ts.seed, epoch, 0]).generate_state(1)[0]))  # dropout, drop-path
+        order = torch.randperm(len(train), generator=_epoch_generator(ts.seed, epoch, 1)).to(device)
+        noise = _epoch_generator(ts.seed, epoch, 2, device)
+        model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for b in range(steps_per_epoch):
+            index = order[b * ts.batch_size : (b + 1) * ts.batch_size]
+            x = augment(images[index], ts, noise)
+            loss = F.cross_entropy(model(x), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), ts.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += loss.detach()
+        train_loss = float(loss_sum) / max(steps_per_epoch, 1)
+        if not math.isfinite(train_loss):
+            raise RuntimeError(f"non-finite training loss at epoch {epoch + 1}; lower the baseline's training.lr")
+        train_seconds = time.perf_counter() - started
+        metrics = _validate(model, val, device, ts.batch_size)
+        row = {
+            "epoch": epoch + 1,
+            "lr": learning_rate(step - 1, total_steps, ts),
+            "train_loss": train_loss,
+            **metrics,
+            "steps": steps_per_epoch,
+            "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - started,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
+        }
+        history.append(row)
+        score = [metrics["val_balanced_accuracy"], -metrics["val_loss"]]
+        if score > best or not (out_dir / "best.pt").exists():
+            best = max(best, score)
+            save_baseline(
+                out_dir / "best.pt",
+                model,
+                settings,
+                num_classes,
+                {**(extra or {}), "epoch": epoch + 1, "score": score[0], "selected_by": "val_balanced_accuracy, then val_loss"},
+            )
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        stop = should_stop(history, ts.patience, key="val_loss")
+        if stop:
+            print(f"stopping early after epoch {epoch + 1}: validation loss not better for {ts.patience} epochs", flush=True)
+        columns = list(history[0])
+        with atomic_path(state_path) as tmp:
+            torch.save(
+                {
+                    "format": STATE_FORMAT,
+                    "run_id": run_id,
+                    "epoch": epoch,
+                    "step": step,
+                    "best": best,
+                    "completed": stop or epoch + 1 == ts.epochs,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history_columns": columns,
+                    "history": [[float(r[c]) for c in columns] for r in history],
+                },
+                tmp,
+            )
+        write_history(history, out_dir, settings.get("label", settings["name"]))
+        if stop:
+            break
+    return pd.DataFrame(history)
+
+
+def write_history(history: list[dict], out_dir: Path, title: str) -> None:
+    """training.tsv and a PNG of the loss and validation accuracy curves."""
+    plt = pyplot()
+    table = pd.DataFrame(history)
+    with atomic_path(out_dir / "training.tsv") as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(table["epoch"], table["train_loss"], "o-", label="train")
+    axes[0].plot(table["epoch"], table["val_loss"], "s-", label="validation")
+    axes[0].set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: loss")
+    axes[0].legend()
+    axes[1].plot(table["epoch"], table["val_balanced_accuracy"], "s-", color="C2")
+    axes[1].set(xlabel="epoch", ylabel="balanced accuracy", title="validation", ylim=(0, 1))
+    fig.tight_layout()
+    with atomic_path(out_dir / "training.png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- predictions
+def predictions_table(
+    test: SliceSet, val: SliceSet, classes: list[str], test_logits: np.ndarray, val_logits: np.ndarray
+) -> tuple[pd.DataFrame, float]:
+    """The flow's predictions.tsv columns for a baseline (see the module docstring)."""
+    k = len(classes)
+    zero = np.zeros(k)
+    temperature = fit_temperature(val_logits, zero, val.labels.numpy()) if len(val) else 1.0
+    post = posteriors(test_logits, zero, temperature) if len(test) else np.zeros((0, k))
+    log_p = log_softmax(test_logits, axis=1) if len(test) else np.zeros((0, k))
+    table = test.meta[["dataset", "subject", "session", "image", "offset"]].copy()
+    for i, name in enumerate(classes):
+        table[f"loglik_{name}"] = log_p[:, i]
+    for i, name in enumerate(classes):
+        table[f"posterior_{name}"] = post[:, i]
+    table["true"] = [classes[i] for i in test.labels.tolist()]
+    table["predicted"] = [classes[i] for i in np.asarray(test_logits).argmax(1)] if len(test) else []
+    table["temperature"] = temperature
+    return table, temperature
