@@ -22,6 +22,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/experiments.smk"
+include: "workflow/rules/baselines.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -36,4 +37,5 @@ rule all:
         rules.slices.input,
         rules.sample.input,
         rules.attribution.input,
+        rules.baselines.input,
         rules.report.input,

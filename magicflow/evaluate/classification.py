@@ -231,3 +231,70 @@ def rejection_curve(true: np.ndarray, proba: np.ndarray, steps: int = 21) -> pd.
     return pd.DataFrame(
         {"rejected_fraction": 1.0 - retained / n, "retained": retained, "accuracy": hits[retained - 1] / retained}
     )
+
+
+#: the paper's Table 3 columns, in its order
+TABLE3_METRICS = ("accuracy", "balanced_accuracy", "macro_auc", "macro_precision", "macro_recall", "macro_f1")
+PAIRED_TEST = (
+    "paired t-test (scipy.stats.ttest_rel, two-sided) of MAGIC-Flow against each baseline on the per-fold balanced "
+    "accuracy. Not Wilcoxon's signed-rank test: with 5 folds its exact two-sided p-value cannot fall below 0.0625, "
+    "so it could never show a difference at 0.05 (its p-value is given beside). The folds share training subjects, "
+    "so both p-values are optimistic; n/a with fewer than 2 folds."
+)
+
+
+def paired_fold_test(flow: list[float], baseline: list[float]) -> dict[str, Any]:
+    """MAGIC-Flow against one baseline over the folds both ran (values in fold order)."""
+    from scipy.stats import ttest_rel, wilcoxon
+
+    a, b = np.asarray(flow, float), np.asarray(baseline, float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    out: dict[str, Any] = {"folds": int(len(a)), "mean_difference": float((a - b).mean()) if len(a) else float("nan")}
+    if len(a) < 2:
+        return {**out, "t": None, "p_ttest": None, "p_wilcoxon": None, "note": "n/a: fewer than 2 folds"}
+    if np.allclose(a - b, 0):
+        return {**out, "t": 0.0, "p_ttest": 1.0, "p_wilcoxon": 1.0, "note": "identical on every fold"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = ttest_rel(a, b)
+        try:
+            w = float(wilcoxon(a, b).pvalue)
+        except ValueError:
+            w = float("nan")
+    return {**out, "t": float(t.statistic), "p_ttest": float(t.pvalue), "p_wilcoxon": w, "note": ""}
+
+
+def model_comparison(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """The paper's Table 3 with every model side by side: ``models`` in row order, MAGIC-Flow
+    first, each ``{"id", "model", "per_fold": [classification_metrics rows with "fold"], ...}``.
+
+    Per model the mean and sample std (ddof=1) over folds of each :data:`TABLE3_METRICS`
+    column (:func:`fold_summary`); ``best`` names the model(s) with the highest mean per column;
+    ``tests`` pairs MAGIC-Flow with each baseline on the folds both ran (:func:`paired_fold_test`)."""
+    if not models:
+        raise InputError("model_comparison: no models given")
+    rows = []
+    for model in models:
+        summary = fold_summary(model["per_fold"])
+        mean, std = summary.loc["mean"], summary.loc["std"]
+        rows.append(
+            {
+                **{k: v for k, v in model.items() if k != "per_fold"},
+                "folds": len(model["per_fold"]),
+                "mean": {m: float(mean.get(m, np.nan)) for m in TABLE3_METRICS},
+                "std": {m: float(std.get(m, np.nan)) for m in TABLE3_METRICS},
+                "per_fold": [{"fold": r["fold"], **{m: r.get(m) for m in TABLE3_METRICS}} for r in model["per_fold"]],
+            }
+        )
+    best = {}
+    for metric in TABLE3_METRICS:
+        values = np.array([r["mean"][metric] for r in rows], float)
+        best[metric] = [rows[i]["id"] for i in np.flatnonzero(values == np.nanmax(values))] if np.isfinite(values).any() else []
+    flow = {r["fold"]: r["balanced_accuracy"] for r in rows[0]["per_fold"]}
+    tests = []
+    for row in rows[1:]:
+        other = {r["fold"]: r["balanced_accuracy"] for r in row["per_fold"]}
+        folds = [f for f in flow if f in other]
+        tests.append({"baseline": row["id"], **paired_fold_test([flow[f] for f in folds], [other[f] for f in folds])})
+    return {"metrics": list(TABLE3_METRICS), "models": rows, "best": best, "tests": tests, "test": PAIRED_TEST}

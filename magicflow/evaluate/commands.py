@@ -39,6 +39,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"a fold's {what}, one per fold run" + (" (optional)" if name in OPTIONAL else ""),
         )
     parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="ID=JSON",
+        help="a baseline's baseline.json (repeat per baseline); its predictions come with --baseline-predictions",
+    )
+    parser.add_argument(
+        "--baseline-predictions",
+        action="append",
+        default=[],
+        metavar="ID:FOLD=PATH",
+        help="a baseline's predictions.tsv of one fold, one per baseline and fold run (Table 3)",
+    )
+    parser.add_argument(
         "--groundtruth", action="append", default=[], metavar="DATASET=DIR", help="a demo dataset's derivatives/groundtruth"
     )
     parser.add_argument(
@@ -65,6 +79,31 @@ def evaluation_settings(path: Path | None, seed: int) -> dict:
     return settings
 
 
+def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
+    """id -> {"settings": its baseline.json, "predictions": {fold: path}} from --baseline and
+    --baseline-predictions (every id in one must be in the other)."""
+    from magicflow.experiments.commands import parse_pairs
+
+    settings = {}
+    for baseline_id, path in parse_pairs(args.baseline, "baseline").items():
+        try:
+            settings[baseline_id] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"cannot read baseline settings {path}: {error}") from None
+    predictions: dict[str, dict[str, Path]] = {}
+    for value in args.baseline_predictions:
+        key, sep, path = value.partition("=")
+        baseline_id, colon, fold = key.partition(":")
+        if not (sep and colon and baseline_id and fold and path):
+            raise InputError(f"--baseline-predictions {value!r}: expected ID:FOLD=PATH")
+        predictions.setdefault(baseline_id, {})[fold] = Path(path)
+    if set(settings) != set(predictions):
+        raise InputError(
+            f"baselines with settings {sorted(settings)} but predictions for {sorted(predictions)}: give both for each baseline"
+        )
+    return {b: {"settings": settings[b], "predictions": predictions[b]} for b in settings}
+
+
 def run(args: argparse.Namespace) -> int:
     from magicflow.evaluate import experiment as ev
     from magicflow.evaluate.features import extractor_from_config
@@ -74,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from magicflow.experiments.split import read_fold
 
     started = time.perf_counter()
+    baselines = baseline_inputs(args)  # read first: a wrong option fails before minutes of work
     experiment, slices, arrays, brain = load_inputs(args)
     settings = evaluation_settings(args.evaluation, experiment["seed"])
     ev.seed_everything(settings["seed"])
@@ -119,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         scores_truth = experiment["label"] == "diagnosis" and "pet-tau" in experiment["modalities"]
         groundtruth = parse_pairs(args.groundtruth, "groundtruth") if scores_truth else {}
         metrics["attribution"] = ev.attribution_section(outputs, brain, groundtruth, settings, fig_dir)
+        metrics["comparison"] = ev.comparison_section(outputs, metrics["classification"]["per_fold"], baselines)
         metrics["efficiency"] = ev.efficiency_section(outputs)
         metrics["figures"] = {k: v for k, v in ev.FIGURES.items() if (fig_dir / v).exists()}
         metrics = ev.to_json(metrics)

@@ -306,3 +306,49 @@ def flatten(metrics: dict, prefix: str = "") -> list[tuple[str, float]]:
         elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool) or value is None:
             rows.append((name, value))
     return rows
+
+
+# --------------------------------------------------------------------------- baselines (Table 3)
+def _slice_keys(table: pd.DataFrame) -> list[tuple]:
+    return list(zip(table["dataset"].astype(str), table["image"].astype(str), table["offset"].astype(int)))
+
+
+def comparison_section(
+    outputs: ExperimentOutputs, flow_per_fold: list[dict], baselines: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """MAGIC-Flow and each baseline side by side (the paper's Table 3), scored by the same
+    :func:`classification.classification_metrics` per fold. ``baselines`` maps id ->
+    ``{"settings": baseline.json, "predictions": {fold: predictions.tsv path}}``; every fold the
+    experiment ran must be given, and each must list the flow's test slices. None without baselines."""
+    if not baselines:
+        return None
+    from magicflow.evaluate.inputs import read_predictions
+
+    folds = [f.name for f in outputs.folds]
+    models = [{"id": "magicflow", "model": "MAGIC-Flow", "architecture": "MAGIC-Flow", "weights": None, "per_fold": flow_per_fold}]
+    for baseline_id, given in baselines.items():
+        settings, paths = given["settings"], given["predictions"]
+        if sorted(paths) != folds:
+            raise InputError(
+                f"baseline {baseline_id}: the experiment ran {folds}, but predictions were given for {sorted(paths)} "
+                f"(--baseline-predictions {baseline_id}:FOLD=PATH, one per fold)"
+            )
+        per_fold = []
+        for fold in outputs.folds:
+            table = read_predictions(paths[fold.name])
+            if _slice_keys(table) != _slice_keys(fold.predictions):
+                raise InputError(
+                    f"{paths[fold.name]}: not the test slices of MAGIC-Flow's {fold.name} predictions; rerun baseline_classify"
+                )
+            true, proba = posterior_matrix(table, outputs.classes)
+            per_fold.append({"fold": fold.name, **cls.classification_metrics(true, proba, outputs.classes)})
+        models.append(
+            {
+                "id": baseline_id,
+                "model": settings.get("label", baseline_id) + ("" if baseline_id == settings.get("name", baseline_id) else f" ({baseline_id})"),
+                "architecture": settings.get("architecture"),
+                "weights": settings.get("weights"),
+                "per_fold": per_fold,
+            }
+        )
+    return cls.model_comparison(models)

@@ -92,18 +92,20 @@ def load_experiment(split_json: Path, files: dict[str, dict[str, Path]]) -> Expe
             FoldOutputs(
                 name=fold,
                 training=read_tsv(files["training"][fold]),
-                predictions=pd.read_csv(
-                    _need(files["predictions"][fold]),
-                    sep="\t",
-                    dtype={"subject": str, "session": str, "image": str, "dataset": str},
-                    keep_default_na=False,
-                ),
+                predictions=read_predictions(files["predictions"][fold]),
                 samples=read_npz(Path(files["samples"][fold]) / "samples.npz"),
                 maps=read_npz(Path(files["attribution"][fold]) / "maps.npz"),
                 benchmarks={"train": read_benchmark(files["train_benchmark"][fold])} if files.get("train_benchmark") else {},
             )
             for fold in folds
         ],
+    )
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A predictions.tsv (the flow's or a baseline's), identifiers kept as text."""
+    return pd.read_csv(
+        _need(Path(path)), sep="\t", dtype={"subject": str, "session": str, "image": str, "dataset": str}, keep_default_na=False
     )
 
 

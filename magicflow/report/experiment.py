@@ -201,6 +201,67 @@ def classification(m: dict, evaluation: Path) -> str:
     return body
 
 
+TABLE3_HEADERS = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "macro_auc": "AUC",
+    "macro_precision": "Precision (macro)",
+    "macro_recall": "Recall (macro)",
+    "macro_f1": "F1 (macro)",
+}
+
+
+def _p(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def comparison(m: dict) -> str:
+    """Table 3: one row per model (MAGIC-Flow first), mean ± std over folds, the best mean of
+    each column in bold with a ▲, then the paired tests of MAGIC-Flow against each baseline."""
+    c = m["comparison"]
+    metrics = c["metrics"]
+    head = "<th>model</th><th>pretrained weights</th><th>folds</th>" + "".join(
+        f"<th>{h.esc(TABLE3_HEADERS.get(x, x))}</th>" for x in metrics
+    )
+    rows = []
+    for row in c["models"]:
+        cells = []
+        for metric in metrics:
+            text = f"{h.fmt(row['mean'][metric])} ± {h.fmt(row['std'][metric])}"
+            cells.append(f"<td><b>{text} ▲</b></td>" if row["id"] in c["best"].get(metric, []) else f"<td>{text}</td>")
+        weights = Path(row["weights"]).name if row.get("weights") else ("&ndash;" if row["id"] == "magicflow" else "none (from scratch)")
+        rows.append(
+            f"<tr><td>{h.esc(row['model'])}</td><td>{h.esc(weights) if row.get('weights') else weights}</td>"
+            f"<td>{row['folds']}</td>{''.join(cells)}</tr>"
+        )
+    body = (
+        '<p class="note">Every model trained and tested on the same folds, slices and augmentation; metrics from each '
+        "model's predictions.tsv by the same functions, mean ± std (sample std) over folds. ▲ and bold: the best mean "
+        "of the column.</p>"
+        f'<table class="table3"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+    names = {r["id"]: r["model"] for r in c["models"]}
+    tests = [
+        {
+            "baseline": names.get(t["baseline"], t["baseline"]),
+            "folds": t["folds"],
+            "difference": t["mean_difference"],
+            "p_ttest": _p(t["p_ttest"]),
+            "p_wilcoxon": _p(t["p_wilcoxon"]),
+            "note": t.get("note", ""),
+        }
+        for t in c["tests"]
+    ]
+    body += "<h3>MAGIC-Flow against each baseline (per-fold balanced accuracy)</h3>"
+    body += h.table(
+        tests,
+        ["baseline", "folds", "difference", "p_ttest", "p_wilcoxon", "note"],
+        {"difference": "mean difference (MAGIC-Flow − baseline)", "p_ttest": "p, paired t-test", "p_wilcoxon": "p, Wilcoxon"},
+    )
+    body += f'<p class="note">{h.esc(c["test"])}</p>'
+    return body
+
+
 def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> str:
     a = m["attribution"]
     body = (
@@ -293,6 +354,7 @@ def build_report(
         ("data", "Data", data(metrics, excluded)),
         ("generation", "Generation", generation(metrics, folds, evaluation)),
         ("classification", "Classification", classification(metrics, evaluation)),
+        *([("table3", "Table 3: MAGIC-Flow and the baselines", comparison(metrics))] if metrics.get("comparison") else []),
         ("attribution", "Attribution", attribution(metrics, folds, evaluation)),
         ("efficiency", "Training and efficiency", efficiency(metrics, folds)),
     ]

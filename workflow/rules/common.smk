@@ -266,6 +266,38 @@ def slices_args(wc, input, arrays=True):
     return " ".join(words)
 
 
+# --------------------------------------------------------------------------- baselines (baselines.smk)
+def baseline_weights(wc):
+    """The baseline's pretrained weights file as a rule input (a changed file retrains it); none from scratch."""
+    weights = BASELINES[wc.experiment][wc.baseline]["weights"]
+    return [weights] if weights else []
+
+
+def baseline_outputs(pattern):
+    """pattern with {experiment}, {baseline} and {fold}, over every baseline of every experiment and fold."""
+    return [
+        pattern.format(experiment=e, baseline=b, fold=f) for e, found in BASELINES.items() for b in found for f in folds_of(e)
+    ]
+
+
+def baseline_files(wc, pattern):
+    """Per (baseline, fold) of this experiment, in the order baseline_args reads them."""
+    return [
+        pattern.format(experiment=wc.experiment, baseline=b, fold=f)
+        for b in BASELINES.get(wc.experiment, {})
+        for f in folds_of(wc.experiment)
+    ]
+
+
+def baseline_args(wc, input):
+    """`--baseline ID=JSON` per baseline and `--baseline-predictions ID:FOLD=PATH` per baseline and fold."""
+    found = list(BASELINES.get(wc.experiment, {}))
+    words = [f"--baseline {b}={path}" for b, path in zip(found, input.baseline_settings)]
+    pairs = [(b, f) for b in found for f in folds_of(wc.experiment)]
+    words += [f"--baseline-predictions {b}:{f}={path}" for (b, f), path in zip(pairs, input.baseline_predictions)]
+    return " ".join(words)
+
+
 # --------------------------------------------------------------------------- evaluation and reports (report.smk)
 def fold_files(wc, name):
     return [FOLD_FILES[name].format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)]
@@ -274,6 +306,7 @@ def fold_files(wc, name):
 def evaluation_inputs(wc):
     settings = EXPERIMENT_SETTINGS[wc.experiment]
     base = f"{RESULTS}/{wc.experiment}"
+    baselines = BASELINES.get(wc.experiment, {})
     return {
         **slices_inputs(wc),
         "settings": f"{base}/experiment.json",
@@ -281,6 +314,8 @@ def evaluation_inputs(wc):
         "split": rules.split.output.info.format(experiment=wc.experiment),
         "folds": rules.split.output.folds.format(experiment=wc.experiment),
         **{name: fold_files(wc, name) for name in EVALUATION_READS},
+        "baseline_settings": [rules.baseline_settings.output[0].format(experiment=wc.experiment, baseline=b) for b in baselines],
+        "baseline_predictions": baseline_files(wc, rules.baseline_classify.output[0]),
         "qc": [f"{RESULTS}/{d}/qc.tsv" for d in settings["datasets"]],
         "groundtruth": [f"{RESULTS}/{d}/bids" for d in settings["datasets"] if d in DEMO_DATASETS],
     }
@@ -295,7 +330,7 @@ def fold_args(wc, input, names):
 
 def evaluation_args(wc, input):
     datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
-    words = [slices_args(wc, input), fold_args(wc, input, EVALUATION_READS)]
+    words = [slices_args(wc, input), fold_args(wc, input, EVALUATION_READS), baseline_args(wc, input)]
     words += [f"--qc {d}={path}" for d, path in zip(datasets, input.qc)]
     demo = [d for d in datasets if d in DEMO_DATASETS]
     words += [f"--groundtruth {d}={Path(path) / 'derivatives' / 'groundtruth'}" for d, path in zip(demo, input.groundtruth)]
