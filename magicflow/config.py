@@ -144,7 +144,9 @@ def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, An
             if not weights.is_file():
                 raise InputError(f"{key}.weights: file {str(weights)!r} does not exist (weights are never downloaded)")
             entry["weights"] = str(weights)
-        entries.append({"id": entry_id, "name": entry["name"], "weights": entry.get("weights"), "training": entry.get("training", {})})
+        entries.append(
+            {"id": entry_id, "name": entry["name"], "weights": entry.get("weights"), "training": entry.get("training", {})}
+        )
     return entries
 
 

@@ -91,7 +91,9 @@ def run_classify(args: argparse.Namespace) -> int:
     device = resolve_device(baseline["training"]["device"])
     model, payload = load_baseline(args.model, device)
     if payload["extra"].get("classes", classes) != classes:
-        raise InputError(f"{args.model} was trained on classes {payload['extra']['classes']}, the split has {classes}; retrain it")
+        raise InputError(
+            f"{args.model} was trained on classes {payload['extra']['classes']}, the split has {classes}; retrain it"
+        )
     test = logits_of(model, sets["test"], device).double().numpy()
     val = logits_of(model, sets["val"], device).double().numpy()
     table, temperature = predictions_table(sets["test"], sets["val"], classes, test, val)

@@ -28,6 +28,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -173,17 +174,27 @@ def load_weights(model: nn.Module, path: str | Path) -> list[str]:
         try:
             state = filter_fn(state, model)
         except Exception as error:
-            raise InputError(f"{path}: timm cannot convert it for {type(model).__name__}: {type(error).__name__}: {error}") from None
+            raise InputError(
+                f"{path}: timm cannot convert it for {type(model).__name__}: {type(error).__name__}: {error}"
+            ) from None
     dropped = []
     for key in list(state):
-        if any(key.startswith(f"{head}.") for head in _heads(model)) and key in expected and state[key].shape != expected[key].shape:
+        if (
+            any(key.startswith(f"{head}.") for head in _heads(model))
+            and key in expected
+            and state[key].shape != expected[key].shape
+        ):
             dropped.append(key)
             del state[key]
     if dropped:
         notes.append(f"{path}: classifier head {dropped} of another class count left out; it starts untrained")
     missing = [k for k in expected if k not in state and k not in dropped]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}" for k in state if k in expected and state[k].shape != expected[k].shape]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in state
+        if k in expected and state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or shapes:
         problems = []
         if missing:
@@ -282,6 +293,7 @@ def train_baseline(
     device: torch.device,
     num_classes: int,
     extra: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """Train with cross-entropy, writing best.pt, last.pt (resumable state), training.tsv and
     training.png into ``out_dir``; returns the history. ``settings`` is the baseline.json content."""
@@ -379,6 +391,8 @@ def train_baseline(
                 tmp,
             )
         write_history(history, out_dir, settings.get("label", settings["name"]))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
         if stop:
             break
     return pd.DataFrame(history)

@@ -325,7 +325,9 @@ def comparison_section(
     from magicflow.evaluate.inputs import read_predictions
 
     folds = [f.name for f in outputs.folds]
-    models = [{"id": "magicflow", "model": "MAGIC-Flow", "architecture": "MAGIC-Flow", "weights": None, "per_fold": flow_per_fold}]
+    models = [
+        {"id": "magicflow", "model": "MAGIC-Flow", "architecture": "MAGIC-Flow", "weights": None, "per_fold": flow_per_fold}
+    ]
     for baseline_id, given in baselines.items():
         settings, paths = given["settings"], given["predictions"]
         if sorted(paths) != folds:
@@ -345,7 +347,8 @@ def comparison_section(
         models.append(
             {
                 "id": baseline_id,
-                "model": settings.get("label", baseline_id) + ("" if baseline_id == settings.get("name", baseline_id) else f" ({baseline_id})"),
+                "model": settings.get("label", baseline_id)
+                + ("" if baseline_id == settings.get("name", baseline_id) else f" ({baseline_id})"),
                 "architecture": settings.get("architecture"),
                 "weights": settings.get("weights"),
                 "per_fold": per_fold,

@@ -229,7 +229,11 @@ def comparison(m: dict) -> str:
         for metric in metrics:
             text = f"{h.fmt(row['mean'][metric])} ± {h.fmt(row['std'][metric])}"
             cells.append(f"<td><b>{text} ▲</b></td>" if row["id"] in c["best"].get(metric, []) else f"<td>{text}</td>")
-        weights = Path(row["weights"]).name if row.get("weights") else ("&ndash;" if row["id"] == "magicflow" else "none (from scratch)")
+        weights = (
+            Path(row["weights"]).name
+            if row.get("weights")
+            else ("&ndash;" if row["id"] == "magicflow" else "none (from scratch)")
+        )
         rows.append(
             f"<tr><td>{h.esc(row['model'])}</td><td>{h.esc(weights) if row.get('weights') else weights}</td>"
             f"<td>{row['folds']}</td>{''.join(cells)}</tr>"

@@ -1,0 +1,342 @@
+"""Discriminative baselines: every configured name builds as its timm architecture with one input
+channel at the sizes the registry says, training lowers the loss and resumes, predictions have the
+flow's columns, local weights load strictly (and wrong files fail naming the file), the config
+rejects what cannot run, and the report's Table 3 lists every model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from magicflow.baselines import DISCRIMINATIVE
+from magicflow.baselines.discriminative import (
+    build_model,
+    check_image_size,
+    load_baseline,
+    load_weights,
+    logits_of,
+    predictions_table,
+    train_baseline,
+)
+from magicflow.config import REPO_ROOT, baseline_settings, validate_config
+from magicflow.errors import InputError
+from magicflow.evaluate.classification import classification_metrics, model_comparison
+from magicflow.evaluate.inputs import posterior_matrix
+from magicflow.experiments import infer
+from magicflow.experiments.data import SliceSet
+
+SHIPPED = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+CLASSES = ["AD", "CN"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    yield
+
+
+def toy(n: int = 16, seed: int = 0, size: int = 16) -> SliceSet:
+    """Two classes told apart by brightness, with the columns the slice tables carry."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = (torch.rand(n, 1, size, size, generator=g) * 0.3 + labels[:, None, None, None] * 0.5).float()
+    meta = pd.DataFrame(
+        {
+            "dataset": "demo",
+            "subject": [f"s{seed}{i:02d}" for i in range(n)],
+            "session": "01",
+            "image": [f"sub-s{seed}{i:02d}_T1w" for i in range(n)],
+            "offset": 0,
+        }
+    )
+    return SliceSet(images, labels, meta)
+
+
+def settings(name: str = "resnet18", size: int = 16, epochs: int = 3, **training) -> dict:
+    return {
+        "id": name,
+        "name": name,
+        "label": DISCRIMINATIVE[name].label,
+        "architecture": DISCRIMINATIVE[name].timm_name,
+        "image_size": size,
+        "weights": None,
+        "training": {
+            "epochs": epochs,
+            "patience": None,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "seed": 0,
+            "device": "cpu",
+            "augment": {"rotate_degrees": 3.0, "shift_pixels": 1.0, "noise_sigma": 0.01},
+            **training,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- architectures
+@pytest.mark.parametrize("name", list(DISCRIMINATIVE))
+def test_each_name_builds_its_timm_architecture_with_one_channel_down_to_its_smallest_size(name: str):
+    arch = DISCRIMINATIVE[name]
+    model = build_model(name, 3, arch.min_size)
+    assert model.pretrained_cfg["architecture"] == arch.timm_name
+    first = dict(model.named_parameters())[f"{model.pretrained_cfg['first_conv']}.weight"]
+    assert first.shape[1] == 1  # in_chans=1
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, 1, arch.min_size, arch.min_size)).shape == (2, 3)
+    if arch.min_size > 16:  # the registry's smallest size is the smallest that runs
+        small = arch.min_size - 1
+        with pytest.raises(InputError, match=rf"{name} .*image_size {small}.*sizes {arch.min_size}-182 work"):
+            check_image_size(build_model(name, 3, small), name, small)
+
+
+def test_unknown_architecture_is_an_input_error():
+    with pytest.raises(InputError, match="unknown baseline 'resnet5'"):
+        build_model("resnet5", 2, 32)
+
+
+# --------------------------------------------------------------------------- training
+def _train_mode_loss(model, data: SliceSet) -> float:
+    model.train()  # batch statistics: the running ones of a few steps say little
+    with torch.no_grad():
+        return float(F.cross_entropy(model(data.images), data.labels))
+
+
+def test_a_few_training_steps_lower_the_loss_and_write_the_model_folder(tmp_path: Path):
+    train, val = toy(16, 0), toy(8, 1)
+    torch.manual_seed(0)
+    model = build_model("resnet18", 2, 16)
+    before = _train_mode_loss(model, train)
+    history = train_baseline(model, train, val, tmp_path, settings(), torch.device("cpu"), 2, extra={"classes": CLASSES})
+    assert _train_mode_loss(model, train) < before
+    assert list(history["epoch"]) == [1, 2, 3] and (history["steps"] == 4).all()
+    assert {"best.pt", "last.pt", "training.tsv", "training.png"} <= {p.name for p in tmp_path.iterdir()}
+    curves = pd.read_csv(tmp_path / "training.tsv", sep="\t")
+    assert {"train_loss", "val_loss", "val_balanced_accuracy", "lr"} <= set(curves.columns)
+    best, payload = load_baseline(tmp_path / "best.pt")
+    assert payload["extra"]["selected_by"] == "val_balanced_accuracy, then val_loss"
+    assert payload["extra"]["classes"] == CLASSES and payload["baseline"]["name"] == "resnet18"
+
+
+def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path):
+    train, val = toy(12, 0), toy(6, 1)
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model("resnet18", 2, 16)
+
+    train_baseline(fresh(), train, val, tmp_path / "straight", settings(), torch.device("cpu"), 2)
+
+    def kill_after_one(epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_baseline(fresh(), train, val, tmp_path / "resumed", settings(), torch.device("cpu"), 2, on_epoch_end=kill_after_one)
+    history = train_baseline(fresh(), train, val, tmp_path / "resumed", settings(), torch.device("cpu"), 2)
+    assert list(history["epoch"]) == [1, 2, 3]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_last_batch_of_one_image_takes_no_step(tmp_path: Path):
+    history = train_baseline(
+        build_model("resnet18", 2, 16), toy(9, 0), toy(4, 1), tmp_path, settings(epochs=1), torch.device("cpu"), 2
+    )
+    assert list(history["steps"]) == [2]  # 9 images, batches of 4: the 9th would meet batch norm alone
+
+
+# --------------------------------------------------------------------------- predictions
+def test_predictions_have_the_flows_columns_and_the_shared_metrics_apply():
+    test, val = toy(6, 2), toy(6, 1)
+    model = build_model("resnet18", 2, 16)
+    test_logits = logits_of(model, test, torch.device("cpu")).double().numpy()
+    val_logits = logits_of(model, val, torch.device("cpu")).double().numpy()
+    table, temperature = predictions_table(test, val, CLASSES, test_logits, val_logits)
+    flow, _ = infer.predictions_table(test, val, val, CLASSES, test_logits, val_logits)
+    assert list(table.columns) == list(flow.columns)
+    assert temperature > 0 and (table["temperature"] == temperature).all()
+    assert list(table["predicted"]) == [CLASSES[i] for i in test_logits.argmax(1)]
+    assert np.allclose(np.exp(table[[f"loglik_{c}" for c in CLASSES]].to_numpy()).sum(1), 1)
+    true, proba = posterior_matrix(table, CLASSES)
+    row = classification_metrics(true, proba, CLASSES)
+    assert row["n"] == 6 and 0 <= row["balanced_accuracy"] <= 1
+
+
+# --------------------------------------------------------------------------- weights
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "vit_b32", "swin_tiny"])
+def test_weights_saved_from_a_model_load_strictly_and_give_identical_outputs(tmp_path: Path, name: str):
+    size = max(32, DISCRIMINATIVE[name].min_size)
+    torch.manual_seed(1)
+    source = build_model(name, 3, size).eval()
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    torch.manual_seed(2)
+    target = build_model(name, 3, size)
+    assert load_weights(target, tmp_path / "w.pt") == []
+    x = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        assert torch.equal(source(x), target.eval()(x))
+
+
+def test_safetensors_wrappers_three_channels_and_another_head(tmp_path: Path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    source = build_model("resnet18", 3, 16).eval()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
+    target = build_model("resnet18", 3, 16)
+    load_weights(target, tmp_path / "w.safetensors")
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(source(x), target.eval()(x))
+    # an ImageNet-style file: 3 input channels, 1000 classes, under 'state_dict' with DataParallel's prefix
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    state["module.conv1.weight"] = source.conv1.weight.detach().repeat(1, 3, 1, 1) / 3
+    state["module.fc.weight"], state["module.fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    torch.save({"state_dict": state}, tmp_path / "imagenet.pth")
+    target = build_model("resnet18", 3, 16)
+    notes = load_weights(target, tmp_path / "imagenet.pth")
+    assert any("summed over its 3 input channels" in n for n in notes) and any("classifier head" in n for n in notes)
+    assert torch.allclose(target.conv1.weight, source.conv1.weight, atol=1e-6)
+    assert torch.equal(target.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+
+
+def test_a_wrong_weights_file_is_an_input_error_naming_the_file_and_the_layout(tmp_path: Path):
+    model = build_model("resnet18", 2, 16)
+    state = model.state_dict()
+    missing = {k: v for k, v in state.items() if k != "layer1.0.conv1.weight"}
+    torch.save(missing, tmp_path / "missing.pt")
+    wrong = {**state, "layer1.0.conv1.weight": torch.zeros(64, 64, 5, 5)}
+    torch.save(wrong, tmp_path / "shape.pt")
+    torch.save({**state, "extra.weight": torch.zeros(1)}, tmp_path / "unexpected.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    (tmp_path / "folder.pt").mkdir()
+    cases = {
+        "missing.pt": r"1 missing key\(s\) \['layer1.0.conv1.weight'\]",
+        "shape.pt": r"shape mismatch.*layer1.0.conv1.weight: file \(64, 64, 5, 5\), model \(64, 64, 3, 3\)",
+        "unexpected.pt": r"1 unexpected key\(s\) \['extra.weight'\]",
+        "garbage.pt": "not a readable weights file",
+        "folder.pt": "is not a file",
+        "absent.pt": "is not a file",
+    }
+    for file, problem in cases.items():
+        with pytest.raises(InputError, match=problem) as error:
+            load_weights(build_model("resnet18", 2, 16), tmp_path / file)
+        assert str(tmp_path / file) in str(error.value)
+        if file in ("missing.pt", "shape.pt", "unexpected.pt"):
+            assert "conv1.weight (64, 1, 7, 7)" in str(error.value)  # the layout expected
+
+
+# --------------------------------------------------------------------------- config
+def _config(**baselines_by_experiment) -> dict:
+    config = copy.deepcopy(SHIPPED)
+    for name, baselines in baselines_by_experiment.items():
+        config["experiments"][name]["baselines"] = baselines
+    return config
+
+
+def test_config_accepts_names_and_mappings_and_resolves_their_settings(tmp_path: Path):
+    (tmp_path / "w.pt").touch()
+    entries = [
+        "resnet18",
+        {"name": "resnet18", "id": "resnet18_pre", "weights": str(tmp_path / "w.pt"), "training": {"epochs": 2}},
+    ]
+    config = validate_config(_config(demo_diagnosis_classification=entries))
+    found = baseline_settings(config, "demo_diagnosis_classification")
+    assert list(found) == ["resnet18", "resnet18_pre"]
+    assert found["resnet18_pre"]["weights"] == str(tmp_path / "w.pt") and found["resnet18_pre"]["training"]["epochs"] == 2
+    assert found["resnet18"]["training"]["epochs"] == config["experiments"]["demo_diagnosis_classification"]["training"].get(
+        "epochs", config["training"]["epochs"]
+    )
+    assert found["resnet18"]["architecture"] == "resnet18" and found["resnet18"]["image_size"] == 64
+    assert baseline_settings(config, "demo_scanner_classification") == {}
+
+
+@pytest.mark.parametrize(
+    ("experiment", "entries", "message"),
+    [
+        (
+            "demo_diagnosis_classification",
+            ["resnet5"],
+            r"unknown baseline 'resnet5' \(did you mean 'resnet50'\?\); known baselines: resnet18",
+        ),
+        ("demo_diagnosis_classification", [{"name": "resnet18", "wieghts": "x"}], "baselines.0"),
+        ("demo_diagnosis_classification", ["inception_v3"], r"needs image_size >= 75, the experiment has 64; sizes 75-182 work"),
+        ("demo_diagnosis_classification", ["resnet18", "resnet18"], "listed twice"),
+        ("demo_diagnosis_classification", [{"name": "resnet18", "weights": "/no/such/file.pt"}], "does not exist"),
+        ("demo_scanner_generation", ["resnet18"], "has model: generation"),
+    ],
+)
+def test_config_rejects_what_cannot_run(experiment: str, entries: list, message: str):
+    with pytest.raises(InputError, match=message) as error:
+        validate_config(_config(**{experiment: entries}))
+    assert f"experiments.{experiment}" in str(error.value)
+
+
+# --------------------------------------------------------------------------- Table 3
+def _fold_rows(values: list[float]) -> list[dict]:
+    rows = []
+    for i, v in enumerate(values):
+        rows.append(
+            {
+                "fold": f"fold-{i}",
+                "accuracy": v,
+                "balanced_accuracy": v,
+                "macro_auc": v,
+                "macro_precision": v,
+                "macro_recall": v,
+                "macro_f1": v,
+                "n": 4,
+            }
+        )
+    return rows
+
+
+def test_model_comparison_marks_the_best_and_tests_flow_against_each_baseline():
+    flow = _fold_rows([0.9, 0.8, 0.85])
+    table = model_comparison(
+        [
+            {"id": "magicflow", "model": "MAGIC-Flow", "per_fold": flow},
+            {"id": "resnet18", "model": "ResNet-18", "per_fold": _fold_rows([0.7, 0.61, 0.64])},
+            {"id": "same", "model": "Same", "per_fold": _fold_rows([0.9, 0.8, 0.85])},
+        ]
+    )
+    assert [r["id"] for r in table["models"]] == ["magicflow", "resnet18", "same"]
+    assert table["best"]["balanced_accuracy"] == ["magicflow", "same"]
+    assert table["models"][0]["mean"]["accuracy"] == pytest.approx(0.85)
+    resnet, same = table["tests"]
+    assert resnet["folds"] == 3 and resnet["mean_difference"] == pytest.approx(0.2) and resnet["p_ttest"] < 0.05
+    assert same["p_ttest"] == 1.0 and same["note"] == "identical on every fold"
+    single = model_comparison(
+        [{"id": "magicflow", "model": "MAGIC-Flow", "per_fold": flow[:1]}, {"id": "b", "model": "B", "per_fold": flow[:1]}]
+    )
+    assert single["tests"][0]["p_ttest"] is None and single["tests"][0]["note"].startswith("n/a")
+
+
+def test_the_report_has_table_3_with_every_model_and_none_without_baselines(tmp_path: Path):
+    from test_report import metrics_record
+
+    from magicflow.report.experiment import build_report
+
+    metrics = metrics_record()
+    plain = build_report(copy.deepcopy(metrics), {}, tmp_path, {})
+    assert 'id="table3"' not in plain
+    models = [
+        {"id": "magicflow", "model": "MAGIC-Flow", "per_fold": _fold_rows([0.9, 0.8])},
+        {"id": "resnet50", "model": "ResNet-50", "weights": "/w/RadImageNet-ResNet50.pt", "per_fold": _fold_rows([0.7, 0.75])},
+        {"id": "swin", "model": "Swin-ViT", "weights": None, "per_fold": _fold_rows([0.95, 0.9])},
+    ]
+    metrics["comparison"] = model_comparison(models)
+    page = build_report(metrics, {}, tmp_path, {})
+    section = page.split('id="table3"', 1)[1].split("</section>", 1)[0]
+    rows = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0].split("</tr>")
+    assert [r.split("<td>", 2)[1].split("</td>")[0] for r in rows[:3]] == ["MAGIC-Flow", "ResNet-50", "Swin-ViT"]
+    assert "RadImageNet-ResNet50.pt" in rows[1] and "from scratch" in rows[2]
+    assert "<b>0.925 ± 0.035 ▲</b>" in rows[2] and "▲" not in rows[0]  # Swin-ViT has the best mean of every column
+    assert "paired t-test" in section and "Wilcoxon" in section
