@@ -6,6 +6,7 @@ rejects what cannot run, and the report's Table 3 lists every model."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +341,65 @@ def test_the_report_has_table_3_with_every_model_and_none_without_baselines(tmp_
     assert "RadImageNet-ResNet50.pt" in rows[1] and "from scratch" in rows[2]
     assert "<b>0.925 ± 0.035 ▲</b>" in rows[2] and "▲" not in rows[0]  # Swin-ViT has the best mean of every column
     assert "paired t-test" in section and "Wilcoxon" in section
+
+
+# --------------------------------------------------------------------------- the commands, end to end
+def test_baseline_commands_train_and_classify_a_fold_of_the_flows_split(tmp_path: Path):
+    from magicflow.cli import main
+    from magicflow.config import experiment_settings
+    from magicflow.evaluate.experiment import comparison_section
+    from magicflow.evaluate.inputs import ExperimentOutputs, FoldOutputs
+
+    rows, g = [], np.random.default_rng(0)
+    images = []
+    for s in range(9):
+        dx = "AD" if s % 2 else "CN"
+        rows.append({"subject": f"{s:02d}", "session": "01", "image": f"sub-{s:02d}_ses-01_T1w", "modality": "T1w"})
+        rows[-1].update(tracer="n/a", diagnosis=dx, scanner="x", offset=0, index=len(images))
+        images.append(g.random((1, 182, 182), dtype=np.float32) * 0.3 + (0.5 if dx == "AD" else 0.0))
+    pd.DataFrame(rows).to_csv(tmp_path / "slices.tsv", sep="\t", index=False)
+    np.savez(tmp_path / "slices.npz", slices=np.stack(images), mask_0=np.ones((1, 182, 182), np.float32))
+    config = copy.deepcopy(SHIPPED)
+    config["experiments"] = {
+        "tiny": {
+            "datasets": ["demo"],
+            "label": "diagnosis",
+            "modalities": ["T1w"],
+            "offsets": {"train": [0], "eval": [0]},
+            "model": "classification",
+            "image_size": 32,
+            "folds": 3,
+            "run_folds": 1,
+            "training": {"epochs": 2, "batch_size": 2, "device": "cpu"},
+            "baselines": ["resnet18"],
+        }
+    }
+    config = validate_config(config)
+    (tmp_path / "experiment.json").write_text(json.dumps(experiment_settings(config, "tiny")))
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline_settings(config, "tiny")["resnet18"]))
+    common = ["--experiment", str(tmp_path / "experiment.json"), "--slices", f"demo={tmp_path / 'slices.tsv'}"]
+    folds = tmp_path / "splits" / "folds"
+    assert main(["split", *common, "--out", str(folds), "--info", str(tmp_path / "split.json")]) == 0
+    inputs = [*common, "--arrays", f"demo={tmp_path / 'slices.npz'}", "--baseline", str(tmp_path / "baseline.json")]
+    inputs += ["--fold-dir", str(folds / "fold-0")]
+    out = tmp_path / "baselines" / "resnet18"
+    assert main(["baseline-train", *inputs, "--out", str(out / "models" / "fold-0")]) == 0
+    assert len(pd.read_csv(out / "models" / "fold-0" / "training.tsv", sep="\t")) == 2
+    predictions = out / "predictions" / "fold-0" / "predictions.tsv"
+    assert (
+        main(["baseline-classify", *inputs, "--model", str(out / "models" / "fold-0" / "best.pt"), "--out", str(predictions)])
+        == 0
+    )
+    table = pd.read_csv(predictions, sep="\t", dtype={"subject": str})
+    test = pd.read_csv(folds / "fold-0" / "test.tsv", sep="\t", dtype=str)
+    assert sorted(table["image"]) == sorted(test["image"]) and set(table["true"]) <= {"AD", "CN"}
+    # evaluation scores it beside the flow's predictions of the same slices (here: a copy)
+    fold = FoldOutputs("fold-0", pd.DataFrame(), table, {}, {})
+    outputs = ExperimentOutputs("tiny", ["AD", "CN"], {}, [fold])
+    true, proba = posterior_matrix(table, ["AD", "CN"])
+    flow = [{"fold": "fold-0", **classification_metrics(true, proba, ["AD", "CN"])}]
+    settings = json.loads((tmp_path / "baseline.json").read_text())
+    result = comparison_section(outputs, flow, {"resnet18": {"settings": settings, "predictions": {"fold-0": predictions}}})
+    assert [m["model"] for m in result["models"]] == ["MAGIC-Flow", "ResNet-18"] and result["tests"][0]["p_ttest"] is None
+    with pytest.raises(InputError, match="predictions were given for"):
+        comparison_section(outputs, flow, {"resnet18": {"settings": settings, "predictions": {}}})
