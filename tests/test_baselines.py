@@ -403,3 +403,27 @@ def test_baseline_commands_train_and_classify_a_fold_of_the_flows_split(tmp_path
     assert [m["model"] for m in result["models"]] == ["MAGIC-Flow", "ResNet-18"] and result["tests"][0]["p_ttest"] is None
     with pytest.raises(InputError, match="predictions were given for"):
         comparison_section(outputs, flow, {"resnet18": {"settings": settings, "predictions": {}}})
+
+
+def test_the_workflow_plans_each_baseline_per_fold_and_evaluation_reads_its_predictions(tmp_path: Path):
+    from test_profiles import by_rule, folds_run, plan
+
+    def edit(config):
+        config["training"]["device"] = "cuda"
+        config["experiments"]["demo_diagnosis_classification"]["baselines"] = ["resnet18", {"name": "densenet121", "id": "dense"}]
+
+    jobs = plan(tmp_path, edit)
+    folds = folds_run(validate_config(_config())["experiments"]["demo_diagnosis_classification"])
+    for rule in ("baseline_train", "baseline_classify"):
+        planned = by_rule(jobs, rule)
+        assert sorted((j.wildcards["baseline"], j.wildcards["fold"]) for j in planned) == sorted(
+            (b, f"fold-{k}") for b in ("resnet18", "dense") for k in range(folds)
+        )
+        assert {j.wildcards["experiment"] for j in planned} == {"demo_diagnosis_classification"}
+        assert all(j.resources["gpu"] == "1" for j in planned) and all("--baseline results/" in j.shell for j in planned)
+    (evaluate,) = [
+        j for j in by_rule(jobs, "evaluate_experiment") if j.wildcards["experiment"] == "demo_diagnosis_classification"
+    ]
+    assert evaluate.shell.count("--baseline-predictions ") == 2 * folds and "--baseline dense=" in evaluate.shell
+    others = [j for j in by_rule(jobs, "evaluate_experiment") if j.wildcards["experiment"] != "demo_diagnosis_classification"]
+    assert others and all("--baseline" not in j.shell for j in others)
