@@ -68,6 +68,10 @@ GENERATIVE: dict[str, Generator] = {
         "conditional VAE: conv encoder/decoder, one-hot label concatenated, Gaussian decoder",
         note="loss: reconstruction (Gaussian log-likelihood) + KL",
     ),
+    "ddpm": Generator(
+        "DDPM",
+        "MONAI DiffusionModelUNet with class embeddings, DDPM training (1000 steps), DDIM sampling (50 steps)",
+    ),
 }
 
 

@@ -16,6 +16,11 @@ discriminative baselines.
   the flattened features (encoder) and to the latent (decoder), a Gaussian decoder with one
   learned variance; the loss is the negative ELBO (Gaussian reconstruction log-likelihood + KL)
   per pixel. A sample is the decoder mean of a latent drawn from the prior.
+- ``ddpm``: MONAI's ``DiffusionModelUNet`` (2-D, channels 32/64/64, attention at the coarsest
+  level, class conditioning through ``num_class_embeds``) trained as a DDPM (``DDPMScheduler``,
+  1000 steps, linear betas, the noise-prediction MSE) on images scaled to [-1, 1] and padded with
+  -1 to a multiple of 8; samples by DDIM (``DDIMScheduler``, :data:`DDIM_STEPS` steps, eta 0).
+  ``samples.temperature`` does not apply. The validation loss uses fixed noise and timesteps.
 
 Samples are written by the flow's own :func:`magicflow.experiments.infer.write_samples`, so
 ``samples.npz`` has the layout evaluation reads: ``samples`` (K, per_class, 1, S, S) in [0, 1],
@@ -124,6 +129,61 @@ class CVAE(nn.Module):
         return self.decode(z, y)
 
 
+#: DDPM's training timesteps and DDIM's sampling steps
+DDPM_STEPS, DDIM_STEPS = 1000, 50
+
+
+class DDPMBaseline(nn.Module):
+    """A class-conditional DDPM with MONAI's U-Net, sampled by DDIM (see the module docstring)."""
+
+    loss_name = "noise-prediction MSE"
+
+    def __init__(self, num_classes: int, image_size: int):
+        super().__init__()
+        try:
+            import einops  # noqa: F401  (MONAI's attention blocks need it, and say so only mid-training)
+        except ImportError:
+            raise InputError("the ddpm baseline needs einops (pip install einops==0.8.2; envs/magicflow.yaml has it)") from None
+        from monai.networks.nets import DiffusionModelUNet
+        from monai.networks.schedulers import DDPMScheduler
+
+        self.image_size = image_size
+        self.pad = pad_amounts(image_size, 8)
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=1,
+            num_res_blocks=1,
+            channels=(32, 64, 64),
+            attention_levels=(False, False, True),
+            num_head_channels=64,
+            norm_num_groups=32,
+            num_class_embeds=num_classes,
+        )
+        self.scheduler = DDPMScheduler(num_train_timesteps=DDPM_STEPS)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = pad_image(2 * x - 1, *self.pad, value=-1.0)
+        generator = None if self.training else torch.Generator(device=x.device).manual_seed(0)
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        t = torch.randint(0, DDPM_STEPS, (len(x),), generator=generator, device=x.device)
+        noisy = self.scheduler.add_noise(x, noise, t)
+        return F.mse_loss(self.unet(noisy, t, class_labels=y), noise)
+
+    @torch.no_grad()
+    def generate(self, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        from monai.networks.schedulers import DDIMScheduler
+
+        ddim = DDIMScheduler(num_train_timesteps=DDPM_STEPS)
+        ddim.set_timesteps(DDIM_STEPS, device=y.device)
+        side = self.image_size + sum(self.pad)
+        x = torch.randn(len(y), 1, side, side, device=y.device)
+        for t in ddim.timesteps:
+            out = self.unet(x, torch.full((len(y),), int(t), device=y.device, dtype=torch.long), class_labels=y)
+            x, _ = ddim.step(out, int(t), x)
+        return crop_image((x + 1) / 2, *self.pad)
+
+
 def build_generative(settings: dict[str, Any], num_classes: int) -> nn.Module:
     """The untrained model of a generative baseline.json (``name``, ``image_size``, ``preset``)."""
     name = settings["name"]
@@ -133,6 +193,8 @@ def build_generative(settings: dict[str, Any], num_classes: int) -> nn.Module:
         raise InputError(f"baseline {name}: needs at least 1 class, got {num_classes}")
     if name == "glow":
         return GlowBaseline(num_classes, settings["image_size"], settings.get("preset", "small"))
+    if name == "ddpm":
+        return DDPMBaseline(num_classes, settings["image_size"])
     return CVAE(num_classes, settings["image_size"])
 
 
