@@ -247,3 +247,50 @@ def test_the_workflow_plans_training_and_sampling_per_fold_and_evaluation_reads_
     assert not by_rule(jobs, "baseline_classify")
     (evaluate,) = [j for j in by_rule(jobs, "evaluate_experiment") if j.wildcards["experiment"] == "demo_scanner_generation"]
     assert evaluate.shell.count("--baseline-samples ") == 2 * folds and "--baseline-predictions" not in evaluate.shell
+
+
+def test_baseline_commands_train_and_sample_a_fold_of_the_flows_split(tmp_path: Path):
+    from magicflow.cli import main
+    from magicflow.config import experiment_settings
+
+    rows, g = [], np.random.default_rng(0)
+    images = []
+    for s in range(9):
+        scanner = "A" if s % 2 else "B"
+        rows.append({"subject": f"{s:02d}", "session": "01", "image": f"sub-{s:02d}_ses-01_T1w", "modality": "T1w"})
+        rows[-1].update(tracer="n/a", diagnosis="CN", scanner=scanner, offset=0, index=len(images))
+        images.append(g.random((1, 182, 182), dtype=np.float32) * 0.3 + (0.5 if scanner == "A" else 0.0))
+    pd.DataFrame(rows).to_csv(tmp_path / "slices.tsv", sep="\t", index=False)
+    np.savez(tmp_path / "slices.npz", slices=np.stack(images), mask_0=np.ones((1, 182, 182), np.float32))
+    config = copy.deepcopy(SHIPPED)
+    config["experiments"] = {
+        "tiny": {
+            "datasets": ["demo"],
+            "label": "scanner",
+            "modalities": ["T1w"],
+            "offsets": {"train": [0], "eval": [0]},
+            "model": "generation",
+            "image_size": 16,
+            "folds": 3,
+            "run_folds": 1,
+            "samples": {"per_class": 2},
+            "training": {"epochs": 2, "batch_size": 2, "device": "cpu"},
+            "baselines": ["cvae"],
+        }
+    }
+    config = validate_config(config)
+    (tmp_path / "experiment.json").write_text(json.dumps(experiment_settings(config, "tiny")))
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline_settings(config, "tiny")["cvae"]))
+    common = ["--experiment", str(tmp_path / "experiment.json"), "--slices", f"demo={tmp_path / 'slices.tsv'}"]
+    folds = tmp_path / "splits" / "folds"
+    assert main(["split", *common, "--out", str(folds), "--info", str(tmp_path / "split.json")]) == 0
+    inputs = [*common, "--arrays", f"demo={tmp_path / 'slices.npz'}", "--baseline", str(tmp_path / "baseline.json")]
+    out = tmp_path / "baselines" / "cvae"
+    model = out / "models" / "fold-0"
+    assert main(["baseline-train", *inputs, "--fold-dir", str(folds / "fold-0"), "--out", str(model)]) == 0
+    assert len(pd.read_csv(model / "training.tsv", sep="\t")) == 2
+    samples = out / "samples" / "fold-0"
+    base = ["--experiment", str(tmp_path / "experiment.json"), "--baseline", str(tmp_path / "baseline.json")]
+    assert main(["baseline-sample", *base, "--model", str(model / "best.pt"), "--out", str(samples)]) == 0
+    with np.load(samples / "samples.npz") as archive:
+        assert archive["samples"].shape == (2, 2, 1, 16, 16) and sorted(archive["classes"]) == ["A", "B"]
