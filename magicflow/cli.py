@@ -69,7 +69,7 @@ COMMANDS: dict[str, Command] = {
         f"{_EXPERIMENTS}:run_attribution",
     ),
     "baseline-train": Command(
-        "train a discriminative baseline (timm) on one fold, on the flow's slices and splits (resumable)",
+        "train a baseline (timm classifier, or Glow/CVAE generator) on one fold, on the flow's slices and splits (resumable)",
         "magicflow.baselines.commands:add_train_arguments",
         "magicflow.baselines.commands:run_train",
     ),
@@ -77,6 +77,11 @@ COMMANDS: dict[str, Command] = {
         "classify a fold's test slices with a trained baseline (the flow's predictions.tsv columns)",
         "magicflow.baselines.commands:add_classify_arguments",
         "magicflow.baselines.commands:run_classify",
+    ),
+    "baseline-sample": Command(
+        "draw a generative baseline's class-conditional samples (the flow's samples.npz layout)",
+        "magicflow.baselines.commands:add_sample_arguments",
+        "magicflow.baselines.commands:run_sample",
     ),
     "evaluate": _stage("magicflow.evaluate.commands", "metrics (JSON, TSV) and figures of one experiment"),
     "report": _stage("magicflow.report.experiment", "the self-contained HTML report of one experiment"),

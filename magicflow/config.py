@@ -113,28 +113,33 @@ def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, An
     """The experiment's ``baselines`` as checked mappings ``{id, name, weights, training}``:
     known names, unique ids, a classification experiment, an image size the architecture
     runs at, and weights files that exist."""
-    from magicflow.baselines import DISCRIMINATIVE
+    from magicflow.baselines import DISCRIMINATIVE, EXPERIMENT_MODEL, GENERATIVE, kind_of
 
+    known = [*DISCRIMINATIVE, *GENERATIVE]
     entries, seen = [], {}
     for i, item in enumerate(experiment.get("baselines") or []):
         key = f"config key 'experiments.{name}.baselines.{i}'"
         entry = {"name": item} if isinstance(item, str) else dict(item)
-        arch = DISCRIMINATIVE.get(entry["name"])
-        if arch is None:
-            close = difflib.get_close_matches(entry["name"], DISCRIMINATIVE, n=1)
+        kind = kind_of(entry["name"])
+        if kind is None:
+            close = difflib.get_close_matches(entry["name"], known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise InputError(f"{key}: unknown baseline {entry['name']!r}{hint}; known baselines: {', '.join(DISCRIMINATIVE)}")
-        if experiment["model"] != "classification":
+            raise InputError(f"{key}: unknown baseline {entry['name']!r}{hint}; known baselines: {', '.join(known)}")
+        wanted = EXPERIMENT_MODEL[kind]
+        if experiment["model"] != wanted:
             raise InputError(
-                f"{key}: {entry['name']!r} is a classification baseline, but experiment {name!r} has model: "
-                f"{experiment['model']} (list baselines under a classification experiment)"
+                f"{key}: {entry['name']!r} is a {wanted} baseline, but experiment {name!r} has model: "
+                f"{experiment['model']} (list it under a model: {wanted} experiment)"
             )
         size = experiment.get("image_size", 182)
-        if size < arch.min_size:
+        arch = DISCRIMINATIVE.get(entry["name"])
+        if arch is not None and size < arch.min_size:
             raise InputError(
                 f"{key}: {entry['name']} ({arch.timm_name}) needs image_size >= {arch.min_size}, the experiment has "
                 f"{size}; sizes {arch.min_size}-182 work"
             )
+        if kind == "generative" and "weights" in entry:
+            raise InputError(f"{key}.weights: generative baselines train from scratch; remove weights")
         entry_id = entry.get("id", entry["name"])
         if entry_id in seen:
             raise InputError(f"{key}: baseline id {entry_id!r} is listed twice (also entry {seen[entry_id]}); give one an id")
@@ -167,21 +172,29 @@ def baseline_settings(config: dict[str, Any], name: str) -> dict[str, dict[str, 
     experiment.json, written to ``results/<experiment>/baselines/<id>/baseline.json`` (a file of
     its own, so adding a baseline reruns nothing of the flow's). Training is the experiment's
     with the entry's overrides; augmentation and seed are always the experiment's."""
-    from magicflow.baselines import DISCRIMINATIVE
+    from magicflow.baselines import DISCRIMINATIVE, GENERATIVE
 
     experiment = config["experiments"][name]
-    training = experiment_settings(config, name)["training"]
+    resolved = experiment_settings(config, name)
+    training = resolved["training"]
     out = {}
     for entry in baseline_entries(name, experiment):
-        arch = DISCRIMINATIVE[entry["name"]]
+        if entry["name"] in GENERATIVE:
+            gen = GENERATIVE[entry["name"]]
+            kind, label, architecture = "generative", gen.label, gen.architecture
+        else:
+            arch = DISCRIMINATIVE[entry["name"]]
+            kind, label, architecture = "discriminative", arch.label, arch.timm_name
         out[entry["id"]] = {
             "id": entry["id"],
             "name": entry["name"],
-            "label": arch.label,
-            "architecture": arch.timm_name,
+            "kind": kind,
+            "label": label,
+            "architecture": architecture,
             "image_size": experiment["image_size"],
             "weights": entry["weights"],
             "training": {**training, **entry["training"]},
+            **({"preset": resolved["preset_base"], "samples": resolved["samples"]} if kind == "generative" else {}),
         }
     return out
 

@@ -140,7 +140,7 @@ def test_magicflow_env_is_conda_forge_only_with_a_cuda_pytorch_and_every_runtime
     runtime = {normalise(REQUIREMENT_NAME.match(r)[1]) for r in pyproject_requirements()[""]}
     missing = sorted(runtime - set(pypi_versions("magicflow.yaml")))
     assert not missing, f"envs/magicflow.yaml lacks runtime dependencies of pyproject.toml: {missing}"
-    assert set(pip) == {"prdc"}  # pip only for what conda-forge lacks
+    assert set(pip) == {"prdc", "normflows"}  # pip only for what conda-forge lacks
 
 
 def test_fsl_env_takes_fsl_from_its_channel_and_has_the_commands_the_backend_runs():

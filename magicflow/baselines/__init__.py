@@ -1,8 +1,10 @@
 """Baselines trained on exactly an experiment's slices, splits and augmentation, so that the
-report can set MAGIC-Flow beside them (the paper's Table 3).
+report can set MAGIC-Flow beside them (the paper's Table 3 for classification, Tables 1-2 for
+generation).
 
 This module is the registry only and imports no torch: the config is validated against it at
-every Snakemake start. :mod:`magicflow.baselines.discriminative` trains and applies them.
+every Snakemake start. :mod:`magicflow.baselines.discriminative` trains and applies the
+discriminative ones, :mod:`magicflow.baselines.generative` the generative ones.
 
 Each entry of :data:`DISCRIMINATIVE` maps a config name to the timm architecture built for it
 (``timm.create_model(architecture, pretrained=False, in_chans=1, num_classes=K)``, plus
@@ -44,3 +46,43 @@ DISCRIMINATIVE: dict[str, Architecture] = {
     "swin_base": Architecture("swin_base_patch4_window7_224", "Swin-B", 16, img_size=True),
     "swin": Architecture("swin_base_patch4_window7_224", "Swin-ViT", 16, img_size=True, note="Swin-B, as swin_base"),
 }
+
+
+@dataclass(frozen=True)
+class Generator:
+    label: str  # as the report's Tables 1-2 name it
+    architecture: str  # what is built, in words
+    note: str = ""
+
+
+#: generative baselines of ``model: generation`` experiments (the paper's B.4.1). No SNGAN: there
+#: is no maintained implementation to build on, so none is offered.
+GENERATIVE: dict[str, Generator] = {
+    "glow": Generator(
+        "Glow",
+        "normflows multiscale Glow, 3 levels x 8 blocks, class-conditional base",
+        note="as magicflow bench builds it: equal depth (24 steps), hidden widths from the experiment's preset",
+    ),
+    "cvae": Generator(
+        "CVAE",
+        "conditional VAE: conv encoder/decoder, one-hot label concatenated, Gaussian decoder",
+        note="loss: reconstruction (Gaussian log-likelihood) + KL",
+    ),
+    "ddpm": Generator(
+        "DDPM",
+        "MONAI DiffusionModelUNet with class embeddings, DDPM training (1000 steps), DDIM sampling (50 steps)",
+    ),
+}
+
+
+def kind_of(name: str) -> str | None:
+    """'discriminative', 'generative', or None for an unknown name."""
+    if name in DISCRIMINATIVE:
+        return "discriminative"
+    if name in GENERATIVE:
+        return "generative"
+    return None
+
+
+#: the experiment ``model`` each kind of baseline belongs to
+EXPERIMENT_MODEL = {"discriminative": "classification", "generative": "generation"}

@@ -1,4 +1,8 @@
-"""``magicflow baseline-train`` and ``magicflow baseline-classify``: one baseline on one fold.
+"""``magicflow baseline-train``, ``baseline-classify`` and ``baseline-sample``: one baseline on one fold.
+
+``baseline-train`` trains either kind (baseline.json's ``kind``: discriminative or generative);
+``baseline-classify`` applies a discriminative one, ``baseline-sample`` draws a generative one's
+samples into the flow's samples.npz layout.
 
 Both read the experiment's ``experiment.json`` (slices, offsets, image size, device) and the
 baseline's ``baseline.json`` (``results/<experiment>/baselines/<id>/``: architecture, weights
@@ -58,7 +62,15 @@ def run_train(args: argparse.Namespace) -> int:
     settings, baseline, classes, sets = _load(args)
     device = resolve_device(baseline["training"]["device"])
     torch.manual_seed(baseline["training"]["seed"])
-    model = model_from_settings(baseline, len(classes))
+    generative = baseline.get("kind") == "generative"
+    if generative:
+        from magicflow.baselines.generative import build_generative, objective
+
+        model = build_generative(baseline, len(classes))
+        extra_args = {"objective": objective(model)}
+    else:
+        model = model_from_settings(baseline, len(classes))
+        extra_args = {}
     print(
         f"{settings['name']} {baseline['id']} ({baseline['architecture']}) {args.fold_dir.name}: {len(sets['train'])} training / "
         f"{len(sets['val'])} validation slices, {len(classes)} classes, {sum(p.numel() for p in model.parameters()):,} "
@@ -73,6 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
         device,
         len(classes),
         extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name},
+        **extra_args,
     )
     return 0
 
@@ -101,4 +114,37 @@ def run_classify(args: argparse.Namespace) -> int:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     accuracy = float((table["true"] == table["predicted"]).mean()) if len(table) else float("nan")
     print(f"{baseline['id']}: {len(table)} test slices, accuracy {accuracy:.3f}, temperature {temperature:.3g} -> {args.out}")
+    return 0
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, type=Path, help="results/<experiment>/experiment.json")
+    parser.add_argument("--baseline", required=True, type=Path, help="results/<experiment>/baselines/<id>/baseline.json")
+    parser.add_argument("--model", required=True, type=Path, help="the baseline's best.pt of this fold")
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/baselines/<id>/samples/fold-<k>")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """``samples.per_class`` images per class, as the flow's ``sample`` writes them."""
+    import time
+
+    from magicflow.baselines.discriminative import load_baseline
+    from magicflow.baselines.generative import build_generative, draw_samples
+    from magicflow.experiments.commands import _settings
+    from magicflow.experiments.infer import write_samples
+    from magicflow.experiments.train import resolve_device
+
+    settings = _settings(args.experiment)
+    baseline = _baseline(args.baseline)
+    if baseline.get("kind") != "generative":
+        raise InputError(f"{args.baseline}: {baseline.get('name')!r} is not a generative baseline; nothing to sample")
+    device = resolve_device(baseline["training"]["device"])
+    model, payload = load_baseline(args.model, device, build=build_generative)
+    classes = payload["extra"]["classes"]
+    s = settings["samples"]
+    started = time.perf_counter()
+    samples = draw_samples(model, classes, s["per_class"], s["temperature"], settings["seed"], device)
+    seconds = time.perf_counter() - started
+    write_samples(samples, classes, args.out, seconds=seconds, device=str(device))
+    print(f"{baseline['id']}: {samples.shape[0] * samples.shape[1]} samples -> {args.out}")
     return 0

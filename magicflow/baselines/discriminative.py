@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -225,8 +225,13 @@ def save_baseline(path: Path, model: nn.Module, settings: dict[str, Any], num_cl
         torch.save(payload, tmp)
 
 
-def load_baseline(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A trained baseline from its best.pt: (model on ``device`` in eval mode, the payload without weights)."""
+def load_baseline(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    build: Callable[[dict[str, Any], int], nn.Module] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained baseline from its best.pt: (model on ``device`` in eval mode, the payload without
+    weights). ``build(settings, num_classes)`` makes the untrained model (default: the timm one)."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -237,7 +242,10 @@ def load_baseline(path: str | Path, device: torch.device | str = "cpu") -> tuple
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path} is not a baseline checkpoint (expected format {FORMAT!r})")
     settings = payload["baseline"]
-    model = build_model(settings["name"], payload["num_classes"], settings["image_size"])
+    if build is None:
+        model = build_model(settings["name"], payload["num_classes"], settings["image_size"])
+    else:
+        model = build(settings, payload["num_classes"])
     model.load_state_dict(payload["state_dict"], strict=True)
     model.to(device).eval()
     return model, {k: v for k, v in payload.items() if k != "state_dict"}
@@ -275,6 +283,29 @@ def _validate(model: nn.Module, data: SliceSet, device: torch.device, batch: int
     }
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What :func:`train_baseline` optimises and selects by. ``loss(model, x, y)`` is a batch's
+    training loss; ``validate(model, val, device, batch)`` returns at least ``val_loss``;
+    ``score(metrics)`` is maximised for best.pt (a list, compared in order)."""
+
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    validate: Callable[[nn.Module, SliceSet, torch.device, int], dict[str, float]]
+    score: Callable[[dict[str, float]], list[float]]
+    selected_by: str
+    loss_name: str = "cross-entropy"
+    check_size: bool = True  # a timm architecture: one forward pass of a zero image first
+
+
+#: the discriminative baselines' objective: cross-entropy, best by validation balanced accuracy
+CLASSIFIER = Objective(
+    loss=lambda model, x, y: F.cross_entropy(model(x), y),
+    validate=lambda model, data, device, batch: _validate(model, data, device, batch),
+    score=lambda m: [m["val_balanced_accuracy"], -m["val_loss"]],
+    selected_by="val_balanced_accuracy, then val_loss",
+)
+
+
 def fingerprint(settings: dict[str, Any], train: TrainSettings, data: SliceSet, num_classes: int) -> str:
     text = json.dumps(
         {"baseline": settings, "train": asdict(train), "k": num_classes, "n": len(data), "labels": data.labels.tolist()},
@@ -294,16 +325,19 @@ def train_baseline(
     num_classes: int,
     extra: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    objective: Objective = CLASSIFIER,
 ) -> pd.DataFrame:
-    """Train with cross-entropy, writing best.pt, last.pt (resumable state), training.tsv and
-    training.png into ``out_dir``; returns the history. ``settings`` is the baseline.json content."""
+    """Train with ``objective`` (default cross-entropy), writing best.pt, last.pt (resumable
+    state), training.tsv and training.png into ``out_dir``; returns the history. ``settings`` is
+    the baseline.json content."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train) < 2 or len(val) == 0:
         raise InputError(f"{out_dir}: too small a training ({len(train)}, at least 2) or validation ({len(val)}) set")
     ts = train_settings(settings["training"])
     model.to(device)
-    check_image_size(model, settings["name"], int(train.images.shape[-1]))
+    if objective.check_size:
+        check_image_size(model, settings["name"], int(train.images.shape[-1]))
     optimizer = torch.optim.Adam(model.parameters(), lr=ts.lr)
     # a last batch of one image would meet batch norm with one value per channel: it joins no step
     steps_per_epoch = len(train) // ts.batch_size if len(train) % ts.batch_size == 1 else math.ceil(len(train) / ts.batch_size)
@@ -334,7 +368,7 @@ def train_baseline(
         for b in range(steps_per_epoch):
             index = order[b * ts.batch_size : (b + 1) * ts.batch_size]
             x = augment(images[index], ts, noise)
-            loss = F.cross_entropy(model(x), labels[index])
+            loss = objective.loss(model, x, labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), ts.clip_norm)
@@ -346,7 +380,7 @@ def train_baseline(
         if not math.isfinite(train_loss):
             raise RuntimeError(f"non-finite training loss at epoch {epoch + 1}; lower the baseline's training.lr")
         train_seconds = time.perf_counter() - started
-        metrics = _validate(model, val, device, ts.batch_size)
+        metrics = objective.validate(model, val, device, ts.batch_size)
         row = {
             "epoch": epoch + 1,
             "lr": learning_rate(step - 1, total_steps, ts),
@@ -358,7 +392,7 @@ def train_baseline(
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
         }
         history.append(row)
-        score = [metrics["val_balanced_accuracy"], -metrics["val_loss"]]
+        score = objective.score(metrics)
         if score > best or not (out_dir / "best.pt").exists():
             best = max(best, score)
             save_baseline(
@@ -366,7 +400,7 @@ def train_baseline(
                 model,
                 settings,
                 num_classes,
-                {**(extra or {}), "epoch": epoch + 1, "score": score[0], "selected_by": "val_balanced_accuracy, then val_loss"},
+                {**(extra or {}), "epoch": epoch + 1, "score": score[0], "selected_by": objective.selected_by},
             )
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         stop = should_stop(history, ts.patience, key="val_loss")
@@ -390,7 +424,7 @@ def train_baseline(
                 },
                 tmp,
             )
-        write_history(history, out_dir, settings.get("label", settings["name"]))
+        write_history(history, out_dir, settings.get("label", settings["name"]), objective.loss_name)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
         if stop:
@@ -398,8 +432,8 @@ def train_baseline(
     return pd.DataFrame(history)
 
 
-def write_history(history: list[dict], out_dir: Path, title: str) -> None:
-    """training.tsv and a PNG of the loss and validation accuracy curves."""
+def write_history(history: list[dict], out_dir: Path, title: str, loss_name: str = "cross-entropy") -> None:
+    """training.tsv and a PNG of the loss and (where there is one) validation accuracy curves."""
     plt = pyplot()
     table = pd.DataFrame(history)
     with atomic_path(out_dir / "training.tsv") as tmp:
@@ -407,10 +441,14 @@ def write_history(history: list[dict], out_dir: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     axes[0].plot(table["epoch"], table["train_loss"], "o-", label="train")
     axes[0].plot(table["epoch"], table["val_loss"], "s-", label="validation")
-    axes[0].set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: loss")
+    axes[0].set(xlabel="epoch", ylabel=loss_name, title=f"{title}: loss")
     axes[0].legend()
-    axes[1].plot(table["epoch"], table["val_balanced_accuracy"], "s-", color="C2")
-    axes[1].set(xlabel="epoch", ylabel="balanced accuracy", title="validation", ylim=(0, 1))
+    if "val_balanced_accuracy" in table:
+        axes[1].plot(table["epoch"], table["val_balanced_accuracy"], "s-", color="C2")
+        axes[1].set(xlabel="epoch", ylabel="balanced accuracy", title="validation", ylim=(0, 1))
+    else:
+        axes[1].plot(table["epoch"], table["seconds"], "s-", color="C2")
+        axes[1].set(xlabel="epoch", ylabel="seconds", title="time per epoch")
     fig.tight_layout()
     with atomic_path(out_dir / "training.png") as tmp:
         fig.savefig(tmp, dpi=100)

@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a baseline's predictions.tsv of one fold, one per baseline and fold run (Table 3)",
     )
     parser.add_argument(
+        "--baseline-samples",
+        action="append",
+        default=[],
+        metavar="ID:FOLD=PATH",
+        help="a generative baseline's samples folder (samples.npz) of one fold, one per baseline and fold run (Tables 1-2)",
+    )
+    parser.add_argument(
         "--groundtruth", action="append", default=[], metavar="DATASET=DIR", help="a demo dataset's derivatives/groundtruth"
     )
     parser.add_argument(
@@ -90,18 +97,25 @@ def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
             settings[baseline_id] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise InputError(f"cannot read baseline settings {path}: {error}") from None
-    predictions: dict[str, dict[str, Path]] = {}
-    for value in args.baseline_predictions:
-        key, sep, path = value.partition("=")
-        baseline_id, colon, fold = key.partition(":")
-        if not (sep and colon and baseline_id and fold and path):
-            raise InputError(f"--baseline-predictions {value!r}: expected ID:FOLD=PATH")
-        predictions.setdefault(baseline_id, {})[fold] = Path(path)
-    if set(settings) != set(predictions):
-        raise InputError(
-            f"baselines with settings {sorted(settings)} but predictions for {sorted(predictions)}: give both for each baseline"
-        )
-    return {b: {"settings": settings[b], "predictions": predictions[b]} for b in settings}
+    given: dict[str, dict[str, dict[str, Path]]] = {"predictions": {}, "samples": {}}
+    for what, values in (("predictions", args.baseline_predictions), ("samples", getattr(args, "baseline_samples", []))):
+        for value in values:
+            key, sep, path = value.partition("=")
+            baseline_id, colon, fold = key.partition(":")
+            if not (sep and colon and baseline_id and fold and path):
+                raise InputError(f"--baseline-{what} {value!r}: expected ID:FOLD=PATH")
+            given[what].setdefault(baseline_id, {})[fold] = Path(path)
+    wanted = {
+        b: "samples" if s.get("kind") == "generative" else "predictions" for b, s in settings.items()
+    }  # generative baselines give samples, discriminative ones predictions
+    for what in given:
+        ids = {b for b, w in wanted.items() if w == what}
+        if ids != set(given[what]):
+            raise InputError(
+                f"baselines with settings {sorted(ids)} but {what} for {sorted(given[what])}: give both for each "
+                f"{'generative' if what == 'samples' else 'discriminative'} baseline"
+            )
+    return {b: {"settings": settings[b], wanted[b]: given[wanted[b]][b]} for b in settings}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,7 +173,14 @@ def run(args: argparse.Namespace) -> int:
         scores_truth = experiment["label"] == "diagnosis" and "pet-tau" in experiment["modalities"]
         groundtruth = parse_pairs(args.groundtruth, "groundtruth") if scores_truth else {}
         metrics["attribution"] = ev.attribution_section(outputs, brain, groundtruth, settings, fig_dir)
-        metrics["comparison"] = ev.comparison_section(outputs, metrics["classification"]["per_fold"], baselines)
+        generative = {b: given for b, given in baselines.items() if "samples" in given}
+        discriminative = {b: given for b, given in baselines.items() if "samples" not in given}
+        metrics["comparison"] = ev.comparison_section(outputs, metrics["classification"]["per_fold"], discriminative)
+        if generative:
+            print("generative baselines", flush=True)
+            metrics["comparison"] = ev.generative_comparison_section(
+                outputs, metrics["generation"], heldout, extractor, generative, settings, fig_dir
+            )
         metrics["efficiency"] = ev.efficiency_section(outputs)
         metrics["figures"] = {k: v for k, v in ev.FIGURES.items() if (fig_dir / v).exists()}
         metrics = ev.to_json(metrics)

@@ -355,3 +355,83 @@ def comparison_section(
             }
         )
     return cls.model_comparison(models)
+
+
+# --------------------------------------------------------------------------- generative baselines (Tables 1-2)
+def generative_comparison_section(
+    outputs: ExperimentOutputs,
+    flow_generation: dict,
+    heldout,
+    extractor,
+    baselines: dict[str, dict[str, Any]],
+    settings: dict,
+    fig_dir: Path,
+) -> dict[str, Any]:
+    """MAGIC-Flow's and each generative baseline's fold-0 samples against the same held-out real
+    slices, by the same functions as :func:`generation_section` (FID/KID with bootstrap intervals,
+    PRDC, MS-SSIM), plus a real-vs-generated grid per baseline. ``baselines`` maps id ->
+    ``{"settings": baseline.json, "samples": {fold: samples folder}}``."""
+    from magicflow.evaluate.inputs import read_npz
+
+    fold = outputs.folds[0]
+    folds = [f.name for f in outputs.folds]
+    held_labels = heldout.labels.numpy()
+    f_held = extractor.features(heldout.images)
+    boot, seed = settings["bootstrap"], settings["seed"]
+    real_by_class = {c: heldout.images.numpy()[held_labels == k] for k, c in enumerate(outputs.classes)}
+    models = [
+        {
+            "id": "magicflow",
+            "model": "MAGIC-Flow",
+            "architecture": "MAGIC-Flow",
+            "metrics": flow_generation["overall"]["generated"],
+            "ms_ssim": flow_generation["ms_ssim"]["generated"],
+            "n_generated": flow_generation["n_generated"],
+            "figure": FIGURES["real_vs_generated"],
+        }
+    ]
+    for baseline_id, given in baselines.items():
+        baseline, paths = given["settings"], given["samples"]
+        if sorted(paths) != folds:
+            raise InputError(
+                f"baseline {baseline_id}: the experiment ran {folds}, but samples were given for {sorted(paths)} "
+                f"(--baseline-samples {baseline_id}:FOLD=PATH, one per fold)"
+            )
+        path = Path(paths[fold.name]) / "samples.npz"
+        archive = read_npz(path)
+        samples = archive["samples"]
+        if [str(c) for c in archive["classes"]] != list(outputs.classes) or samples.shape[-2:] != heldout.images.shape[-2:]:
+            raise InputError(
+                f"{path}: classes {list(archive['classes'])} and image shape {samples.shape[-2:]} do not match the experiment's "
+                f"{outputs.classes} and {tuple(heldout.images.shape[-2:])}; rerun baseline_sample"
+            )
+        labels = np.repeat(np.arange(samples.shape[0]), samples.shape[1])
+        fake = samples.reshape(-1, *samples.shape[2:])
+        try:
+            scores = gen.generation_metrics(
+                f_held, extractor.features(fake), bootstrap=boot, seed=seed, nearest_k=settings["nearest_k"]
+            )
+        except InputError as error:
+            scores = {"skipped": str(error)}
+        figure = f"real_vs_generated_{baseline_id}.png"
+        figures.real_vs_generated_figure(real_by_class, {c: samples[k] for k, c in enumerate(outputs.classes)}, fig_dir / figure)
+        models.append(
+            {
+                "id": baseline_id,
+                "model": baseline.get("label", baseline_id)
+                + ("" if baseline_id == baseline.get("name", baseline_id) else f" ({baseline_id})"),
+                "architecture": baseline.get("architecture"),
+                "metrics": scores,
+                "ms_ssim": gen.ms_ssim_pairs(fake, labels, pairs=settings["ms_ssim_pairs"], seed=seed),
+                "n_generated": int(len(fake)),
+                "figure": figure,
+            }
+        )
+    return {
+        "kind": "generation",
+        "fold": fold.name,
+        "suffix": flow_generation["suffix"],
+        "n_heldout": int(len(heldout)),
+        "reference": flow_generation["overall"]["real"],
+        "models": models,
+    }

@@ -1,13 +1,14 @@
-# Discriminative baselines of classification experiments (timm CNNs and ViTs, config key
-# experiments.<name>.baselines): per baseline and fold, trained and applied on exactly the flow's
-# slices, split and augmentation. Each baseline's settings live in their own baseline.json, so
+# Baselines (config key experiments.<name>.baselines): discriminative ones of classification
+# experiments (timm CNNs and ViTs: baseline_train, baseline_classify) and generative ones of
+# generation experiments (Glow, CVAE: baseline_train, baseline_sample); per baseline and fold,
+# trained and applied on exactly the flow's slices, split and augmentation. Each baseline's settings live in their own baseline.json, so
 # adding or changing a baseline reruns that baseline (and evaluation), never the flow.
 
 import json
 
 from magicflow.config import baseline_settings as configured_baselines
 
-# experiment -> baseline id -> settings; only classification experiments that list baselines
+# experiment -> baseline id -> settings; only experiments that list baselines
 BASELINES = {e: b for e, b in ((e, parse_time(configured_baselines, config, e)) for e in EXPERIMENTS) if b}
 
 
@@ -95,6 +96,32 @@ rule baseline_classify:
         )
 
 
+rule baseline_sample:
+    input:
+        settings=f"{RESULTS}/{{experiment}}/experiment.json",
+        baseline=rules.baseline_settings.output[0],
+        model=rules.baseline_train.output.model,
+    output:
+        directory(f"{RESULTS}/{{experiment}}/baselines/{{baseline}}/samples/{{fold}}"),  # samples.npz, grids, NIfTI
+    log:
+        log_path("baseline_sample", "{experiment}_{baseline}_{fold}"),
+    benchmark:
+        benchmark_path("baseline_sample", "{experiment}_{baseline}_{fold}")
+    conda:
+        ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+        gpu=gpu_request,
+    shell:
+        magicflow_command(
+            "baseline-sample --experiment {input.settings} --baseline {input.baseline} --model {input.model} --out {output}",
+            torch=True,
+        )
+
+
 rule baselines:
     input:
-        baseline_outputs(rules.baseline_classify.output[0]),
+        baseline_outputs(rules.baseline_classify.output[0], "discriminative"),
+        baseline_outputs(rules.baseline_sample.output[0], "generative"),

@@ -273,28 +273,38 @@ def baseline_weights(wc):
     return [weights] if weights else []
 
 
-def baseline_outputs(pattern):
-    """pattern with {experiment}, {baseline} and {fold}, over every baseline of every experiment and fold."""
+def baselines_of(experiment, kind):
+    """The experiment's baseline ids of one kind (discriminative or generative), in config order."""
+    return [b for b, s in BASELINES.get(experiment, {}).items() if s["kind"] == kind]
+
+
+def baseline_outputs(pattern, kind):
+    """pattern with {experiment}, {baseline} and {fold}, over every baseline of this kind of every experiment and fold."""
     return [
-        pattern.format(experiment=e, baseline=b, fold=f) for e, found in BASELINES.items() for b in found for f in folds_of(e)
+        pattern.format(experiment=e, baseline=b, fold=f) for e in BASELINES for b in baselines_of(e, kind) for f in folds_of(e)
     ]
 
 
-def baseline_files(wc, pattern):
-    """Per (baseline, fold) of this experiment, in the order baseline_args reads them."""
+def baseline_files(wc, pattern, kind):
+    """Per (baseline of this kind, fold) of this experiment, in the order baseline_args reads them."""
     return [
         pattern.format(experiment=wc.experiment, baseline=b, fold=f)
-        for b in BASELINES.get(wc.experiment, {})
+        for b in baselines_of(wc.experiment, kind)
         for f in folds_of(wc.experiment)
     ]
 
 
 def baseline_args(wc, input):
-    """`--baseline ID=JSON` per baseline and `--baseline-predictions ID:FOLD=PATH` per baseline and fold."""
+    """`--baseline ID=JSON` per baseline, `--baseline-predictions ID:FOLD=PATH` per discriminative
+    baseline and fold, `--baseline-samples ID:FOLD=PATH` per generative baseline and fold."""
     found = list(BASELINES.get(wc.experiment, {}))
     words = [f"--baseline {b}={path}" for b, path in zip(found, input.baseline_settings)]
-    pairs = [(b, f) for b in found for f in folds_of(wc.experiment)]
-    words += [f"--baseline-predictions {b}:{f}={path}" for (b, f), path in zip(pairs, input.baseline_predictions)]
+    for kind, option, paths in (
+        ("discriminative", "predictions", input.baseline_predictions),
+        ("generative", "samples", input.baseline_samples),
+    ):
+        pairs = [(b, f) for b in baselines_of(wc.experiment, kind) for f in folds_of(wc.experiment)]
+        words += [f"--baseline-{option} {b}:{f}={path}" for (b, f), path in zip(pairs, paths)]
     return " ".join(words)
 
 
@@ -315,7 +325,8 @@ def evaluation_inputs(wc):
         "folds": rules.split.output.folds.format(experiment=wc.experiment),
         **{name: fold_files(wc, name) for name in EVALUATION_READS},
         "baseline_settings": [rules.baseline_settings.output[0].format(experiment=wc.experiment, baseline=b) for b in baselines],
-        "baseline_predictions": baseline_files(wc, rules.baseline_classify.output[0]),
+        "baseline_predictions": baseline_files(wc, rules.baseline_classify.output[0], "discriminative"),
+        "baseline_samples": baseline_files(wc, rules.baseline_sample.output[0], "generative"),
         "qc": [f"{RESULTS}/{d}/qc.tsv" for d in settings["datasets"]],
         "groundtruth": [f"{RESULTS}/{d}/bids" for d in settings["datasets"] if d in DEMO_DATASETS],
     }
