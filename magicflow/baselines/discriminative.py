@@ -358,6 +358,8 @@ def train_baseline(
             history = [dict(zip(state["history_columns"], row)) for row in state["history"]]
             print(f"resuming from {state_path} after epoch {state['epoch'] + 1} of {ts.epochs}")
     images, labels = train.images.to(device), train.labels.to(device)
+    parameters = sum(p.numel() for p in model.parameters())  # for the report's Table 5
+    images_per_epoch = min(len(train), steps_per_epoch * ts.batch_size)  # a last batch of one is left out
     for epoch in range(start_epoch, ts.epochs):
         torch.manual_seed(int(np.random.SeedSequence([ts.seed, epoch, 0]).generate_state(1)[0]))  # dropout, drop-path
         order = torch.randperm(len(train), generator=_epoch_generator(ts.seed, epoch, 1)).to(device)
@@ -387,6 +389,8 @@ def train_baseline(
             "train_loss": train_loss,
             **metrics,
             "steps": steps_per_epoch,
+            "images": images_per_epoch,
+            "parameters": parameters,
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),

@@ -60,6 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a generative baseline's samples folder (samples.npz) of one fold, one per baseline and fold run (Tables 1-2)",
     )
     parser.add_argument(
+        "--baseline-training",
+        action="append",
+        default=[],
+        metavar="ID:FOLD=PATH",
+        help="a baseline's training.tsv of one fold (Table 5: parameters, steps, time); optional, per baseline all folds or none",
+    )
+    parser.add_argument(
+        "--baseline-train-benchmark",
+        action="append",
+        default=[],
+        metavar="ID:FOLD=PATH",
+        help="the Snakemake benchmark TSV of a baseline's training job of one fold (Table 5: wall time, peak RAM); optional",
+    )
+    parser.add_argument(
         "--groundtruth", action="append", default=[], metavar="DATASET=DIR", help="a demo dataset's derivatives/groundtruth"
     )
     parser.add_argument(
@@ -87,8 +101,10 @@ def evaluation_settings(path: Path | None, seed: int) -> dict:
 
 
 def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
-    """id -> {"settings": its baseline.json, "predictions": {fold: path}} from --baseline and
-    --baseline-predictions (every id in one must be in the other)."""
+    """id -> {"settings": its baseline.json, "predictions" or "samples": {fold: path}, and where
+    given "training" and "train_benchmark": {fold: path}} from --baseline, --baseline-predictions,
+    --baseline-samples, --baseline-training and --baseline-train-benchmark (every discriminative
+    id needs predictions, every generative one samples; the Table 5 files are optional)."""
     from magicflow.experiments.commands import parse_pairs
 
     settings = {}
@@ -98,13 +114,22 @@ def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
         except (OSError, json.JSONDecodeError) as error:
             raise InputError(f"cannot read baseline settings {path}: {error}") from None
     given: dict[str, dict[str, dict[str, Path]]] = {"predictions": {}, "samples": {}}
-    for what, values in (("predictions", args.baseline_predictions), ("samples", getattr(args, "baseline_samples", []))):
+    extra: dict[str, dict[str, dict[str, Path]]] = {"training": {}, "train_benchmark": {}}
+    for what, values in (
+        ("predictions", args.baseline_predictions),
+        ("samples", getattr(args, "baseline_samples", [])),
+        ("training", getattr(args, "baseline_training", [])),
+        ("train_benchmark", getattr(args, "baseline_train_benchmark", [])),
+    ):
         for value in values:
             key, sep, path = value.partition("=")
             baseline_id, colon, fold = key.partition(":")
+            option = what.replace("_", "-")
             if not (sep and colon and baseline_id and fold and path):
-                raise InputError(f"--baseline-{what} {value!r}: expected ID:FOLD=PATH")
-            given[what].setdefault(baseline_id, {})[fold] = Path(path)
+                raise InputError(f"--baseline-{option} {value!r}: expected ID:FOLD=PATH")
+            if what in extra and baseline_id not in settings:
+                raise InputError(f"--baseline-{option} {value!r}: no --baseline {baseline_id}=JSON was given")
+            (given if what in given else extra)[what].setdefault(baseline_id, {})[fold] = Path(path)
     wanted = {
         b: "samples" if s.get("kind") == "generative" else "predictions" for b, s in settings.items()
     }  # generative baselines give samples, discriminative ones predictions
@@ -115,7 +140,9 @@ def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
                 f"baselines with settings {sorted(ids)} but {what} for {sorted(given[what])}: give both for each "
                 f"{'generative' if what == 'samples' else 'discriminative'} baseline"
             )
-    return {b: {"settings": settings[b], wanted[b]: given[wanted[b]][b]} for b in settings}
+    return {
+        b: {"settings": settings[b], wanted[b]: given[wanted[b]][b], **{w: extra[w].get(b, {}) for w in extra}} for b in settings
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
                 outputs, metrics["generation"], heldout, extractor, generative, settings, fig_dir
             )
         metrics["efficiency"] = ev.efficiency_section(outputs)
+        if metrics["comparison"]:
+            metrics["comparison"]["cost"] = ev.cost_section(outputs, baselines)  # Table 5
         metrics["figures"] = {k: v for k, v in ev.FIGURES.items() if (fig_dir / v).exists()}
         metrics = ev.to_json(metrics)
     write_json(args.out_json, metrics)

@@ -325,8 +325,17 @@ def comparison_section(
     from magicflow.evaluate.inputs import read_predictions
 
     folds = [f.name for f in outputs.folds]
+    from magicflow.evaluate.paper_results import paper_table3
+
     models = [
-        {"id": "magicflow", "model": "MAGIC-Flow", "architecture": "MAGIC-Flow", "weights": None, "per_fold": flow_per_fold}
+        {
+            "id": "magicflow",
+            "model": "MAGIC-Flow",
+            "architecture": "MAGIC-Flow",
+            "weights": None,
+            "paper": paper_table3(outputs.name, "magicflow"),
+            "per_fold": flow_per_fold,
+        }
     ]
     for baseline_id, given in baselines.items():
         settings, paths = given["settings"], given["predictions"]
@@ -351,6 +360,7 @@ def comparison_section(
                 + ("" if baseline_id == settings.get("name", baseline_id) else f" ({baseline_id})"),
                 "architecture": settings.get("architecture"),
                 "weights": settings.get("weights"),
+                "paper": paper_table3(outputs.name, settings.get("name", baseline_id)),  # the paper's Table 3 row, if any
                 "per_fold": per_fold,
             }
         )
@@ -372,6 +382,7 @@ def generative_comparison_section(
     PRDC, MS-SSIM), plus a real-vs-generated grid per baseline. ``baselines`` maps id ->
     ``{"settings": baseline.json, "samples": {fold: samples folder}}``."""
     from magicflow.evaluate.inputs import read_npz
+    from magicflow.evaluate.paper_results import paper_tables12
 
     fold = outputs.folds[0]
     folds = [f.name for f in outputs.folds]
@@ -388,6 +399,7 @@ def generative_comparison_section(
             "ms_ssim": flow_generation["ms_ssim"]["generated"],
             "n_generated": flow_generation["n_generated"],
             "figure": FIGURES["real_vs_generated"],
+            "paper": paper_tables12(outputs.name, "magicflow"),
         }
     ]
     for baseline_id, given in baselines.items():
@@ -425,6 +437,7 @@ def generative_comparison_section(
                 "ms_ssim": gen.ms_ssim_pairs(fake, labels, pairs=settings["ms_ssim_pairs"], seed=seed),
                 "n_generated": int(len(fake)),
                 "figure": figure,
+                "paper": paper_tables12(outputs.name, baseline.get("name", baseline_id)),  # Tables 1-2, if any
             }
         )
     return {
@@ -433,5 +446,90 @@ def generative_comparison_section(
         "suffix": flow_generation["suffix"],
         "n_heldout": int(len(heldout)),
         "reference": flow_generation["overall"]["real"],
+        "paper_reference": paper_tables12(outputs.name, "real"),
         "models": models,
     }
+
+
+# --------------------------------------------------------------------------- cost per model (Table 5)
+def _nan_to_none(value: float) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def model_cost(trainings: list[pd.DataFrame], benchmarks: list[dict[str, float]]) -> dict[str, Any]:
+    """One model's Table 5 figures over its folds: ``trainings`` its training.tsv per fold,
+    ``benchmarks`` the Snakemake benchmark row of each fold's training job (empty where none
+    was given). Sums over folds (optimiser steps, training seconds, wall seconds), maxima over
+    folds (peak RAM and GPU memory); a figure a file does not hold is None (the report's n/a):
+    training.tsv written before the ``parameters``/``images`` columns existed has no parameter
+    count or images/s, a run outside Snakemake no wall time or peak RAM."""
+
+    def column(name: str) -> list[pd.Series] | None:
+        return [t[name] for t in trainings] if trainings and all(name in t for t in trainings) else None
+
+    steps = column("steps")
+    seconds = column("train_seconds") or column("seconds")
+    images = column("images")
+    parameters = column("parameters")
+    gpu = column("peak_gpu_mb")
+    n_steps = float(sum(s.sum() for s in steps)) if steps else np.nan
+    train_s = float(sum(s.sum() for s in seconds)) if seconds else np.nan
+    walls = [b.get("s", np.nan) for b in benchmarks]
+    rss = [b.get("max_rss", np.nan) for b in benchmarks if b]
+    return {
+        "folds": len(trainings),
+        "parameters": int(parameters[0].iloc[-1]) if parameters and len(parameters[0]) else None,
+        "epochs": int(sum(len(t) for t in trainings)),
+        "steps": _nan_to_none(n_steps),
+        "training_s": _nan_to_none(train_s),
+        "wall_s": _nan_to_none(float(sum(walls))) if walls and len(walls) == len(trainings) else None,
+        "peak_rss_mb": _nan_to_none(float(np.nanmax(rss))) if rss and np.isfinite(rss).any() else None,
+        "peak_gpu_mb": _nan_to_none(float(np.nanmax([g.max() for g in gpu])))
+        if gpu and any(g.notna().any() for g in gpu)
+        else None,
+        "ms_per_step": _nan_to_none(1000 * train_s / n_steps) if n_steps else None,
+        "images_per_s": _nan_to_none(float(sum(i.sum() for i in images)) / train_s) if images and train_s else None,
+    }
+
+
+def cost_section(outputs: ExperimentOutputs, baselines: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table 5: one row per model, MAGIC-Flow first, then each baseline in the order given.
+    ``baselines`` maps id -> ``{"settings": baseline.json, "training": {fold: training.tsv},
+    "train_benchmark": {fold: benchmark TSV}}``; either file set may be absent (figures n/a)."""
+    from magicflow.evaluate.inputs import read_benchmark, read_tsv
+    from magicflow.evaluate.paper_results import paper_table5
+
+    rows = [
+        {
+            "id": "magicflow",
+            "model": "MAGIC-Flow",
+            **model_cost([f.training for f in outputs.folds], [f.benchmarks.get("train", {}) for f in outputs.folds]),
+            "paper": paper_table5(outputs.name, "magicflow"),
+        }
+    ]
+    folds = [f.name for f in outputs.folds]
+    for baseline_id, given in baselines.items():
+        settings = given["settings"]
+        files = {}
+        for what in ("training", "train_benchmark"):
+            paths = given.get(what) or {}
+            if paths and sorted(paths) != folds:
+                raise InputError(
+                    f"baseline {baseline_id}: the experiment ran {folds}, but its {what.replace('_', ' ')} files were given "
+                    f"for {sorted(paths)} (--baseline-{what.replace('_', '-')} {baseline_id}:FOLD=PATH, one per fold)"
+                )
+            files[what] = paths
+        trainings = [read_tsv(files["training"][f]) for f in folds] if files["training"] else []
+        benchmarks = [read_benchmark(files["train_benchmark"][f]) for f in folds] if files["train_benchmark"] else []
+        cost = model_cost(trainings, benchmarks)
+        cost["folds"] = len(folds)
+        rows.append(
+            {
+                "id": baseline_id,
+                "model": settings.get("label", baseline_id)
+                + ("" if baseline_id == settings.get("name", baseline_id) else f" ({baseline_id})"),
+                **cost,
+                "paper": paper_table5(outputs.name, settings.get("name", baseline_id)),  # Table 5 (A100), if any
+            }
+        )
+    return rows

@@ -288,6 +288,7 @@ def train_model(
             saved_average = state.get("average")
             print(f"resuming from {state_path} after epoch {state['epoch'] + 1} of {settings.epochs}")
     images, labels = train.images.to(device), train.labels.to(device)  # the set moves once, not per batch
+    parameters = sum(p.numel() for p in model.parameters())  # for the report's Table 5
     average = WeightAverage(model, settings.ema, saved_average) if settings.ema else None
 
     for epoch in range(start_epoch, settings.epochs):
@@ -332,6 +333,8 @@ def train_model(
             **metrics,
             "skipped_steps": n_skipped,
             "steps": n_finite + n_skipped,
+            "images": len(train),  # training images seen this epoch (Table 5's images/s)
+            "parameters": parameters,
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),

@@ -211,6 +211,47 @@ TABLE3_HEADERS = {
 }
 
 
+PAPER_NOTE = (
+    " The paper column holds the authors' published values for the model (with their pretraining, at 182 x 182, on "
+    "their cohort), to read beside this run's, not as its target; n/a: a model the paper does not report."
+)
+TABLE3_SHORT = {
+    "accuracy": "acc.",
+    "balanced_accuracy": "bal. acc.",
+    "macro_auc": "AUC",
+    "macro_precision": "P",
+    "macro_recall": "R",
+    "macro_f1": "F1",
+}
+
+
+def _paper_table3(paper: dict | None) -> str:
+    if not paper:
+        return "n/a"
+    return ", ".join(f"{TABLE3_SHORT.get(k, k)} {v[0]:.2f} ± {v[1]:.2f}" for k, v in paper.items())
+
+
+def _paper_tables12(paper: dict | None) -> str:
+    if not paper:
+        return "n/a"
+    parts = []
+    if paper.get("fid_rad") is not None:
+        parts.append(f"FID_Rad {paper['fid_rad']:.3g}, KID_Rad {paper['kid_rad']:.3g}")
+    if paper.get("precision") is not None:
+        parts.append("P/R/D/C " + "/".join(f"{paper[k]:.2f}" for k in ("precision", "recall", "density", "coverage")))
+    parts.append(f"MS-SSIM intra/inter {paper['ms_ssim_intra']:.2f}/{paper['ms_ssim_inter']:.2f}")
+    return ", ".join(parts)
+
+
+def _paper_table5(paper: dict | None) -> str:
+    if not paper:
+        return "n/a"
+    return (
+        f"{paper['steps'] / 1000:.0f}k steps, {paper['hours']:g} h, {paper['gpu_gb']:g} GB GPU, "
+        f"{paper['ms_per_step']:g} ms/step, {paper['images_per_s']:g} generated images/s"
+    )
+
+
 def _p(value) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
@@ -220,9 +261,15 @@ def comparison(m: dict) -> str:
     each column in bold with a ▲, then the paired tests of MAGIC-Flow against each baseline."""
     c = m["comparison"]
     metrics = c["metrics"]
+    published = any(row.get("paper") for row in c["models"])
     head = "<th>model</th><th>pretrained weights</th><th>folds</th>" + "".join(
         f"<th>{h.esc(TABLE3_HEADERS.get(x, x))}</th>" for x in metrics
     )
+    head += "<th>paper, Table 3 (mean ± std)</th>" if published else ""
+
+    def paper_cell(row: dict) -> str:
+        return f"<td>{_paper_table3(row.get('paper'))}</td>" if published else ""
+
     rows = []
     for row in c["models"]:
         cells = []
@@ -236,12 +283,12 @@ def comparison(m: dict) -> str:
         )
         rows.append(
             f"<tr><td>{h.esc(row['model'])}</td><td>{h.esc(weights) if row.get('weights') else weights}</td>"
-            f"<td>{row['folds']}</td>{''.join(cells)}</tr>"
+            f"<td>{row['folds']}</td>{''.join(cells)}{paper_cell(row)}</tr>"
         )
     body = (
         '<p class="note">Every model trained and tested on the same folds, slices and augmentation; metrics from each '
         "model's predictions.tsv by the same functions, mean ± std (sample std) over folds. ▲ and bold: the best mean "
-        "of the column.</p>"
+        "of the column." + (PAPER_NOTE if published else "") + "</p>"
         f'<table class="table3"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
     names = {r["id"]: r["model"] for r in c["models"]}
@@ -271,22 +318,68 @@ def generative_comparison(m: dict, evaluation: Path) -> str:
     slices by the same functions, then each model's real-vs-generated grid."""
     c = m["comparison"]
     headers = {**_gen_headers(c["suffix"]), "ms_ssim_intra": "MS-SSIM intra-class", "ms_ssim_inter": "MS-SSIM inter-class"}
+    reference = {"model": "real training slices (reference)", "metrics": c["reference"], "ms_ssim": {}}
+    reference["paper"] = c.get("paper_reference")
+    published = any(model.get("paper") for model in [*c["models"], reference])
     rows = []
-    for model in [*c["models"], {"model": "real training slices (reference)", "metrics": c["reference"], "ms_ssim": {}}]:
+    for model in [*c["models"], reference]:
         values = model["metrics"]
         row = {"model": model["model"], **{k: values.get(k) for k in GENERATION_COLUMNS if k in values}}
         row["ms_ssim_intra"] = model["ms_ssim"].get("intra")
         row["ms_ssim_inter"] = model["ms_ssim"].get("inter")
         row["note"] = values.get("skipped", "")
+        row["paper"] = _paper_tables12(model.get("paper"))
         rows.append(row)
+    headers["paper"] = "paper, Tables 1-2 (FID_Rad features)"
     body = (
         f'<p class="note">Fold {h.esc(c["fold"])}: every model trained on the same training slices and augmentation; its '
-        f"samples (95% intervals by bootstrap) scored against the same {c['n_heldout']} held-out real slices by the same functions.</p>"
+        f"samples (95% intervals by bootstrap) scored against the same {c['n_heldout']} held-out real slices by the same "
+        f"functions.{PAPER_NOTE if published else ''}</p>"
     )
-    body += h.table(rows, ["model", *GENERATION_COLUMNS, "ms_ssim_intra", "ms_ssim_inter", "note"], headers)
+    columns = ["model", *GENERATION_COLUMNS, "ms_ssim_intra", "ms_ssim_inter", "note", *(["paper"] if published else [])]
+    body += h.table(rows, columns, headers)
     for model in c["models"]:
         body += h.image(evaluation / model["figure"], f"{model['model']}: held-out real slices (left) and samples (right).")
     return body
+
+
+COST_COLUMNS = {
+    "parameters": "parameters",
+    "steps": "optimiser steps (sum over folds)",
+    "wall_s": "training wall time (s, sum over folds)",
+    "peak_rss_mb": "peak RAM (MB, max over folds)",
+    "peak_gpu_mb": "peak GPU (MB, max over folds)",
+    "ms_per_step": "ms per step",
+    "images_per_s": "training images/s",
+}
+
+
+def _na(value, digits: int = 3) -> str:
+    return "n/a" if value is None else h.fmt(value, digits)
+
+
+def cost(m: dict) -> str:
+    """Table 5: one row per model (MAGIC-Flow first): its size and what training it cost."""
+    c = m["comparison"]
+    rows = []
+    for row in c["cost"]:
+        cells = {k: _na(row.get(k)) for k in COST_COLUMNS}
+        cells["parameters"] = "n/a" if row.get("parameters") is None else f"{row['parameters'] / 1e6:.2f} M"
+        cells["steps"] = "n/a" if row.get("steps") is None else f"{int(row['steps']):,}"
+        cells["paper"] = _paper_table5(row.get("paper"))
+        rows.append({"model": row["model"], "folds": str(row["folds"]), **cells})
+    published = any(row.get("paper") for row in c["cost"])
+    body = (
+        '<p class="note">Per model, over the folds it trained: optimiser steps and training wall time summed (wall time '
+        "from each training job's Snakemake benchmark, so it includes start-up, validation and checkpoints), peak memory the "
+        "largest fold's (RAM: the benchmark's max_rss; GPU: torch's peak allocation), ms per step and images/s from "
+        "training.tsv's optimiser-loop seconds. n/a: not in the files given (no benchmark outside Snakemake, or a "
+        "training.tsv from before these columns)."
+        + (PAPER_NOTE.replace("at 182 x 182", "one A100, batch 8") if published else "")
+        + "</p>"
+    )
+    columns = ["model", "folds", *COST_COLUMNS, *(["paper"] if published else [])]
+    return body + h.table(rows, columns, {**COST_COLUMNS, "paper": "paper, Table 5 (A100, batch 8)"})
 
 
 def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> str:
@@ -372,8 +465,14 @@ def _comparison_sections(metrics: dict, evaluation: Path) -> list[tuple[str, str
     if not c:
         return []
     if c.get("kind") == "generation":
-        return [("tables12", "Tables 1-2: MAGIC-Flow and the generative baselines", generative_comparison(metrics, evaluation))]
-    return [("table3", "Table 3: MAGIC-Flow and the baselines", comparison(metrics))]
+        sections = [
+            ("tables12", "Tables 1-2: MAGIC-Flow and the generative baselines", generative_comparison(metrics, evaluation))
+        ]
+    else:
+        sections = [("table3", "Table 3: MAGIC-Flow and the baselines", comparison(metrics))]
+    if c.get("cost"):
+        sections.append(("table5", "Table 5: cost per model", cost(metrics)))
+    return sections
 
 
 def build_report(

@@ -294,6 +294,15 @@ def baseline_files(wc, pattern, kind):
     ]
 
 
+def baseline_train_files(wc, pattern):
+    """Per (baseline of either kind, in config order; fold) of this experiment: its training outputs (Table 5)."""
+    return [
+        pattern.format(experiment=wc.experiment, baseline=b, fold=f)
+        for b in BASELINES.get(wc.experiment, {})
+        for f in folds_of(wc.experiment)
+    ]
+
+
 def baseline_args(wc, input):
     """`--baseline ID=JSON` per baseline, `--baseline-predictions ID:FOLD=PATH` per discriminative
     baseline and fold, `--baseline-samples ID:FOLD=PATH` per generative baseline and fold."""
@@ -304,6 +313,9 @@ def baseline_args(wc, input):
         ("generative", "samples", input.baseline_samples),
     ):
         pairs = [(b, f) for b in baselines_of(wc.experiment, kind) for f in folds_of(wc.experiment)]
+        words += [f"--baseline-{option} {b}:{f}={path}" for (b, f), path in zip(pairs, paths)]
+    pairs = [(b, f) for b in found for f in folds_of(wc.experiment)]
+    for option, paths in (("training", input.baseline_training), ("train-benchmark", input.baseline_train_benchmark)):
         words += [f"--baseline-{option} {b}:{f}={path}" for (b, f), path in zip(pairs, paths)]
     return " ".join(words)
 
@@ -327,6 +339,9 @@ def evaluation_inputs(wc):
         "baseline_settings": [rules.baseline_settings.output[0].format(experiment=wc.experiment, baseline=b) for b in baselines],
         "baseline_predictions": baseline_files(wc, rules.baseline_classify.output[0], "discriminative"),
         "baseline_samples": baseline_files(wc, rules.baseline_sample.output[0], "generative"),
+        # Table 5: each baseline's training log and its training job's benchmark (as the flow's train_benchmark)
+        "baseline_training": baseline_train_files(wc, rules.baseline_train.output.curves),
+        "baseline_train_benchmark": baseline_train_files(wc, rules.baseline_train.benchmark),
         "qc": [f"{RESULTS}/{d}/qc.tsv" for d in settings["datasets"]],
         "groundtruth": [f"{RESULTS}/{d}/bids" for d in settings["datasets"] if d in DEMO_DATASETS],
     }
