@@ -66,7 +66,8 @@ def test_manifest_target_runs_on_a_tiny_demo(tmp_path: Path):
 
 def tiny_experiment(config: dict) -> None:
     """6 demo subjects (3 AD, 3 CN), MRI only, one classification experiment over 3 folds at 48 x 48
-    (the download-tree workflow test runs its experiment at the full 182 x 182)."""
+    (the download-tree workflow test runs its experiment at the full 182 x 182) with a ResNet-18
+    baseline, and a generation experiment on the same slices (one fold) with a CVAE baseline."""
     config["datasets"]["demo"].update(subjects=6, t1w_only=0, tracers=[])
     config["training"].update(epochs=1, batch_size=4, device="cpu")
     config["experiments"] = {
@@ -81,6 +82,20 @@ def tiny_experiment(config: dict) -> None:
             "image_size": 48,
             "samples": {"per_class": 2},
             "attribution": {"max_images": 2},
+            "baselines": ["resnet18"],
+        },
+        "tiny_gen": {
+            "datasets": ["demo"],
+            "label": "diagnosis",
+            "modalities": ["T1w"],
+            "offsets": {"train": [0], "eval": [0]},
+            "model": "generation",
+            "preset": "small",
+            "folds": 3,
+            "image_size": 32,
+            "samples": {"per_class": 2},
+            "attribution": {"max_images": 2},
+            "baselines": ["cvae"],
         },
     }
     config["evaluation"] = {"features": {"kind": "in_domain", "epochs": 1}, "bootstrap": 20, "ms_ssim_pairs": 20}
@@ -111,6 +126,19 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
         for a in ("overview", "data", "generation", "classification", "attribution", "efficiency", "dataset-demo")
     )
     assert "figure missing" not in page
+    # every configured model in the comparison tables: Table 3 and Table 5 here, Tables 1-2 and Table 5 for generation
+    for experiment, table, models in (
+        ("tiny", "table3", ["MAGIC-Flow", "ResNet-18"]),
+        ("tiny_gen", "tables12", ["MAGIC-Flow", "CVAE"]),
+    ):
+        page = (results / experiment / "report.html").read_text()
+        for anchor in (table, "table5"):
+            section = page.split(f'id="{anchor}"', 1)[1].split("</section>", 1)[0]
+            rows = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0].split("</tr>")
+            assert [r.split("<td>", 2)[1].split("</td>")[0] for r in rows[: len(models)]] == models, (experiment, anchor)
+        cost = json.loads((results / experiment / "metrics.json").read_text())["comparison"]["cost"]
+        assert [r["model"] for r in cost] == models
+        assert all(r["parameters"] > 0 and r["steps"] > 0 and r["wall_s"] > 0 and r["peak_rss_mb"] > 0 for r in cost), cost
     # Snakemake's own report gathers the experiment report, evaluation figures and training curves
     snapshot = snakemake(work, "--report", "results/snakemake-report.html")
     assert snapshot.returncode == 0, snapshot.stderr[-2000:]
@@ -123,7 +151,7 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     # --forcerun train_fold (the training stage's rule) retrains every fold and redoes what follows
     plan = snakemake(work, "-n", "--cores", "2", "--forcerun", "train_fold")
     jobs = plan.stdout + plan.stderr
-    assert plan.returncode == 0 and jobs.count("rule train_fold:") == 3, jobs[-3000:]
+    assert plan.returncode == 0 and jobs.count("rule train_fold:") == 3 + 1, jobs[-3000:]  # tiny's 3 folds, tiny_gen's 1
     for downstream in ("sample_fold", "classify_fold", "attribution_fold", "evaluate_experiment", "report_experiment"):
         assert f"rule {downstream}:" in jobs, downstream
     for upstream in ("preprocess_t1", "preprocess_coregister", "dataset_slices", "demo_cohort", "split"):
