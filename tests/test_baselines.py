@@ -237,6 +237,8 @@ def test_a_wrong_weights_file_is_an_input_error_naming_the_file_and_the_layout(t
 # --------------------------------------------------------------------------- config
 def _config(**baselines_by_experiment) -> dict:
     config = copy.deepcopy(SHIPPED)
+    for experiment in config["experiments"].values():  # the shipped demo's baselines left out
+        experiment.pop("baselines", None)
     for name, baselines in baselines_by_experiment.items():
         config["experiments"][name]["baselines"] = baselines
     return config
@@ -410,6 +412,8 @@ def test_the_workflow_plans_each_baseline_per_fold_and_evaluation_reads_its_pred
 
     def edit(config):
         config["training"]["device"] = "cuda"
+        for experiment in config["experiments"].values():  # only this experiment's baselines, not the demo's
+            experiment.pop("baselines", None)
         config["experiments"]["demo_diagnosis_classification"]["baselines"] = ["resnet18", {"name": "densenet121", "id": "dense"}]
 
     jobs = plan(tmp_path, edit)
