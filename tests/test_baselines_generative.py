@@ -14,40 +14,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from magicflow.baselines import GENERATIVE
 from magicflow.baselines.commands import run_sample
 from magicflow.baselines.discriminative import train_baseline
 from magicflow.baselines.generative import build_generative, objective
-from magicflow.config import REPO_ROOT, baseline_settings, validate_config
+from magicflow.config import baseline_settings, validate_config
 from magicflow.errors import InputError
 from magicflow.experiments import infer
-from magicflow.experiments.data import SliceSet
 
-SHIPPED = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
-CLASSES = ["AD", "CN"]
+from test_baselines import CLASSES, SHIPPED, _config, toy  # one toy set and one config builder for both files
 
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
     yield
-
-
-def toy(n: int = 16, seed: int = 0, size: int = 16) -> SliceSet:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 2
-    images = (torch.rand(n, 1, size, size, generator=g) * 0.3 + labels[:, None, None, None] * 0.5).float()
-    meta = pd.DataFrame(
-        {
-            "dataset": "demo",
-            "subject": [f"s{seed}{i:02d}" for i in range(n)],
-            "session": "01",
-            "image": [f"sub-s{seed}{i:02d}_T1w" for i in range(n)],
-            "offset": 0,
-        }
-    )
-    return SliceSet(images, labels, meta)
 
 
 def settings(name: str, size: int = 16, epochs: int = 3) -> dict:
@@ -111,15 +92,6 @@ def test_each_baseline_trains_lowers_its_loss_and_samples_in_the_flows_layout(tm
         assert list(ours["classes"]) == CLASSES
         assert 0 <= ours["samples"].min() and ours["samples"].max() <= 1
     assert sorted(p.name for p in samples_dir.glob("*.png")) == sorted(p.name for p in flow_dir.glob("*.png"))
-
-
-def _config(**baselines_by_experiment) -> dict:
-    config = copy.deepcopy(SHIPPED)
-    for experiment in config["experiments"].values():  # the shipped demo's baselines left out
-        experiment.pop("baselines", None)
-    for name, baselines in baselines_by_experiment.items():
-        config["experiments"][name]["baselines"] = baselines
-    return config
 
 
 def test_config_resolves_generative_baselines_of_a_generation_experiment():
