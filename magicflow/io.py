@@ -63,3 +63,21 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON atomically, keys sorted so reruns give identical bytes."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def state_dict_in(payload: Any, path: Path, what: str) -> dict:
+    """The name -> tensor dict inside a loaded weights file: plain, or nested under ``state_dict``
+    / ``model`` (as training scripts save it). ``what`` names the dict in the error (e.g.
+    "state dict", "RadImageNet state dict"); anything else is an InputError naming ``path``."""
+    import torch
+
+    from magicflow.errors import InputError
+
+    while isinstance(payload, dict):
+        inner = next((payload[k] for k in ("state_dict", "model") if isinstance(payload.get(k), dict)), None)
+        if inner is None:
+            break
+        payload = inner
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise InputError(f"{path} holds no {what} (expected name -> tensor, plain or under 'state_dict' / 'model')")
+    return payload

@@ -43,6 +43,7 @@ from torch import nn
 from magicflow.baselines import DISCRIMINATIVE
 from magicflow.errors import InputError
 from magicflow.experiments.data import SliceSet
+from magicflow.experiments.infer import predictions_frame
 from magicflow.experiments.posterior import fit_temperature, posteriors
 from magicflow.experiments.train import (
     TrainSettings,
@@ -53,7 +54,7 @@ from magicflow.experiments.train import (
     make_scheduler,
     should_stop,
 )
-from magicflow.io import atomic_path
+from magicflow.io import atomic_path, state_dict_in
 from magicflow.plotting import pyplot
 
 FORMAT = "magicflow.baseline/1"
@@ -121,13 +122,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(
             f"{path} is not a readable weights file (torch.load weights_only=True, or safetensors for .safetensors): {error}"
         ) from None
-    while isinstance(payload, dict):
-        inner = next((payload[k] for k in ("state_dict", "model") if isinstance(payload.get(k), dict)), None)
-        if inner is None:
-            break
-        payload = inner
-    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise InputError(f"{path} holds no state dict (expected name -> tensor, plain or under 'state_dict' / 'model')")
+    payload = state_dict_in(payload, path, "state dict")
     state = {}
     for key, value in payload.items():
         name = key
@@ -469,12 +464,5 @@ def predictions_table(
     temperature = fit_temperature(val_logits, zero, val.labels.numpy()) if len(val) else 1.0
     post = posteriors(test_logits, zero, temperature) if len(test) else np.zeros((0, k))
     log_p = log_softmax(test_logits, axis=1) if len(test) else np.zeros((0, k))
-    table = test.meta[["dataset", "subject", "session", "image", "offset"]].copy()
-    for i, name in enumerate(classes):
-        table[f"loglik_{name}"] = log_p[:, i]
-    for i, name in enumerate(classes):
-        table[f"posterior_{name}"] = post[:, i]
-    table["true"] = [classes[i] for i in test.labels.tolist()]
-    table["predicted"] = [classes[i] for i in np.asarray(test_logits).argmax(1)] if len(test) else []
-    table["temperature"] = temperature
-    return table, temperature
+    predicted = np.asarray(test_logits).argmax(1) if len(test) else np.zeros(0, dtype=int)
+    return predictions_frame(test, classes, log_p, post, predicted, temperature), temperature

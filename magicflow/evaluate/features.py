@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from magicflow.errors import InputError
-from magicflow.io import atomic_path
+from magicflow.io import atomic_path, state_dict_in
 
 FORMAT = "magicflow.features/1"
 
@@ -502,14 +502,7 @@ def _read_state(path: Path, kind: str) -> dict[str, torch.Tensor]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, not a torch file, or pickled code
         raise InputError(f"{path} is not a readable {kind} weights file (torch.load weights_only=True): {error}") from None
-    while isinstance(payload, dict):
-        inner = next((payload[k] for k in ("state_dict", "model") if isinstance(payload.get(k), dict)), None)
-        if inner is None:
-            break
-        payload = inner
-    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise InputError(f"{path} holds no {kind} state dict (expected name -> tensor, plain or under 'state_dict' / 'model')")
-    return dict(payload)
+    return dict(state_dict_in(payload, path, f"{kind} state dict"))
 
 
 def _strip_prefixes(name: str) -> str:

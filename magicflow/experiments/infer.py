@@ -109,15 +109,24 @@ def predictions_table(
     prior = log_priors(train.image_labels().numpy(), len(classes))
     temperature = fit_temperature(val_ll, prior, val.labels.numpy()) if len(val) else 1.0
     post = posteriors(test_ll, prior, temperature)
+    return predictions_frame(test, classes, test_ll, post, (test_ll + prior).argmax(1), temperature), temperature
+
+
+def predictions_frame(
+    test: SliceSet, classes: list[str], scores: np.ndarray, post: np.ndarray, predicted: np.ndarray, temperature: float
+) -> pd.DataFrame:
+    """The predictions.tsv columns every classifier writes (the flow and the baselines), so one
+    evaluation reads them all: the slice's identity, ``loglik_<class>`` (``scores``),
+    ``posterior_<class>``, true and predicted label, and the fitted temperature."""
     table = test.meta[["dataset", "subject", "session", "image", "offset"]].copy()
     for k, name in enumerate(classes):
-        table[f"loglik_{name}"] = test_ll[:, k]
+        table[f"loglik_{name}"] = scores[:, k]
     for k, name in enumerate(classes):
         table[f"posterior_{name}"] = post[:, k]
     table["true"] = [classes[i] for i in test.labels.tolist()]
-    table["predicted"] = [classes[i] for i in (test_ll + prior).argmax(1)]
+    table["predicted"] = [classes[i] for i in predicted]
     table["temperature"] = temperature
-    return table, temperature
+    return table
 
 
 def attribution_maps(model: MagicFlow, data: SliceSet, labels: torch.Tensor, device: torch.device, batch: int = 8) -> np.ndarray:
