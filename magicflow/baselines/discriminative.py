@@ -52,6 +52,8 @@ from magicflow.experiments.train import (
     balanced_accuracy,
     learning_rate,
     make_scheduler,
+    resume_state,
+    resumed_progress,
     should_stop,
 )
 from magicflow.io import atomic_path, state_dict_in
@@ -343,15 +345,9 @@ def train_baseline(
     best: list[float] = [-math.inf]
     start_epoch, step = 0, 0
     state_path = out_dir / "last.pt"
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("format") == STATE_FORMAT and state["run_id"] == run_id and not state["completed"]:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, step, best = state["epoch"] + 1, state["step"], list(state["best"])
-            history = [dict(zip(state["history_columns"], row)) for row in state["history"]]
-            print(f"resuming from {state_path} after epoch {state['epoch'] + 1} of {ts.epochs}")
+    state = resume_state(state_path, STATE_FORMAT, run_id, model, optimizer, scheduler, ts.epochs)
+    if state is not None:
+        start_epoch, step, best, history = resumed_progress(state)
     images, labels = train.images.to(device), train.labels.to(device)
     parameters = sum(p.numel() for p in model.parameters())  # for the report's Table 5
     images_per_epoch = min(len(train), steps_per_epoch * ts.batch_size)  # a last batch of one is left out

@@ -276,17 +276,10 @@ def train_model(
     start_epoch, step = 0, 0
     saved_average: list[torch.Tensor] | None = None
 
-    state_path = out_dir / "last.pt"
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("format") == STATE_FORMAT and state["run_id"] == run_id and not state["completed"]:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, step, best = state["epoch"] + 1, state["step"], list(state["best"])
-            history = [dict(zip(state["history_columns"], row)) for row in state["history"]]
-            saved_average = state.get("average")
-            print(f"resuming from {state_path} after epoch {state['epoch'] + 1} of {settings.epochs}")
+    state = resume_state(out_dir / "last.pt", STATE_FORMAT, run_id, model, optimizer, scheduler, settings.epochs)
+    if state is not None:
+        start_epoch, step, best, history = resumed_progress(state)
+        saved_average = state.get("average")
     images, labels = train.images.to(device), train.labels.to(device)  # the set moves once, not per batch
     parameters = sum(p.numel() for p in model.parameters())  # for the report's Table 5
     average = WeightAverage(model, settings.ema, saved_average) if settings.ema else None
@@ -360,7 +353,7 @@ def train_model(
         if average is not None:
             average.swap()  # back to the optimiser's weights, which training goes on from
         _save_state(
-            state_path,
+            out_dir / "last.pt",
             model,
             optimizer,
             scheduler,
@@ -378,6 +371,36 @@ def train_model(
         if stop:
             break
     return pd.DataFrame(history)
+
+
+def resume_state(
+    path: Path,
+    state_format: str,
+    run_id: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    epochs: int,
+) -> dict[str, Any] | None:
+    """The saved state of this very run (same format and fingerprint, not completed), loaded into
+    ``model``, ``optimizer`` and ``scheduler``; None (start afresh) for no file or another run's.
+    Shared by the flow's and the baselines' training loops, which save states of their own format."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != state_format or state["run_id"] != run_id or state["completed"]:
+        return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    print(f"resuming from {path} after epoch {state['epoch'] + 1} of {epochs}")
+    return state
+
+
+def resumed_progress(state: dict[str, Any]) -> tuple[int, int, list[float], list[dict[str, float]]]:
+    """Where a resumed run goes on from: first epoch, optimiser step, best score, history rows."""
+    history = [dict(zip(state["history_columns"], row)) for row in state["history"]]
+    return state["epoch"] + 1, state["step"], list(state["best"]), history
 
 
 def selection_score(metrics: dict[str, float], classification: bool) -> list[float]:
