@@ -41,6 +41,15 @@ FIGURES = {
 }
 
 
+def _check_baseline_folds(baseline_id: str, paths: dict, folds: list[str], what: str) -> None:
+    """A baseline's files must cover exactly the folds the experiment ran (``what``: predictions | samples)."""
+    if sorted(paths) != folds:
+        raise InputError(
+            f"baseline {baseline_id}: the experiment ran {folds}, but {what} were given for {sorted(paths)} "
+            f"(--baseline-{what} {baseline_id}:FOLD=PATH, one per fold)"
+        )
+
+
 def _finite(value: Any) -> Any:
     """JSON-safe: NaN/inf become None, numpy scalars become Python ones."""
     if isinstance(value, dict):
@@ -339,11 +348,7 @@ def comparison_section(
     ]
     for baseline_id, given in baselines.items():
         settings, paths = given["settings"], given["predictions"]
-        if sorted(paths) != folds:
-            raise InputError(
-                f"baseline {baseline_id}: the experiment ran {folds}, but predictions were given for {sorted(paths)} "
-                f"(--baseline-predictions {baseline_id}:FOLD=PATH, one per fold)"
-            )
+        _check_baseline_folds(baseline_id, paths, folds, "predictions")
         per_fold = []
         for fold in outputs.folds:
             table = read_predictions(paths[fold.name])
@@ -404,11 +409,7 @@ def generative_comparison_section(
     ]
     for baseline_id, given in baselines.items():
         baseline, paths = given["settings"], given["samples"]
-        if sorted(paths) != folds:
-            raise InputError(
-                f"baseline {baseline_id}: the experiment ran {folds}, but samples were given for {sorted(paths)} "
-                f"(--baseline-samples {baseline_id}:FOLD=PATH, one per fold)"
-            )
+        _check_baseline_folds(baseline_id, paths, folds, "samples")
         path = Path(paths[fold.name]) / "samples.npz"
         archive = read_npz(path)
         samples = archive["samples"]
