@@ -1,0 +1,211 @@
+"""MRI-to-PET translation baselines, trained like the experiment's other baselines.
+
+- :class:`UNetTranslator`: MONAI's ``UNet`` (2-D, channels 16/32/64/128, strides 2/2/2, one
+  residual unit per block, MONAI's default instance norm and PReLU) from the T1 slice (plus side
+  information as constant extra channels) to the PET slice, through a sigmoid so its output is in
+  [0, 1]. Slices whose side 8 does not divide are zero-padded (the T1 background) to the next
+  multiple of 8, as :func:`magicflow.flow.layers.pad_image` pads them for the generative
+  baselines, and the output is cropped back.
+- :class:`MeanPredictor`: the training set's mean PET slice, whatever the input: the floor any
+  translator must beat. It is fitted (:meth:`MeanPredictor.fit`), not trained.
+
+Both read their batches from :func:`magicflow.baselines.discriminative.train_baseline` as 2-channel
+images (N, 2, S, S): channel 0 the source (T1), channel 1 the target (PET), so the loop's
+augmentation moves the pair together (one rotation and shift per image; its Gaussian noise is
+drawn per channel, so it also perturbs the target: set ``noise_sigma`` 0 to train on clean
+targets). The integer labels the loop passes become one-hot side information
+(:func:`side_tensor`) for a model with ``side_dim`` > 0 and are ignored otherwise.
+
+The U-Net's loss (:func:`objective`) is the L1 distance between prediction and target, averaged
+over every pixel of the image (the padding is cropped off first, so it never counts); best.pt is
+the epoch with the lowest validation L1 (``val_loss``); ``val_mae`` is the per-image MAE inside
+the foreground (pixels where the source or the target is non-zero), averaged over the images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from magicflow.baselines.discriminative import Objective
+from magicflow.errors import InputError
+from magicflow.experiments.data import SliceSet
+from magicflow.flow.layers import crop_image, pad_amounts, pad_image
+
+#: MONAI UNet's layout; three stride-2 levels: image sides are padded to a multiple of 8
+CHANNELS, STRIDES = (16, 32, 64, 128), (2, 2, 2)
+MULTIPLE = 8
+
+
+def side_tensor(y: torch.Tensor | None, side_dim: int) -> torch.Tensor | None:
+    """One-hot float side information (B, side_dim) from integer labels (B,); None for side_dim 0."""
+    if side_dim == 0 or y is None:
+        return None
+    y = torch.as_tensor(y)
+    if y.dtype.is_floating_point or y.dim() != 1:
+        raise InputError(f"side labels must be integers (B,), got {y.dtype} of shape {tuple(y.shape)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= side_dim):
+        raise InputError(f"side labels must lie in 0..{side_dim - 1} (side_dim {side_dim}), got {int(y.min())}..{int(y.max())}")
+    return F.one_hot(y.long(), side_dim).float()
+
+
+def _check_side(side: torch.Tensor | None, side_dim: int, batch: int) -> None:
+    if side_dim == 0:
+        if side is not None:
+            raise InputError(f"this translator takes no side information (side_dim 0), got shape {tuple(side.shape)}")
+        return
+    if side is None or tuple(side.shape) != (batch, side_dim):
+        got = None if side is None else tuple(side.shape)
+        raise InputError(f"side information must be ({batch}, {side_dim}) for this batch, got {got}")
+
+
+class UNetTranslator(nn.Module):
+    """T1 slice (B, 1, S, S) (+ side (B, side_dim)) -> PET slice (B, 1, S, S) in [0, 1]."""
+
+    loss_name = "L1"
+
+    def __init__(self, side_dim: int = 0):
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        if side_dim < 0:
+            raise InputError(f"side_dim must be 0 or more, got {side_dim}")
+        self.side_dim = int(side_dim)
+        self.unet = UNet(
+            spatial_dims=2,
+            in_channels=1 + self.side_dim,
+            out_channels=1,
+            channels=CHANNELS,
+            strides=STRIDES,
+            num_res_units=1,
+        )
+
+    def forward(self, x_src: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        if x_src.dim() != 4 or x_src.shape[1] != 1 or x_src.shape[2] != x_src.shape[3]:
+            raise InputError(f"source images must be square slices (B, 1, S, S), got shape {tuple(x_src.shape)}")
+        _check_side(side, self.side_dim, len(x_src))
+        pad = pad_amounts(int(x_src.shape[-1]), MULTIPLE)
+        x = pad_image(x_src, *pad, value=0.0)
+        if side is not None:
+            planes = side.to(x)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+            x = torch.cat([x, planes], 1)
+        return crop_image(torch.sigmoid(self.unet(x)), *pad)
+
+
+class MeanPredictor(nn.Module):
+    """The training set's mean target image (a buffer) for every input (see the module docstring)."""
+
+    loss_name = "L1"
+
+    def __init__(self, image_size: int, side_dim: int = 0):
+        super().__init__()
+        self.side_dim = int(side_dim)  # accepted and ignored, so it stands in wherever a translator goes
+        self.register_buffer("mean", torch.zeros(1, 1, image_size, image_size))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def fit(self, targets: Any) -> MeanPredictor:
+        """Set the mean from target images (N, 1, S, S), or from the training loop's 2-channel
+        pairs (N, 2, S, S), whose channel 1 is the target; the mean is taken in float64."""
+        t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
+        if t.dim() == 4 and t.shape[1] == 2:
+            t = t[:, 1:]
+        if t.dim() != 4 or t.shape[1] != 1 or tuple(t.shape[-2:]) != tuple(self.mean.shape[-2:]):
+            raise InputError(
+                f"targets must be (N, 1, {self.mean.shape[-1]}, {self.mean.shape[-1]}) (or (N, 2, ...) pairs), got {tuple(t.shape)}"
+            )
+        if len(t) == 0:
+            raise InputError(f"cannot fit the mean predictor on an empty set (targets of shape {tuple(t.shape)})")
+        self.mean.copy_(t.double().mean(0, keepdim=True).to(self.mean))
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x_src: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        if not bool(self.fitted):
+            raise InputError("the mean predictor is not fitted: call fit(targets) first")
+        if tuple(x_src.shape[-2:]) != tuple(self.mean.shape[-2:]):
+            raise InputError(f"source images {tuple(x_src.shape)} differ in size from the mean image {tuple(self.mean.shape)}")
+        return self.mean.expand(len(x_src), -1, -1, -1)
+
+
+def build_translator(settings: dict[str, Any], num_classes: int) -> nn.Module:
+    """The untrained model of a translation baseline.json (``name``: ``unet`` or ``mean``;
+    ``side_dim``, default 0; ``image_size``), e.g. as ``build`` for
+    :func:`magicflow.baselines.discriminative.load_baseline`."""
+    name = settings["name"]
+    side_dim = int(settings.get("side_dim", 0))
+    if name == "unet":
+        return UNetTranslator(side_dim)
+    if name == "mean":
+        return MeanPredictor(settings["image_size"], side_dim)
+    raise InputError(f"unknown translation baseline {name!r}; known: unet, mean")
+
+
+# --------------------------------------------------------------------------- training
+def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.dim() != 4 or x.shape[1] != 2:
+        raise InputError(f"translation batches must be (B, 2, S, S) pairs (channel 0 T1, channel 1 PET), got {tuple(x.shape)}")
+    return x[:, :1], x[:, 1:]
+
+
+def l1_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean |prediction - target| over every pixel of the (cropped) image of a (B, 2, S, S) batch."""
+    source, target = _split(x)
+    return F.l1_loss(model(source, side_tensor(y, model.side_dim)), target)
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, data: SliceSet, device: torch.device, batch: int) -> dict[str, float]:
+    model.eval()
+    total, maes = 0.0, []
+    for s in range(0, len(data), batch):
+        source, target = _split(data.images[s : s + batch].to(device))
+        y = data.labels[s : s + batch].to(device)
+        error = (model(source, side_tensor(y, model.side_dim)) - target).abs().flatten(1).float()
+        total += float(error.sum())
+        foreground = ((source != 0) | (target != 0)).flatten(1)
+        counted = foreground.sum(1)
+        inside = torch.where(counted > 0, (error * foreground).sum(1) / counted.clamp(min=1), error.mean(1))
+        maes.append(inside.cpu())
+    pixels = max(len(data), 1) * int(np.prod(data.images.shape[2:]))
+    return {"val_loss": total / pixels, "val_mae": float(torch.cat(maes).mean()) if maes else float("nan")}
+
+
+def objective(model: nn.Module) -> Objective:
+    """The U-Net's :class:`~magicflow.baselines.discriminative.Objective` (see the module docstring):
+    L1 training loss, ``val_loss`` and ``val_mae`` on validation, best.pt by the lowest ``val_loss``."""
+    return Objective(
+        loss=l1_loss,
+        validate=_validate,
+        score=lambda metrics: [-metrics["val_loss"]],
+        selected_by="val_loss",
+        loss_name=getattr(model, "loss_name", "L1"),
+        check_size=False,
+    )
+
+
+# --------------------------------------------------------------------------- prediction
+def _floats(a: Any) -> torch.Tensor:
+    return (a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a, dtype=np.float32))).float()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, sources: Any, side: Any, device: torch.device | str, batch: int = 16) -> np.ndarray:
+    """Predicted PET (N, 1, S, S) float32 for T1 ``sources`` (N, 1, S, S) and ``side`` ((N, side_dim)
+    floats, or None), in eval mode without gradients; the model's training mode is restored after."""
+    x = _floats(sources)
+    s = None if side is None else _floats(side)
+    if s is not None and len(s) != len(x):
+        raise InputError(f"{len(x)} source images {tuple(x.shape)} but side information of shape {tuple(s.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        out = [
+            model(x[i : i + batch].to(device), None if s is None else s[i : i + batch].to(device)).float().cpu()
+            for i in range(0, len(x), batch)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, *x.shape[1:]), np.float32)

@@ -1,0 +1,142 @@
+"""MRI-to-PET translation baselines (magicflow.baselines.translation): the U-Net's shape, range and
+side channels, a few steps of the shared training loop lowering its L1 loss, and the mean predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from magicflow.baselines.discriminative import load_baseline, train_baseline
+from magicflow.baselines.translation import (
+    MeanPredictor,
+    UNetTranslator,
+    build_translator,
+    objective,
+    predict,
+    side_tensor,
+)
+from magicflow.errors import InputError
+from magicflow.experiments.data import SliceSet
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    yield
+
+
+def pairs(n: int = 16, size: int = 32, seed: int = 0) -> SliceSet:
+    """2-channel slices: a smooth random T1 (channel 0) and its PET (channel 1), a fixed function of it."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 1, size // 8, size // 8, generator=g)
+    source = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    target = 1.0 - source**2
+    return SliceSet(torch.cat([source, target], 1).float(), torch.arange(n) % 2)
+
+
+def settings(name: str = "unet", size: int = 32, epochs: int = 3) -> dict:
+    return {
+        "id": name,
+        "name": name,
+        "kind": "translation",
+        "label": "U-Net",
+        "image_size": size,
+        "side_dim": 0,
+        "weights": None,
+        "training": {
+            "epochs": epochs,
+            "patience": None,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "seed": 0,
+            "device": "cpu",
+            "augment": {"rotate_degrees": 3.0, "shift_pixels": 1.0, "noise_sigma": 0.0},
+        },
+    }
+
+
+@pytest.mark.parametrize("size", [32, 36])
+def test_unet_output_shape_and_range_with_and_without_padding(size: int):
+    torch.manual_seed(0)
+    model = UNetTranslator().eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, size, size))
+    assert out.shape == (2, 1, size, size)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_side_channels_change_the_output_and_are_checked():
+    torch.manual_seed(0)
+    model = UNetTranslator(side_dim=2).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a = model(x, side_tensor(torch.tensor([0, 0]), 2))
+        b = model(x, side_tensor(torch.tensor([1, 1]), 2))
+    assert not torch.allclose(a, b)
+    np.testing.assert_allclose(predict(model, x.numpy(), [[0.0, 1.0], [0.0, 1.0]], "cpu"), b.numpy(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(side_tensor(torch.tensor([1, 0]), 2), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert side_tensor(torch.tensor([1]), 0) is None
+    with pytest.raises(InputError, match=r"\(2, 2\)"):
+        model(x)
+    with pytest.raises(InputError, match="no side information"):
+        UNetTranslator()(x, torch.zeros(2, 2))
+
+
+def test_unet_trains_in_the_shared_loop_lowering_its_l1(tmp_path: Path):
+    torch.manual_seed(0)
+    given = settings()
+    model = build_translator(given, 2)
+    out = tmp_path / "fold-0"
+    history = train_baseline(model, pairs(16), pairs(4, seed=1), out, given, torch.device("cpu"), 2, objective=objective(model))
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
+    assert {"best.pt", "last.pt", "training.tsv", "training.png"} <= {p.name for p in out.iterdir()}
+    table = pd.read_csv(out / "training.tsv", sep="\t")
+    assert {"val_loss", "val_mae"} <= set(table.columns) and len(table) == 3
+
+    trained, payload = load_baseline(out / "best.pt", build=build_translator)
+    assert payload["extra"]["selected_by"] == "val_loss"
+    val = pairs(4, seed=1)
+    predicted = predict(trained, val.images[:, :1].numpy(), None, "cpu", batch=3)
+    assert predicted.shape == (4, 1, 32, 32) and predicted.dtype == np.float32
+    best = int(table["val_loss"].idxmin())
+    l1 = float(np.abs(predicted - val.images[:, 1:].numpy()).mean())
+    assert l1 == pytest.approx(table["val_loss"].iloc[best], rel=1e-3)
+
+
+def test_mean_predictor_returns_the_training_mean_exactly():
+    data = pairs(5)
+    model = MeanPredictor(32).fit(data.images)  # 2-channel pairs: channel 1 is the target
+    expected = data.images[:, 1:].double().mean(0, keepdim=True).float()
+    out = predict(model, torch.rand(3, 1, 32, 32), None, "cpu")
+    assert out.shape == (3, 1, 32, 32)
+    np.testing.assert_array_equal(out, expected.expand(3, -1, -1, -1).numpy())
+    np.testing.assert_array_equal(MeanPredictor(32).fit(data.images[:, 1:].numpy()).mean, expected)
+    state = model.state_dict()
+    again = MeanPredictor(32)
+    again.load_state_dict(state)
+    assert torch.equal(again(torch.zeros(1, 1, 32, 32)), expected)
+
+
+def test_mean_predictor_errors_on_an_empty_fit_and_before_fitting():
+    with pytest.raises(InputError, match="empty set"):
+        MeanPredictor(32).fit(torch.zeros(0, 1, 32, 32))
+    with pytest.raises(InputError, match="not fitted"):
+        MeanPredictor(32)(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(InputError, match=r"\(3, 1, 16, 16\)"):
+        MeanPredictor(32).fit(torch.zeros(3, 1, 16, 16))
+
+
+def test_validation_l1_covers_the_image_and_val_mae_the_foreground():
+    images = torch.zeros(2, 2, 8, 8)
+    images[:, :, 2:6, 2:6] = 0.5  # 16 foreground pixels of 64
+    images[1, 1, 2:6, 2:6] = 0.7
+    model = MeanPredictor(8)
+    model.mean.zero_()
+    model.fitted.fill_(True)  # predicts 0 everywhere: the error is the target
+    metrics = objective(model).validate(model, SliceSet(images, torch.zeros(2, dtype=torch.long)), torch.device("cpu"), 1)
+    assert metrics["val_loss"] == pytest.approx((0.5 + 0.7) / 2 * 16 / 64)
+    assert metrics["val_mae"] == pytest.approx((0.5 + 0.7) / 2)
