@@ -1,7 +1,9 @@
-"""The MAGIC-Flow model library: layers, masks, couplings, the model, checkpoints, benchmark."""
+"""The MAGIC-Flow model library: layers, masks, couplings, the model, checkpoints, benchmark, and the
+DUAL-GLOW style dual flow for image-to-image translation."""
 
 from magicflow.flow.checkpoint import load_checkpoint, save_checkpoint
 from magicflow.flow.coupling import DoubleAffineCoupling
+from magicflow.flow.dual import DualFlow, load_dual, save_dual
 from magicflow.flow.layers import ActNorm, InvConv1x1, crop_image, merge, pad_image, split, squeeze, unsqueeze
 from magicflow.flow.masks import channelwise, checkerboard
 from magicflow.flow.model import MagicFlow, validate_model_config
@@ -12,6 +14,7 @@ __all__ = [
     "ActNorm",
     "ClassificationNet",
     "DoubleAffineCoupling",
+    "DualFlow",
     "GenerationNet",
     "InvConv1x1",
     "MagicFlow",
@@ -20,10 +23,12 @@ __all__ = [
     "checkerboard",
     "crop_image",
     "load_checkpoint",
+    "load_dual",
     "merge",
     "pad_image",
     "preset_config",
     "save_checkpoint",
+    "save_dual",
     "split",
     "squeeze",
     "unsqueeze",
