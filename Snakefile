@@ -23,6 +23,7 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/experiments.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/translation.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -38,4 +39,5 @@ rule all:
         rules.sample.input,
         rules.attribution.input,
         rules.baselines.input,
+        rules.translate.input,
         rules.report.input,

@@ -83,8 +83,27 @@ COMMANDS: dict[str, Command] = {
         "magicflow.baselines.commands:add_sample_arguments",
         "magicflow.baselines.commands:run_sample",
     ),
+    "baseline-translate": Command(
+        "translate a fold's test sources with a translation baseline (U-Net, training mean) into translations.npz",
+        "magicflow.baselines.commands:add_translate_arguments",
+        "magicflow.baselines.commands:run_translate",
+    ),
+    "translate-train": Command(
+        "train the DUAL-GLOW dual flow of a translation experiment on one fold (resumable)",
+        "magicflow.experiments.translation:add_train_arguments",
+        "magicflow.experiments.translation:run_train",
+    ),
+    "translate": Command(
+        "translate a fold's test sources (mode, samples, uncertainty) with its trained dual flow",
+        "magicflow.experiments.translation:add_translate_arguments",
+        "magicflow.experiments.translation:run_translate",
+    ),
     "evaluate": _stage("magicflow.evaluate.commands", "metrics (JSON, TSV) and figures of one experiment"),
+    "translation-evaluate": _stage(
+        "magicflow.evaluate.translation_experiment", "metrics (JSON, TSV) and figures of one translation experiment"
+    ),
     "report": _stage("magicflow.report.experiment", "the self-contained HTML report of one experiment"),
+    "translation-report": _stage("magicflow.report.translation", "the self-contained HTML report of one translation experiment"),
     "bench": _stage("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
 }
 

@@ -106,6 +106,16 @@ def check_config(config: dict[str, Any]) -> None:
                 f"config key 'experiments.{name}.preset': {experiment['preset']!r} is neither a library preset "
                 f"{list(LIBRARY_PRESETS)} nor a model_presets entry {sorted(config.get('model_presets', {}))}"
             )
+        if experiment["model"] == "translation":
+            key = f"config key 'experiments.{name}"
+            if experiment["source"] == experiment["target"]:
+                raise InputError(f"{key}.target': {experiment['target']!r} is also the source; translate between two kinds")
+            if "modalities" in experiment:
+                raise InputError(f"{key}.modalities': a translation experiment uses source and target instead")
+        else:
+            for field in ("source", "target"):
+                if field in experiment:
+                    raise InputError(f"config key 'experiments.{name}.{field}': only for model: translation")
         baseline_entries(name, experiment)
 
 
@@ -113,9 +123,9 @@ def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, An
     """The experiment's ``baselines`` as checked mappings ``{id, name, weights, training}``:
     known names, unique ids, a classification experiment, an image size the architecture
     runs at, and weights files that exist."""
-    from magicflow.baselines import DISCRIMINATIVE, EXPERIMENT_MODEL, GENERATIVE, kind_of
+    from magicflow.baselines import DISCRIMINATIVE, EXPERIMENT_MODEL, GENERATIVE, TRANSLATION, kind_of
 
-    known = [*DISCRIMINATIVE, *GENERATIVE]
+    known = [*DISCRIMINATIVE, *GENERATIVE, *TRANSLATION]
     entries, seen = [], {}
     for i, item in enumerate(experiment.get("baselines") or []):
         key = f"config key 'experiments.{name}.baselines.{i}'"
@@ -138,8 +148,8 @@ def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, An
                 f"{key}: {entry['name']} ({arch.timm_name}) needs image_size >= {arch.min_size}, the experiment has "
                 f"{size}; sizes {arch.min_size}-182 work"
             )
-        if kind == "generative" and "weights" in entry:
-            raise InputError(f"{key}.weights: generative baselines train from scratch; remove weights")
+        if kind != "discriminative" and "weights" in entry:
+            raise InputError(f"{key}.weights: {kind} baselines train from scratch; remove weights")
         entry_id = entry.get("id", entry["name"])
         if entry_id in seen:
             raise InputError(f"{key}: baseline id {entry_id!r} is listed twice (also entry {seen[entry_id]}); give one an id")
@@ -172,16 +182,17 @@ def baseline_settings(config: dict[str, Any], name: str) -> dict[str, dict[str, 
     experiment.json, written to ``results/<experiment>/baselines/<id>/baseline.json`` (a file of
     its own, so adding a baseline reruns nothing of the flow's). Training is the experiment's
     with the entry's overrides; augmentation and seed are always the experiment's."""
-    from magicflow.baselines import DISCRIMINATIVE, GENERATIVE
+    from magicflow.baselines import DISCRIMINATIVE, GENERATIVE, TRANSLATION
 
     experiment = config["experiments"][name]
     resolved = experiment_settings(config, name)
     training = resolved["training"]
     out = {}
     for entry in baseline_entries(name, experiment):
-        if entry["name"] in GENERATIVE:
-            gen = GENERATIVE[entry["name"]]
-            kind, label, architecture = "generative", gen.label, gen.architecture
+        if entry["name"] in GENERATIVE or entry["name"] in TRANSLATION:
+            kind = "generative" if entry["name"] in GENERATIVE else "translation"
+            gen = {**GENERATIVE, **TRANSLATION}[entry["name"]]
+            label, architecture = gen.label, gen.architecture
         else:
             arch = DISCRIMINATIVE[entry["name"]]
             kind, label, architecture = "discriminative", arch.label, arch.timm_name
@@ -195,6 +206,7 @@ def baseline_settings(config: dict[str, Any], name: str) -> dict[str, dict[str, 
             "weights": entry["weights"],
             "training": {**training, **entry["training"]},
             **({"preset": resolved["preset_base"], "samples": resolved["samples"]} if kind == "generative" else {}),
+            **({"side": resolved["translation"]["side"]} if kind == "translation" else {}),
         }
     return out
 
@@ -228,15 +240,19 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
     training = {**config["training"], **own, "augment": {**config["training"]["augment"], **own.get("augment", {})}}
     training.pop("threads", None)  # how fast, not what is learned: changing it must rerun nothing
     folds = experiment["folds"]
-    run_folds = experiment["run_folds"] or (folds if experiment["model"] == "classification" else 1)
+    run_folds = experiment["run_folds"] or (1 if experiment["model"] == "generation" else folds)
     if run_folds > folds:
         raise InputError(f"config key 'experiments.{name}.run_folds': {run_folds} is more than folds={folds}")
+    translation = {}
+    if experiment["model"] == "translation":
+        translation = {"source": experiment["source"], "target": experiment["target"], "translation": experiment["translation"]}
     return {
         "name": name,
         "datasets": experiment["datasets"],
         "label": experiment["label"],
         "classes": experiment["classes"],
-        "modalities": experiment["modalities"],
+        "modalities": [experiment["target"]] if translation else experiment["modalities"],
+        **translation,
         "offsets": experiment["offsets"],
         "model": experiment["model"],
         "preset": preset,

@@ -11,7 +11,7 @@ from torch.autograd.functional import jacobian
 from torch.nn import functional as F
 
 from magicflow.errors import InputError
-from magicflow.flow import DualFlow, MagicFlow, load_dual, preset_config, save_checkpoint, save_dual
+from magicflow.flow import DualFlow, MagicFlow, preset_config, save_checkpoint
 from magicflow.flow.dual import LOG_SIGMA_BOUND, reverse_gradient
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -223,33 +223,34 @@ def test_config_errors():
         make().log_prob(images(2), images(3))
 
 
-def test_save_load_round_trip(tmp_path):
+def test_checkpoint_round_trip(tmp_path):
+    """Through the pipeline's checkpoint (the shared training loop's best.pt, rebuilt from the
+    config it holds): identical translations, the mask restored, clear errors."""
+    from magicflow.baselines.discriminative import save_baseline
+    from magicflow.experiments.translation import load_dual_model
+
     mask = torch.zeros(SIZE, SIZE)
     mask[2:6, 1:7] = 1
     model = make(side_dim=2, discriminators=True, dtype=torch.float32, mask=mask)
     json.dumps(model.config)
-    path = tmp_path / "dual.pt"
-    save_dual(path, model, {"epoch": 3})
-    loaded, extra = load_dual(path)
-    assert extra == {"epoch": 3} and loaded.config == model.config
+    path = tmp_path / "best.pt"
+    save_baseline(path, model, {"name": "dual-glow", "model": model.to_config()}, 2, {"epoch": 3})
+    loaded, payload = load_dual_model(path, mask.numpy(), torch.device("cpu"))
+    assert payload["extra"] == {"epoch": 3} and loaded.config == model.config
     assert torch.equal(loaded.source.application_mask, model.source.application_mask)
     x_src, side = images(2, 1, torch.float32), one_hot([0, 1], 2).float()
-    assert torch.equal(loaded.eval().translate(x_src, side), model.translate(x_src, side))
-    rebuilt = DualFlow.from_config(model.config, mask=mask)
-    assert rebuilt.config == model.config
+    assert torch.equal(loaded.translate(x_src, side), model.eval().translate(x_src, side))
 
     with pytest.raises(InputError, match="not found.*missing.pt"):
-        load_dual(tmp_path / "missing.pt")
+        load_dual_model(tmp_path / "missing.pt", mask.numpy(), torch.device("cpu"))
     single = tmp_path / "single.pt"
     save_checkpoint(single, MagicFlow(tiny_config()))
-    with pytest.raises(InputError, match=f"{single}.*single-flow"):
-        load_dual(single)
+    with pytest.raises(InputError, match=f"{single} is not a baseline checkpoint"):
+        load_dual_model(single, mask.numpy(), torch.device("cpu"))
     other = tmp_path / "other.pt"
-    torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(InputError, match=f"{other}.*not a dual flow checkpoint"):
-        load_dual(other)
-    with pytest.raises(InputError, match="JSON"):
-        save_dual(tmp_path / "bad.pt", model, {"t": torch.zeros(1)})
+    save_baseline(other, model, {"name": "unet"}, 2, {})
+    with pytest.raises(InputError, match=f"{other} is not a translation checkpoint"):
+        load_dual_model(other, mask.numpy(), torch.device("cpu"))
 
 
 def test_objective_training_lowers_the_loss():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -67,7 +68,9 @@ def test_manifest_target_runs_on_a_tiny_demo(tmp_path: Path):
 def tiny_experiment(config: dict) -> None:
     """6 demo subjects (3 AD, 3 CN), MRI only, one classification experiment over 3 folds at 48 x 48
     (the download-tree workflow test runs its experiment at the full 182 x 182) with a ResNet-18
-    baseline, and a generation experiment on the same slices (one fold) with a CVAE baseline."""
+    baseline, a generation experiment on the same slices (one fold) with a CVAE baseline, and a
+    T1w -> T2w translation (one fold, 32 x 32, diagnosis as side information) with both
+    translation baselines."""
     config["datasets"]["demo"].update(subjects=6, t1w_only=0, tracers=[])
     config["training"].update(epochs=1, batch_size=4, device="cpu")
     config["experiments"] = {
@@ -96,6 +99,20 @@ def tiny_experiment(config: dict) -> None:
             "samples": {"per_class": 2},
             "attribution": {"max_images": 2},
             "baselines": ["cvae"],
+        },
+        "tiny_trans": {
+            "datasets": ["demo"],
+            "label": "diagnosis",
+            "model": "translation",
+            "source": "T1w",
+            "target": "T2w",
+            "offsets": {"train": [-1, 0], "eval": [0]},
+            "preset": "small",
+            "folds": 3,
+            "run_folds": 1,
+            "image_size": 32,
+            "translation": {"side": "label", "samples": 2, "triptychs": 1},
+            "baselines": ["unet", "mean"],
         },
     }
     config["evaluation"] = {"features": {"kind": "in_domain", "epochs": 1}, "bootstrap": 20, "ms_ssim_pairs": 20}
@@ -139,6 +156,20 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
         cost = json.loads((results / experiment / "metrics.json").read_text())["comparison"]["cost"]
         assert [r["model"] for r in cost] == models
         assert all(r["parameters"] > 0 and r["steps"] > 0 and r["wall_s"] > 0 and r["peak_rss_mb"] > 0 for r in cost), cost
+    # the translation experiment: translations of the fold's test pairs, Table 1 with every model, its report
+    translated = results / "tiny_trans" / "translation" / "outputs" / "fold-0"
+    with np.load(translated / "translations.npz") as archive:
+        assert archive["mode"].shape == archive["real"].shape == archive["std"].shape and archive["mode"].shape[1:] == (1, 32, 32)
+        assert all(str(a).endswith("_T2w") for a in archive["image"]) and all(
+            str(a).endswith("_T1w") for a in archive["source_image"]
+        )
+    assert list(translated.glob("*.png")) and list(translated.glob("*_desc-translated.nii.gz"))
+    trans = json.loads((results / "tiny_trans" / "metrics.json").read_text())
+    assert [m["id"] for m in trans["models"]] == ["dual-glow", "unet", "mean"]
+    assert all(0 <= m["metrics"]["ssim"]["mean"] <= 1 and m["metrics"]["mae"]["n"] >= 1 for m in trans["models"])
+    page = (results / "tiny_trans" / "report.html").read_text()
+    table1 = page.split('id="table1"', 1)[1].split("</section>", 1)[0]
+    assert all(label in table1 for label in ("DUAL-GLOW", "U-Net (L1)", "Training mean")) and "figure missing" not in page
     # Snakemake's own report gathers the experiment report, evaluation figures and training curves
     snapshot = snakemake(work, "--report", "results/snakemake-report.html")
     assert snapshot.returncode == 0, snapshot.stderr[-2000:]

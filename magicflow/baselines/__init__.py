@@ -75,14 +75,28 @@ GENERATIVE: dict[str, Generator] = {
 }
 
 
+#: baselines of ``model: translation`` experiments (DUAL-GLOW's comparison): a regression network
+#: and the trivial predictor every translation has to beat
+TRANSLATION: dict[str, Generator] = {
+    "unet": Generator(
+        "U-Net (L1)",
+        "MONAI 2-D U-Net, channels 16/32/64/128, one residual unit per level, L1 loss, sigmoid output",
+        note="the autoencoder baseline of DUAL-GLOW's comparison; side information enters as constant input channels",
+    ),
+    "mean": Generator("Training mean", "the training set's mean target image, whatever the source"),
+}
+
+
 def kind_of(name: str) -> str | None:
-    """'discriminative', 'generative', or None for an unknown name."""
+    """'discriminative', 'generative', 'translation', or None for an unknown name."""
     if name in DISCRIMINATIVE:
         return "discriminative"
     if name in GENERATIVE:
         return "generative"
+    if name in TRANSLATION:
+        return "translation"
     return None
 
 
 #: the experiment ``model`` each kind of baseline belongs to
-EXPERIMENT_MODEL = {"discriminative": "classification", "generative": "generation"}
+EXPERIMENT_MODEL = {"discriminative": "classification", "generative": "generation", "translation": "translation"}

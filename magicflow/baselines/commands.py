@@ -63,6 +63,11 @@ def run_train(args: argparse.Namespace) -> int:
     device = resolve_device(baseline["training"]["device"])
     torch.manual_seed(baseline["training"]["seed"])
     generative = baseline.get("kind") == "generative"
+    if baseline.get("kind") == "translation":
+        from magicflow.baselines.translation import train_translation_baseline
+
+        train_translation_baseline(settings, baseline, classes, sets, args.out, device, args.fold_dir.name)
+        return 0
     if generative:
         from magicflow.baselines.generative import build_generative, objective
 
@@ -147,4 +152,23 @@ def run_sample(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     write_samples(samples, classes, args.out, seconds=seconds, device=str(device))
     print(f"{baseline['id']}: {samples.shape[0] * samples.shape[1]} samples -> {args.out}")
+    return 0
+
+
+def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_inputs(parser)
+    parser.add_argument("--model", required=True, type=Path, help="the baseline's best.pt of this fold")
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/baselines/<id>/translations/fold-<k>")
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    """The fold's test sources through a translation baseline, into the flow's translations.npz layout."""
+    from magicflow.baselines.translation import translate_with_baseline
+    from magicflow.experiments.train import resolve_device
+
+    settings, baseline, classes, sets = _load(args)
+    if baseline.get("kind") != "translation":
+        raise InputError(f"{args.baseline}: {baseline.get('name')!r} is not a translation baseline")
+    device = resolve_device(baseline["training"]["device"])
+    translate_with_baseline(args.model, settings, baseline, classes, sets["test"], device, args.out)
     return 0

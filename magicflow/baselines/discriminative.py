@@ -323,10 +323,12 @@ def train_baseline(
     extra: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     objective: Objective = CLASSIFIER,
+    conditions: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """Train with ``objective`` (default cross-entropy), writing best.pt, last.pt (resumable
     state), training.tsv and training.png into ``out_dir``; returns the history. ``settings`` is
-    the baseline.json content."""
+    the baseline.json content. ``conditions`` (one row per training slice, e.g. a translation's
+    side information) reach ``objective.loss`` instead of the labels."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train) < 2 or len(val) == 0:
@@ -348,7 +350,9 @@ def train_baseline(
     state = resume_state(state_path, STATE_FORMAT, run_id, model, optimizer, scheduler, ts.epochs)
     if state is not None:
         start_epoch, step, best, history = resumed_progress(state)
-    images, labels = train.images.to(device), train.labels.to(device)
+    if conditions is not None and len(conditions) != len(train):
+        raise InputError(f"{out_dir}: {len(conditions)} condition rows for {len(train)} training slices")
+    images, labels = train.images.to(device), (train.labels if conditions is None else conditions).to(device)
     parameters = sum(p.numel() for p in model.parameters())  # for the report's Table 5
     images_per_epoch = min(len(train), steps_per_epoch * ts.batch_size)  # a last batch of one is left out
     for epoch in range(start_epoch, ts.epochs):

@@ -23,6 +23,8 @@ the foreground (pixels where the source or the target is non-zero), averaged ove
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,10 +43,13 @@ MULTIPLE = 8
 
 
 def side_tensor(y: torch.Tensor | None, side_dim: int) -> torch.Tensor | None:
-    """One-hot float side information (B, side_dim) from integer labels (B,); None for side_dim 0."""
+    """Float side information (B, side_dim): one-hot from integer labels (B,), or float side
+    vectors (B, side_dim) as they are (a standardised age); None for side_dim 0."""
     if side_dim == 0 or y is None:
         return None
     y = torch.as_tensor(y)
+    if y.dtype.is_floating_point and y.dim() == 2 and y.shape[1] == side_dim:
+        return y
     if y.dtype.is_floating_point or y.dim() != 1:
         raise InputError(f"side labels must be integers (B,), got {y.dtype} of shape {tuple(y.shape)}")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= side_dim):
@@ -157,12 +162,15 @@ def l1_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, data: SliceSet, device: torch.device, batch: int) -> dict[str, float]:
+def _validate(
+    model: nn.Module, data: SliceSet, device: torch.device, batch: int, side_of: Callable[[SliceSet], torch.Tensor] | None = None
+) -> dict[str, float]:
     model.eval()
     total, maes = 0.0, []
+    sides = data.labels if side_of is None else side_of(data)
     for s in range(0, len(data), batch):
         source, target = _split(data.images[s : s + batch].to(device))
-        y = data.labels[s : s + batch].to(device)
+        y = sides[s : s + batch].to(device)
         error = (model(source, side_tensor(y, model.side_dim)) - target).abs().flatten(1).float()
         total += float(error.sum())
         foreground = ((source != 0) | (target != 0)).flatten(1)
@@ -173,12 +181,13 @@ def _validate(model: nn.Module, data: SliceSet, device: torch.device, batch: int
     return {"val_loss": total / pixels, "val_mae": float(torch.cat(maes).mean()) if maes else float("nan")}
 
 
-def objective(model: nn.Module) -> Objective:
+def objective(model: nn.Module, side_of: Callable[[SliceSet], torch.Tensor] | None = None) -> Objective:
     """The U-Net's :class:`~magicflow.baselines.discriminative.Objective` (see the module docstring):
-    L1 training loss, ``val_loss`` and ``val_mae`` on validation, best.pt by the lowest ``val_loss``."""
+    L1 training loss, ``val_loss`` and ``val_mae`` on validation, best.pt by the lowest ``val_loss``.
+    ``side_of(set)`` gives a validation set's side vectors (default: its labels, one-hot)."""
     return Objective(
         loss=l1_loss,
-        validate=_validate,
+        validate=lambda m, data, device, batch: _validate(m, data, device, batch, side_of),
         score=lambda metrics: [-metrics["val_loss"]],
         selected_by="val_loss",
         loss_name=getattr(model, "loss_name", "L1"),
@@ -209,3 +218,97 @@ def predict(model: nn.Module, sources: Any, side: Any, device: torch.device | st
     finally:
         model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, *x.shape[1:]), np.float32)
+
+
+# --------------------------------------------------------------------------- commands (baseline-train, baseline-translate)
+def train_translation_baseline(
+    settings: dict[str, Any],
+    baseline: dict[str, Any],
+    classes: list[str],
+    sets: dict[str, SliceSet],
+    out: Path,
+    device,
+    fold: str,
+) -> None:
+    """``magicflow baseline-train`` for a translation baseline: the U-Net through the shared
+    loop (on the flow's pairs, side information and augmentation), the mean predictor fitted
+    on the training targets and written in the same files (best.pt, training.tsv/.png)."""
+    import time
+
+    from magicflow.baselines.discriminative import save_baseline, train_baseline, write_history
+    from magicflow.experiments.translation import age_scale, side_dim, side_table
+
+    side = settings["translation"]["side"]
+    scale = age_scale(sets["train"]) if side == "age" else None
+    baseline = {**baseline, "side_dim": side_dim(settings, classes)}
+    model = build_translator(baseline, len(classes))
+    extra = {"classes": classes, "experiment": settings["name"], "fold": fold, "age_scale": list(scale) if scale else None}
+    print(
+        f"{settings['name']} {baseline['id']} ({baseline['architecture']}) {fold}: {len(sets['train'])} training / "
+        f"{len(sets['val'])} validation pairs, side {side}, {sum(p.numel() for p in model.parameters()):,} parameters"
+    )
+    side_of = (lambda data: side_table(data, side, classes, scale)) if side != "none" else None
+    if isinstance(model, MeanPredictor):
+        started = time.perf_counter()
+        model.fit(sets["train"].images)
+        metrics = _validate(model, sets["val"], torch.device("cpu"), 16, side_of)
+        out.mkdir(parents=True, exist_ok=True)
+        save_baseline(out / "best.pt", model, baseline, len(classes), {**extra, "epoch": 1, "selected_by": "fitted"})
+        seconds = time.perf_counter() - started
+        row = {
+            "epoch": 1,
+            "lr": 0.0,
+            "train_loss": float("nan"),
+            **metrics,
+            "steps": 0,
+            "images": len(sets["train"]),
+            "parameters": 0,
+            "train_seconds": seconds,
+            "seconds": seconds,
+            "peak_gpu_mb": float("nan"),
+        }
+        write_history([row], out, baseline.get("label", baseline["name"]), "L1")
+        print(f"fitted the training mean of {len(sets['train'])} targets: validation L1 {metrics['val_loss']:.4f}")
+        return
+    conditions = side_table(sets["train"], side, classes, scale) if side != "none" else None
+    train_baseline(
+        model,
+        sets["train"],
+        sets["val"],
+        out,
+        baseline,
+        device,
+        len(classes),
+        extra=extra,
+        objective=objective(model, side_of),
+        conditions=conditions,
+    )
+
+
+def translate_with_baseline(
+    model_path: Path, settings: dict[str, Any], baseline: dict[str, Any], classes: list[str], test: SliceSet, device, out: Path
+) -> None:
+    """``magicflow baseline-translate``: the fold's test sources through a trained translation
+    baseline, written by the flow's :func:`~magicflow.experiments.translation.write_translations`."""
+    import time
+
+    from magicflow.baselines.discriminative import load_baseline
+    from magicflow.experiments.translation import side_dim, side_table, write_translations
+
+    model, payload = load_baseline(
+        model_path, device, build=lambda s, k: build_translator({**s, "side_dim": side_dim(settings, classes)}, k)
+    )
+    extra = payload["extra"]
+    if extra.get("classes", classes) != classes:
+        raise InputError(f"{model_path} was trained on classes {extra['classes']}, the split has {classes}; retrain it")
+    side = settings["translation"]["side"]
+    scale = tuple(extra["age_scale"]) if extra.get("age_scale") else None
+    conditions = side_table(test, side, classes, scale) if side != "none" else None
+    started = time.perf_counter()
+    mode = predict(model, test.images[:, :1], conditions, device)
+    seconds = time.perf_counter() - started
+    write_translations(
+        out, test, mode, None, seconds, baseline.get("label", baseline["name"]), settings["translation"]["triptychs"]
+    )
+    mae = float(np.abs(mode - test.images[:, 1:].numpy()).mean()) if len(test) else float("nan")
+    print(f"{baseline['id']}: {len(test)} test slices translated (mean absolute error {mae:.4f}) -> {out}")

@@ -100,11 +100,15 @@ def evaluation_settings(path: Path | None, seed: int) -> dict:
     return settings
 
 
+#: what each kind of baseline gives evaluation per fold (its --baseline-<what> option)
+KIND_OUTPUT = {"discriminative": "predictions", "generative": "samples", "translation": "translations"}
+
+
 def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
-    """id -> {"settings": its baseline.json, "predictions" or "samples": {fold: path}, and where
-    given "training" and "train_benchmark": {fold: path}} from --baseline, --baseline-predictions,
-    --baseline-samples, --baseline-training and --baseline-train-benchmark (every discriminative
-    id needs predictions, every generative one samples; the Table 5 files are optional)."""
+    """id -> {"settings": its baseline.json, its kind's output (:data:`KIND_OUTPUT`): {fold: path},
+    and where given "training" and "train_benchmark": {fold: path}} from --baseline,
+    --baseline-predictions / -samples / -translations, --baseline-training and
+    --baseline-train-benchmark (the Table 5 files are optional)."""
     from magicflow.experiments.commands import parse_pairs
 
     settings = {}
@@ -113,11 +117,12 @@ def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
             settings[baseline_id] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise InputError(f"cannot read baseline settings {path}: {error}") from None
-    given: dict[str, dict[str, dict[str, Path]]] = {"predictions": {}, "samples": {}}
+    given: dict[str, dict[str, dict[str, Path]]] = {what: {} for what in KIND_OUTPUT.values()}
     extra: dict[str, dict[str, dict[str, Path]]] = {"training": {}, "train_benchmark": {}}
     for what, values in (
-        ("predictions", args.baseline_predictions),
+        ("predictions", getattr(args, "baseline_predictions", [])),
         ("samples", getattr(args, "baseline_samples", [])),
+        ("translations", getattr(args, "baseline_translations", [])),
         ("training", getattr(args, "baseline_training", [])),
         ("train_benchmark", getattr(args, "baseline_train_benchmark", [])),
     ):
@@ -130,15 +135,12 @@ def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
             if what in extra and baseline_id not in settings:
                 raise InputError(f"--baseline-{option} {value!r}: no --baseline {baseline_id}=JSON was given")
             (given if what in given else extra)[what].setdefault(baseline_id, {})[fold] = Path(path)
-    wanted = {
-        b: "samples" if s.get("kind") == "generative" else "predictions" for b, s in settings.items()
-    }  # generative baselines give samples, discriminative ones predictions
-    for what in given:
+    wanted = {b: KIND_OUTPUT[s.get("kind", "discriminative")] for b, s in settings.items()}
+    for kind, what in KIND_OUTPUT.items():
         ids = {b for b, w in wanted.items() if w == what}
         if ids != set(given[what]):
             raise InputError(
-                f"baselines with settings {sorted(ids)} but {what} for {sorted(given[what])}: give both for each "
-                f"{'generative' if what == 'samples' else 'discriminative'} baseline"
+                f"baselines with settings {sorted(ids)} but {what} for {sorted(given[what])}: give both for each {kind} baseline"
             )
     return {
         b: {"settings": settings[b], wanted[b]: given[wanted[b]][b], **{w: extra[w].get(b, {}) for w in extra}} for b in settings

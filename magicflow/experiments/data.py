@@ -67,6 +67,8 @@ def experiment_slices(slice_tables: dict[str, Path], experiment: dict) -> pd.Dat
         if column not in table:
             raise InputError(f"{path}: no column {experiment['label']!r} to use as the label")
         table["label"] = table[column]
+        if experiment.get("source"):
+            table = pair_with_source(table, experiment["source"], experiment["target"], path)
         parts.append(table[table["kind"].isin(experiment["modalities"])])
     table = pd.concat(parts, ignore_index=True)
     table = table[table["label"] != MISSING]
@@ -81,7 +83,57 @@ def experiment_slices(slice_tables: dict[str, Path], experiment: dict) -> pd.Dat
         )
     table["offset"] = table["offset"].astype(int)
     table["index"] = table["index"].astype(int)
+    if "source_index" in table:
+        table["source_index"] = table["source_index"].astype(int)
     return table
+
+
+def pair_with_source(table: pd.DataFrame, source: str, target: str, path: Path) -> pd.DataFrame:
+    """The ``target`` slices of one dataset, each with its own subject's ``source`` slice at the
+    same offset (columns ``source_image``, ``source_index``): what a translation experiment
+    learns from. A T1w source is the image the target was coregistered to (the manifest's
+    ``reference``); any other source is the subject's one image of that kind in the same
+    session. Targets without a source slice are left out, one line each on stderr; a source
+    of another subject is an InputError (it would teach the model someone else's anatomy)."""
+    import sys
+
+    kind = table["kind"]
+    targets, sources = table[kind == target], table[kind == source]
+    by_reference = source == "T1w" and "reference" in table
+    if by_reference:
+        keys = targets["reference"]
+        source_keys = sources["image"]
+    else:
+        keys = targets["subject"] + "/" + targets["session"]
+        source_keys = sources["subject"] + "/" + sources["session"]
+        per_session = sources.drop_duplicates("image").assign(key=source_keys).groupby("key")["image"].nunique()
+        ambiguous = sorted(per_session[per_session > 1].index)
+        if ambiguous:
+            raise InputError(
+                f"{path}: more than one {source} image in session(s) {ambiguous[:3]}; cannot pair them with {target}"
+            )
+    lookup = pd.DataFrame(
+        {
+            "key": source_keys,
+            "offset": sources["offset"],
+            "source_image": sources["image"],
+            "source_subject": sources["subject"],
+            "source_index": sources["index"],
+        }
+    )
+    paired = targets.assign(key=keys.to_numpy()).merge(lookup, on=["key", "offset"], how="left")
+    foreign = paired[paired["source_subject"].notna() & (paired["source_subject"] != paired["subject"])]
+    if not foreign.empty:
+        row = foreign.iloc[0]
+        raise InputError(
+            f"{path}: {target} image {row['image']} (subject {row['subject']}) pairs with {row['source_image']} of subject "
+            f"{row['source_subject']}; a translation pair must be one subject's"
+        )
+    missing = paired[paired["source_index"].isna()]
+    for image in sorted(missing["image"].unique()):
+        print(f"{path}: {target} image {image} left out: no {source} slice of its subject to translate from", file=sys.stderr)
+    paired = paired[paired["source_index"].notna()].drop(columns=["key", "source_subject"])
+    return paired.astype({"source_index": str})
 
 
 def experiment_images(slices: pd.DataFrame) -> pd.DataFrame:
@@ -112,9 +164,17 @@ def load_set(rows: pd.DataFrame, arrays: dict[str, np.ndarray], classes: list[st
     unknown = sorted(set(rows["label"]) - set(lookup))
     if unknown:
         raise InputError(f"labels {unknown} not among the experiment's classes {classes}")
-    if len(rows):
+    if len(rows) and "source_index" in rows:  # a translation pair: channel 0 the source, channel 1 the target
+        images = np.stack(
+            [
+                np.concatenate([arrays[d][s], arrays[d][i]])
+                for d, s, i in zip(rows["dataset"], rows["source_index"], rows["index"])
+            ]
+        )
+    elif len(rows):
         images = np.stack([arrays[d][i] for d, i in zip(rows["dataset"], rows["index"])])
     else:
-        images = np.zeros((0, *next(iter(arrays.values())).shape[1:]), np.float32)
+        channels = 2 if "source_index" in rows else 1
+        images = np.zeros((0, channels, *next(iter(arrays.values())).shape[2:]), np.float32)
     labels = torch.tensor([lookup[v] for v in rows["label"]], dtype=torch.long)
     return SliceSet(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), labels, rows.reset_index(drop=True))

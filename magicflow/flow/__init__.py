@@ -3,7 +3,7 @@ DUAL-GLOW style dual flow for image-to-image translation."""
 
 from magicflow.flow.checkpoint import load_checkpoint, save_checkpoint
 from magicflow.flow.coupling import DoubleAffineCoupling
-from magicflow.flow.dual import DualFlow, load_dual, save_dual
+from magicflow.flow.dual import DualFlow
 from magicflow.flow.layers import ActNorm, InvConv1x1, crop_image, merge, pad_image, split, squeeze, unsqueeze
 from magicflow.flow.masks import channelwise, checkerboard
 from magicflow.flow.model import MagicFlow, validate_model_config
@@ -23,12 +23,10 @@ __all__ = [
     "checkerboard",
     "crop_image",
     "load_checkpoint",
-    "load_dual",
     "merge",
     "pad_image",
     "preset_config",
     "save_checkpoint",
-    "save_dual",
     "split",
     "squeeze",
     "unsqueeze",

@@ -23,9 +23,7 @@ defines them; ``objective`` expects images already dequantised and padded
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 from typing import Any
 
 import torch
@@ -33,10 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from magicflow.errors import InputError
-from magicflow.flow.checkpoint import FORMAT as SINGLE_FLOW_FORMAT
 from magicflow.flow.model import _LOG_2PI, MagicFlow, _normal_log_density, validate_model_config
 from magicflow.flow.nets import SpatialConv2d, _zero_conv
-from magicflow.io import atomic_path
 
 #: |log sigma| of the conditional stays below this (soft, ``bound * tanh(raw / bound)``): sigma in
 #: [e^-5, e^5] = [0.0067, 148]. A paired target that is a deterministic function of the source
@@ -441,43 +437,3 @@ class DualFlow(nn.Module):
         if samples.shape[1] < 2:
             raise InputError(f"a standard deviation needs at least 2 samples per image, got {samples.shape[1]}")
         return samples.std(dim=1, correction=1)
-
-
-# --------------------------------------------------------------------- checkpoints
-def save_dual(path: str | os.PathLike[str], model: DualFlow, extra: dict | None = None) -> None:
-    """Write ``model`` (config, mask, weights) and JSON-able ``extra`` atomically to ``path``;
-    plain tensors and containers only, so :func:`load_dual` loads with ``weights_only=True``."""
-    extra = {} if extra is None else extra
-    try:
-        json.dumps(extra)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"checkpoint extra must be JSON-serialisable (numbers, strings, lists, dicts): {error}") from None
-    payload = {
-        "format": FORMAT,
-        "config": model.config,
-        "mask": model._mask,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": extra,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_dual(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[DualFlow, dict]:
-    """Rebuild the dual flow saved at ``path`` by :func:`save_dual` on ``device``; ``(model, extra)``."""
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"dual flow checkpoint not found: {path}") from None
-    except Exception as error:  # corrupt file or foreign pickle: say what was expected
-        raise InputError(f"{path} is not a readable dual flow checkpoint: {error}") from None
-    fmt = payload.get("format") if isinstance(payload, dict) else None
-    if fmt != FORMAT:
-        what = "a single-flow MAGIC-Flow checkpoint" if fmt == SINGLE_FLOW_FORMAT else "not a dual flow checkpoint"
-        raise InputError(f"{path} is {what} (expected format {FORMAT!r}, got {fmt!r})")
-    try:
-        model = DualFlow.from_config(payload["config"], mask=payload["mask"])
-        model.load_state_dict(payload["state_dict"])
-    except (InputError, RuntimeError, KeyError) as error:
-        raise InputError(f"{path}: dual flow checkpoint does not match its config: {error}") from None
-    return model.to(device), payload["extra"]

@@ -245,8 +245,8 @@ def folds_of(experiment):
 
 
 def experiment_outputs(pattern):
-    """pattern with {experiment} and {fold}, expanded over every active experiment and fold."""
-    return [pattern.format(experiment=e, fold=f) for e in EXPERIMENTS for f in folds_of(e)]
+    """pattern with {experiment} and {fold}, expanded over every active MAGIC-Flow experiment and fold."""
+    return [pattern.format(experiment=e, fold=f) for e in FLOW_EXPERIMENTS for f in folds_of(e)]
 
 
 def slices_inputs(wc):

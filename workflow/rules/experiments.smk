@@ -7,6 +7,9 @@ import json
 from magicflow.config import experiment_settings
 
 EXPERIMENT_SETTINGS = {name: parse_time(experiment_settings, config, name) for name in EXPERIMENTS}
+# MAGIC-Flow experiments (generation, classification: this file's rules) and translation ones (translation.smk)
+FLOW_EXPERIMENTS = sorted(e for e, s in EXPERIMENT_SETTINGS.items() if s["model"] != "translation")
+TRANSLATION_EXPERIMENTS = sorted(e for e, s in EXPERIMENT_SETTINGS.items() if s["model"] == "translation")
 
 
 wildcard_constraints:
@@ -73,6 +76,8 @@ rule train_fold:
         log_path("train", "{experiment}_{fold}"),
     benchmark:
         benchmark_path("train", "{experiment}_{fold}")
+    wildcard_constraints:
+        experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
@@ -101,6 +106,8 @@ rule sample_fold:
         log_path("sample", "{experiment}_{fold}"),
     benchmark:
         benchmark_path("sample", "{experiment}_{fold}")
+    wildcard_constraints:
+        experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
@@ -124,6 +131,8 @@ rule classify_fold:
         log_path("classify", "{experiment}_{fold}"),
     benchmark:
         benchmark_path("classify", "{experiment}_{fold}")
+    wildcard_constraints:
+        experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
@@ -154,6 +163,8 @@ rule attribution_fold:
         log_path("attribution", "{experiment}_{fold}"),
     benchmark:
         benchmark_path("attribution", "{experiment}_{fold}")
+    wildcard_constraints:
+        experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads

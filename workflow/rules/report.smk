@@ -52,6 +52,8 @@ rule evaluate_experiment:
         log_path("evaluate", "{experiment}"),
     benchmark:
         benchmark_path("evaluate", "{experiment}")
+    wildcard_constraints:
+        experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
         ENV_MAGICFLOW
     threads: config["evaluation"]["threads"]
@@ -86,6 +88,8 @@ rule report_experiment:
         log_path("report", "{experiment}"),
     benchmark:
         benchmark_path("report", "{experiment}")
+    wildcard_constraints:
+        experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
         ENV_MAGICFLOW
     threads: 1

@@ -1,0 +1,234 @@
+# Translation experiments (model: translation): per fold the DUAL-GLOW dual flow is trained on
+# the fold's (source, target) slice pairs and translates its test sources (translate_train,
+# translate_fold); translation baselines (U-Net, training mean) train through baseline_train and
+# translate through baseline_translate; translation_evaluate and translation_report score and
+# show them all. Splits and settings are the shared experiment_settings and split rules.
+
+
+rule translate_train:
+    input:
+        unpack(slices_inputs),
+        settings=f"{RESULTS}/{{experiment}}/experiment.json",
+        folds=f"{RESULTS}/{{experiment}}/splits/folds",
+    output:
+        model=f"{RESULTS}/{{experiment}}/translation/models/{{fold}}/best.pt",
+        curves=f"{RESULTS}/{{experiment}}/translation/models/{{fold}}/training.tsv",
+        plot=report(
+            f"{RESULTS}/{{experiment}}/translation/models/{{fold}}/training.png",
+            caption="../report/training.rst",
+            category="Training curves",
+            subcategory="{experiment}",
+            labels={"experiment": "{experiment}", "fold": "{fold}"},
+        ),
+    log:
+        log_path("translate_train", "{experiment}_{fold}"),
+    benchmark:
+        benchmark_path("translate_train", "{experiment}_{fold}")
+    wildcard_constraints:
+        experiment=name_regex(TRANSLATION_EXPERIMENTS),
+    conda:
+        ENV_MAGICFLOW
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
+        runtime=240,
+        gpu=gpu_request,
+    params:
+        slices=slices_args,
+        out=lambda wc, output: Path(output.model).parent,  # also holds last.pt, the resumable state
+    shell:
+        magicflow_command(
+            "translate-train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
+            " --out {params.out}",
+            torch=True,
+        )
+
+
+rule translate_fold:
+    input:
+        unpack(slices_inputs),
+        settings=f"{RESULTS}/{{experiment}}/experiment.json",
+        folds=f"{RESULTS}/{{experiment}}/splits/folds",
+        model=rules.translate_train.output.model,
+    output:
+        directory(f"{RESULTS}/{{experiment}}/translation/outputs/{{fold}}"),  # translations.npz, triptychs, NIfTI
+    log:
+        log_path("translate", "{experiment}_{fold}"),
+    benchmark:
+        benchmark_path("translate", "{experiment}_{fold}")
+    wildcard_constraints:
+        experiment=name_regex(TRANSLATION_EXPERIMENTS),
+    conda:
+        ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=lambda wc, input: 1500 + 2 * int(input.size_mb),
+        runtime=60,
+        gpu=gpu_request,
+    params:
+        slices=slices_args,
+    shell:
+        magicflow_command(
+            "translate --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
+            " --model {input.model} --out {output}",
+            torch=True,
+        )
+
+
+rule baseline_translate:
+    input:
+        unpack(slices_inputs),
+        settings=f"{RESULTS}/{{experiment}}/experiment.json",
+        baseline=rules.baseline_settings.output[0],
+        folds=f"{RESULTS}/{{experiment}}/splits/folds",
+        model=rules.baseline_train.output.model,
+    output:
+        directory(f"{RESULTS}/{{experiment}}/baselines/{{baseline}}/translations/{{fold}}"),
+    log:
+        log_path("baseline_translate", "{experiment}_{baseline}_{fold}"),
+    benchmark:
+        benchmark_path("baseline_translate", "{experiment}_{baseline}_{fold}")
+    wildcard_constraints:
+        experiment=name_regex(TRANSLATION_EXPERIMENTS),
+    conda:
+        ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=lambda wc, input: 1500 + 2 * int(input.size_mb),
+        runtime=60,
+        gpu=gpu_request,
+    params:
+        slices=slices_args,
+    shell:
+        magicflow_command(
+            "baseline-translate --experiment {input.settings} --baseline {input.baseline} {params.slices}"
+            " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}",
+            torch=True,
+        )
+
+
+def translation_inputs(wc):
+    settings = EXPERIMENT_SETTINGS[wc.experiment]
+    base = f"{RESULTS}/{wc.experiment}"
+    baselines = BASELINES.get(wc.experiment, {})
+    return {
+        **slices_inputs(wc),
+        "settings": f"{base}/experiment.json",
+        "folds": rules.split.output.folds.format(experiment=wc.experiment),
+        "translations": [
+            rules.translate_fold.output[0].format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)
+        ],
+        "training": [
+            rules.translate_train.output.curves.format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)
+        ],
+        "train_benchmark": [
+            rules.translate_train.benchmark.format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)
+        ],
+        "baseline_settings": [rules.baseline_settings.output[0].format(experiment=wc.experiment, baseline=b) for b in baselines],
+        "baseline_translations": baseline_files(wc, rules.baseline_translate.output[0], "translation"),
+        "baseline_training": baseline_train_files(wc, rules.baseline_train.output.curves),
+        "baseline_train_benchmark": baseline_train_files(wc, rules.baseline_train.benchmark),
+        "template": TEMPLATE,
+        "groundtruth": [f"{RESULTS}/{d}/bids" for d in settings["datasets"] if d in DEMO_DATASETS],
+    }
+
+
+def translation_args(wc, input):
+    datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
+    folds = folds_of(wc.experiment)
+    words = [slices_args(wc, input)]
+    for option in ("translations", "training", "train_benchmark"):
+        words += [f"--{option.replace('_', '-')} {f}={p}" for f, p in zip(folds, input[option])]
+    found = list(BASELINES.get(wc.experiment, {}))
+    words += [f"--baseline {b}={p}" for b, p in zip(found, input.baseline_settings)]
+    pairs = [(b, f) for b in baselines_of(wc.experiment, "translation") for f in folds]
+    words += [f"--baseline-translations {b}:{f}={p}" for (b, f), p in zip(pairs, input.baseline_translations)]
+    pairs = [(b, f) for b in found for f in folds]
+    for option, paths in (("training", input.baseline_training), ("train-benchmark", input.baseline_train_benchmark)):
+        words += [f"--baseline-{option} {b}:{f}={p}" for (b, f), p in zip(pairs, paths)]
+    demo = [d for d in datasets if d in DEMO_DATASETS]
+    words += [f"--groundtruth {d}={Path(p) / 'derivatives' / 'groundtruth'}" for d, p in zip(demo, input.groundtruth)]
+    return " ".join(words)
+
+
+rule translation_evaluate:
+    input:
+        unpack(translation_inputs),
+    output:
+        json=f"{RESULTS}/{{experiment}}/metrics.json",
+        tsv=f"{RESULTS}/{{experiment}}/metrics.tsv",
+        figures=report(
+            directory(f"{RESULTS}/{{experiment}}/evaluation"),
+            patterns=["{figure}.png"],
+            caption="../report/evaluation.rst",
+            category="Evaluation figures",
+            subcategory="{experiment}",
+        ),
+    log:
+        log_path("evaluate", "{experiment}"),
+    benchmark:
+        benchmark_path("evaluate", "{experiment}")
+    wildcard_constraints:
+        experiment=name_regex(TRANSLATION_EXPERIMENTS),
+    conda:
+        ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
+        runtime=60,
+    params:
+        inputs=translation_args,
+    shell:
+        magicflow_command(
+            "translation-evaluate --experiment {input.settings} --folds {input.folds} {params.inputs}"
+            " --template {input.template} --out-dir {output.figures} --out-json {output.json} --out-tsv {output.tsv}",
+            torch=True,
+        )
+
+
+rule translation_report:
+    input:
+        metrics=rules.translation_evaluate.output.json,
+        figures=rules.translation_evaluate.output.figures,
+        translations=lambda wc: translation_inputs(wc)["translations"],
+        curves=lambda wc: [
+            rules.translate_train.output.plot.format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)
+        ],
+        excluded=lambda wc: [f"{RESULTS}/{d}/manifest_excluded.tsv" for d in EXPERIMENT_SETTINGS[wc.experiment]["datasets"]],
+    output:
+        report(
+            f"{RESULTS}/{{experiment}}/report.html",
+            caption="../report/experiment.rst",
+            category="Experiment reports",
+            labels={"experiment": "{experiment}"},
+        ),
+    log:
+        log_path("report", "{experiment}"),
+    benchmark:
+        benchmark_path("report", "{experiment}")
+    wildcard_constraints:
+        experiment=name_regex(TRANSLATION_EXPERIMENTS),
+    conda:
+        ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        folds=lambda wc, input: " ".join(
+            f"--translations {f}={t} --curves {f}={c}"
+            for f, t, c in zip(folds_of(wc.experiment), input.translations, input.curves)
+        ),
+        excluded=lambda wc, input: " ".join(
+            f"--excluded {d}={p}" for d, p in zip(EXPERIMENT_SETTINGS[wc.experiment]["datasets"], input.excluded)
+        ),
+    shell:
+        magicflow_command(
+            "translation-report --metrics {input.metrics} --evaluation {input.figures} {params.folds} {params.excluded} --out {output}"
+        )
+
+
+rule translate:
+    input:
+        [rules.translate_fold.output[0].format(experiment=e, fold=f) for e in TRANSLATION_EXPERIMENTS for f in folds_of(e)],
+        baseline_outputs(rules.baseline_translate.output[0], "translation"),
