@@ -172,3 +172,16 @@ def test_source_and_target_belong_to_translation_experiments_only():
     experiment["source"] = "T1w"
     with pytest.raises(InputError, match="experiments.t.source': only for model: translation"):
         validate_config(config_with(experiment))
+
+
+def test_the_demo_translation_overlay_validates_over_the_shipped_config():
+    """config/demo-translation.yaml as Snakemake layers it (--configfile config.yaml demo-translation.yaml)."""
+    from snakemake.utils import update_config
+
+    config = copy.deepcopy(SHIPPED)
+    update_config(config, yaml.safe_load((REPO_ROOT / "config" / "demo-translation.yaml").read_text()))
+    config = validate_config(config)
+    settings = experiment_settings(config, "demo_mri_to_tau")
+    assert (settings["source"], settings["target"], settings["translation"]["side"]) == ("T1w", "pet-tau", "label")
+    assert "demo_diagnosis_classification" in config["experiments"]  # layered over, not replacing
+    assert settings["training"]["augment"]["noise_sigma"] == 0
