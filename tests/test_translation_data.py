@@ -185,3 +185,24 @@ def test_the_demo_translation_overlay_validates_over_the_shipped_config():
     assert (settings["source"], settings["target"], settings["translation"]["side"]) == ("T1w", "pet-tau", "label")
     assert "demo_diagnosis_classification" in config["experiments"]  # layered over, not replacing
     assert settings["training"]["augment"]["noise_sigma"] == 0
+
+
+def test_side_information_is_the_label_one_hot_or_the_age_on_the_training_scale(tmp_path: Path):
+    import torch
+
+    from magicflow.experiments.translation import age_scale, side_table
+
+    table = rows()
+    for r in table:
+        r["age"] = str(60 + 10 * int(r["subject"]))  # 70, 80, 90
+    slices = experiment_slices({"d": write(tmp_path, table)}, EXPERIMENT)
+    arrays = {"d": np.zeros((len(table), 1, 2, 2), np.float32)}
+    data = load_set(select_slices(slices, experiment_images(slices), [0]), arrays, ["AD", "CN"])
+    assert side_table(data, "none", ["AD", "CN"], None).shape == (3, 0)
+    assert torch.equal(side_table(data, "label", ["AD", "CN"], None), torch.tensor([[1.0, 0], [0, 1], [0, 1]]))
+    mean, std = age_scale(data)
+    assert mean == 80 and np.isclose(std, np.std([70, 80, 90]))
+    assert torch.allclose(side_table(data, "age", ["AD", "CN"], (80.0, 10.0))[:, 0], torch.tensor([-1.0, 0.0, 1.0]))
+    data.meta.loc[1, "age"] = "n/a"
+    with pytest.raises(InputError, match="1 image\\(s\\) have none \\(e.g. sub-02_ses-01_trc-AV1451_pet\\)"):
+        side_table(data, "age", ["AD", "CN"], (80.0, 10.0))
