@@ -119,7 +119,12 @@ def test_the_demo_plans_every_stage_with_its_resources(tmp_path: Path):
         if job.shell != "None":  # the jobs that run a command (not all, nor the two settings writers)
             assert {"mem_mb", "runtime"} <= set(job.resources), job.rule
             assert job.shell.startswith('bash "$MAGICFLOW_LOGGED" results/logs/'), job.shell
-    assert {j.rule for j in jobs if j.shell == "None"} == {"all", "experiment_settings", "evaluation_settings"}
+    assert {j.rule for j in jobs if j.shell == "None"} == {
+        "all",
+        "experiment_settings",
+        "evaluation_settings",
+        "baseline_settings",
+    }
     for job in by_rule(jobs, "train_fold"):
         assert job.resources["gpu"] == "1"  # device auto: the scheduler may give it one
         assert job.shell.split()[3:5] == ["OMP_NUM_THREADS=1", "OMP_WAIT_POLICY=PASSIVE"], job.shell

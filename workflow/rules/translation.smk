@@ -107,50 +107,6 @@ rule baseline_translate:
         )
 
 
-def translation_inputs(wc):
-    settings = EXPERIMENT_SETTINGS[wc.experiment]
-    base = f"{RESULTS}/{wc.experiment}"
-    baselines = BASELINES.get(wc.experiment, {})
-    return {
-        **slices_inputs(wc),
-        "settings": f"{base}/experiment.json",
-        "folds": rules.split.output.folds.format(experiment=wc.experiment),
-        "translations": [
-            rules.translate_fold.output[0].format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)
-        ],
-        "training": [
-            rules.translate_train.output.curves.format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)
-        ],
-        "train_benchmark": [
-            rules.translate_train.benchmark.format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)
-        ],
-        "baseline_settings": [rules.baseline_settings.output[0].format(experiment=wc.experiment, baseline=b) for b in baselines],
-        "baseline_translations": baseline_files(wc, rules.baseline_translate.output[0], "translation"),
-        "baseline_training": baseline_train_files(wc, rules.baseline_train.output.curves),
-        "baseline_train_benchmark": baseline_train_files(wc, rules.baseline_train.benchmark),
-        "template": TEMPLATE,
-        "groundtruth": [f"{RESULTS}/{d}/bids" for d in settings["datasets"] if d in DEMO_DATASETS],
-    }
-
-
-def translation_args(wc, input):
-    datasets = EXPERIMENT_SETTINGS[wc.experiment]["datasets"]
-    folds = folds_of(wc.experiment)
-    words = [slices_args(wc, input)]
-    for option in ("translations", "training", "train_benchmark"):
-        words += [f"--{option.replace('_', '-')} {f}={p}" for f, p in zip(folds, input[option])]
-    found = list(BASELINES.get(wc.experiment, {}))
-    words += [f"--baseline {b}={p}" for b, p in zip(found, input.baseline_settings)]
-    pairs = [(b, f) for b in baselines_of(wc.experiment, "translation") for f in folds]
-    words += [f"--baseline-translations {b}:{f}={p}" for (b, f), p in zip(pairs, input.baseline_translations)]
-    pairs = [(b, f) for b in found for f in folds]
-    for option, paths in (("training", input.baseline_training), ("train-benchmark", input.baseline_train_benchmark)):
-        words += [f"--baseline-{option} {b}:{f}={p}" for (b, f), p in zip(pairs, paths)]
-    demo = [d for d in datasets if d in DEMO_DATASETS]
-    words += [f"--groundtruth {d}={Path(p) / 'derivatives' / 'groundtruth'}" for d, p in zip(demo, input.groundtruth)]
-    return " ".join(words)
-
-
 rule translation_evaluate:
     input:
         unpack(translation_inputs),
