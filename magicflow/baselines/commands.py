@@ -39,7 +39,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     from magicflow.experiments.commands import fold_sets, load_inputs
 
-    settings, slices, arrays, _ = load_inputs(args)
+    settings, slices, arrays, mask = load_inputs(args)
     baseline = _baseline(args.baseline)
     if baseline.get("image_size", settings.get("image_size")) != settings.get("image_size"):
         raise InputError(
@@ -47,7 +47,7 @@ def _load(args: argparse.Namespace):
             "rerun its baseline_settings job"
         )
     classes, sets = fold_sets(args, settings, slices, arrays)
-    return settings, baseline, classes, sets
+    return settings, baseline, classes, sets, mask
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def run_train(args: argparse.Namespace) -> int:
     from magicflow.baselines.discriminative import model_from_settings, train_baseline
     from magicflow.experiments.train import resolve_device
 
-    settings, baseline, classes, sets = _load(args)
+    settings, baseline, classes, sets, _ = _load(args)
     device = resolve_device(baseline["training"]["device"])
     torch.manual_seed(baseline["training"]["seed"])
     generative = baseline.get("kind") == "generative"
@@ -105,7 +105,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from magicflow.baselines.discriminative import load_baseline, logits_of, predictions_table
     from magicflow.experiments.train import resolve_device
 
-    settings, baseline, classes, sets = _load(args)
+    settings, baseline, classes, sets, _ = _load(args)
     device = resolve_device(baseline["training"]["device"])
     model, payload = load_baseline(args.model, device)
     if payload["extra"].get("classes", classes) != classes:
@@ -166,9 +166,9 @@ def run_translate(args: argparse.Namespace) -> int:
     from magicflow.baselines.translation import translate_with_baseline
     from magicflow.experiments.train import resolve_device
 
-    settings, baseline, classes, sets = _load(args)
+    settings, baseline, classes, sets, mask = _load(args)
     if baseline.get("kind") != "translation":
         raise InputError(f"{args.baseline}: {baseline.get('name')!r} is not a translation baseline")
     device = resolve_device(baseline["training"]["device"])
-    translate_with_baseline(args.model, settings, baseline, classes, sets["test"], device, args.out)
+    translate_with_baseline(args.model, settings, baseline, classes, sets["test"], device, args.out, mask)
     return 0

@@ -286,7 +286,14 @@ def train_translation_baseline(
 
 
 def translate_with_baseline(
-    model_path: Path, settings: dict[str, Any], baseline: dict[str, Any], classes: list[str], test: SliceSet, device, out: Path
+    model_path: Path,
+    settings: dict[str, Any],
+    baseline: dict[str, Any],
+    classes: list[str],
+    test: SliceSet,
+    device,
+    out: Path,
+    mask: np.ndarray,
 ) -> None:
     """``magicflow baseline-translate``: the fold's test sources through a trained translation
     baseline, written by the flow's :func:`~magicflow.experiments.translation.write_translations`."""
@@ -308,7 +315,7 @@ def translate_with_baseline(
     mode = predict(model, test.images[:, :1], conditions, device)
     seconds = time.perf_counter() - started
     write_translations(
-        out, test, mode, None, seconds, baseline.get("label", baseline["name"]), settings["translation"]["triptychs"]
+        out, test, mode, None, seconds, baseline.get("label", baseline["name"]), settings["translation"]["triptychs"], mask
     )
     mae = float(np.abs(mode - test.images[:, 1:].numpy()).mean()) if len(test) else float("nan")
     print(f"{baseline['id']}: {len(test)} test slices translated (mean absolute error {mae:.4f}) -> {out}")

@@ -157,28 +157,18 @@ def uptake_table(
     folds: dict[str, dict[str, np.ndarray]], regions: dict[int, dict[str, np.ndarray]], planted: dict[str, np.ndarray | None]
 ) -> pd.DataFrame:
     """Long table: fold, image, label, region, real and generated mean uptake per test slice."""
-    from magicflow.evaluate.translation import regional_uptake
+    from magicflow.evaluate.translation import paired_uptake
 
-    rows = []
+    parts = []
     for fold, data in folds.items():
-        for i in range(len(data["image"])):
+        for i in range(len(data["image"])):  # the masks differ per slice: its offset, its subject's planted regions
             masks = dict(regions[int(data["offset"][i])])
             if planted.get(fold) is not None and planted[fold][i].any():
                 masks["AD tau regions (planted)"] = planted[fold][i]
-            real = regional_uptake(data["real"][i : i + 1], masks)
-            fake = regional_uptake(data["mode"][i : i + 1], masks)
-            for region in masks:
-                rows.append(
-                    {
-                        "fold": fold,
-                        "image": str(data["image"][i]),
-                        "label": str(data["label"][i]),
-                        "region": region,
-                        "real": float(real.loc[real["region"] == region, "uptake"].iloc[0]),
-                        "generated": float(fake.loc[fake["region"] == region, "uptake"].iloc[0]),
-                    }
-                )
-    return pd.DataFrame(rows)
+            table = paired_uptake(data["real"][i : i + 1], data["mode"][i : i + 1], masks).drop(columns="image")
+            parts.append(table.assign(fold=fold, image=str(data["image"][i]), label=str(data["label"][i])))
+    columns = ["fold", "image", "label", "region", "real", "generated"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
 def uptake_summary(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -302,11 +292,10 @@ def run(args: argparse.Namespace) -> int:
             }
         )
 
+    trainings, benchmarks = _fold_paths(args.training, "training"), _fold_paths(args.train_benchmark, "train-benchmark")
     flow_cost = model_cost(
-        [read_tsv(p) for p in (_fold_paths(args.training, "training")[f] for f in folds)] if args.training else [],
-        [read_benchmark(p) for p in (_fold_paths(args.train_benchmark, "train-benchmark")[f] for f in folds)]
-        if args.train_benchmark
-        else [],
+        [read_tsv(trainings[f]) for f in folds] if trainings else [],
+        [read_benchmark(benchmarks[f]) for f in folds] if benchmarks else [],
     )
     cost = [{"id": FLOW_ID, "model": "DUAL-GLOW", **flow_cost}]
     for baseline_id, given in baselines.items():
@@ -332,9 +321,8 @@ def run(args: argparse.Namespace) -> int:
     with atomic_dir(args.out_dir) as tmp:
         for model_id, table in uptakes.items():
             if not table.empty:
-                scatter = table.rename(columns={"real": "real", "generated": "generated"})
                 uptake_scatter_png(
-                    tmp / f"uptake_{model_id}.png", scatter, f"{models[model_id]['label']}: regional uptake, generated vs real"
+                    tmp / f"uptake_{model_id}.png", table, f"{models[model_id]['label']}: regional uptake, generated vs real"
                 )
             table.to_csv(tmp / f"uptake_{model_id}.tsv", sep="\t", index=False, float_format="%.6g")
             frames[model_id].to_csv(tmp / f"slices_{model_id}.tsv", sep="\t", index=False, float_format="%.6g")

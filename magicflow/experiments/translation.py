@@ -32,13 +32,15 @@ import torch.nn.functional as F
 
 from magicflow.errors import InputError
 from magicflow.experiments.data import SliceSet
+from magicflow.experiments.train import TrainSettings
 from magicflow.io import atomic_path
 
 #: identity columns of the test slices kept in translations.npz
 META_COLUMNS = ("dataset", "subject", "session", "image", "source_image", "label", "offset", "age")
 #: ages of the age sweep (side: age), in years
 SWEEP_AGES = (55.0, 62.0, 69.0, 76.0, 83.0, 90.0)
-DEQUANTIZE = 1.0 / 256.0
+#: dequantisation noise width, the flow's training default (one 8-bit level of the [0, 1] slices)
+DEQUANTIZE = TrainSettings.dequantize
 
 
 # --------------------------------------------------------------------------- side information
@@ -166,9 +168,11 @@ def write_translations(
     seconds: float,
     model_label: str,
     triptychs: int,
+    mask: np.ndarray,
     extra: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """translations.npz, triptych PNGs of the first ``triptychs`` slices and a NIfTI per test image."""
+    """translations.npz, triptych PNGs of the first ``triptychs`` slices (their metrics inside the
+    brain ``mask``, as evaluation scores them) and a NIfTI per test image."""
     from magicflow.evaluate.translation import image_metrics, triptych_png
     from magicflow.experiments.infer import slice_to_nifti
 
@@ -181,9 +185,8 @@ def write_translations(
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays, **test_meta(test), seconds=np.float64(seconds), **(extra or {}))
     meta = test.meta.reset_index(drop=True)
-    full = np.ones(real.shape[-2:], dtype=np.uint8)
     for i in range(min(triptychs, len(test))):
-        metrics = {k: float(v[0]) for k, v in image_metrics(real[i : i + 1], mode[i : i + 1], full).items()}
+        metrics = {k: float(v[0]) for k, v in image_metrics(real[i : i + 1], mode[i : i + 1], mask).items()}
         name = f"{meta['image'][i]}_offset{meta['offset'][i]}"
         triptych_png(
             out_dir / f"{name}.png",
@@ -330,7 +333,7 @@ def run_translate(args: argparse.Namespace) -> int:
         with torch.no_grad():
             images = model.translate(source, side=side).clamp(0, 1).cpu().numpy()
         sweep = {"sweep_ages": ages.numpy(), "sweep": images, "sweep_image": np.array(test.meta["image"].iloc[0])}
-    write_translations(args.out, test, mode, std, seconds, "DUAL-GLOW", t["triptychs"], sweep)
+    write_translations(args.out, test, mode, std, seconds, "DUAL-GLOW", t["triptychs"], mask, sweep)
     mae = float(np.abs(mode - test.images[:, 1:].numpy()).mean()) if len(test) else math.nan
     print(f"{len(test)} test slices translated in {seconds:.1f} s (mean absolute error {mae:.4f}) -> {args.out}")
     return 0
