@@ -111,11 +111,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--peer", action=argparse.BooleanOptionalAction, default=True, help="also measure the normflows conditional Glow"
     )
     parser.add_argument(
-        "--suite",
-        choices=("single", "gpu"),
-        default="single",
-        help="gpu: fp32, bf16 and bf16+compile in one run, checked against the GPU targets (workflow/scripts/gpu_check.sh)",
+        "--coupling",
+        choices=(*COUPLINGS, "all", "none"),
+        default="all",
+        help="which coupling kinds to time (none: capacity and peer only); the GPU check runs one per process",
     )
+    parser.add_argument("--label", default=None, help="a name for this run, echoed as the JSON's 'variant'")
+    parser.add_argument(
+        "--capacity", action=argparse.BooleanOptionalAction, default=True, help="count parameters and FLOPs (a few seconds)"
+    )
+    parser.add_argument("--jsonl", action="store_true", help="print the JSON on one line (the GPU check appends lines)")
     parser.add_argument(
         "--compile-backend",
         default="inductor",
@@ -128,10 +133,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` in ms after one warm-up call."""
+def _first_call_s(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call of ``fn``: the warm-up, where ``torch.compile`` compiles."""
+    start = time.perf_counter()
     fn()
     _sync(device)
+    return time.perf_counter() - start
+
+
+def _timed_ms(fn: Callable[[], Any], repeats: int, device: torch.device, warm_up: bool = True) -> float:
+    """Median wall time of ``fn`` in ms (after one warm-up call unless ``warm_up`` is False)."""
+    if warm_up:
+        fn()
+        _sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -185,9 +199,11 @@ def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device)
     def step() -> None:
         train_step(model, optimizer, dequantised, y, settings)
 
+    first_step_s = _first_call_s(step, device)  # compilation, where compiled, lands here
     result: dict[str, Any] = {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train_step_ms": _timed_ms(step, args.steps, device),
+        "first_step_s": first_step_s,
+        "train_step_ms": _timed_ms(step, args.steps, device, warm_up=False),
         "peak_gpu_memory_mib": _peak_memory(device, step),
     }
     model.eval()
@@ -203,6 +219,7 @@ def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device)
             model.set_bf16(False)
             reference = model.class_log_likelihoods(x).argmax(1)
             result["bf16_predictions_equal_fp32"] = bool(torch.equal(predicted, reference))
+    result["targets_met"] = _meets(result)
     return result
 
 
@@ -295,22 +312,6 @@ def _meets(figures: dict[str, Any]) -> dict[str, bool | None]:
     return out
 
 
-def _gpu_suite(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """fp32, bf16 and bf16 + compile of both couplings, each against :data:`GPU_TARGETS`."""
-    variants = {"fp32": (False, False), "bf16": (True, False), "bf16_compile": (True, True)}
-    out: dict[str, Any] = {}
-    for name, (bf16, compiled) in variants.items():
-        variant = argparse.Namespace(**{**vars(args), "bf16": bf16, "compile": compiled})
-        started = time.perf_counter()
-        figures = {kind: _measure_ours(variant, kind, device) for kind in COUPLINGS}
-        out[name] = {
-            **figures,
-            "targets_met": {kind: _meets(figures[kind]) for kind in COUPLINGS},
-            "wall_s": time.perf_counter() - started,
-        }
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda requested but no CUDA device is available")
@@ -321,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
     if use_cuda:
         use_fast_cuda_kernels(args.tf32)
     report: dict[str, Any] = {
+        **({"variant": args.label} if args.label else {}),
         "device": torch.cuda.get_device_name(device) if use_cuda else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "preset": args.preset,
@@ -336,18 +338,16 @@ def run(args: argparse.Namespace) -> int:
             "classification_head": args.head,
         },
         "flops_size": args.flops_size,
-        "capacity": capacity(args.preset, args.classes, args.size, args.flops_size),
+        "targets": GPU_TARGETS,
     }
-    if args.suite == "gpu":
-        report["targets"] = GPU_TARGETS
-        report["suite"] = _gpu_suite(args, device)
-    else:
-        report["magicflow"] = {kind: _measure_ours(args, kind, device) for kind in COUPLINGS}
+    if args.capacity:
+        report["capacity"] = capacity(args.preset, args.classes, args.size, args.flops_size)
+    kinds = COUPLINGS if args.coupling == "all" else () if args.coupling == "none" else (args.coupling,)
+    report["magicflow"] = {kind: _measure_ours(args, kind, device) for kind in kinds}
     if args.peer:
         peer = _measure_peer(args, device)
         report["peer"] = peer
-        ours = report["magicflow"] if args.suite == "single" else report["suite"]["fp32"]
         if peer.get("available"):
-            report["ratio_to_peer"] = {kind: _ratios(ours[kind], peer) for kind in COUPLINGS}
-    print(json.dumps(report, indent=2))
+            report["ratio_to_peer"] = {kind: _ratios(report["magicflow"][kind], peer) for kind in kinds}
+    print(json.dumps(report, indent=None if args.jsonl else 2), flush=True)
     return 0
