@@ -238,7 +238,8 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         raise InputError(f"config key 'model_presets.{preset}.overrides.image_size': set experiments.{name}.image_size instead")
     own = experiment.get("training", {})
     training = {**config["training"], **own, "augment": {**config["training"]["augment"], **own.get("augment", {})}}
-    training.pop("threads", None)  # how fast, not what is learned: changing it must rerun nothing
+    for key in ("threads", "runtime_minutes", "retries"):  # how a job runs, not what is learned: rerun nothing
+        training.pop(key, None)
     folds = experiment["folds"]
     run_folds = experiment["run_folds"] or (1 if experiment["model"] == "generation" else folds)
     if run_folds > folds:

@@ -127,6 +127,7 @@ def test_the_demo_plans_every_stage_with_its_resources(tmp_path: Path):
     }
     for job in by_rule(jobs, "train_fold"):
         assert job.resources["gpu"] == "1"  # device auto: the scheduler may give it one
+        assert job.resources["runtime"] == "240"  # training.runtime_minutes at the first attempt
         assert job.shell.split()[3:5] == ["OMP_NUM_THREADS=1", "OMP_WAIT_POLICY=PASSIVE"], job.shell
         assert f"--out results/{job.wildcards['experiment']}/models/{job.wildcards['fold']}" in job.shell
     (template,) = by_rule(jobs, "preprocess_template")

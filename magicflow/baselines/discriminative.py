@@ -52,6 +52,9 @@ from magicflow.experiments.train import (
     balanced_accuracy,
     learning_rate,
     make_scheduler,
+    is_new_best,
+    keep_best,
+    restore_best,
     resume_state,
     resumed_progress,
     should_stop,
@@ -348,6 +351,7 @@ def train_baseline(
     start_epoch, step = 0, 0
     state_path = out_dir / "last.pt"
     state = resume_state(state_path, STATE_FORMAT, run_id, model, optimizer, scheduler, ts.epochs)
+    restore_best(out_dir, resumed=state is not None)
     if state is not None:
         start_epoch, step, best, history = resumed_progress(state)
     if conditions is not None and len(conditions) != len(train):
@@ -392,7 +396,7 @@ def train_baseline(
         }
         history.append(row)
         score = objective.score(metrics)
-        if score > best or not (out_dir / "best.pt").exists():
+        if is_new_best(score, best, out_dir):
             best = max(best, score)
             save_baseline(
                 out_dir / "best.pt",
@@ -401,6 +405,7 @@ def train_baseline(
                 num_classes,
                 {**(extra or {}), "epoch": epoch + 1, "score": score[0], "selected_by": objective.selected_by},
             )
+            keep_best(out_dir)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         stop = should_stop(history, ts.patience, key="val_loss")
         if stop:

@@ -5,7 +5,8 @@ augmentation and dequantisation noise from seeds derived from (seed, epoch), and
 training state is saved after every epoch. A run killed at any point and restarted resumes
 from the last completed epoch and ends with the same weights as an uninterrupted run
 (on CPU; GPU kernels may add non-determinism). A completed run is never resumed: rerunning
-it (``--forcerun train_fold``) trains afresh.
+it (``--forcerun train_fold``) trains afresh. The best checkpoint survives a failed attempt too
+(:func:`keep_best`): after any number of interruptions ``best.pt`` is the best epoch of the whole run.
 
 A training step never waits for the device: data are validated once per set
 (:func:`validate_set`), losses and the non-finite bookkeeping stay on the device and are read
@@ -18,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -277,6 +280,7 @@ def train_model(
     saved_average: list[torch.Tensor] | None = None
 
     state = resume_state(out_dir / "last.pt", STATE_FORMAT, run_id, model, optimizer, scheduler, settings.epochs)
+    restore_best(out_dir, resumed=state is not None)
     if state is not None:
         start_epoch, step, best, history = resumed_progress(state)
         saved_average = state.get("average")
@@ -334,7 +338,7 @@ def train_model(
         }
         history.append(row)
         score = selection_score(metrics, classification)
-        if score > best or not (out_dir / "best.pt").exists():
+        if is_new_best(score, best, out_dir):
             best = max(best, score)
             save_checkpoint(
                 out_dir / "best.pt",
@@ -346,6 +350,7 @@ def train_model(
                     "selected_by": "val_balanced_accuracy, then val_nll" if classification else "val_nll",
                 },
             )
+            keep_best(out_dir)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         stop = should_stop(history, settings.patience)
         if stop:
@@ -395,6 +400,44 @@ def resume_state(
     scheduler.load_state_dict(state["scheduler"])
     print(f"resuming from {path} after epoch {state['epoch'] + 1} of {epochs}")
     return state
+
+
+#: a second name for the best checkpoint in the model folder: Snakemake deletes ``best.pt``, a
+#: declared output, when a job fails (a time limit, say), and this undeclared twin brings it back
+BEST_KEPT = ".best.pt.kept"
+
+
+def _link_over(source: Path, target: Path) -> None:
+    """Make ``target`` a hard link to ``source`` (a copy where links are refused), atomically."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
+def keep_best(out_dir: Path) -> None:
+    """Call right after writing a new ``best.pt``: its twin survives a failed attempt."""
+    _link_over(out_dir / "best.pt", out_dir / BEST_KEPT)
+
+
+def restore_best(out_dir: Path, resumed: bool) -> None:
+    """Before a run's first epoch: a resumed run gets back the ``best.pt`` of its earlier attempts
+    (the remembered best score in ``last.pt`` belongs to it); a fresh run forgets any earlier twin."""
+    kept, best = out_dir / BEST_KEPT, out_dir / "best.pt"
+    if not resumed:
+        kept.unlink(missing_ok=True)
+    elif kept.exists() and not best.exists():
+        _link_over(kept, best)
+        print(f"restored {best} from the best epoch of the earlier attempt(s)")
+
+
+def is_new_best(score: list[float], best: list[float], out_dir: Path) -> bool:
+    """Whether this epoch's selection ``score`` makes the new ``best.pt``: it beats every earlier
+    epoch of the run, resumed attempts included, or the run has no best checkpoint yet."""
+    return score > best or not (out_dir / BEST_KEPT).exists()
 
 
 def resumed_progress(state: dict[str, Any]) -> tuple[int, int, list[float], list[dict[str, float]]]:

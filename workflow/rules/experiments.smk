@@ -81,9 +81,10 @@ rule train_fold:
     conda:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
+    retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     resources:
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
-        runtime=240,
+        runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
     params:
         slices=slices_args,
