@@ -265,3 +265,22 @@ def test_default_profile_leaves_cluster_settings_to_the_slurm_profile():
     # Snakemake reads profiles/default on top of --profile profiles/slurm, and its keys win there
     clash = set(profile("default")) & set(profile("slurm"))
     assert not clash, f"profiles/default would override the SLURM profile's {sorted(clash)}"
+
+
+def test_training_is_retried_with_a_longer_limit_per_attempt():
+    """A training job killed at its time limit starts again (training.retries) with attempt x
+    training.runtime_minutes, resuming from last.pt: read off the rule as Snakemake loads it."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings, StorageSettings
+
+    with SnakemakeApi() as api:
+        workflow = api.workflow(
+            snakefile=REPO_ROOT / "Snakefile",
+            resource_settings=ResourceSettings(),
+            config_settings=ConfigSettings(config={"training": {"runtime_minutes": 90, "retries": 3}}),
+            storage_settings=StorageSettings(),
+            workdir=REPO_ROOT,
+        )._workflow
+        rule = workflow.get_rule("train_fold")
+        assert rule._restart_times == 3
+        assert [rule.resources["runtime"](None, attempt=a) for a in (1, 2, 4)] == [90, 180, 360]
