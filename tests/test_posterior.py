@@ -142,7 +142,7 @@ def test_predictions_tsv_keeps_full_precision(tmp_path):
     test = _set([0, 1], ["a-1", "b-1"])
     ll = np.array([[-12345.6789012345, -12365.6789012345], [-1.0e4 / 3, -1.0e4 / 3 - 30]])
     post = posteriors(ll, np.zeros(2), 1.0)
-    assert float("%.6g" % post[0, 0]) == 1.0 and float("%.6g" % post[1, 0]) == 1.0  # what the old file held
+    assert float(f"{post[0, 0]:.6g}") == 1.0 and float(f"{post[1, 0]:.6g}") == 1.0  # what the old file held
     table = predictions_frame(test, ["CN", "AD"], ll, post, ll.argmax(1), 1.0)
     write_predictions(table, tmp_path / "predictions.tsv")
     back = read_predictions(tmp_path / "predictions.tsv")
