@@ -181,8 +181,8 @@ def test_baselines_are_scored_on_the_same_images(tmp_path: Path):
 def test_a_predictions_table_without_log_priors_is_refused():
     from magicflow.errors import InputError
 
-    with pytest.raises(InputError, match=r"lacks \['logprior_CN', 'logprior_AD'\]; rerun classify"):
-        image_scores(_table(DISAGREE).drop(columns=["logprior_CN", "logprior_AD"]), CLASSES)
+    with pytest.raises(InputError, match=r"old.tsv lacks \['logprior_CN', 'logprior_AD'\]; rerun classify"):
+        image_scores(_table(DISAGREE).drop(columns=["logprior_CN", "logprior_AD"]), CLASSES, "old.tsv")
 
 
 def test_bad_scores_are_named():

@@ -171,7 +171,7 @@ def classification_section(outputs: ExperimentOutputs, settings: dict, fig_dir: 
     classes = outputs.classes
     per_fold, parts, temperatures = [], [], {}
     for fold in outputs.folds:
-        units = image_scores(fold.predictions, classes)
+        units = image_scores(fold.predictions, classes, f"{fold.name} predictions.tsv")
         per_fold.append({"fold": fold.name, **cls.classification_metrics(units.true, None, classes, scores=units.scores)})
         parts.append(units)
         temperatures[fold.name] = float(units.temperature[0]) if len(units.temperature) else float("nan")
@@ -185,10 +185,10 @@ def classification_section(outputs: ExperimentOutputs, settings: dict, fig_dir: 
     figures.rejection_figure(rejection, fig_dir / FIGURES["rejection"])
     summary = cls.fold_summary(per_fold)
     per_dataset = {}
-    for dataset in pd.unique(units.images["dataset"]):
+    for dataset in sorted(pd.unique(units.images["dataset"])):
         rows = units.subset(np.flatnonzero(units.images["dataset"].to_numpy() == dataset))
         per_dataset[str(dataset)] = cls.classification_metrics(rows.true, None, classes, scores=rows.scores)
-    slice_true, slice_scores_ = zip(*(slice_scores(f.predictions, classes) for f in outputs.folds))
+    slice_true, slice_scores_ = zip(*(slice_scores(f.predictions, classes, f"{f.name} predictions.tsv") for f in outputs.folds))
     return {
         "unit": _unit(units, temperatures),
         "per_fold": per_fold,
@@ -407,7 +407,7 @@ def comparison_section(
                 raise InputError(
                     f"{paths[fold.name]}: not the test slices of MAGIC-Flow's {fold.name} predictions; rerun baseline_classify"
                 )
-            units = image_scores(table, outputs.classes)
+            units = image_scores(table, outputs.classes, str(paths[fold.name]))
             per_fold.append(
                 {"fold": fold.name, **cls.classification_metrics(units.true, None, outputs.classes, scores=units.scores)}
             )

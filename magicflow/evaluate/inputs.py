@@ -145,54 +145,59 @@ class ImageScores:
         )
 
 
-def _columns(predictions: pd.DataFrame, prefix: str, classes: list[str]) -> list[str]:
+def _columns(predictions: pd.DataFrame, prefix: str, classes: list[str], where: str) -> list[str]:
     columns = [f"{prefix}_{c}" for c in classes]
     missing = [c for c in columns if c not in predictions]
     if missing:
-        raise InputError(f"predictions table lacks {missing}; rerun classify (or baseline_classify)")
+        raise InputError(f"{where} lacks {missing}; rerun classify (or baseline_classify)")
     return columns
 
 
-def _true(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
+def _true(predictions: pd.DataFrame, classes: list[str], where: str) -> np.ndarray:
     lookup = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(predictions["true"]) - set(lookup))
     if unknown:
-        raise InputError(f"predictions table: true labels {unknown} are not among the classes {classes}")
+        raise InputError(f"{where}: true labels {unknown} are not among the classes {classes}")
     return np.array([lookup[t] for t in predictions["true"]], dtype=int)
 
 
-def slice_scores(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def slice_scores(
+    predictions: pd.DataFrame, classes: list[str], where: str = "predictions table"
+) -> tuple[np.ndarray, np.ndarray]:
     """(true (N,), scores (N, K)) per slice: log-likelihood plus log prior, no aggregation
-    (the secondary per-slice view)."""
-    ll = predictions[_columns(predictions, "loglik", classes)].to_numpy(np.float64)
-    prior = predictions[_columns(predictions, "logprior", classes)].to_numpy(np.float64)
-    return _true(predictions, classes), ll + prior
+    (the secondary per-slice view). ``where`` names the table in errors."""
+    ll = predictions[_columns(predictions, "loglik", classes, where)].to_numpy(np.float64)
+    prior = predictions[_columns(predictions, "logprior", classes, where)].to_numpy(np.float64)
+    return _true(predictions, classes, where), ll + prior
 
 
-def image_scores(predictions: pd.DataFrame, classes: list[str]) -> ImageScores:
+def image_scores(predictions: pd.DataFrame, classes: list[str], where: str = "predictions table") -> ImageScores:
     """The classification units of a predictions table: per image (``dataset``, ``image``), the
     log-likelihoods summed over its slices, the log prior added once (every slice carries the
-    same one), the fold's temperature; images in order of first appearance."""
+    same one), the fold's temperature; images in order of first appearance. ``where`` names
+    the table (its file) in errors."""
     from magicflow.experiments.posterior import image_index, labels_by_image, sum_by_image
 
     if "temperature" not in predictions:
-        raise InputError("predictions table lacks the temperature column; rerun classify")
-    ll = predictions[_columns(predictions, "loglik", classes)].to_numpy(np.float64)
-    prior = predictions[_columns(predictions, "logprior", classes)].to_numpy(np.float64)
+        raise InputError(f"{where} lacks the temperature column; rerun classify")
+    ll = predictions[_columns(predictions, "loglik", classes, where)].to_numpy(np.float64)
+    prior = predictions[_columns(predictions, "logprior", classes, where)].to_numpy(np.float64)
     index = image_index(predictions, len(predictions))
-    true = labels_by_image(_true(predictions, classes), index, "predictions table")
+    true = labels_by_image(_true(predictions, classes, where), index, where)
     first = np.unique(index, return_index=True)[1]
     keys = [c for c in ("dataset", "subject", "image") if c in predictions]
     images = predictions.iloc[first][keys].reset_index(drop=True).astype(str)
     images["slices"] = np.bincount(index, minlength=len(first))
     temperature = predictions["temperature"].to_numpy(np.float64)[first]
     if not (np.isfinite(temperature).all() and (temperature > 0).all()):
-        raise InputError(f"predictions table: temperatures must be finite and > 0, got {sorted(set(temperature.tolist()))[:3]}")
+        raise InputError(f"{where}: temperatures must be finite and > 0, got {sorted(set(temperature.tolist()))[:3]}")
     return ImageScores(images, true, sum_by_image(ll, index) + prior[first], temperature)
 
 
-def posterior_matrix(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def posterior_matrix(
+    predictions: pd.DataFrame, classes: list[str], where: str = "predictions table"
+) -> tuple[np.ndarray, np.ndarray]:
     """(true label indices, posteriors (N, K)) per image (:func:`image_scores`), in float64
     from the log-likelihoods, so nothing saturates to the 0 and 1 a rounded column would hold."""
-    units = image_scores(predictions, classes)
+    units = image_scores(predictions, classes, where)
     return units.true, units.posteriors()
