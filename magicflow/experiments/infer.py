@@ -144,7 +144,9 @@ def predictions_frame(
     ``posterior_<class>`` and ``predicted`` label, the true label and the fitted temperature.
     Evaluation scores images from the loglik and logprior columns alone
     (:func:`magicflow.evaluate.inputs.image_scores`); the posterior and predicted columns are
-    the per-slice view (attribution maps the slice's predicted label)."""
+    the per-slice view (attribution maps the slice's predicted label). The flow's temperature
+    is fitted on images, so with several evaluation slices per image a slice's posterior is
+    flatter than its image's."""
     table = test.meta[["dataset", "subject", "session", "image", "offset"]].copy()
     prior = np.zeros(len(classes)) if log_prior is None else np.asarray(log_prior, dtype=np.float64)
     for k, name in enumerate(classes):
