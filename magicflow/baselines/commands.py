@@ -103,6 +103,7 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_classify(args: argparse.Namespace) -> int:
     from magicflow.baselines.discriminative import load_baseline, logits_of, predictions_table
+    from magicflow.experiments.infer import write_predictions
     from magicflow.experiments.train import resolve_device
 
     settings, baseline, classes, sets, _ = _load(args)
@@ -116,7 +117,7 @@ def run_classify(args: argparse.Namespace) -> int:
     val = logits_of(model, sets["val"], device).double().numpy()
     table, temperature = predictions_table(sets["test"], sets["val"], classes, test, val)
     with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+        write_predictions(table, tmp)
     accuracy = float((table["true"] == table["predicted"]).mean()) if len(table) else float("nan")
     print(f"{baseline['id']}: {len(table)} test slices, accuracy {accuracy:.3f}, temperature {temperature:.3g} -> {args.out}")
     return 0

@@ -7,7 +7,13 @@ accuracy-rejection curve (MedSymmFlow, Section 5.2: drop the least confident pre
 watch accuracy) check whether the posterior confidences of
 :mod:`magicflow.experiments.posterior` can be trusted, which a likelihood classifier with a
 fitted temperature must show rather than assume. :func:`chance_test` says how likely the
-pooled balanced accuracy is under shuffled labels, for the small test sets of a demo."""
+pooled balanced accuracy is under shuffled labels, for the small test sets of a demo.
+
+Given log-scores (``scores``: log-likelihood plus log prior per class, any constant per row),
+the prediction is their argmax and every ranking (AUC, rejection order) comes from
+:func:`margins` between them rather than from posteriors: a posterior near 1 rounds or
+saturates to exactly 1, and images tied at 1 would be ordered by chance or by file order.
+Evaluation passes one row per image (:func:`magicflow.evaluate.inputs.image_scores`)."""
 
 from __future__ import annotations
 
@@ -62,8 +68,46 @@ def _labels_and_proba(true: Any, proba: Any) -> tuple[np.ndarray, np.ndarray]:
     return labels, p
 
 
-def classification_metrics(true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """One fold's Table 3 row from true class indices and posteriors (prediction = argmax).
+def _labels_and_scores(true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked (labels, log-scores): scores is (N, K) with K >= 2, finite, one row per label."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] < 2:
+        raise InputError(f"scores: expected log-scores of shape (N, K) with K >= 2, got shape {s.shape}")
+    if len(s) == 0:
+        raise InputError("scores: no predictions to evaluate")
+    if not np.isfinite(s).all():
+        raise InputError("scores: log-scores must be finite")
+    labels = _labels(true, s.shape[1])
+    if len(labels) != len(s):
+        raise InputError(f"true has {len(labels)} labels but scores has {len(s)} rows")
+    return labels, s
+
+
+def margins(scores: np.ndarray) -> np.ndarray:
+    """(N, K): each class's log-score minus the best other class's. Positive only for the
+    predicted class, where it is the lead over the runner-up (the confidence that orders
+    rejection); class k's column ranks images for its one-vs-rest AUC. Temperature-free: the
+    order of the tempered log-odds as T -> 0, and for K = 2 the same order at every T."""
+    s = np.asarray(scores, dtype=np.float64)
+    top2 = np.sort(s, axis=1)[:, -2:]
+    best_other = np.where(s >= top2[:, [1]], top2[:, [0]], top2[:, [1]])
+    return s - best_other
+
+
+def _macro_auc_from_margins(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Unweighted mean over classes of the one-vs-rest AUC of the class's margin (rank-based,
+    ties count one half); for K = 2 the binary AUC of the second class's margin."""
+    m = margins(scores)
+    if scores.shape[1] == 2:
+        return float(roc_auc_score(labels == 1, m[:, 1]))
+    return float(np.mean([roc_auc_score(labels == c, m[:, c]) for c in range(scores.shape[1])]))
+
+
+def classification_metrics(
+    true: np.ndarray, proba: np.ndarray | None, classes: list[str], scores: np.ndarray | None = None
+) -> dict[str, Any]:
+    """One fold's Table 3 row from true class indices and posteriors or, when ``scores`` (log
+    scores, (N, K)) are given, from those alone: prediction = argmax, AUC from :func:`margins`.
 
     - balanced accuracy: mean recall over the classes present in ``true`` (sklearn).
     - macro AUC: one-vs-rest, unweighted mean over classes; for K = 2 the plain binary AUC of
@@ -73,7 +117,10 @@ def classification_metrics(true: np.ndarray, proba: np.ndarray, classes: list[st
       (sklearn's default), with 0 for a class never predicted (zero_division=0); a class absent
       from both would otherwise pull the mean down by a meaningless 0.
     - per-class recall for every class, NaN where the class is absent from ``true``."""
-    labels, p = _labels_and_proba(true, proba)
+    if scores is not None:
+        labels, p = _labels_and_scores(true, scores)
+    else:
+        labels, p = _labels_and_proba(true, proba)
     k = p.shape[1]
     if len(classes) != k:
         raise InputError(f"classes: {len(classes)} names given for {k} posterior columns")
@@ -85,6 +132,8 @@ def classification_metrics(true: np.ndarray, proba: np.ndarray, classes: list[st
         notes.append(
             f"macro_auc undefined: class(es) {absent} absent from the true labels, so their one-vs-rest curves have no positives"
         )
+    elif scores is not None:
+        auc = _macro_auc_from_margins(labels, p)
     elif k == 2:
         auc = float(roc_auc_score(labels, p[:, 1]))
     else:
@@ -110,14 +159,21 @@ def classification_metrics(true: np.ndarray, proba: np.ndarray, classes: list[st
     }
 
 
-def chance_test(true: np.ndarray, pred: np.ndarray, k: int, resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+def chance_test(
+    true: np.ndarray, pred: np.ndarray, k: int, resamples: int = 10_000, seed: int = 0, groups: np.ndarray | None = None
+) -> dict[str, Any]:
     """Is the balanced accuracy above chance? One-sided label-permutation test (scipy).
 
-    The predictions are shuffled against the true labels; the p-value is the share of shufflings
-    that score at least the observed balanced accuracy (exact when there are fewer distinct
-    shufflings than ``resamples``). Unlike a binomial test against 1/K it needs no assumption
-    about class balance or the classifier's label frequencies. Slices are treated as independent:
-    with several slices per subject the p-value is optimistic."""
+    The true labels are shuffled against the predictions; the p-value is the share of
+    shufflings that score at least the observed balanced accuracy (exact when there are fewer
+    distinct shufflings than ``resamples``). Unlike a binomial test against 1/K it needs no
+    assumption about class balance or the classifier's label frequencies.
+
+    ``groups`` (one id per prediction, e.g. the subject) makes the group the exchangeable
+    unit: each group's label moves as one (a group whose predictions carry several true
+    labels, a subject who converted between sessions, is one unit per label), so several
+    images of one subject do not count as independent evidence. Without it every prediction
+    is its own unit."""
     from scipy.stats import permutation_test
 
     labels = _labels(true, k)
@@ -126,16 +182,25 @@ def chance_test(true: np.ndarray, pred: np.ndarray, k: int, resamples: int = 10_
         raise InputError(
             f"chance_test: needs at least 2 predictions with one true label each, got {len(predicted)} and {len(labels)}"
         )
+    if groups is None:
+        unit = np.arange(len(labels))
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != labels.shape:
+            raise InputError(f"chance_test: {len(groups)} group ids for {len(labels)} predictions")
+        unit = pd.factorize(pd.Series(groups.astype(str)) + "\x00" + pd.Series(labels.astype(str)))[0]
+    unit_labels = np.zeros(unit.max() + 1, dtype=int)
+    unit_labels[unit] = labels
     present = np.unique(labels)
-    support = np.array([(labels == c).sum() for c in present])
 
-    def balanced(shuffled: np.ndarray, axis: int = -1) -> np.ndarray:
-        shuffled = np.moveaxis(shuffled, axis, -1)
-        hits = np.stack([((shuffled == c) & (labels == c)).sum(-1) for c in present], axis=-1)
-        return (hits / support).mean(-1)
+    def balanced(shuffled_units: np.ndarray, axis: int = -1) -> np.ndarray:
+        shuffled = np.moveaxis(shuffled_units, axis, -1)[..., unit]  # each prediction gets its unit's label
+        hits = np.stack([((shuffled == c) & (predicted == c)).sum(-1) for c in present], axis=-1)
+        support = np.stack([(shuffled == c).sum(-1) for c in present], axis=-1)
+        return (hits / np.maximum(support, 1)).mean(-1)
 
     result = permutation_test(
-        (predicted,),
+        (unit_labels,),
         balanced,
         permutation_type="pairings",
         n_resamples=resamples,
@@ -149,6 +214,7 @@ def chance_test(true: np.ndarray, pred: np.ndarray, k: int, resamples: int = 10_
         "p_value": float(result.pvalue),
         "resamples": resamples,
         "n": int(len(labels)),
+        "units": int(len(unit_labels)),
     }
 
 
@@ -211,26 +277,37 @@ def calibration(true: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict[str
     return {"ece": float((count / len(labels) * gaps).sum()), "bins": table}
 
 
-def rejection_curve(true: np.ndarray, proba: np.ndarray, steps: int = 21) -> pd.DataFrame:
-    """Accuracy-rejection curve: reject the least confident predictions (lowest max
-    posterior) first and report the accuracy of the rest.
+def rejection_curve(
+    true: np.ndarray, proba: np.ndarray | None, steps: int = 21, scores: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Accuracy-rejection curve: reject the least confident predictions first and report the
+    accuracy of the rest. Confidence is the predicted class's lead over the runner-up in
+    ``scores`` (:func:`margins`, never saturated) when they are given, else the max posterior.
 
     ``steps`` target fractions run evenly from 0 to 1; each keeps N - round(fraction N)
     predictions but never fewer than one, so the last point is the single most confident
-    prediction and ``rejected_fraction`` is the fraction actually rejected. Ties in
-    confidence keep their input order (stable sort), so the curve is reproducible. A model
-    whose confidence means something gives a curve that rises with rejection."""
+    prediction and ``rejected_fraction`` is the fraction actually rejected. Predictions tied
+    in confidence are taken together: where a cut falls inside a tie, the kept part of it
+    counts its share of the tie's correct predictions (the mean over orders of the tie), so
+    the curve depends neither on file order nor on a tie-break. A model whose confidence
+    means something gives a curve that rises with rejection."""
     if steps < 2:
         raise InputError(f"rejection_curve: steps must be >= 2, got {steps}")
-    labels, p = _labels_and_proba(true, proba)
+    if scores is not None:
+        labels, s = _labels_and_scores(true, scores)
+        confidence, pred = margins(s).max(axis=1), s.argmax(axis=1)
+    else:
+        labels, p = _labels_and_proba(true, proba)
+        confidence, pred = p.max(axis=1), p.argmax(axis=1)
     n = len(labels)
-    order = np.argsort(-p.max(axis=1), kind="stable")  # most confident first
-    correct = (p.argmax(axis=1) == labels)[order].astype(float)
-    hits = np.cumsum(correct)
+    order = np.argsort(-confidence, kind="stable")  # most confident first
+    key = -confidence[order]
+    hits = np.concatenate([[0.0], np.cumsum((pred == labels)[order])])
     retained = np.maximum(n - np.round(np.linspace(0.0, 1.0, steps) * n).astype(int), 1)
-    return pd.DataFrame(
-        {"rejected_fraction": 1.0 - retained / n, "retained": retained, "accuracy": hits[retained - 1] / retained}
-    )
+    start = np.searchsorted(key, key[retained - 1], side="left")  # the tie holding the last kept prediction
+    end = np.searchsorted(key, key[retained - 1], side="right")
+    kept = hits[start] + (retained - start) * (hits[end] - hits[start]) / (end - start)
+    return pd.DataFrame({"rejected_fraction": 1.0 - retained / n, "retained": retained, "accuracy": kept / retained})
 
 
 #: the paper's Table 3 columns, in its order

@@ -27,7 +27,7 @@ from magicflow.evaluate import attribution as attr
 from magicflow.evaluate import classification as cls
 from magicflow.evaluate import figures
 from magicflow.evaluate import generation as gen
-from magicflow.evaluate.inputs import ExperimentOutputs, posterior_matrix
+from magicflow.evaluate.inputs import ExperimentOutputs, ImageScores, image_scores, slice_scores
 
 #: figure file names inside the evaluation folder, in the order the report shows them
 FIGURES = {
@@ -128,31 +128,74 @@ def generation_section(outputs: ExperimentOutputs, train, heldout, extractor, se
 
 
 # --------------------------------------------------------------------------- classification
+TEMPERATURE_ORIGIN = (
+    "fitted per fold on that fold's validation images (the set that also selected the checkpoint), each image's "
+    "log-likelihoods summed over its evaluation slices, by minimising the cross-entropy against add-one-smoothed "
+    "labels (the true class (n + 1) / (n + K) over n validation images): a validation set the selected model "
+    "separates cannot drive T to 0 and the posteriors to exactly 0 and 1; applied unchanged to the test images"
+)
+
+
+def _unit(units: ImageScores, temperatures: dict[str, float]) -> dict[str, Any]:
+    """What the classification metrics count: images, the slices summed per image, the
+    permutation unit and the temperatures."""
+    slices = units.images["slices"].to_numpy()
+    return {
+        "name": "image",
+        "images": int(len(units.true)),
+        "subjects": int(units.images.get("subject", units.images["image"]).nunique()),
+        "slices_min": int(slices.min()),
+        "slices_max": int(slices.max()),
+        "slices": int(slices.sum()),
+        "aggregation": "per class, log-likelihoods summed over the image's evaluation slices, log prior added once",
+        "permutation_unit": "subject",
+        "temperature": temperatures,
+        "temperature_origin": TEMPERATURE_ORIGIN,
+    }
+
+
+def _subjects(units: ImageScores) -> np.ndarray:
+    """One id per image: its subject (within its dataset), the chance test's exchangeable unit."""
+    table = units.images
+    subject = table["subject"] if "subject" in table else table["image"]
+    dataset = table["dataset"] if "dataset" in table else ""
+    return (dataset + "\x00" + subject).to_numpy(str)
+
+
 def classification_section(outputs: ExperimentOutputs, settings: dict, fig_dir: Path) -> dict:
+    """Classification per image (one scan): each test image's log-likelihoods summed over its
+    evaluation slices (:func:`magicflow.evaluate.inputs.image_scores`), then the Table 3 row per
+    fold, confusion, calibration (posteriors at the fold's temperature, float64) and rejection
+    (ordered by log-likelihood margins) over the pooled folds, and the chance test permuting
+    labels across subjects. ``per_slice`` is the same pooled row per slice, for comparison only."""
     classes = outputs.classes
-    per_fold, pooled = [], []
+    per_fold, parts, temperatures = [], [], {}
     for fold in outputs.folds:
-        true, proba = posterior_matrix(fold.predictions, classes)
-        per_fold.append({"fold": fold.name, **cls.classification_metrics(true, proba, classes)})
-        pooled.append(fold.predictions)
-    table = pd.concat(pooled, ignore_index=True)
-    true, proba = posterior_matrix(table, classes)
-    matrix = cls.confusion(true, proba.argmax(1), len(classes))
+        units = image_scores(fold.predictions, classes, f"{fold.name} predictions.tsv")
+        per_fold.append({"fold": fold.name, **cls.classification_metrics(units.true, None, classes, scores=units.scores)})
+        parts.append(units)
+        temperatures[fold.name] = float(units.temperature[0]) if len(units.temperature) else float("nan")
+    units = ImageScores.concat(parts)
+    true, scores, proba = units.true, units.scores, units.posteriors()
+    matrix = cls.confusion(true, scores.argmax(1), len(classes))
     calibration = cls.calibration(true, proba, bins=settings["calibration_bins"])
-    rejection = cls.rejection_curve(true, proba)
+    rejection = cls.rejection_curve(true, None, scores=scores)
     figures.confusion_figure(matrix, classes, fig_dir / FIGURES["confusion"])
     figures.reliability_figure(calibration["bins"], calibration["ece"], fig_dir / FIGURES["reliability"])
     figures.rejection_figure(rejection, fig_dir / FIGURES["rejection"])
     summary = cls.fold_summary(per_fold)
     per_dataset = {}
-    for dataset, rows in table.groupby("dataset"):
-        t, p = posterior_matrix(rows, classes)
-        per_dataset[str(dataset)] = cls.classification_metrics(t, p, classes)
+    for dataset in sorted(pd.unique(units.images["dataset"])):
+        rows = units.subset(np.flatnonzero(units.images["dataset"].to_numpy() == dataset))
+        per_dataset[str(dataset)] = cls.classification_metrics(rows.true, None, classes, scores=rows.scores)
+    slice_true, slice_scores_ = zip(*(slice_scores(f.predictions, classes, f"{f.name} predictions.tsv") for f in outputs.folds))
     return {
+        "unit": _unit(units, temperatures),
         "per_fold": per_fold,
         "summary": summary.reset_index().to_dict(orient="records"),
-        "pooled": cls.classification_metrics(true, proba, classes),
-        "chance": cls.chance_test(true, proba.argmax(1), len(classes), seed=settings["seed"]),
+        "pooled": cls.classification_metrics(true, None, classes, scores=scores),
+        "per_slice": cls.classification_metrics(np.concatenate(slice_true), None, classes, scores=np.concatenate(slice_scores_)),
+        "chance": cls.chance_test(true, scores.argmax(1), len(classes), seed=settings["seed"], groups=_subjects(units)),
         "per_dataset": per_dataset,
         "confusion": matrix,
         "calibration": {"ece": calibration["ece"], "bins": calibration["bins"].to_dict(orient="records")},
@@ -322,11 +365,19 @@ def _slice_keys(table: pd.DataFrame) -> list[tuple]:
     return list(zip(table["dataset"].astype(str), table["image"].astype(str), table["offset"].astype(int)))
 
 
+COMPARISON_UNIT = (
+    "per test image: the flow's log-likelihoods and each baseline's log-softmax outputs summed over the image's "
+    "evaluation slices, prediction = argmax, AUC from the margins between the summed scores (no temperature)"
+)
+
+
 def comparison_section(
     outputs: ExperimentOutputs, flow_per_fold: list[dict], baselines: dict[str, dict[str, Any]]
 ) -> dict[str, Any] | None:
     """MAGIC-Flow and each baseline side by side (the paper's Table 3), scored by the same
-    :func:`classification.classification_metrics` per fold. ``baselines`` maps id ->
+    :func:`classification.classification_metrics` per fold on the same unit, the image: a
+    baseline's log-softmax outputs are summed over the image's slices as the flow's
+    log-likelihoods are (:data:`COMPARISON_UNIT`). ``baselines`` maps id ->
     ``{"settings": baseline.json, "predictions": {fold: predictions.tsv path}}``; every fold the
     experiment ran must be given, and each must list the flow's test slices. None without baselines."""
     if not baselines:
@@ -356,8 +407,10 @@ def comparison_section(
                 raise InputError(
                     f"{paths[fold.name]}: not the test slices of MAGIC-Flow's {fold.name} predictions; rerun baseline_classify"
                 )
-            true, proba = posterior_matrix(table, outputs.classes)
-            per_fold.append({"fold": fold.name, **cls.classification_metrics(true, proba, outputs.classes)})
+            units = image_scores(table, outputs.classes, str(paths[fold.name]))
+            per_fold.append(
+                {"fold": fold.name, **cls.classification_metrics(units.true, None, outputs.classes, scores=units.scores)}
+            )
         models.append(
             {
                 "id": baseline_id,
@@ -369,7 +422,7 @@ def comparison_section(
                 "per_fold": per_fold,
             }
         )
-    return cls.model_comparison(models)
+    return {**cls.model_comparison(models), "unit": COMPARISON_UNIT}
 
 
 # --------------------------------------------------------------------------- generative baselines (Tables 1-2)

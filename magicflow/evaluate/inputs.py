@@ -103,18 +103,101 @@ def load_experiment(split_json: Path, files: dict[str, dict[str, Path]]) -> Expe
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
-    """A predictions.tsv (the flow's or a baseline's), identifiers kept as text."""
+    """A predictions.tsv (the flow's or a baseline's), identifiers kept as text. pandas 3
+    parses floats exactly (round trip), so the log-likelihoods are the ones classify wrote."""
     return pd.read_csv(
         _need(Path(path)), sep="\t", dtype={"subject": str, "session": str, "image": str, "dataset": str}, keep_default_na=False
     )
 
 
-def posterior_matrix(predictions: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(true label indices (N,), posteriors (N, K)) from a predictions table."""
-    columns = [f"posterior_{c}" for c in classes]
+@dataclass
+class ImageScores:
+    """One fold's (or a pooled set of folds') classification units: one row per test image.
+
+    ``scores`` are log p(x|y) summed over the image's evaluation slices plus log p(y) once
+    (a baseline: its log-softmax summed, prior 0): the argmax is the prediction, and margins
+    between them rank images for AUC and rejection without the rounding of posteriors.
+    ``temperature`` is the fold's fitted T per image, for the calibrated posteriors."""
+
+    images: pd.DataFrame  # dataset, subject, image, slices
+    true: np.ndarray
+    scores: np.ndarray
+    temperature: np.ndarray
+
+    def posteriors(self) -> np.ndarray:
+        """softmax(scores / T) per image in float64."""
+        from magicflow.experiments.posterior import posteriors
+
+        return posteriors(self.scores, 0.0, self.temperature)
+
+    @staticmethod
+    def concat(parts: list[ImageScores]) -> ImageScores:
+        return ImageScores(
+            pd.concat([p.images for p in parts], ignore_index=True),
+            np.concatenate([p.true for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.temperature for p in parts]),
+        )
+
+    def subset(self, rows: np.ndarray) -> ImageScores:
+        return ImageScores(
+            self.images.iloc[rows].reset_index(drop=True), self.true[rows], self.scores[rows], self.temperature[rows]
+        )
+
+
+def _columns(predictions: pd.DataFrame, prefix: str, classes: list[str], where: str) -> list[str]:
+    columns = [f"{prefix}_{c}" for c in classes]
     missing = [c for c in columns if c not in predictions]
     if missing:
-        raise InputError(f"predictions table lacks {missing}; rerun classify")
+        raise InputError(f"{where} lacks {missing}; rerun classify (or baseline_classify)")
+    return columns
+
+
+def _true(predictions: pd.DataFrame, classes: list[str], where: str) -> np.ndarray:
     lookup = {c: i for i, c in enumerate(classes)}
-    true = np.array([lookup[t] for t in predictions["true"]], dtype=int)
-    return true, predictions[columns].to_numpy(float)
+    unknown = sorted(set(predictions["true"]) - set(lookup))
+    if unknown:
+        raise InputError(f"{where}: true labels {unknown} are not among the classes {classes}")
+    return np.array([lookup[t] for t in predictions["true"]], dtype=int)
+
+
+def slice_scores(
+    predictions: pd.DataFrame, classes: list[str], where: str = "predictions table"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true (N,), scores (N, K)) per slice: log-likelihood plus log prior, no aggregation
+    (the secondary per-slice view). ``where`` names the table in errors."""
+    ll = predictions[_columns(predictions, "loglik", classes, where)].to_numpy(np.float64)
+    prior = predictions[_columns(predictions, "logprior", classes, where)].to_numpy(np.float64)
+    return _true(predictions, classes, where), ll + prior
+
+
+def image_scores(predictions: pd.DataFrame, classes: list[str], where: str = "predictions table") -> ImageScores:
+    """The classification units of a predictions table: per image (``dataset``, ``image``), the
+    log-likelihoods summed over its slices, the log prior added once (every slice carries the
+    same one), the fold's temperature; images in order of first appearance. ``where`` names
+    the table (its file) in errors."""
+    from magicflow.experiments.posterior import image_index, labels_by_image, sum_by_image
+
+    if "temperature" not in predictions:
+        raise InputError(f"{where} lacks the temperature column; rerun classify")
+    ll = predictions[_columns(predictions, "loglik", classes, where)].to_numpy(np.float64)
+    prior = predictions[_columns(predictions, "logprior", classes, where)].to_numpy(np.float64)
+    index = image_index(predictions, len(predictions))
+    true = labels_by_image(_true(predictions, classes, where), index, where)
+    first = np.unique(index, return_index=True)[1]
+    keys = [c for c in ("dataset", "subject", "image") if c in predictions]
+    images = predictions.iloc[first][keys].reset_index(drop=True).astype(str)
+    images["slices"] = np.bincount(index, minlength=len(first))
+    temperature = predictions["temperature"].to_numpy(np.float64)[first]
+    if not (np.isfinite(temperature).all() and (temperature > 0).all()):
+        raise InputError(f"{where}: temperatures must be finite and > 0, got {sorted(set(temperature.tolist()))[:3]}")
+    return ImageScores(images, true, sum_by_image(ll, index) + prior[first], temperature)
+
+
+def posterior_matrix(
+    predictions: pd.DataFrame, classes: list[str], where: str = "predictions table"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true label indices, posteriors (N, K)) per image (:func:`image_scores`), in float64
+    from the log-likelihoods, so nothing saturates to the 0 and 1 a rounded column would hold."""
+    units = image_scores(predictions, classes, where)
+    return units.true, units.posteriors()

@@ -209,7 +209,7 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from magicflow.experiments.infer import class_log_likelihoods, predictions_table
+    from magicflow.experiments.infer import class_log_likelihoods, predictions_table, write_predictions
 
     settings, slices, arrays, _ = load_inputs(args)
     classes, sets = fold_sets(args, settings, slices, arrays)
@@ -218,7 +218,7 @@ def run_classify(args: argparse.Namespace) -> int:
     val_ll = class_log_likelihoods(model, sets["val"], device)
     table, temperature = predictions_table(sets["test"], sets["val"], sets["train"], classes, test_ll, val_ll)
     with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+        write_predictions(table, tmp)
     accuracy = float((table["true"] == table["predicted"]).mean()) if len(table) else float("nan")
     print(f"{len(table)} test slices, accuracy {accuracy:.3f}, temperature {temperature:.3g} -> {args.out}")
     return 0

@@ -16,7 +16,14 @@ import pandas as pd
 import torch
 
 from magicflow.experiments.data import SliceSet
-from magicflow.experiments.posterior import fit_temperature, log_priors, posteriors
+from magicflow.experiments.posterior import (
+    fit_temperature,
+    image_index,
+    labels_by_image,
+    log_priors,
+    posteriors,
+    sum_by_image,
+)
 from magicflow.flow import MagicFlow
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot
@@ -103,30 +110,62 @@ def class_log_likelihoods(model: MagicFlow, data: SliceSet, device: torch.device
 def predictions_table(
     test: SliceSet, val: SliceSet, train: SliceSet, classes: list[str], test_ll: np.ndarray, val_ll: np.ndarray
 ) -> tuple[pd.DataFrame, float]:
-    """Per test slice: log-likelihood and posterior per class, predicted and true label.
+    """Per test slice: log-likelihood, log prior and posterior per class, predicted and true label.
+
     Priors count one row per training image (:meth:`SliceSet.image_labels`), as in training's
-    model selection; the temperature is fitted on the validation fold."""
+    model selection. The temperature is fitted on the validation images, each image's
+    log-likelihoods summed over its evaluation slices with the prior added once (the unit
+    evaluation scores), by the smoothed fit of :func:`fit_temperature`: the validation set
+    also selected the checkpoint, and a plain fit to a set it separates gives T -> 0."""
     prior = log_priors(train.image_labels().numpy(), len(classes))
-    temperature = fit_temperature(val_ll, prior, val.labels.numpy()) if len(val) else 1.0
+    temperature = 1.0
+    if len(val):
+        index = image_index(val.meta, len(val))
+        labels = labels_by_image(val.labels.numpy(), index, "validation slices")
+        temperature = fit_temperature(sum_by_image(val_ll, index), prior, labels)
     post = posteriors(test_ll, prior, temperature)
-    return predictions_frame(test, classes, test_ll, post, (test_ll + prior).argmax(1), temperature), temperature
+    table = predictions_frame(test, classes, test_ll, post, (test_ll + prior).argmax(1), temperature, log_prior=prior)
+    return table, temperature
 
 
 def predictions_frame(
-    test: SliceSet, classes: list[str], scores: np.ndarray, post: np.ndarray, predicted: np.ndarray, temperature: float
+    test: SliceSet,
+    classes: list[str],
+    scores: np.ndarray,
+    post: np.ndarray,
+    predicted: np.ndarray,
+    temperature: float,
+    log_prior: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The predictions.tsv columns every classifier writes (the flow and the baselines), so one
-    evaluation reads them all: the slice's identity, ``loglik_<class>`` (``scores``),
-    ``posterior_<class>``, true and predicted label, and the fitted temperature."""
+    evaluation reads them all: the slice's identity, ``loglik_<class>`` (``scores``: the
+    flow's log p(x|y), a baseline's log-softmax), ``logprior_<class>`` (``log_prior``, added
+    once per image; 0 for a baseline, whose log-softmax holds its prior), this slice's own
+    ``posterior_<class>`` and ``predicted`` label, the true label and the fitted temperature.
+    Evaluation scores images from the loglik and logprior columns alone
+    (:func:`magicflow.evaluate.inputs.image_scores`); the posterior and predicted columns are
+    the per-slice view (attribution maps the slice's predicted label). The flow's temperature
+    is fitted on images, so with several evaluation slices per image a slice's posterior is
+    flatter than its image's."""
     table = test.meta[["dataset", "subject", "session", "image", "offset"]].copy()
+    prior = np.zeros(len(classes)) if log_prior is None else np.asarray(log_prior, dtype=np.float64)
     for k, name in enumerate(classes):
         table[f"loglik_{name}"] = scores[:, k]
+    for k, name in enumerate(classes):
+        table[f"logprior_{name}"] = prior[k]
     for k, name in enumerate(classes):
         table[f"posterior_{name}"] = post[:, k]
     table["true"] = [classes[i] for i in test.labels.tolist()]
     table["predicted"] = [classes[i] for i in predicted]
     table["temperature"] = temperature
     return table
+
+
+def write_predictions(table: pd.DataFrame, path: Path) -> None:
+    """predictions.tsv at full precision: pandas writes each float as its shortest exact repr,
+    so log-likelihoods thousands of nats large keep their decimals and posteriors near 1 are
+    not rounded to 1 (``%.6g`` did both, and evaluation ranked the rounded values)."""
+    table.to_csv(path, sep="\t", index=False)
 
 
 def attribution_maps(model: MagicFlow, data: SliceSet, labels: torch.Tensor, device: torch.device, batch: int = 8) -> np.ndarray:

@@ -183,20 +183,50 @@ def generation(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> 
     return body
 
 
+def _unit_note(unit: dict | None) -> str:
+    """What the classification numbers count, from metrics.json's ``classification.unit``."""
+    if not unit:  # metrics written before the unit was recorded: per slice, %.6g posteriors
+        return "Unit not recorded (metrics from an older evaluation): per slice."
+    lo, hi = unit["slices_min"], unit["slices_max"]
+    slices = f"{lo}" if lo == hi else f"{lo} to {hi}"
+    return (
+        f"Per image ({unit['images']} test images of {unit['subjects']} subjects, log-likelihoods summed over "
+        f"{slices} slice{'s' if hi > 1 else ''} each, the log prior added once); AUC and the rejection order from the "
+        f"margins between the summed log-likelihoods."
+    )
+
+
 def classification(m: dict, evaluation: Path) -> str:
     c = m["classification"]
-    body = "<h3>Per fold and mean ± std over folds (the paper's Table 3 layout)</h3>"
-    body += h.table(c["summary"], ["fold", *CLASSIFICATION_COLUMNS])
+    unit = c.get("unit")
+    temperatures = ", ".join(f"{k} {v:.3g}" for k, v in (unit or {}).get("temperature", {}).items() if v is not None)
+    body = f'<p class="note">{h.esc(_unit_note(unit))}'
+    if unit:
+        body += (
+            f" Temperature ({h.esc(temperatures)}): {h.esc(unit['temperature_origin'])}. Chance test: labels permuted "
+            f"across {h.esc(unit['permutation_unit'])}s ({c['chance'].get('units', unit['subjects'])} units), "
+            f"p = {c['chance']['p_value']:.2g}."
+        )
+    body += "</p>"
+    body += "<h3>Per fold and mean ± std over folds (the paper's Table 3 layout)</h3>"
+    body += h.table(c["summary"], ["fold", *CLASSIFICATION_COLUMNS], {"n": "n (images)" if unit else "n"})
+    if c.get("per_slice") and unit and unit["slices_max"] > 1:
+        body += "<h3>Per slice, for comparison only (test folds pooled, every slice counted as independent)</h3>"
+        body += h.table([c["per_slice"]], CLASSIFICATION_COLUMNS, {"n": "n (slices)"})
     recall = [{"class": k, "recall (pooled test folds)": v} for k, v in c["pooled"].get("per_class_recall", {}).items()]
     body += "<h3>Per-class recall</h3>" + h.table(recall)
-    body += h.image(evaluation / "confusion.png", "Confusion matrix over all test folds.")
+    what = "images" if unit else "predictions"
+    body += h.image(evaluation / "confusion.png", f"Confusion matrix over all test folds ({what}).")
     body += h.image(
         evaluation / "reliability.png",
-        "Reliability diagram: posterior confidence against accuracy (temperature fitted on validation folds).",
+        f"Reliability diagram: posterior confidence against accuracy ({what}; temperature fitted on validation folds"
+        + (", add-one-smoothed)." if unit else ")."),
     )
     body += h.image(
         evaluation / "rejection.png",
-        "Accuracy-rejection curve: the least confident predictions are rejected first; a rising curve means confidence is informative.",
+        f"Accuracy-rejection curve ({what}): the least confident predictions are rejected first"
+        + (" (smallest lead of the predicted class's summed log-likelihood, ties shared)" if unit else "")
+        + "; a rising curve means confidence is informative.",
     )
     return body
 
@@ -285,10 +315,11 @@ def comparison(m: dict) -> str:
             f"<tr><td>{h.esc(row['model'])}</td><td>{h.esc(weights) if row.get('weights') else weights}</td>"
             f"<td>{row['folds']}</td>{''.join(cells)}{paper_cell(row)}</tr>"
         )
+    unit = f" Unit: {h.esc(c['unit'])}." if c.get("unit") else ""
     body = (
         '<p class="note">Every model trained and tested on the same folds, slices and augmentation; metrics from each '
-        "model's predictions.tsv by the same functions, mean ± std (sample std) over folds. ▲ and bold: the best mean "
-        "of the column." + (PAPER_NOTE if published else "") + "</p>"
+        "model's predictions.tsv by the same functions, mean ± std (sample std) over folds." + unit + " ▲ and bold: "
+        "the best mean of the column." + (PAPER_NOTE if published else "") + "</p>"
         f'<table class="table3"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
     names = {r["id"]: r["model"] for r in c["models"]}
