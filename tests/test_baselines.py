@@ -514,7 +514,9 @@ def test_the_default_objective_is_weighted_and_best_pt_says_so(tmp_path: Path, m
 
     train, val = augmented(4, 5, 0), augmented(2, 1, 1)
     monkeypatch.setattr(discriminative, "check_image_size", lambda *a: None)  # the toy is no timm model
-    train_baseline(Brightness(), train, val, tmp_path, settings("resnet18", size=4, epochs=1, batch_size=8), torch.device("cpu"), 2)
+    train_baseline(
+        Brightness(), train, val, tmp_path, settings("resnet18", size=4, epochs=1, batch_size=8), torch.device("cpu"), 2
+    )
     extra = torch.load(tmp_path / "best.pt", weights_only=True)["extra"]
     assert extra["class_weights"] == pytest.approx([0.6, 3.0])
     assert extra["image_priors"] == pytest.approx([0.5, 0.5])

@@ -191,7 +191,50 @@ def test_predicted_side_information_never_reads_the_test_labels():
         assert torch.equal(again, conditions)
     model = ClassMeanPredictor(8, side_dim=2).fit(train.images, train.labels)
     first = predict(model, test.images[:, :1], conditions, "cpu")
-    second = predict(model, shuffled.images[:, :1], held_out_conditions("predicted", ["AD", "CN"], train, shuffled, None)[0], "cpu")
+    second = predict(
+        model, shuffled.images[:, :1], held_out_conditions("predicted", ["AD", "CN"], train, shuffled, None)[0], "cpu"
+    )
     np.testing.assert_array_equal(first, second)  # identical translations whatever the test labels say
     label_side, record = held_out_conditions("label", ["AD", "CN"], train, shuffled, None)
     assert str(record["side"]) == "label" and torch.equal(label_side.argmax(1), shuffled.labels)  # label does read them
+
+
+def test_baseline_translate_with_predicted_side_gives_identical_translations_whatever_the_test_labels(tmp_path: Path):
+    from magicflow.baselines.translation import train_translation_baseline, translate_with_baseline
+
+    def with_meta(data: SliceSet, labels: torch.Tensor) -> SliceSet:
+        meta = data.meta.assign(
+            subject=data.meta["image"], label=[["AD", "CN"][i] for i in labels.tolist()], source_image=data.meta["image"]
+        )
+        return SliceSet(data.images, labels, meta)
+
+    train, val, test = separable_pairs(20, 0), separable_pairs(6, 1), separable_pairs(8, 2)
+    sets = {"train": with_meta(train, train.labels), "val": with_meta(val, val.labels), "test": with_meta(test, test.labels)}
+    experiment = {"name": "t", "translation": {"side": "predicted", "triptychs": 1}}
+    baseline = {**settings("class_mean", size=8), "label": "Class mean", "architecture": "per-class mean", "side": "predicted"}
+    train_translation_baseline(experiment, baseline, ["AD", "CN"], sets, tmp_path / "model", "cpu", "fold-0")
+    outputs = []
+    flipped = with_meta(test, 1 - test.labels)  # every test label wrong
+    for name, given in (("true", sets["test"]), ("flipped", flipped)):
+        translate_with_baseline(
+            tmp_path / "model" / "best.pt",
+            experiment,
+            baseline,
+            ["AD", "CN"],
+            given,
+            "cpu",
+            tmp_path / name,
+            np.ones((8, 8)),
+            sets["train"],
+        )
+        with np.load(tmp_path / name / "translations.npz") as archive:
+            outputs.append({k: archive[k] for k in ("mode", "side", "side_predicted")})
+    np.testing.assert_array_equal(outputs[0]["mode"], outputs[1]["mode"])
+    assert str(outputs[0]["side"]) == "predicted"
+    assert list(outputs[0]["side_predicted"]) == list(outputs[1]["side_predicted"]) == ["AD", "CN"] * 4
+    # the class mean of the predicted class: the separable targets are the label itself, 0 or 1
+    assert outputs[0]["mode"][:, 0, 0, 0].tolist() == [0.0, 1.0] * 4
+    with pytest.raises(InputError, match="needs the fold's training set"):
+        translate_with_baseline(
+            tmp_path / "model" / "best.pt", experiment, baseline, ["AD", "CN"], given, "cpu", tmp_path / "x", np.ones((8, 8))
+        )

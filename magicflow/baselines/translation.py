@@ -197,7 +197,9 @@ def build_translator(settings: dict[str, Any], num_classes: int) -> nn.Module:
         return MeanPredictor(settings["image_size"], side_dim)
     if name == "class_mean":
         if settings.get("side") == "age":
-            raise InputError("baseline class_mean needs class side information (translation.side none, label or predicted), not age")
+            raise InputError(
+                "baseline class_mean needs class side information (translation.side none, label or predicted), not age"
+            )
         return ClassMeanPredictor(settings["image_size"], side_dim)
     raise InputError(f"unknown translation baseline {name!r}; known: unet, mean, class_mean")
 
