@@ -431,3 +431,93 @@ def test_the_workflow_plans_each_baseline_per_fold_and_evaluation_reads_its_pred
     assert evaluate.shell.count("--baseline-predictions ") == 2 * folds and "--baseline dense=" in evaluate.shell
     others = [j for j in by_rule(jobs, "evaluate_experiment") if j.wildcards["experiment"] != "demo_diagnosis_classification"]
     assert others and all("--baseline" not in j.shell for j in others)
+
+
+# --------------------------------------------------------------------------- class weights (issue 30.6)
+def augmented(images_per_class: int, ad_slices: int, seed: int, spread: float = 0.15) -> SliceSet:
+    """AD (label 0) and CN (label 1) images, 1:1, whose brightness overlaps (means 0.6 and 0.4);
+    each AD image brings ``ad_slices`` slices (its augment offsets: the image plus small
+    perturbations), each CN image one, as the diagnosis task's AD-only offsets do."""
+    rng = np.random.default_rng(seed)
+    images, labels, names = [], [], []
+    for label, mean, slices in ((0, 0.6, ad_slices), (1, 0.4, 1)):
+        for i in range(images_per_class):
+            level = mean + spread * rng.standard_normal()
+            for _ in range(slices):
+                images.append(np.full((1, 4, 4), level + 0.01 * rng.standard_normal(), dtype=np.float32))
+                labels.append(label)
+                names.append(f"sub-{label}{i:03d}")
+    meta = pd.DataFrame({"dataset": "demo", "image": names, "offset": 0})
+    return SliceSet(torch.from_numpy(np.stack(images)), torch.tensor(labels), meta)
+
+
+class Brightness(torch.nn.Module):
+    """Logits linear in an image's mean brightness: a one-feature logistic regression."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1).mean(1, keepdim=True) * 10 - 5)
+
+
+def test_image_prior_weights_make_each_image_count_once_whatever_its_slices():
+    from magicflow.baselines.discriminative import image_prior_weights
+
+    data = augmented(4, 5, 0)  # 20 AD slices, 4 CN slices, 4 images each
+    weights = image_prior_weights(data, 2)
+    # image priors 0.5 / 0.5; slice shares 20/24 and 4/24: weights 0.5/(5/6) = 0.6 and 0.5/(1/6) = 3.0
+    np.testing.assert_allclose(weights.numpy(), [0.6, 3.0], rtol=1e-6)
+    per_image = [5 * 0.6, 1 * 3.0]  # an AD image's five slices, a CN image's one
+    assert per_image[0] == pytest.approx(per_image[1])
+    assert float((weights[data.labels]).mean()) == pytest.approx(1.0)  # the loss keeps its scale
+    plain = toy(8)  # one slice per image, 1:1: no reweighting
+    np.testing.assert_allclose(image_prior_weights(plain, 2).numpy(), [1.0, 1.0])
+
+
+def _balanced_accuracy_of(model: torch.nn.Module, data: SliceSet) -> float:
+    from magicflow.experiments.train import balanced_accuracy
+
+    predicted = logits_of(model, data, torch.device("cpu")).argmax(1).numpy()
+    return balanced_accuracy(data.labels.numpy(), predicted)
+
+
+def test_weighted_training_keeps_the_threshold_where_the_image_priors_put_it(tmp_path: Path):
+    from dataclasses import replace
+
+    from magicflow.baselines.discriminative import CLASSIFIER, classifier_objective, image_prior_weights
+
+    train, val, test = augmented(60, 5, 0), augmented(20, 1, 1), augmented(400, 1, 2)
+    given = settings("resnet18", size=4, epochs=25, batch_size=32, lr=0.05)
+    given["training"]["augment"] = {"rotate_degrees": 0.0, "shift_pixels": 0.0, "noise_sigma": 0.0}
+    scores = {}
+    for name, objective in (
+        ("unweighted", CLASSIFIER),
+        ("weighted", classifier_objective(image_prior_weights(train, 2))),
+    ):
+        torch.manual_seed(0)
+        model = Brightness()
+        train_baseline(
+            model, train, val, tmp_path / name, given, torch.device("cpu"), 2, objective=replace(objective, check_size=False)
+        )
+        scores[name] = _balanced_accuracy_of(model, test)
+    # equal image priors put the threshold midway (0.5): balanced accuracy Phi(0.1 / 0.15) = 0.75;
+    # 5:1 slices move it by log(5) 0.15^2 / 0.2 = 0.18 towards CN: (Phi(1.87) + Phi(-0.53)) / 2 = 0.63
+    assert scores["weighted"] == pytest.approx(0.75, abs=0.05)
+    assert scores["unweighted"] == pytest.approx(0.63, abs=0.05)
+    assert scores["weighted"] > scores["unweighted"] + 0.06
+
+
+def test_the_default_objective_is_weighted_and_best_pt_says_so(tmp_path: Path, monkeypatch):
+    from magicflow.baselines import discriminative
+
+    train, val = augmented(4, 5, 0), augmented(2, 1, 1)
+    monkeypatch.setattr(discriminative, "check_image_size", lambda *a: None)  # the toy is no timm model
+    train_baseline(
+        Brightness(), train, val, tmp_path, settings("resnet18", size=4, epochs=1, batch_size=8), torch.device("cpu"), 2
+    )
+    extra = torch.load(tmp_path / "best.pt", weights_only=True)["extra"]
+    assert extra["class_weights"] == pytest.approx([0.6, 3.0])
+    assert extra["image_priors"] == pytest.approx([0.5, 0.5])
+    assert extra["loss"] == "cross-entropy (image-prior class weights)"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from magicflow.config import REPO_ROOT, experiment_settings, validate_config
+from magicflow.config import REPO_ROOT, baseline_settings, experiment_settings, validate_config
 from magicflow.errors import InputError
 from magicflow.experiments.data import experiment_images, experiment_slices, load_set, select_slices
 
@@ -182,7 +182,9 @@ def test_the_demo_translation_overlay_validates_over_the_shipped_config():
     update_config(config, yaml.safe_load((REPO_ROOT / "config" / "demo-translation.yaml").read_text()))
     config = validate_config(config)
     settings = experiment_settings(config, "demo_mri_to_tau")
-    assert (settings["source"], settings["target"], settings["translation"]["side"]) == ("T1w", "pet-tau", "label")
+    # side information that does not leak the test diagnosis (issue 30.7), and the class-mean floor
+    assert (settings["source"], settings["target"], settings["translation"]["side"]) == ("T1w", "pet-tau", "predicted")
+    assert [b["name"] for b in baseline_settings(config, "demo_mri_to_tau").values()] == ["unet", "mean", "class_mean"]
     assert "demo_diagnosis_classification" in config["experiments"]  # layered over, not replacing
     assert settings["training"]["augment"]["noise_sigma"] == 0
 
@@ -200,6 +202,8 @@ def test_side_information_is_the_label_one_hot_or_the_age_on_the_training_scale(
     data = load_set(select_slices(slices, experiment_images(slices), [0]), arrays, ["AD", "CN"])
     assert side_table(data, "none", ["AD", "CN"], None).shape == (3, 0)
     assert torch.equal(side_table(data, "label", ["AD", "CN"], None), torch.tensor([[1.0, 0], [0, 1], [0, 1]]))
+    # predicted: training and validation subjects' diagnoses are known, so their side is the label
+    assert torch.equal(side_table(data, "predicted", ["AD", "CN"], None), torch.tensor([[1.0, 0], [0, 1], [0, 1]]))
     mean, std = age_scale(data)
     assert mean == 80 and np.isclose(std, np.std([70, 80, 90]))
     assert torch.allclose(side_table(data, "age", ["AD", "CN"], (80.0, 10.0))[:, 0], torch.tensor([-1.0, 0.0, 1.0]))

@@ -189,6 +189,59 @@ def test_adcn_check_skips_a_single_class_training_set():
         tr.adcn_check(x_train, ["CN"] * 5, x_test, x_test, y_test, np.ones((8, 8)))
 
 
+def test_table2_marks_label_side_translations_circular_and_sets_predicted_side_beside_them():
+    from magicflow.evaluate.translation_experiment import table2_models
+
+    x_train, y_train = separable(20, 0)
+    x_test, y_test = separable(10, 1)  # AD, CN, AD, CN, ...
+    cn_like = np.repeat(x_test[y_test == "CN"][:1], len(x_test), axis=0)
+    # the source classifier got the first two AD subjects wrong: predicted CN, CN, AD, CN, AD, CN, ...
+    side_predicted = np.where(np.arange(10) < 3, "CN", y_test)
+    base = {"real": x_test, "label": y_test, "image": np.arange(10).astype(str)}
+    models = {
+        "dual-glow": {"label": "DUAL-GLOW", "folds": {"fold-0": {**base, "mode": x_test.copy(), "side": np.array("label")}}},
+        "unet": {
+            "label": "U-Net",
+            "folds": {"fold-0": {**base, "mode": cn_like, "side": np.array("predicted"), "side_predicted": side_predicted}},
+        },
+        "mean": {"label": "Training mean", "folds": {"fold-0": {**base, "mode": cn_like}}},  # no side recorded: the default
+    }
+    result = table2_models({"fold-0": (x_train, y_train)}, models, np.ones((8, 8)), "AD", "none")
+    by_id = {e["id"]: e for e in result["models"]}
+    assert [e["id"] for e in result["models"]] == ["dual-glow", "unet", "mean"]
+    assert by_id["dual-glow"]["circular"] is True and result["circular"] is True and result["side"] == "label"
+    assert by_id["unet"]["circular"] is False and by_id["unet"]["side"] == "predicted"
+    assert by_id["mean"]["side"] == "none" and by_id["mean"]["circular"] is False
+    assert result["real"]["accuracy"] == 1.0 and result["generated"] == by_id["dual-glow"]["generated"]
+    assert by_id["unet"]["generated"]["false_negative_rate"] == 1.0 and by_id["unet"]["agreement"] == 0.5
+    # the source classifier by hand: 5 AD, 2 called CN -> FNR 0.4; 5 CN, none called AD -> FPR 0; accuracy 8/10
+    assert result["side_predicted"] == {
+        "accuracy": 0.8,
+        "balanced_accuracy": pytest.approx(0.8),
+        "false_negative_rate": 0.4,
+        "false_positive_rate": 0.0,
+        "n": 10,
+    }
+
+
+def test_the_report_labels_a_check_on_label_side_translations_circular():
+    from magicflow.evaluate.translation_experiment import table2_models
+    from magicflow.report.translation import table2
+
+    x_train, y_train = separable(20, 0)
+    x_test, y_test = separable(10, 1)
+    fold = {"real": x_test, "label": y_test, "mode": x_test.copy()}
+    for side, circular in (("label", True), ("predicted", False), ("none", False)):
+        extra = {"side_predicted": y_test} if side == "predicted" else {}
+        models = {"dual-glow": {"label": "DUAL-GLOW", "folds": {"fold-0": {**fold, "side": np.array(side), **extra}}}}
+        block = table2_models({"fold-0": (x_train, y_train)}, models, np.ones((8, 8)), "AD", "none")
+        page = table2({"side": side, "table2": block})
+        assert ("Circular check" in page) is circular and ("<b>circular</b>" in page) is circular
+        assert ("source-only classifier" in page) is (side == "predicted")
+    old = {"side": "label", "table2": {"positive": "AD", "real": block["real"], "generated": block["generated"]}}
+    assert "Circular check" in table2(old)  # a metrics.json of before per-model checks
+
+
 # --- figures -----------------------------------------------------------------------------
 
 

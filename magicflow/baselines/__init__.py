@@ -84,6 +84,11 @@ TRANSLATION: dict[str, Generator] = {
         note="the autoencoder baseline of DUAL-GLOW's comparison; side information enters as constant input channels",
     ),
     "mean": Generator("Training mean", "the training set's mean target image, whatever the source"),
+    "class_mean": Generator(
+        "Class mean",
+        "the training set's mean target image of the class the side information names (label or predicted label)",
+        note="the trivial floor for a translator given that side information; with side: none, the training mean",
+    ),
 }
 
 

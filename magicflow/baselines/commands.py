@@ -171,5 +171,5 @@ def run_translate(args: argparse.Namespace) -> int:
     if baseline.get("kind") != "translation":
         raise InputError(f"{args.baseline}: {baseline.get('name')!r} is not a translation baseline")
     device = resolve_device(baseline["training"]["device"])
-    translate_with_baseline(args.model, settings, baseline, classes, sets["test"], device, args.out, mask)
+    translate_with_baseline(args.model, settings, baseline, classes, sets["test"], device, args.out, mask, sets["train"])
     return 0

@@ -6,8 +6,16 @@ the same on-the-fly augmentation (:func:`magicflow.experiments.train.augment`, s
 epoch), the same optimiser settings (Adam, gradient norm clipped at 1.0, warm-up then cosine
 decay from ``training.lr``), seeds, device handling and model selection: ``best.pt`` is the
 epoch with the highest validation balanced accuracy, ties broken by the lower validation loss;
-``patience`` stops on the validation loss. The loss is cross-entropy. The flow's own settings
-(dequantisation, ``loss``, ``ema``, ``precision``, ``compile``) do not apply.
+``patience`` stops on the validation loss. The flow's own settings (dequantisation, ``loss``,
+``ema``, ``precision``, ``compile``) do not apply.
+
+The loss is cross-entropy with class weights (:func:`image_prior_weights`) that make each class
+count as the flow's class priors count it: by images, not slices. The diagnosis task's augment
+offsets give an AD image several training slices and a CN image one; unweighted, the network
+would learn the slice frequencies as its prior and its argmax threshold would move towards CN
+(perfect ranking, shifted threshold), while the flow decides with image-count priors
+(:func:`magicflow.experiments.posterior.log_priors`). The weights and priors are kept in
+best.pt's ``extra`` (``class_weights``, ``image_priors``, ``loss``).
 
 ``last.pt`` holds the whole training state after every epoch, so a killed run resumes from its
 last epoch (a completed one, or another run's state, is never resumed), and ``training.tsv`` /
@@ -29,7 +37,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +52,7 @@ from magicflow.baselines import DISCRIMINATIVE
 from magicflow.errors import InputError
 from magicflow.experiments.data import SliceSet
 from magicflow.experiments.infer import predictions_frame
-from magicflow.experiments.posterior import fit_temperature, posteriors
+from magicflow.experiments.posterior import fit_temperature, log_priors, posteriors
 from magicflow.experiments.train import (
     TrainSettings,
     _epoch_generator,
@@ -295,20 +303,69 @@ class Objective:
     selected_by: str
     loss_name: str = "cross-entropy"
     check_size: bool = True  # a timm architecture: one forward pass of a zero image first
+    record: dict[str, Any] = field(default_factory=dict)  # what best.pt's extra says of the objective
 
 
-#: the discriminative baselines' objective: cross-entropy, best by validation balanced accuracy
-CLASSIFIER = Objective(
-    loss=lambda model, x, y: F.cross_entropy(model(x), y),
-    validate=lambda model, data, device, batch: _validate(model, data, device, batch),
-    score=lambda m: [m["val_balanced_accuracy"], -m["val_loss"]],
-    selected_by="val_balanced_accuracy, then val_loss",
-)
+def image_prior_weights(train: SliceSet, num_classes: int) -> torch.Tensor:
+    """(K,) cross-entropy class weights prior_c / slice share_c, the prior being the flow's image
+    prior (:func:`~magicflow.experiments.posterior.log_priors` of
+    :meth:`~magicflow.experiments.data.SliceSet.image_labels`). A class's slices then weigh
+    together what its images count in the prior, so an image weighs the same whatever number of
+    augmentation slices it brings (AD 5 slices and CN 1 per image, images 1:1: weights 0.6 and
+    3.0, 3.0 per image each). The mean weight over the training slices is 1 (sum of the priors)."""
+    prior = np.exp(log_priors(train.image_labels().numpy(), num_classes))
+    slices = np.bincount(train.labels.numpy(), minlength=num_classes).astype(float)
+    share = np.maximum(slices, 1.0) / max(slices.sum(), 1.0)  # an absent class's weight is never used
+    return torch.tensor(prior / share, dtype=torch.float32)
 
 
-def fingerprint(settings: dict[str, Any], train: TrainSettings, data: SliceSet, num_classes: int) -> str:
+def classifier_objective(weights: torch.Tensor | None = None) -> Objective:
+    """Cross-entropy (class-weighted with ``weights``, e.g. :func:`image_prior_weights`), best by
+    validation balanced accuracy, then validation loss (unweighted: validation has no augment slices)."""
+    if weights is None:
+        loss = lambda model, x, y: F.cross_entropy(model(x), y)  # noqa: E731
+        return Objective(loss, _classifier_validate, _classifier_score, "val_balanced_accuracy, then val_loss")
+    w = weights.detach().float().cpu()
+
+    def weighted(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        return F.cross_entropy(logits, y, weight=w.to(logits.device, logits.dtype))
+
+    return Objective(
+        weighted,
+        _classifier_validate,
+        _classifier_score,
+        "val_balanced_accuracy, then val_loss",
+        loss_name="cross-entropy (image-prior class weights)",
+        record={"class_weights": [round(float(v), 6) for v in w]},
+    )
+
+
+def _classifier_validate(model: nn.Module, data: SliceSet, device: torch.device, batch: int) -> dict[str, float]:
+    return _validate(model, data, device, batch)
+
+
+def _classifier_score(metrics: dict[str, float]) -> list[float]:
+    return [metrics["val_balanced_accuracy"], -metrics["val_loss"]]
+
+
+#: unweighted cross-entropy on slice frequencies: the old, handicapped objective (comparisons only)
+CLASSIFIER = classifier_objective(None)
+
+
+def fingerprint(
+    settings: dict[str, Any], train: TrainSettings, data: SliceSet, num_classes: int, record: dict[str, Any] | None = None
+) -> str:
+    """Identity of a training run; a last.pt of another run (or another loss) is never resumed."""
     text = json.dumps(
-        {"baseline": settings, "train": asdict(train), "k": num_classes, "n": len(data), "labels": data.labels.tolist()},
+        {
+            "baseline": settings,
+            "train": asdict(train),
+            "k": num_classes,
+            "n": len(data),
+            "labels": data.labels.tolist(),
+            **({"objective": record} if record else {}),  # class weights: a last.pt of the unweighted loss is not resumed
+        },
         sort_keys=True,
         default=str,
     )
@@ -325,10 +382,11 @@ def train_baseline(
     num_classes: int,
     extra: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
-    objective: Objective = CLASSIFIER,
+    objective: Objective | None = None,
     conditions: torch.Tensor | None = None,
 ) -> pd.DataFrame:
-    """Train with ``objective`` (default cross-entropy), writing best.pt, last.pt (resumable
+    """Train with ``objective`` (default: cross-entropy weighted to the image priors,
+    :func:`image_prior_weights` of ``train``), writing best.pt, last.pt (resumable
     state), training.tsv and training.png into ``out_dir``; returns the history. ``settings`` is
     the baseline.json content. ``conditions`` (one row per training slice, e.g. a translation's
     side information) reach ``objective.loss`` instead of the labels."""
@@ -337,6 +395,14 @@ def train_baseline(
     if len(train) < 2 or len(val) == 0:
         raise InputError(f"{out_dir}: too small a training ({len(train)}, at least 2) or validation ({len(val)}) set")
     ts = train_settings(settings["training"])
+    if objective is None:
+        objective = classifier_objective(image_prior_weights(train, num_classes))
+        priors = np.exp(log_priors(train.image_labels().numpy(), num_classes))
+        objective.record["image_priors"] = [round(float(v), 6) for v in priors]
+        print(
+            f"cross-entropy class weights {objective.record['class_weights']} (image priors {objective.record['image_priors']}: "
+            "each class counts its images, not its augment slices)"
+        )
     model.to(device)
     if objective.check_size:
         check_image_size(model, settings["name"], int(train.images.shape[-1]))
@@ -345,7 +411,7 @@ def train_baseline(
     steps_per_epoch = len(train) // ts.batch_size if len(train) % ts.batch_size == 1 else math.ceil(len(train) / ts.batch_size)
     total_steps = steps_per_epoch * ts.epochs
     scheduler = make_scheduler(optimizer, total_steps, ts)
-    run_id = fingerprint(settings, ts, train, num_classes)
+    run_id = fingerprint(settings, ts, train, num_classes, objective.record)
     history: list[dict[str, float]] = []
     best: list[float] = [-math.inf]
     start_epoch, step = 0, 0
@@ -403,7 +469,14 @@ def train_baseline(
                 model,
                 settings,
                 num_classes,
-                {**(extra or {}), "epoch": epoch + 1, "score": score[0], "selected_by": objective.selected_by},
+                {
+                    **(extra or {}),
+                    "epoch": epoch + 1,
+                    "score": score[0],
+                    "selected_by": objective.selected_by,
+                    "loss": objective.loss_name,
+                    **objective.record,
+                },
             )
             keep_best(out_dir)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)

@@ -8,6 +8,10 @@
   baselines, and the output is cropped back.
 - :class:`MeanPredictor`: the training set's mean PET slice, whatever the input: the floor any
   translator must beat. It is fitted (:meth:`MeanPredictor.fit`), not trained.
+- :class:`ClassMeanPredictor`: the training set's mean PET slice of the class the side
+  information names (one-hot label or predicted label; with ``side: none`` one class, the
+  training mean): the floor for a translator given that same side information, which the
+  training mean ignores. Fitted, not trained.
 
 Both read their batches from :func:`magicflow.baselines.discriminative.train_baseline` as 2-channel
 images (N, 2, S, S): channel 0 the source (T1), channel 1 the target (PET), so the loop's
@@ -135,9 +139,55 @@ class MeanPredictor(nn.Module):
         return self.mean.expand(len(x_src), -1, -1, -1)
 
 
+class ClassMeanPredictor(nn.Module):
+    """Per class the training set's mean target image (buffer (K, 1, S, S), K = ``side_dim`` or 1),
+    returned for the class the one-hot side information names (see the module docstring)."""
+
+    loss_name = "L1"
+
+    def __init__(self, image_size: int, side_dim: int = 0):
+        super().__init__()
+        self.side_dim = int(side_dim)
+        self.register_buffer("means", torch.zeros(max(self.side_dim, 1), 1, image_size, image_size))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def fit(self, targets: Any, labels: Any) -> ClassMeanPredictor:
+        """Each class's mean of target images (N, 1, S, S) (or 2-channel pairs, channel 1 the
+        target) with integer ``labels`` (N,), in float64; with side_dim 0 every image is one class."""
+        t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor) else targets)
+        if t.dim() == 4 and t.shape[1] == 2:
+            t = t[:, 1:]
+        size = tuple(self.means.shape[-2:])
+        if t.dim() != 4 or t.shape[1] != 1 or tuple(t.shape[-2:]) != size:
+            raise InputError(f"targets must be (N, 1, {size[0]}, {size[1]}) (or (N, 2, ...) pairs), got {tuple(t.shape)}")
+        y = torch.as_tensor(labels).long().reshape(-1)
+        if len(y) != len(t):
+            raise InputError(f"{len(t)} target images but {len(y)} labels")
+        if self.side_dim == 0:
+            y = torch.zeros_like(y)
+        absent = [k for k in range(len(self.means)) if not bool((y == k).any())]
+        if absent:
+            raise InputError(f"the class-mean predictor has no training target of class(es) {absent}; each class needs one")
+        for k in range(len(self.means)):
+            self.means[k] = t[y == k].double().mean(0).to(self.means)
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x_src: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        if not bool(self.fitted):
+            raise InputError("the class-mean predictor is not fitted: call fit(targets, labels) first")
+        if tuple(x_src.shape[-2:]) != tuple(self.means.shape[-2:]):
+            raise InputError(f"source images {tuple(x_src.shape)} differ in size from the mean images {tuple(self.means.shape)}")
+        if self.side_dim == 0:
+            _check_side(side, 0, len(x_src))
+            return self.means[:1].expand(len(x_src), -1, -1, -1)
+        _check_side(side, self.side_dim, len(x_src))
+        return torch.einsum("bk,kchw->bchw", side.to(self.means), self.means)
+
+
 def build_translator(settings: dict[str, Any], num_classes: int) -> nn.Module:
-    """The untrained model of a translation baseline.json (``name``: ``unet`` or ``mean``;
-    ``side_dim``, default 0; ``image_size``), e.g. as ``build`` for
+    """The untrained model of a translation baseline.json (``name``: ``unet``, ``mean`` or
+    ``class_mean``; ``side_dim``, default 0; ``image_size``), e.g. as ``build`` for
     :func:`magicflow.baselines.discriminative.load_baseline`."""
     name = settings["name"]
     side_dim = int(settings.get("side_dim", 0))
@@ -145,7 +195,13 @@ def build_translator(settings: dict[str, Any], num_classes: int) -> nn.Module:
         return UNetTranslator(side_dim)
     if name == "mean":
         return MeanPredictor(settings["image_size"], side_dim)
-    raise InputError(f"unknown translation baseline {name!r}; known: unet, mean")
+    if name == "class_mean":
+        if settings.get("side") == "age":
+            raise InputError(
+                "baseline class_mean needs class side information (translation.side none, label or predicted), not age"
+            )
+        return ClassMeanPredictor(settings["image_size"], side_dim)
+    raise InputError(f"unknown translation baseline {name!r}; known: unet, mean, class_mean")
 
 
 # --------------------------------------------------------------------------- training
@@ -248,9 +304,12 @@ def train_translation_baseline(
         f"{len(sets['val'])} validation pairs, side {side}, {sum(p.numel() for p in model.parameters()):,} parameters"
     )
     side_of = (lambda data: side_table(data, side, classes, scale)) if side != "none" else None
-    if isinstance(model, MeanPredictor):
+    if isinstance(model, (MeanPredictor, ClassMeanPredictor)):
         started = time.perf_counter()
-        model.fit(sets["train"].images)
+        if isinstance(model, ClassMeanPredictor):
+            model.fit(sets["train"].images, sets["train"].labels)
+        else:
+            model.fit(sets["train"].images)
         metrics = _validate(model, sets["val"], torch.device("cpu"), 16, side_of)
         out.mkdir(parents=True, exist_ok=True)
         save_baseline(out / "best.pt", model, baseline, len(classes), {**extra, "epoch": 1, "selected_by": "fitted"})
@@ -268,7 +327,8 @@ def train_translation_baseline(
             "peak_gpu_mb": float("nan"),
         }
         write_history([row], out, baseline.get("label", baseline["name"]), "L1")
-        print(f"fitted the training mean of {len(sets['train'])} targets: validation L1 {metrics['val_loss']:.4f}")
+        what = "per-class training means" if isinstance(model, ClassMeanPredictor) else "training mean"
+        print(f"fitted the {what} of {len(sets['train'])} targets: validation L1 {metrics['val_loss']:.4f}")
         return
     conditions = side_table(sets["train"], side, classes, scale) if side != "none" else None
     train_baseline(
@@ -294,13 +354,16 @@ def translate_with_baseline(
     device,
     out: Path,
     mask: np.ndarray,
+    train: SliceSet | None = None,
 ) -> None:
     """``magicflow baseline-translate``: the fold's test sources through a trained translation
-    baseline, written by the flow's :func:`~magicflow.experiments.translation.write_translations`."""
+    baseline, written by the flow's :func:`~magicflow.experiments.translation.write_translations`.
+    Side information as the flow's (:func:`~magicflow.experiments.translation.held_out_conditions`;
+    ``predicted`` needs the fold's ``train`` set for its source classifier)."""
     import time
 
     from magicflow.baselines.discriminative import load_baseline
-    from magicflow.experiments.translation import side_dim, side_table, write_translations
+    from magicflow.experiments.translation import held_out_conditions, side_dim, write_translations
 
     model, payload = load_baseline(
         model_path, device, build=lambda s, k: build_translator({**s, "side_dim": side_dim(settings, classes)}, k)
@@ -310,12 +373,22 @@ def translate_with_baseline(
         raise InputError(f"{model_path} was trained on classes {extra['classes']}, the split has {classes}; retrain it")
     side = settings["translation"]["side"]
     scale = tuple(extra["age_scale"]) if extra.get("age_scale") else None
-    conditions = side_table(test, side, classes, scale) if side != "none" else None
+    if side == "predicted" and train is None:
+        raise InputError(f"{model_path}: side information 'predicted' needs the fold's training set for its source classifier")
+    conditions, recorded = held_out_conditions(side, classes, train if train is not None else test, test, scale)
     started = time.perf_counter()
-    mode = predict(model, test.images[:, :1], conditions, device)
+    mode = predict(model, test.images[:, :1], conditions if side != "none" else None, device)
     seconds = time.perf_counter() - started
     write_translations(
-        out, test, mode, None, seconds, baseline.get("label", baseline["name"]), settings["translation"]["triptychs"], mask
+        out,
+        test,
+        mode,
+        None,
+        seconds,
+        baseline.get("label", baseline["name"]),
+        settings["translation"]["triptychs"],
+        mask,
+        recorded,
     )
     mae = float(np.abs(mode - test.images[:, 1:].numpy()).mean()) if len(test) else float("nan")
     print(f"{baseline['id']}: {len(test)} test slices translated (mean absolute error {mae:.4f}) -> {out}")

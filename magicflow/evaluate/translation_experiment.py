@@ -6,7 +6,9 @@ mean +/- std over test images, an image's slices averaged first), a paired Wilco
 the flow against each baseline over the same images, the mean uptake per region (template grey
 and white matter; for the demo the planted AD tau regions, by diagnosis), and DUAL-GLOW's
 Table 2 check: an RBF SVM trained per fold on the real training targets, tested on the real and
-on the translated test targets. Table 5's cost figures come from the training logs and
+on every model's translated test targets; a model whose translations were given the true test
+diagnosis (``side: label``) is marked circular, and with ``side: predicted`` the source-only
+classifier's own rates stand beside them. Table 5's cost figures come from the training logs and
 benchmarks as for every other experiment."""
 
 from __future__ import annotations
@@ -190,44 +192,108 @@ def uptake_summary(table: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def table2_check(settings: dict, slices: pd.DataFrame, arrays: dict, folds_dir: Path, flow: dict, brain: np.ndarray) -> dict:
-    """DUAL-GLOW Table 2 per fold: an SVM trained on the fold's real training (and validation)
-    targets, tested on its real and on its translated test targets; rates summed over folds."""
-    from magicflow.evaluate.translation import adcn_check
+#: side information under which a diagnosis read off the translations only repeats the label given
+CIRCULAR_SIDES = ("label",)
+
+
+def translation_side(data: dict[str, np.ndarray], default: str) -> str:
+    """The side information a model's translations were made with (translations.npz's ``side``;
+    files written before it was recorded: the experiment's setting)."""
+    return str(data["side"]) if "side" in data else default
+
+
+def _pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rates of several folds pooled, each weighted by its test slices."""
+    n = sum(r["n"] for r in results)
+    keys = ("accuracy", "balanced_accuracy", "false_negative_rate", "false_positive_rate")
+    return {key: float(sum(r[key] * r["n"] for r in results) / n) if n else None for key in keys} | {"n": n}
+
+
+def table2_check(
+    settings: dict, slices: pd.DataFrame, arrays: dict, folds_dir: Path, models: dict[str, dict], brain: np.ndarray
+) -> dict:
+    """DUAL-GLOW Table 2 (:func:`table2_models`) with each fold's real training (and validation)
+    targets as the SVM's training set. ``models``: id -> {"label", "folds": fold -> translations},
+    the dual flow first."""
     from magicflow.experiments.data import load_set, select_slices
     from magicflow.experiments.split import read_fold
 
     classes = json.loads((folds_dir / "split.json").read_text())["classes"]
     if len(classes) != 2:
         return {"skipped": f"needs two label classes, the experiment has {len(classes)} ({', '.join(classes)})"}
-    positive = "AD" if "AD" in classes else classes[-1]
-    results = []
-    for fold, data in flow.items():
+    trainings = {}
+    for fold in next(iter(models.values()))["folds"]:
         sets = read_fold(folds_dir / fold)
         rows = select_slices(slices, pd.concat([sets["train"], sets["val"]]), settings["offsets"]["eval"])
         train = load_set(rows, arrays, classes)
-        labels = np.array([classes[i] for i in train.labels.tolist()])
-        result = adcn_check(
-            train.images[:, 1:].numpy(),
-            labels,
-            data["real"],
-            data["mode"],
-            data["label"],
-            brain,
-            positive=positive,
-            seed=settings["seed"],
+        trainings[fold] = (train.images[:, 1:].numpy(), np.array([classes[i] for i in train.labels.tolist()]))
+    positive = "AD" if "AD" in classes else classes[-1]
+    return table2_models(trainings, models, brain, positive, settings["translation"]["side"], settings["seed"])
+
+
+def table2_models(
+    trainings: dict[str, tuple[np.ndarray, np.ndarray]],
+    models: dict[str, dict],
+    brain: np.ndarray,
+    positive: str,
+    default_side: str,
+    seed: int = 0,
+) -> dict:
+    """Per fold an SVM trained on ``trainings[fold]`` (real targets, label names), tested on the
+    real test targets and on each model's translations of them; rates pooled over folds.
+
+    Per model ``circular`` is true when its translations were given the true test label as side
+    information (``side: label``): an SVM finding AD in them then measures obedience to that
+    label, not disease signal the translator found. With ``side: predicted`` the source-only
+    classifier's own rates (``side_predicted``) are what the generated images' rates are to be
+    read against: a translator that adds nothing to its side information repeats them."""
+    from magicflow.evaluate.translation import _rates, adcn_check
+
+    flow_id = next(iter(models))
+    real: list[dict] = []
+    generated: dict[str, list[dict]] = {m: [] for m in models}
+    agreement: dict[str, list[tuple[float, int]]] = {m: [] for m in models}
+    predicted: list[dict] = []
+    for fold, data in models[flow_id]["folds"].items():
+        targets, labels = trainings[fold]
+        for model_id, model in models.items():
+            result = adcn_check(
+                targets, labels, data["real"], model["folds"][fold]["mode"], data["label"], brain, positive=positive, seed=seed
+            )
+            if "skipped" in result:
+                return {"skipped": f"{fold}: {result['skipped']}"}
+            if model_id == flow_id:
+                real.append(result["real"])
+            generated[model_id].append(result["generated"])
+            agreement[model_id].append((result["agreement"], result["generated"]["n"]))
+        given = [m["folds"][fold]["side_predicted"] for m in models.values() if "side_predicted" in m["folds"][fold]]
+        if given:  # one source classifier per fold, whichever model recorded its labels
+            truth = np.asarray(data["label"]) == positive
+            predicted.append(_rates(truth, np.asarray(given[0]) == positive))
+    entries = []
+    for model_id, model in models.items():
+        side = translation_side(next(iter(model["folds"].values())), default_side)
+        n = sum(k for _, k in agreement[model_id])
+        entries.append(
+            {
+                "id": model_id,
+                "model": model["label"],
+                "side": side,
+                "circular": side in CIRCULAR_SIDES,
+                "generated": _pooled(generated[model_id]),
+                "agreement": float(sum(a * k for a, k in agreement[model_id]) / n) if n else None,
+            }
         )
-        if "skipped" in result:
-            return {"skipped": f"{fold}: {result['skipped']}"}
-        results.append(result)
-    out: dict[str, Any] = {"positive": positive, "folds": len(results)}
-    for which in ("real", "generated"):
-        n = sum(r[which]["n"] for r in results)
-        out[which] = {
-            key: float(sum(r[which][key] * r[which]["n"] for r in results) / n) if n else None
-            for key in ("accuracy", "balanced_accuracy", "false_negative_rate", "false_positive_rate")
-        } | {"n": n}
-    return out
+    return {
+        "positive": positive,
+        "folds": len(real),
+        "side": entries[0]["side"],
+        "circular": entries[0]["circular"],
+        "real": _pooled(real),
+        "generated": entries[0]["generated"],
+        "models": entries,
+        "side_predicted": _pooled(predicted) if predicted else None,
+    }
 
 
 def summary(frame: pd.DataFrame) -> dict[str, dict]:
@@ -315,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
         "test_images": int(per_image(frames[FLOW_ID]).shape[0]),
         "test_slices": int(len(frames[FLOW_ID])),
         "models": entries,
-        "table2": table2_check(settings, slices, arrays, args.folds, first, brain),
+        "table2": table2_check(settings, slices, arrays, args.folds, models, brain),
         "cost": cost,
     }
     with atomic_dir(args.out_dir) as tmp:

@@ -6,8 +6,14 @@ A fold's slices are pairs (:func:`magicflow.experiments.data.pair_with_source`):
 source, channel 1 the target, so the shared training loop
 (:func:`magicflow.baselines.discriminative.train_baseline`) augments both with one affine and
 the splits, resuming, checkpoints and curves are those of every other model. Side information
-(``translation.side``) is per slice: the label one-hot, or the age standardised with the
-training set's mean and spread (kept in the checkpoint, so translation uses the same scale).
+(``translation.side``) is per slice: the label one-hot, the age standardised with the
+training set's mean and spread (kept in the checkpoint, so translation uses the same scale),
+or (``predicted``) the label one-hot for training and validation subjects, whose diagnoses are
+known, and for test subjects the label a classifier of the source images alone predicts
+(:func:`source_label_predictions`, fitted on the fold's training slices). ``label`` hands the
+translator each test subject's true diagnosis, so a diagnosis read off its output
+(DUAL-GLOW's Table 2) measures obedience to that label: evaluation flags it as circular.
+:func:`held_out_conditions` is the one place test side information is made.
 
 Outputs of a fold (``translations.npz``, the one layout the flow and the translation baselines
 write and evaluation reads): ``source``, ``real``, ``mode`` (the translation at temperature 0)
@@ -45,8 +51,8 @@ DEQUANTIZE = TrainSettings.dequantize
 
 # --------------------------------------------------------------------------- side information
 def side_dim(settings: dict[str, Any], classes: list[str]) -> int:
-    """Width of the side vector: 0 (none), the class count (label) or 1 (age)."""
-    return {"none": 0, "label": len(classes), "age": 1}[settings["translation"]["side"]]
+    """Width of the side vector: 0 (none), the class count (label, predicted) or 1 (age)."""
+    return {"none": 0, "label": len(classes), "predicted": len(classes), "age": 1}[settings["translation"]["side"]]
 
 
 def _ages(data: SliceSet) -> np.ndarray:
@@ -67,13 +73,59 @@ def age_scale(train: SliceSet) -> tuple[float, float]:
 
 
 def side_table(data: SliceSet, side: str, classes: list[str], scale: tuple[float, float] | None) -> torch.Tensor:
-    """(N, D) float side vectors of a set (D = :func:`side_dim`; (N, 0) for none)."""
+    """(N, D) float side vectors of a training or validation set (D = :func:`side_dim`; (N, 0) for
+    none). For ``predicted`` these are the subjects' known labels: test sets go through
+    :func:`held_out_conditions` instead, which never reads their labels."""
     if side == "none":
         return torch.zeros(len(data), 0)
-    if side == "label":
+    if side in ("label", "predicted"):
         return F.one_hot(data.labels, len(classes)).float()
     mean, std = scale if scale is not None else age_scale(data)
     return torch.from_numpy((_ages(data) - mean) / std).float()[:, None]
+
+
+def _source_features(data: SliceSet) -> np.ndarray:
+    """(N, S*S) float64 pixels of the source channel: all a source-only classifier may see."""
+    return data.images[:, 0].reshape(len(data), -1).double().numpy()
+
+
+def source_label_predictions(train: SliceSet, images: torch.Tensor, classes: list[str]) -> np.ndarray:
+    """Integer labels (N,) that a classifier of the source images alone predicts for ``images``
+    (N, 2, S, S) pairs (only channel 0 is read, and no label of theirs: the argument is the
+    images, not a set). L2-regularised logistic regression (C 1) on standardised source pixels,
+    fitted on ``train``'s slices with the baselines' image-prior class weights
+    (:func:`magicflow.baselines.discriminative.image_prior_weights`), so augment slices do not tilt
+    it; deterministic (lbfgs). A training set of one class predicts that class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from magicflow.baselines.discriminative import image_prior_weights
+
+    if images.dim() != 4 or images.shape[1] != 2 or tuple(images.shape[2:]) != tuple(train.images.shape[2:]):
+        raise InputError(f"source-only prediction needs (N, 2, S, S) pairs like the training set's, got {tuple(images.shape)}")
+    present = np.unique(train.labels.numpy())
+    if len(present) < 2:
+        return np.full(len(images), int(present[0]) if len(present) else 0, dtype=np.int64)
+    weights = image_prior_weights(train, len(classes)).numpy()[train.labels.numpy()]
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    model.fit(_source_features(train), train.labels.numpy(), logisticregression__sample_weight=weights)
+    blind = SliceSet(images, torch.zeros(len(images), dtype=torch.long))
+    return model.predict(_source_features(blind)).astype(np.int64) if len(images) else np.zeros(0, np.int64)
+
+
+def held_out_conditions(
+    side: str, classes: list[str], train: SliceSet, test: SliceSet, scale: tuple[float, float] | None
+) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """The test set's side vectors and what translations.npz records of them: ``side`` (the kind
+    given, so evaluation can tell a circular check) and, for ``predicted``, ``side_predicted``
+    (the source classifier's label names). ``predicted`` reads the test images only."""
+    record: dict[str, np.ndarray] = {"side": np.array(side)}
+    if side != "predicted":
+        return side_table(test, side, classes, scale), record
+    predicted = source_label_predictions(train, test.images, classes)
+    record["side_predicted"] = np.array([classes[i] for i in predicted], dtype=str)
+    return F.one_hot(torch.from_numpy(predicted), len(classes)).float(), record
 
 
 def _side(conditions: torch.Tensor) -> torch.Tensor | None:
@@ -321,7 +373,7 @@ def run_translate(args: argparse.Namespace) -> int:
     t = settings["translation"]
     scale = tuple(extra["age_scale"]) if extra.get("age_scale") else None
     test = sets["test"]
-    conditions = side_table(test, t["side"], classes, scale)
+    conditions, recorded = held_out_conditions(t["side"], classes, sets["train"], test, scale)
     started = time.perf_counter()
     mode, std = translate_set(model, test, conditions, device, t["samples"], t["temperature"], settings["seed"])
     seconds = time.perf_counter() - started
@@ -333,7 +385,7 @@ def run_translate(args: argparse.Namespace) -> int:
         with torch.no_grad():
             images = model.translate(source, side=side).clamp(0, 1).cpu().numpy()
         sweep = {"sweep_ages": ages.numpy(), "sweep": images, "sweep_image": np.array(test.meta["image"].iloc[0])}
-    write_translations(args.out, test, mode, std, seconds, "DUAL-GLOW", t["triptychs"], mask, sweep)
+    write_translations(args.out, test, mode, std, seconds, "DUAL-GLOW", t["triptychs"], mask, {**sweep, **recorded})
     mae = float(np.abs(mode - test.images[:, 1:].numpy()).mean()) if len(test) else math.nan
     print(f"{len(test)} test slices translated in {seconds:.1f} s (mean absolute error {mae:.4f}) -> {args.out}")
     return 0

@@ -1,6 +1,6 @@
 # Translation experiments (model: translation): per fold the DUAL-GLOW dual flow is trained on
 # the fold's (source, target) slice pairs and translates its test sources (translate_train,
-# translate_fold); translation baselines (U-Net, training mean) train through baseline_train and
+# translate_fold); translation baselines (U-Net, training mean, class mean) train through baseline_train and
 # translate through baseline_translate; translation_evaluate and translation_report score and
 # show them all. Splits and settings are the shared experiment_settings and split rules.
 
