@@ -396,3 +396,43 @@ def test_weight_average_follows_the_warmed_up_decay_and_swaps_back():
     with SyncCounter() as counter:
         average.update(step=2)
     assert counter.seen == []
+
+
+class _ScriptedScores:
+    """The model's evaluation interface with class log-likelihoods given per slice."""
+
+    image_dims = 4
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        self.scores, self.done = scores, 0
+
+    def eval(self) -> None:
+        pass
+
+    def dequantise(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return x
+
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, *args) -> torch.Tensor:
+        return torch.zeros(len(x))
+
+    def class_log_likelihoods(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.scores[self.done : self.done + len(x)]
+        self.done += len(x)
+        return out
+
+
+def test_validation_accuracy_is_per_image_as_evaluation_scores_it():
+    """Two images of three slices: slice by slice 2 of 6 are right (balanced accuracy 1/3), but each
+    image's log-likelihoods summed over its slices pick its class (1.0), the unit model selection
+    must share with the report."""
+    from magicflow.experiments.train import evaluate
+
+    scores = torch.tensor([[0.0, 1], [0, 1], [10, 0], [1, 0], [1, 0], [0, 10]])
+    meta = pd.DataFrame({"dataset": ["d"] * 6, "image": ["a"] * 3 + ["b"] * 3})
+    data = SliceSet(torch.zeros(6, 1, 2, 2), torch.tensor([0, 0, 0, 1, 1, 1]), meta)
+    prior = torch.log(torch.tensor([0.5, 0.5]))
+    out = evaluate(_ScriptedScores(scores), data, replace(SETTINGS, batch_size=4), torch.device("cpu"), prior)
+    assert out["val_balanced_accuracy"] == 1.0
+    plain = SliceSet(data.images, data.labels)  # no image identity: every slice its own image
+    out = evaluate(_ScriptedScores(scores), plain, replace(SETTINGS, batch_size=4), torch.device("cpu"), prior)
+    assert out["val_balanced_accuracy"] == pytest.approx(1 / 3)

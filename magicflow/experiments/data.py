@@ -44,6 +44,15 @@ class SliceSet:
         first = ~self.meta.duplicated(["dataset", "image"]).to_numpy()
         return self.labels[torch.from_numpy(first)]
 
+    def image_ids(self) -> np.ndarray:
+        """Each slice's image as an integer 0..n_images-1 in order of first appearance (every
+        slice its own image where the set has no image identity): the unit classification is
+        scored on, each image's log-likelihoods summed over its slices."""
+        if not {"dataset", "image"} <= set(self.meta.columns):
+            return np.arange(len(self))
+        keys = self.meta["dataset"].astype(str) + "\0" + self.meta["image"].astype(str)
+        return pd.factorize(keys)[0]
+
 
 def image_kind(table: pd.DataFrame) -> pd.Series:
     """T1w | T2w | FLAIR | pet-<family>: the unit experiments select and modality labels use."""

@@ -162,21 +162,27 @@ def evaluate(
     """Validation NLL (nats per image) and bits/dim measured as in training: the image
     dequantised (border included) with noise fixed by the seed, so epochs compare like with
     like, and :meth:`MagicFlow.log_likelihood` of the image at its own size. For classifiers
-    also the balanced accuracy of argmax log p(x|y) + log p(y)."""
+    also the balanced accuracy per image, as evaluation scores it: argmax of the image's
+    log p(x|y) summed over its slices, plus log p(y) once."""
     model.eval()
     noise = _epoch_generator(settings.seed, 0, 3, device)  # stream 3: validation only, the same every epoch
-    nll, predictions = [], []
+    nll, scores = [], []
     for start in range(0, len(data), settings.batch_size):
         x = data.images[start : start + settings.batch_size].to(device)
         y = data.labels[start : start + settings.batch_size].to(device)
         nll.append(-model.log_likelihood(model.dequantise(x, settings.dequantize, noise), y, settings.dequantize))
         if log_prior is not None:
-            scores = model.class_log_likelihoods(x) + log_prior.to(device)
-            predictions.append(scores.argmax(1))
+            scores.append(model.class_log_likelihoods(x))
     nll_t = torch.cat(nll).cpu()  # one read from the device per evaluation
     out = {"val_nll": float(nll_t.mean()), "val_bpd": float(nll_t.mean() / (model.image_dims * math.log(2)))}
     if log_prior is not None:
-        out["val_balanced_accuracy"] = balanced_accuracy(data.labels.numpy(), torch.cat(predictions).cpu().numpy())
+        images = data.image_ids()
+        per_image = np.zeros((images.max() + 1, log_prior.numel()))
+        np.add.at(per_image, images, torch.cat(scores).double().cpu().numpy())
+        labels = np.zeros(len(per_image), dtype=np.int64)
+        labels[images] = data.labels.numpy()
+        predicted = (per_image + log_prior.double().cpu().numpy()).argmax(1)
+        out["val_balanced_accuracy"] = balanced_accuracy(labels, predicted)
     return out
 
 
