@@ -146,3 +146,68 @@ def test_the_report_says_what_each_number_is_measured_on(section, tmp_path: Path
     assert "balanced accuracy on the validation subjects is 0.900 (chance 0.500" in part
     assert "Per fold" in part and "FID sd over folds" in part and "n &lt;= D" in part
     assert "fraction below the null" in part and "real test slices (null)" in part
+
+
+def test_generation_sets_keep_validation_out_of_every_comparison_set(tmp_path: Path):
+    from magicflow.evaluate.inputs import generation_sets
+
+    rows, split = [], {}
+    for name, subjects in (("train", ["a", "b"]), ("val", ["c"]), ("test", ["d"])):
+        split[name] = pd.DataFrame(
+            {"dataset": "demo", "subject": subjects, "session": "01", "image": [f"sub-{s}_T1w" for s in subjects], "label": "A"}
+        )
+        for s in subjects:
+            rows += [{"dataset": "demo", "image": f"sub-{s}_T1w", "subject": s, "offset": o, "label": "A"} for o in (-1, 0, 1)]
+    slices = pd.DataFrame(rows).assign(index=lambda t: np.arange(len(t)))
+    (tmp_path / "fold-0").mkdir()
+    for name, table in split.items():
+        table.to_csv(tmp_path / "fold-0" / f"{name}.tsv", sep="\t", index=False)
+    arrays = {"demo": np.arange(len(slices), dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 4, 4), np.float32)}
+    sets = generation_sets(slices, arrays, ["A"], tmp_path, ["fold-0"], {"train": [-1, 0, 1], "eval": [0]})["fold-0"]
+    subjects = {name: sorted(set(s.meta["subject"])) for name, s in sets.items()}
+    assert subjects == {"train": ["a", "b"], "reference": ["a", "b"], "val": ["c"], "test": ["d"]}
+    assert len(sets["train"]) == 6 and len(sets["reference"]) == 2 and set(sets["test"].meta["offset"]) == {0}
+
+
+def test_baselines_are_scored_fold_by_fold_like_the_flow(section, tmp_path: Path):
+    from magicflow.experiments import infer
+
+    out = outputs()
+    given = {}
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        folder = tmp_path / "glow" / f"fold-{k}"
+        infer.write_samples(rng.random((2, 10, 1, 64, 64)).astype(np.float32), CLASSES, folder, nifti_per_class=0)
+        given.setdefault("glow", {"settings": {"name": "glow", "label": "Glow"}, "samples": {}})["samples"][f"fold-{k}"] = folder
+    extractors = {name: PixelMeans() for name in section["sets"]}
+    result = ev.generative_comparison_section(out, section["metrics"], section["sets"], extractors, given, SETTINGS, tmp_path)
+    glow = result["models"][1]
+    assert result["folds_scored"] == ["fold-0", "fold-1"] and result["n_heldout"] == 18
+    assert [f["fold"] for f in glow["per_fold"]] == ["fold-0", "fold-1"] and glow["metrics"]["n_folds"] == 2
+    assert all(f["n_fake"] == 15 and f["n_real"] == 9 for f in glow["per_fold"])  # the flow's matched sizes
+    assert result["reference"] is section["metrics"]["overall"]["real"] and glow["n_generated"] == 40
+    # the former call, one held-out set and one extractor, still scores the first fold
+    single = ev.generative_comparison_section(
+        ExperimentOutputs("demo", CLASSES, {}, out.folds[:1]),
+        section["metrics"],
+        section["sets"]["fold-0"]["test"],
+        PixelMeans(),
+        {"glow": {**given["glow"], "samples": {"fold-0": given["glow"]["samples"]["fold-0"]}}},
+        SETTINGS,
+        tmp_path,
+    )
+    assert single["folds_scored"] == ["fold-0"] and single["models"][1]["per_fold"][0]["n_fake"] == 15
+
+
+def test_in_domain_extractors_are_trained_per_fold_and_scored_on_validation(tmp_path: Path):
+    from magicflow.evaluate.commands import fold_extractors
+
+    sets = {f"fold-{k}": fold_sets(k) for k in range(2)}
+    settings = {"seed": 0, "features": {"kind": "in_domain", "epochs": 1, "feature_dim": 16, "input_size": 16}}
+    extractors = fold_extractors(settings, sets, 2, tmp_path)
+    assert extractors["fold-0"] is not extractors["fold-1"]
+    assert extractors["fold-0"].checksum != extractors["fold-1"].checksum  # different training subjects
+    training = extractors["fold-1"].info["training"]
+    # 64 training slices at batch 32: 2 steps per epoch, so the 100-step floor takes 50 epochs
+    assert (training["steps"], training["epochs"], training["heldout_images"]) == (100, 50, 2)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["feature_extractor.pt", "feature_extractor_fold-1.pt"]
