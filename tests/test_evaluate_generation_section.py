@@ -88,7 +88,7 @@ def test_every_fold_is_scored_against_its_test_subjects_with_matched_class_mix(s
         assert fold["compared_per_class"] == {"A": 10, "B": 5} and fold["n_compared"] == 15
         assert fold["overall"]["generated"]["n_fake"] == fold["overall"]["real"]["n_fake"] == 15
         assert fold["overall"]["generated"]["n_real"] == 9  # the test set alone: no validation slices
-    assert g["n_heldout"] == 18 and g["n_generated"] == 40
+    assert g["n_heldout"] == 18 and g["n_generated"] == 20 and g["n_generated_total"] == 40  # n_generated: per fold
 
 
 def test_small_sets_are_reported_as_not_computed_with_the_reason(section):
@@ -108,6 +108,9 @@ def test_summary_is_mean_and_sd_over_folds():
     assert summary["fid"] == 3.0 and summary["fid_sd"] == pytest.approx(np.sqrt(2.0)) and summary["fid_folds"] == 2
     assert summary["kid"] is None and summary["not_computed"] == {"kid": "n < 10: 9 real"} and "fid_ci" not in summary
     assert ev.summarise_folds(blocks[:1]) == {**blocks[0], "n_folds": 1}
+    skipped_first = ev.summarise_folds([{"skipped": "no rows", "not_computed": {"all": "no rows"}}, {"fid": 5.0}])
+    assert skipped_first["fid"] == 5.0 and skipped_first["fid_folds"] == 1
+    assert skipped_first["note"] == "all not computed in 1 of 2 folds: no rows"
 
 
 def test_memorisation_reports_generated_beside_the_null(section):

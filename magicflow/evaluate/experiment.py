@@ -98,7 +98,7 @@ def summarise_folds(blocks: list[dict]) -> dict:
     if len(blocks) == 1:
         return {**blocks[0], "n_folds": 1}
     out: dict[str, Any] = {"n_folds": len(blocks)}
-    for key in blocks[0]:
+    for key in dict.fromkeys(k for b in blocks for k in b):  # every fold's keys: a skipped fold has fewer
         values = [b.get(key) for b in blocks]
         if key == "not_computed":
             continue
@@ -258,7 +258,9 @@ def generation_section(
         "suffix": extractors[per_fold[0]["fold"]].metric_suffix,
         "definitions": GENERATION_UNITS,
         "min_sizes": gen.MIN_SIZES,
-        "n_generated": int(sum(f["n_generated"] for f in per_fold)),
+        # per fold, as before (every fold samples the same number); the totals are beside it
+        "n_generated": int(per_fold[0]["n_generated"]),
+        "n_generated_total": int(sum(f["n_generated"] for f in per_fold)),
         "n_compared": int(sum(f["n_compared"] for f in per_fold)),
         "n_heldout": int(sum(f["n_test"] for f in per_fold)),
         "n_test_subjects": int(sum(f["n_test_subjects"] for f in per_fold)),

@@ -423,7 +423,7 @@ def train_in_domain(
     progress: bool = True,
     *,
     feature_dim: int = 128,
-    input_size: int = 96,
+    input_size: int | None = None,
     batch_size: int = 32,
     lr: float = 1e-3,
     min_steps: int = IN_DOMAIN_MIN_STEPS,
@@ -434,8 +434,9 @@ def train_in_domain(
 
     A small MONAI ResNet (see :func:`_small_resnet`) learns the experiment's labels with
     class-weighted cross-entropy (so a rare diagnosis still shapes the features) and Adam.
-    Slices are area-downsampled to ``input_size`` (96: 182x182 slices cost 3.6x more and
-    the metrics need coarse anatomy, not fine texture). Initialisation and batch order come
+    Slices are area-downsampled to ``input_size`` (None: 96, or the image side where that is
+    smaller, since upsampling adds cost and no information; 182x182 slices cost 3.6x more than
+    96 and the metrics need coarse anatomy, not fine texture). Initialisation and batch order come
     from ``seed`` alone and the caller's global RNG is left untouched, so on CPU the same
     data, seed and torch thread count give the same weights and checksum (another thread
     count changes floating-point summation order, hence the last bits of the weights). After training, BatchNorm statistics
@@ -460,6 +461,8 @@ def train_in_domain(
     if epochs < 1 or batch_size < 2:
         raise InputError(f"in-domain training needs epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     device = torch.device(device)
+    if input_size is None:
+        input_size = min(96, max(x.shape[-2:]))
     arch = {
         "net": "small_resnet",
         "width": feature_dim,

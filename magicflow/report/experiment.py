@@ -187,7 +187,7 @@ def _generation_intro(g: dict, m: dict) -> str:
         f'<p class="note">Unit: {h.esc(defs["unit"])}. Judged against {h.esc(defs["judged_against"])}: '
         f"{g['n_heldout']} test slices of {g.get('n_test_subjects', '?')} subjects over {len(folds)} fold(s) "
         f"({h.esc(', '.join(folds))}). Generated: {h.esc(defs['generated'])} ({g.get('n_compared', '?')} of "
-        f"{g['n_generated']} compared). Reference: {h.esc(defs['reference'])}; it is what samples indistinguishable "
+        f"{g.get('n_generated_total', g['n_generated'])} compared over the folds). Reference: {h.esc(defs['reference'])}; it is what samples indistinguishable "
         f"from new subjects would score at these sizes, so read the generated row against it, not against 0. "
         f"{h.esc(defs['folds'])}. Metrics with the suffix _{suffix} use the {name} features "
         f"({'trained per fold on that fold’s training subjects' if m['feature_extractor'].get('trained_per_fold') else 'pretrained'}); "
