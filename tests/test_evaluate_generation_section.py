@@ -88,6 +88,7 @@ def test_every_fold_is_scored_against_its_test_subjects_with_matched_class_mix(s
         assert fold["compared_per_class"] == {"A": 10, "B": 5} and fold["n_compared"] == 15
         assert fold["overall"]["generated"]["n_fake"] == fold["overall"]["real"]["n_fake"] == 15
         assert fold["overall"]["generated"]["n_real"] == 9  # the test set alone: no validation slices
+    assert g["overall"]["generated"]["n_fake"] == 15 and isinstance(g["overall"]["generated"]["n_fake"], int)
     assert g["n_heldout"] == 18 and g["n_generated"] == 20 and g["n_generated_total"] == 40  # n_generated: per fold
 
 

@@ -75,7 +75,7 @@ GENERATION_UNITS = {
     "judged_against": "each fold's TEST subjects at the evaluation offsets (validation subjects, used for early stopping, never)",
     "generated": "each fold's samples, subsampled to the test set's class mix",
     "reference": "the fold's TRAINING subjects at the evaluation offsets, subsampled to the same size and class mix as the generated set",
-    "folds": "every fold with samples is scored with its own test set (and, for in_domain features, its own extractor); "
+    "folds": "Every fold with samples is scored with its own test set (and, for in_domain features, its own extractor); "
     "summaries are mean and sd over folds; per-fold intervals are bias-corrected percentile bootstraps over subjects",
     "memorisation": "pixel distance to the nearest training slice (training offsets) / to the nearest test slice of another "
     "subject; null: the same ratio for real test slices",
@@ -112,7 +112,9 @@ def summarise_folds(blocks: list[dict]) -> dict:
         if len(numeric) != len([v for v in values if v is not None]):
             continue  # text, lists (intervals are per fold) and flags
         finite = [float(v) for v in numeric if np.isfinite(v)]
-        out[key] = float(np.mean(finite)) if finite else None
+        mean = float(np.mean(finite)) if finite else None
+        counts = all(isinstance(v, (int, np.integer)) for v in numeric)  # sizes stay whole where the folds agree
+        out[key] = int(mean) if counts and mean is not None and mean.is_integer() else mean
         out[f"{key}_sd"] = float(np.std(finite, ddof=1)) if len(finite) >= 2 else None
         out[f"{key}_folds"] = len(finite)
     reasons = {}
