@@ -116,7 +116,7 @@ def test_summary_is_mean_and_sd_over_folds():
 
 def test_memorisation_reports_generated_beside_the_null(section):
     memo = section["metrics"]["memorisation"]
-    assert memo["n_folds"] == 2 and memo["n_null"] == 9 and memo["n_generated"] == 20
+    assert memo["n_folds"] == 2 and memo["n_null"] == 9 and memo["n_generated"] == 20 and memo["space"] == "pixels"
     assert {"null_median_ratio", "null_p05", "fraction_below_null_p05"} <= set(memo) and "fraction_below_0.5" not in memo
     assert (section["dir"] / "memorisation.png").is_file() and (section["dir"] / "real_vs_generated.png").is_file()
 

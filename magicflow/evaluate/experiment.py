@@ -108,6 +108,9 @@ def summarise_folds(blocks: list[dict]) -> dict:
         if all(v is None for v in values):
             out[key] = None
             continue
+        if all(isinstance(v, str) for v in values) and len(set(values)) == 1:
+            out[key] = values[0]  # a label the folds share (e.g. the memorisation space)
+            continue
         numeric = [v for v in values if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
         if len(numeric) != len([v for v in values if v is not None]):
             continue  # text, lists (intervals are per fold) and flags
