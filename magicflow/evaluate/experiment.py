@@ -77,6 +77,9 @@ GENERATION_UNITS = {
     "reference": "the fold's TRAINING subjects at the evaluation offsets, subsampled to the same size and class mix as the generated set",
     "folds": "Every fold with samples is scored with its own test set (and, for in_domain features, its own extractor); "
     "summaries are mean and sd over folds; per-fold intervals are bias-corrected percentile bootstraps over subjects",
+    "intervals": "FID's plug-in estimate is biased upwards at these sizes and its interval shows resampling spread "
+    "around it, not that bias: on simulated 40-row, 4-dimensional Gaussian sets the interval held the true FID 68 times "
+    "in 100 (plain percentiles: 59)",
     "memorisation": "pixel distance to the nearest training slice (training offsets) / to the nearest test slice of another "
     "subject; null: the same ratio for real test slices",
 }

@@ -182,7 +182,9 @@ def bootstrap_interval(
     (``extended`` true) rather than printed as if it contained it. ``bias`` is the mean
     replicate minus the estimate: the reader's gauge of how far resampling shifts the metric.
     Below :data:`BOOTSTRAP_MIN_UNITS` groups in either set nothing is resampled and
-    ``not_computed`` says why."""
+    ``not_computed`` says why. The interval describes resampling spread around the plug-in
+    estimate; it does not remove FID's own bias, so it covers the population FID less often
+    than its level says (68 of 100 simulated 40-row, 4-d Gaussian pairs; plain percentiles 59)."""
     r, f = _pair(real, fake)
     if n < 1:
         raise InputError(f"bootstrap needs n >= 1 replicates, got {n}")

@@ -189,7 +189,7 @@ def _generation_intro(g: dict, m: dict) -> str:
         f"({h.esc(', '.join(folds))}). Generated: {h.esc(defs['generated'])} ({g.get('n_compared', '?')} of "
         f"{g.get('n_generated_total', g['n_generated'])} compared over the folds). Reference: {h.esc(defs['reference'])}; it is what samples indistinguishable "
         f"from new subjects would score at these sizes, so read the generated row against it, not against 0. "
-        f"{h.esc(defs['folds'])}. Metrics with the suffix _{suffix} use the {name} features "
+        f"{h.esc(defs['folds'])}. {h.esc(defs.get('intervals', ''))}. Metrics with the suffix _{suffix} use the {name} features "
         f"({'trained per fold on that fold’s training subjects' if m['feature_extractor'].get('trained_per_fold') else 'pretrained'}); "
         f"they are comparable within this pipeline, not with the paper's FID_Rad. {acc_text}</p>"
         f'<p class="note">A dash means not computed, for the reason in the note; the minimum sizes are:</p><ul>{rules}</ul>'
