@@ -662,3 +662,20 @@ def test_mask_auc_is_one_for_a_map_exactly_low_inside_the_mask():
         att.mask_auc(maps, np.zeros_like(truth), brain)
     with pytest.raises(InputError, match=r"truth: shape \(2, 6, 5\)"):
         att.mask_auc(maps, truth[:, :, :5], brain)
+
+
+def test_documented_interval_coverage_of_the_true_fid():
+    """The figure quoted in bootstrap_interval's docstring and the report: 100 pairs of 40-row,
+    4-d Gaussian sets with true FID 4 x 0.5^2 = 1; the bias-corrected interval holds 1 in 68,
+    plain percentiles of the same replicates in 59 (FID's plug-in bias is not removed)."""
+    held_bc = held_percentile = 0
+    for s in range(100):
+        rng = np.random.default_rng(1000 + s)
+        real, fake = rng.normal(size=(40, 4)), rng.normal(size=(40, 4)) + 0.5
+        result = gen.bootstrap_interval(real, fake, gen.frechet_distance, n=100, seed=s)
+        held_bc += result["low"] <= 1.0 <= result["high"]
+        draw = np.random.default_rng(s)
+        reps = [gen.frechet_distance(real[draw.integers(0, 40, 40)], fake[draw.integers(0, 40, 40)]) for _ in range(100)]
+        low, high = np.quantile(reps, [0.025, 0.975])
+        held_percentile += low <= 1.0 <= high
+    assert (held_bc, held_percentile) == (68, 59)
