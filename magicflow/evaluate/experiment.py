@@ -143,10 +143,19 @@ def _counts(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def _score_fold(
-    fake: np.ndarray, fake_labels: np.ndarray, test, extractor, settings: dict, classes: list[str], reference=None
+    fake: np.ndarray,
+    fake_labels: np.ndarray,
+    test,
+    extractor,
+    settings: dict,
+    classes: list[str],
+    reference=None,
+    score_reference: bool = True,
 ) -> dict:
     """One fold's generated set (and the reference set, if given) against its test set: both
-    subsampled to the test set's class mix at one common size, overall and per class."""
+    subsampled to the test set's class mix at one common size, overall and per class. With
+    ``score_reference`` false the reference only caps that size, so a baseline is compared at
+    the flow's size without scoring the reference again."""
     from magicflow.evaluate.inputs import subject_groups
 
     seed, boot, k = settings["seed"], settings["bootstrap"], settings["nearest_k"]
@@ -160,7 +169,7 @@ def _score_fold(
     f_test = extractor.features(test.images)
     f_fake, y_fake = extractor.features(fake[pick_fake]), fake_labels[pick_fake]
     candidates = {"generated": (f_fake, y_fake, None)}
-    if reference is not None:
+    if reference is not None and score_reference:
         pick_ref = gen.spread_subsample(ref_labels, ref_groups, counts, seed)
         candidates["real"] = (
             extractor.features(reference.images[torch.from_numpy(pick_ref)]),
@@ -589,7 +598,8 @@ def generative_comparison_section(
                 )
             fake, labels = _generated(samples)
             n_generated += len(fake)
-            result = _score_fold(fake, labels, test, extractors[name], settings, outputs.classes)
+            reference = sets[name].get("reference")  # caps the size as for the flow; not scored again
+            result = _score_fold(fake, labels, test, extractors[name], settings, outputs.classes, reference, False)
             per_fold.append({"fold": name, **result["overall"]["generated"]})
             ms_ssim.append(gen.ms_ssim_pairs(fake, labels, pairs=settings["ms_ssim_pairs"], seed=seed))
             if name == scored[0]:
