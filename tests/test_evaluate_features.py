@@ -53,7 +53,7 @@ def toy() -> dict:
         torch.set_num_threads(1)
         images, labels = discs(24, seed=0)
         state = torch.random.get_rng_state()
-        extractor = train_in_domain(images, labels, num_classes=2, epochs=5, seed=0, progress=False)
+        extractor = train_in_domain(images, labels, num_classes=2, epochs=5, seed=0, progress=False, min_steps=0)
         rng_untouched = torch.equal(state, torch.random.get_rng_state())
     return {"images": images, "labels": labels, "extractor": extractor, "rng_untouched": rng_untouched}
 
@@ -80,12 +80,32 @@ def test_in_domain_features_separate_unseen_images_of_the_two_classes(toy: dict)
     assert toy["rng_untouched"], "training must not consume the caller's global RNG"
 
 
+def test_in_domain_takes_at_least_min_steps_and_reports_heldout_accuracy():
+    """24 training discs at batch 8: 3 steps per epoch, so 30 steps need 10 epochs where 2 were
+    asked. Held-out accuracy on 16 unseen discs is recorded beside chance (0.5)."""
+    images, labels = discs(24, seed=0)
+    unseen, unseen_labels = discs(16, seed=5)
+    small = dict(feature_dim=16, input_size=32, batch_size=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(1)
+        extractor = train_in_domain(
+            images, labels, 2, epochs=2, progress=False, min_steps=30, val_images=unseen, val_labels=unseen_labels, **small
+        )
+        few = train_in_domain(images, labels, 2, epochs=2, progress=False, min_steps=0, **small)
+    training = extractor.info["training"]
+    assert (training["epochs"], training["steps"], training["heldout_images"]) == (10, 30, 16)
+    assert (few.info["training"]["epochs"], few.info["training"]["steps"]) == (2, 6)
+    assert training["chance_balanced_accuracy"] == 0.5
+    assert training["heldout_balanced_accuracy"] >= 0.9  # the discs differ in brightness: an easy task
+    assert few.info["training"]["heldout_accuracy"] is None and "no held-out" in few.info["training"]["heldout_note"]
+
+
 def test_in_domain_same_seed_same_weights_other_seed_other_weights(toy: dict):
     images, labels = toy["images"], toy["labels"]
-    again = train_in_domain(images, labels, num_classes=2, epochs=5, seed=0, progress=False)
+    again = train_in_domain(images, labels, num_classes=2, epochs=5, seed=0, progress=False, min_steps=0)
     assert again.checksum == toy["extractor"].checksum
     np.testing.assert_array_equal(again.features(images), toy["extractor"].features(images))
-    other = train_in_domain(images, labels, num_classes=2, epochs=5, seed=1, progress=False)
+    other = train_in_domain(images, labels, num_classes=2, epochs=5, seed=1, progress=False, min_steps=0)
     assert other.checksum != again.checksum
 
 
@@ -143,9 +163,11 @@ def test_config_builds_in_domain_and_checks_settings(tmp_path: Path):
     images, labels = discs(8, seed=2)
     small = images[:, :, ::4, ::4]  # 46x46: the extractor resizes to its own input size
     extractor = extractor_from_config(
-        {"kind": "in_domain", "epochs": 1, "feature_dim": 64}, small, labels, 2, seed=3, progress=False
+        {"kind": "in_domain", "epochs": 1, "feature_dim": 64}, small, labels, 2, seed=3, progress=False, min_steps=3
     )
-    assert extractor.feature_dim == 64 and extractor.info["training"]["epochs"] == 1
+    # 8 images at batch 32: one step per epoch, so 3 steps take 3 epochs whatever "epochs" says
+    assert extractor.feature_dim == 64 and extractor.info["training"]["epochs"] == 3
+    assert extractor.info["training"]["steps"] == 3 and extractor.info["training"]["heldout_accuracy"] is None
     assert extractor.info["training"]["seed"] == 3
     with pytest.raises(InputError, match="does not take"):
         extractor_from_config({"kind": "in_domain", "epoch": 1}, small, labels, 2, seed=0)

@@ -147,13 +147,42 @@ def baseline_inputs(args: argparse.Namespace) -> dict[str, dict]:
     }
 
 
+def fold_extractors(settings: dict, sets: dict[str, dict], num_classes: int, out_dir: Path) -> dict:
+    """fold -> feature extractor. The in-domain one is trained per fold on that fold's training
+    slices (a single one trained on fold 0 would have seen the other folds' test subjects) and
+    scored on its validation subjects; a pretrained one is loaded once and shared. Fold 0's is
+    saved as ``feature_extractor.pt``, the others as ``feature_extractor_<fold>.pt``."""
+    from magicflow.evaluate.features import extractor_from_config
+
+    extractors: dict = {}
+    shared = settings["features"].get("kind", "in_domain") != "in_domain"
+    for k, (name, fold_sets) in enumerate(sets.items()):
+        train, val = fold_sets["train"], fold_sets["val"]
+        if shared and extractors:
+            extractors[name] = next(iter(extractors.values()))
+            continue
+        print(
+            f"{name}: feature extractor ({settings['features'].get('kind', 'in_domain')}) on {len(train)} training slices",
+            flush=True,
+        )
+        extractors[name] = extractor_from_config(
+            settings["features"],
+            train.images,
+            train.labels,
+            num_classes,
+            settings["seed"],
+            val_images=val.images,
+            val_labels=val.labels,
+        )
+        extractors[name].save(out_dir / ("feature_extractor.pt" if k == 0 else f"feature_extractor_{name}.pt"))
+    return extractors
+
+
 def run(args: argparse.Namespace) -> int:
     from magicflow.evaluate import experiment as ev
-    from magicflow.evaluate.features import extractor_from_config
-    from magicflow.evaluate.inputs import FOLD_FILES, load_experiment
+    from magicflow.evaluate.inputs import FOLD_FILES, generation_sets, load_experiment
     from magicflow.experiments.commands import load_inputs, parse_pairs
-    from magicflow.experiments.data import experiment_images, load_set, select_slices
-    from magicflow.experiments.split import read_fold
+    from magicflow.experiments.data import experiment_images
 
     started = time.perf_counter()
     baselines = baseline_inputs(args)  # read first: a wrong option fails before minutes of work
@@ -162,18 +191,15 @@ def run(args: argparse.Namespace) -> int:
     ev.seed_everything(settings["seed"])
     outputs = load_experiment(args.split, {name: parse_pairs(getattr(args, name), name.replace("_", "-")) for name in FOLD_FILES})
     classes = outputs.classes
-    fold0 = read_fold(args.folds / outputs.folds[0].name)
-    offsets = experiment["offsets"]
-    train = load_set(select_slices(slices, fold0["train"], offsets["train"]), arrays, classes)
-    heldout = load_set(select_slices(slices, pd.concat([fold0["val"], fold0["test"]]), offsets["eval"]), arrays, classes)
+    # generation is judged per fold against its test subjects; validation subjects only score the extractor
+    sets = generation_sets(slices, arrays, classes, args.folds, [f.name for f in outputs.folds], experiment["offsets"])
     qc = {
         name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False) for name, path in parse_pairs(args.qc, "qc").items()
     }
 
     with atomic_dir(args.out_dir) as fig_dir:
-        print(f"{outputs.name}: feature extractor ({settings['features']['kind']}) on {len(train)} training slices", flush=True)
-        extractor = extractor_from_config(settings["features"], train.images, train.labels, len(classes), settings["seed"])
-        extractor.save(fig_dir / "feature_extractor.pt")
+        extractors = fold_extractors(settings, sets, len(classes), fig_dir)
+        extractor = extractors[outputs.folds[0].name]
         metrics = {
             "experiment": outputs.name,
             "model": experiment["model"],
@@ -190,11 +216,13 @@ def run(args: argparse.Namespace) -> int:
                 "feature_dim": extractor.feature_dim,
                 "checksum": extractor.checksum,
                 "suffix": extractor.metric_suffix,
+                "per_fold": {name: e.describe().get("training", {}) for name, e in extractors.items()},
+                "trained_per_fold": settings["features"].get("kind", "in_domain") == "in_domain",
             },
             "data": ev.data_section(slices, experiment_images(slices), experiment, qc),
         }
         print("generation metrics", flush=True)
-        metrics["generation"] = ev.generation_section(outputs, train, heldout, extractor, settings, fig_dir)
+        metrics["generation"] = ev.generation_section(outputs, sets, extractors, settings, fig_dir)
         print("classification metrics", flush=True)
         metrics["classification"] = ev.classification_section(outputs, settings, fig_dir)
         print("attribution analysis", flush=True)
@@ -208,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         if generative:
             print("generative baselines", flush=True)
             metrics["comparison"] = ev.generative_comparison_section(
-                outputs, metrics["generation"], heldout, extractor, generative, settings, fig_dir
+                outputs, metrics["generation"], sets, extractors, generative, settings, fig_dir
             )
         metrics["efficiency"] = ev.efficiency_section(outputs)
         if metrics["comparison"]:

@@ -1,12 +1,15 @@
 """Evaluate one experiment: generation, classification, attribution and efficiency.
 
 Choices that matter when reading the numbers:
-- Generation is scored on fold 0: its model's samples against that fold's held-out real
-  slices (validation + test subjects, evaluation offsets). The "real" reference row compares
-  the fold's real training slices with the same held-out slices, so it shows what a perfect
-  generator would score with these sample sizes.
-- Features come from the configured extractor; the default in-domain CNN is trained on fold
-  0's real training slices only, so FID_ID/KID_ID/PRDC_ID are comparable within this
+- Generation is scored on every fold: its model's samples against that fold's TEST subjects
+  (evaluation offsets; validation subjects steer early stopping and are never a comparison
+  set). The "real" reference row compares the fold's training subjects at the same offsets,
+  subsampled to the generated set's size and class mix, with the same test set: what a
+  generator indistinguishable from real subjects would score at these sizes. Folds are
+  summarised as mean and sd (see :data:`GENERATION_UNITS`).
+- Features come from the configured extractor; the default in-domain CNN is trained per fold
+  on that fold's training slices only (never its test subjects) and its accuracy on the
+  validation subjects is reported, so FID_ID/KID_ID/PRDC_ID are comparable within this
   pipeline, not with the paper's FID_Rad.
 - Classification metrics are per fold, then mean +/- std (the paper's Table 3); confusion,
   calibration and the accuracy-rejection curve pool the test folds.
@@ -66,65 +69,231 @@ def _finite(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- generation
-def generation_section(outputs: ExperimentOutputs, train, heldout, extractor, settings: dict, fig_dir: Path) -> dict:
-    """Metrics of fold 0's samples against held-out real slices, overall and per class."""
-    classes = outputs.classes
-    fold = outputs.folds[0]
-    samples = fold.samples["samples"]  # (K, n, 1, H, W)
-    fake_labels = np.repeat(np.arange(samples.shape[0]), samples.shape[1])
-    fake = samples.reshape(-1, *samples.shape[2:])
-    f_fake = extractor.features(fake)
-    f_train = extractor.features(train.images)
-    f_held = extractor.features(heldout.images)
-    held_labels, train_labels = heldout.labels.numpy(), train.labels.numpy()
-    boot, seed = settings["bootstrap"], settings["seed"]
+#: what each generation number is measured on, written into metrics.json and shown in the report
+GENERATION_UNITS = {
+    "unit": "2-D slice; intervals and PRDC/MS-SSIM neighbourhoods treat a subject's slices as one unit",
+    "judged_against": "each fold's TEST subjects at the evaluation offsets (validation subjects, used for early stopping, never)",
+    "generated": "each fold's samples, subsampled to the test set's class mix",
+    "reference": "the fold's TRAINING subjects at the evaluation offsets, subsampled to the same size and class mix as the generated set",
+    "folds": "Every fold with samples is scored with its own test set (and, for in_domain features, its own extractor); "
+    "summaries are mean and sd over folds; per-fold intervals are bias-corrected percentile bootstraps over subjects",
+    "intervals": "FID's plug-in estimate is biased upwards at these sizes and its interval shows resampling spread "
+    "around it, not that bias: on simulated 40-row, 4-dimensional Gaussian sets the interval held the true FID 68 times "
+    "in 100 (plain percentiles: 59)",
+    "memorisation": "pixel distance to the nearest training slice (training offsets) / to the nearest test slice of another "
+    "subject; null: the same ratio for real test slices",
+}
 
-    def both(mask_fake, mask_train, mask_held) -> dict:
-        row = {}
-        for name, candidate in (("generated", f_fake[mask_fake]), ("real", f_train[mask_train])):
-            try:
-                row[name] = gen.generation_metrics(
-                    f_held[mask_held], candidate, bootstrap=boot, seed=seed, nearest_k=settings["nearest_k"]
-                )
-            except InputError as error:
-                row[name] = {"skipped": str(error)}
-        return row
 
-    all_fake, all_train, all_held = (np.ones(len(a), bool) for a in (f_fake, f_train, f_held))
-    per_class = {c: both(fake_labels == k, train_labels == k, held_labels == k) for k, c in enumerate(classes)}
-    ms_ssim = {
-        "generated": gen.ms_ssim_pairs(fake, fake_labels, pairs=settings["ms_ssim_pairs"], seed=seed),
-        "real": gen.ms_ssim_pairs(heldout.images.numpy(), held_labels, pairs=settings["ms_ssim_pairs"], seed=seed),
+def _leaves(block: dict) -> dict:
+    return {k: v for k, v in block.items() if not isinstance(v, (dict, list))}
+
+
+def summarise_folds(blocks: list[dict]) -> dict:
+    """Mean and sd over folds of every numeric leaf, recursing into sub-dicts. A single fold is
+    returned as it is (its intervals included); with several, ``<key>`` is the mean over the
+    folds where it was computed, ``<key>_sd`` their sd (ddof 1, None below 2) and
+    ``<key>_folds`` their number, and ``not_computed`` keeps, per metric, the folds' reasons
+    where no fold computed it."""
+    blocks = [b for b in blocks if isinstance(b, dict)]
+    if not blocks:
+        return {}
+    if len(blocks) == 1:
+        return {**blocks[0], "n_folds": 1}
+    out: dict[str, Any] = {"n_folds": len(blocks)}
+    for key in dict.fromkeys(k for b in blocks for k in b):  # every fold's keys: a skipped fold has fewer
+        values = [b.get(key) for b in blocks]
+        if key == "not_computed":
+            continue
+        if any(isinstance(v, dict) for v in values):
+            out[key] = summarise_folds([v for v in values if isinstance(v, dict)])
+            continue
+        if all(v is None for v in values):
+            out[key] = None
+            continue
+        if all(isinstance(v, str) for v in values) and len(set(values)) == 1:
+            out[key] = values[0]  # a label the folds share (e.g. the memorisation space)
+            continue
+        numeric = [v for v in values if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
+        if len(numeric) != len([v for v in values if v is not None]):
+            continue  # text, lists (intervals are per fold) and flags
+        finite = [float(v) for v in numeric if np.isfinite(v)]
+        mean = float(np.mean(finite)) if finite else None
+        counts = all(isinstance(v, (int, np.integer)) for v in numeric)  # sizes stay whole where the folds agree
+        out[key] = int(mean) if counts and mean is not None and mean.is_integer() else mean
+        out[f"{key}_sd"] = float(np.std(finite, ddof=1)) if len(finite) >= 2 else None
+        out[f"{key}_folds"] = len(finite)
+    reasons = {}
+    for block in blocks:
+        for metric, reason in (block.get("not_computed") or {}).items():
+            reasons.setdefault(metric, []).append(reason)
+    if reasons:
+        out["not_computed"] = {m: "; ".join(dict.fromkeys(r)) for m, r in reasons.items()}
+        out["note"] = "; ".join(f"{m} not computed in {len(r)} of {len(blocks)} folds: {r[0]}" for m, r in reasons.items())
+    return out
+
+
+def _generated(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images (K n, 1, H, W) and class labels of a (K, n, 1, H, W) samples array."""
+    return samples.reshape(-1, *samples.shape[2:]), np.repeat(np.arange(samples.shape[0]), samples.shape[1])
+
+
+def _counts(labels: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(np.asarray(labels, int), minlength=k)[:k]
+
+
+def _score_fold(
+    fake: np.ndarray,
+    fake_labels: np.ndarray,
+    test,
+    extractor,
+    settings: dict,
+    classes: list[str],
+    reference=None,
+    score_reference: bool = True,
+) -> dict:
+    """One fold's generated set (and the reference set, if given) against its test set: both
+    subsampled to the test set's class mix at one common size, overall and per class. With
+    ``score_reference`` false the reference only caps that size, so a baseline is compared at
+    the flow's size without scoring the reference again."""
+    from magicflow.evaluate.inputs import subject_groups
+
+    seed, boot, k = settings["seed"], settings["bootstrap"], settings["nearest_k"]
+    test_labels, test_groups = test.labels.numpy(), subject_groups(test)
+    available = [_counts(fake_labels, len(classes))]
+    if reference is not None:
+        ref_labels, ref_groups = reference.labels.numpy(), subject_groups(reference)
+        available.append(_counts(ref_labels, len(classes)))
+    counts = gen.matched_counts(_counts(test_labels, len(classes)), *available)
+    pick_fake = gen.spread_subsample(fake_labels, None, counts, seed)
+    f_test = extractor.features(test.images)
+    f_fake, y_fake = extractor.features(fake[pick_fake]), fake_labels[pick_fake]
+    candidates = {"generated": (f_fake, y_fake, None)}
+    if reference is not None and score_reference:
+        pick_ref = gen.spread_subsample(ref_labels, ref_groups, counts, seed)
+        candidates["real"] = (
+            extractor.features(reference.images[torch.from_numpy(pick_ref)]),
+            ref_labels[pick_ref],
+            ref_groups[pick_ref],
+        )
+
+    def score(mask_test: np.ndarray, which: str, mask: np.ndarray) -> dict:
+        rows, _, groups = candidates[which]
+        try:
+            return gen.generation_metrics(
+                f_test[mask_test],
+                rows[mask],
+                bootstrap=boot,
+                seed=seed,
+                nearest_k=k,
+                real_groups=test_groups[mask_test],
+                fake_groups=None if groups is None else groups[mask],
+            )
+        except InputError as error:
+            return {"skipped": str(error), "not_computed": {"all": str(error)}}
+
+    overall = {w: score(np.ones(len(f_test), bool), w, np.ones(len(c[0]), bool)) for w, c in candidates.items()}
+    per_class = {
+        name: {w: score(test_labels == c, w, cand[1] == c) for w, cand in candidates.items()} for c, name in enumerate(classes)
     }
-    flat = lambda images: np.asarray(images, dtype=np.float32).reshape(len(images), -1)  # noqa: E731
-    memo = gen.memorisation(flat(fake), flat(train.images.numpy()), flat(heldout.images.numpy()))
-    ratios = np.asarray(memo["ratio"], float)
-    closest = np.argsort(ratios)[:4]
-    figures.memorisation_figure(
-        ratios,
-        [(fake[i, 0], train.images[int(memo["nearest_train"][i]), 0].numpy(), float(ratios[i])) for i in closest],
-        fig_dir / FIGURES["memorisation"],
-    )
-    real_by_class = {c: heldout.images.numpy()[held_labels == k] for k, c in enumerate(classes)}
-    figures.real_vs_generated_figure(
-        real_by_class, {c: samples[k] for k, c in enumerate(classes)}, fig_dir / FIGURES["real_vs_generated"]
-    )
     return {
-        "fold": fold.name,
-        "suffix": extractor.metric_suffix,
-        "n_generated": int(len(fake)),
-        "n_train": int(len(train)),
-        "n_heldout": int(len(heldout)),
-        "overall": both(all_fake, all_train, all_held),
+        "n_test": int(len(test)),
+        "n_test_subjects": int(len(np.unique(test_groups))),
+        "n_compared": int(counts.sum()),
+        "compared_per_class": {name: int(counts[c]) for c, name in enumerate(classes)},
+        "overall": overall,
         "per_class": per_class,
-        "ms_ssim": ms_ssim,
-        "memorisation": {
-            "space": "pixels",
-            "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
-            "fraction_below_0.5": float((ratios < 0.5).mean()) if len(ratios) else float("nan"),
-            "fraction_below_1": float((ratios < 1.0).mean()) if len(ratios) else float("nan"),
-        },
+        "picked": pick_fake,
     }
+
+
+def generation_section(
+    outputs: ExperimentOutputs, sets: dict[str, dict], extractors: dict[str, Any], settings: dict, fig_dir: Path
+) -> dict:
+    """Every fold's samples against that fold's test subjects, beside a subject-disjoint real
+    reference of the same size and class mix (see :data:`GENERATION_UNITS`), then mean and sd
+    over folds. ``sets`` is :func:`inputs.generation_sets`'s; ``extractors`` maps fold -> the
+    feature extractor used on it. The figures show the first fold."""
+    from magicflow.evaluate.inputs import subject_groups
+
+    classes, seed = outputs.classes, settings["seed"]
+    per_fold = []
+    for fold in outputs.folds:
+        if fold.name not in sets or "samples" not in fold.samples:
+            continue
+        test, train = sets[fold.name]["test"], sets[fold.name]["train"]
+        fake, fake_labels = _generated(fold.samples["samples"])
+        scored = _score_fold(fake, fake_labels, test, extractors[fold.name], settings, classes, sets[fold.name]["reference"])
+        test_groups = subject_groups(test)
+        ms_ssim = {
+            "generated": gen.ms_ssim_pairs(fake, fake_labels, pairs=settings["ms_ssim_pairs"], seed=seed),
+            "real": gen.ms_ssim_pairs(
+                test.images.numpy(), test.labels.numpy(), pairs=settings["ms_ssim_pairs"], seed=seed, groups=test_groups
+            ),
+        }
+        flat = lambda images: np.asarray(images, dtype=np.float32).reshape(len(images), -1)  # noqa: E731
+        try:
+            memo = gen.memorisation(flat(fake), flat(train.images.numpy()), flat(test.images.numpy()), test_groups, seed=seed)
+            memo_summary = {"space": "pixels", **gen.memorisation_summary(memo["ratio"], memo["null_ratio"])}
+        except InputError as error:
+            memo, memo_summary = None, {"space": "pixels", "not_computed": {"null": str(error)}}
+        if not per_fold:  # figures: the first scored fold
+            if memo is not None:
+                ratios = np.asarray(memo["ratio"], float)
+                closest = np.argsort(ratios)[:4]
+                figures.memorisation_figure(
+                    ratios,
+                    [(fake[i, 0], train.images[int(memo["nearest_train"][i]), 0].numpy(), float(ratios[i])) for i in closest],
+                    fig_dir / FIGURES["memorisation"],
+                    null_ratios=memo["null_ratio"],
+                )
+            labels = test.labels.numpy()
+            figures.real_vs_generated_figure(
+                {c: test.images.numpy()[labels == k] for k, c in enumerate(classes)},
+                {c: fold.samples["samples"][k] for k, c in enumerate(classes)},
+                fig_dir / FIGURES["real_vs_generated"],
+            )
+        scored.pop("picked")
+        per_fold.append(
+            {
+                "fold": fold.name,
+                "n_generated": int(len(fake)),
+                "n_reference_available": int(len(sets[fold.name]["reference"])),
+                "n_train": int(len(train)),
+                "extractor": extractors[fold.name].describe().get("training", {"kind": extractors[fold.name].kind}),
+                **scored,
+                "ms_ssim": ms_ssim,
+                "memorisation": memo_summary,
+            }
+        )
+    if not per_fold:
+        raise InputError(f"{outputs.name}: no fold has samples to score generation on")
+    pick = lambda *path: [_dig(f, path) for f in per_fold]  # noqa: E731
+    return {
+        "fold": per_fold[0]["fold"],
+        "folds_scored": [f["fold"] for f in per_fold],
+        "suffix": extractors[per_fold[0]["fold"]].metric_suffix,
+        "definitions": GENERATION_UNITS,
+        "min_sizes": gen.MIN_SIZES,
+        # per fold, as before (every fold samples the same number); the totals are beside it
+        "n_generated": int(per_fold[0]["n_generated"]),
+        "n_generated_total": int(sum(f["n_generated"] for f in per_fold)),
+        "n_compared": int(sum(f["n_compared"] for f in per_fold)),
+        "n_heldout": int(sum(f["n_test"] for f in per_fold)),
+        "n_test_subjects": int(sum(f["n_test_subjects"] for f in per_fold)),
+        "overall": {w: summarise_folds(pick("overall", w)) for w in ("generated", "real")},
+        "per_class": {c: {w: summarise_folds(pick("per_class", c, w)) for w in ("generated", "real")} for c in classes},
+        "ms_ssim": {w: summarise_folds(pick("ms_ssim", w)) for w in ("generated", "real")},
+        "memorisation": summarise_folds(pick("memorisation")),
+        "extractor": summarise_folds([_leaves(f["extractor"]) for f in per_fold]),
+        "per_fold": per_fold,
+    }
+
+
+def _dig(block: dict, path: tuple) -> Any:
+    for key in path:
+        block = block.get(key, {}) if isinstance(block, dict) else {}
+    return block
 
 
 # --------------------------------------------------------------------------- classification
@@ -435,19 +604,25 @@ def generative_comparison_section(
     settings: dict,
     fig_dir: Path,
 ) -> dict[str, Any]:
-    """MAGIC-Flow's and each generative baseline's fold-0 samples against the same held-out real
-    slices, by the same functions as :func:`generation_section` (FID/KID with bootstrap intervals,
-    PRDC, MS-SSIM), plus a real-vs-generated grid per baseline. ``baselines`` maps id ->
-    ``{"settings": baseline.json, "samples": {fold: samples folder}}``."""
+    """MAGIC-Flow's and each generative baseline's samples, fold by fold, against the same test
+    subjects, by the same functions as :func:`generation_section` (the same class-mix matching,
+    subject-resampled intervals, subject-aware PRDC, minimum sizes), then mean and sd over
+    folds, plus a real-vs-generated grid per baseline (first fold). ``heldout`` is
+    :func:`inputs.generation_sets`'s fold -> sets (a bare ``SliceSet`` is read as the first
+    fold's test set); ``extractor`` a fold -> extractor dict (or one extractor for all).
+    ``baselines`` maps id -> ``{"settings": baseline.json, "samples": {fold: samples folder}}``."""
     from magicflow.evaluate.inputs import read_npz
     from magicflow.evaluate.paper_results import paper_tables12
 
-    fold = outputs.folds[0]
     folds = [f.name for f in outputs.folds]
-    held_labels = heldout.labels.numpy()
-    f_held = extractor.features(heldout.images)
-    boot, seed = settings["bootstrap"], settings["seed"]
-    real_by_class = {c: heldout.images.numpy()[held_labels == k] for k, c in enumerate(outputs.classes)}
+    sets = heldout if isinstance(heldout, dict) else {folds[0]: {"test": heldout}}
+    extractors = extractor if isinstance(extractor, dict) else {name: extractor for name in sets}
+    scored = [name for name in folds if name in sets]
+    first_test = sets[scored[0]]["test"]
+    seed = settings["seed"]
+    settings = {"bootstrap": 200, "nearest_k": 5, "ms_ssim_pairs": 500, **settings}
+    first_labels = first_test.labels.numpy()
+    real_by_class = {c: first_test.images.numpy()[first_labels == k] for k, c in enumerate(outputs.classes)}
     models = [
         {
             "id": "magicflow",
@@ -463,42 +638,48 @@ def generative_comparison_section(
     for baseline_id, given in baselines.items():
         baseline, paths = given["settings"], given["samples"]
         _check_baseline_folds(baseline_id, paths, folds, "samples")
-        path = Path(paths[fold.name]) / "samples.npz"
-        archive = read_npz(path)
-        samples = archive["samples"]
-        if [str(c) for c in archive["classes"]] != list(outputs.classes) or samples.shape[-2:] != heldout.images.shape[-2:]:
-            raise InputError(
-                f"{path}: classes {list(archive['classes'])} and image shape {samples.shape[-2:]} do not match the experiment's "
-                f"{outputs.classes} and {tuple(heldout.images.shape[-2:])}; rerun baseline_sample"
-            )
-        labels = np.repeat(np.arange(samples.shape[0]), samples.shape[1])
-        fake = samples.reshape(-1, *samples.shape[2:])
-        try:
-            scores = gen.generation_metrics(
-                f_held, extractor.features(fake), bootstrap=boot, seed=seed, nearest_k=settings["nearest_k"]
-            )
-        except InputError as error:
-            scores = {"skipped": str(error)}
-        figure = f"real_vs_generated_{baseline_id}.png"
-        figures.real_vs_generated_figure(real_by_class, {c: samples[k] for k, c in enumerate(outputs.classes)}, fig_dir / figure)
+        per_fold, ms_ssim, n_generated = [], [], 0
+        for name in scored:
+            test = sets[name]["test"]
+            path = Path(paths[name]) / "samples.npz"
+            archive = read_npz(path)
+            samples = archive["samples"]
+            if [str(c) for c in archive["classes"]] != list(outputs.classes) or samples.shape[-2:] != test.images.shape[-2:]:
+                raise InputError(
+                    f"{path}: classes {list(archive['classes'])} and image shape {samples.shape[-2:]} do not match the "
+                    f"experiment's {outputs.classes} and {tuple(test.images.shape[-2:])}; rerun baseline_sample"
+                )
+            fake, labels = _generated(samples)
+            n_generated += len(fake)
+            reference = sets[name].get("reference")  # caps the size as for the flow; not scored again
+            result = _score_fold(fake, labels, test, extractors[name], settings, outputs.classes, reference, False)
+            per_fold.append({"fold": name, **result["overall"]["generated"]})
+            ms_ssim.append(gen.ms_ssim_pairs(fake, labels, pairs=settings["ms_ssim_pairs"], seed=seed))
+            if name == scored[0]:
+                figure = f"real_vs_generated_{baseline_id}.png"
+                figures.real_vs_generated_figure(
+                    real_by_class, {c: samples[k] for k, c in enumerate(outputs.classes)}, fig_dir / figure
+                )
         models.append(
             {
                 "id": baseline_id,
                 "model": baseline.get("label", baseline_id)
                 + ("" if baseline_id == baseline.get("name", baseline_id) else f" ({baseline_id})"),
                 "architecture": baseline.get("architecture"),
-                "metrics": scores,
-                "ms_ssim": gen.ms_ssim_pairs(fake, labels, pairs=settings["ms_ssim_pairs"], seed=seed),
-                "n_generated": int(len(fake)),
+                "metrics": summarise_folds([{k: v for k, v in f.items() if k != "fold"} for f in per_fold]),
+                "per_fold": per_fold,
+                "ms_ssim": summarise_folds(ms_ssim),
+                "n_generated": int(n_generated),
                 "figure": figure,
                 "paper": paper_tables12(outputs.name, baseline.get("name", baseline_id)),  # Tables 1-2, if any
             }
         )
     return {
         "kind": "generation",
-        "fold": fold.name,
+        "fold": scored[0],
+        "folds_scored": scored,
         "suffix": flow_generation["suffix"],
-        "n_heldout": int(len(heldout)),
+        "n_heldout": int(sum(len(sets[name]["test"]) for name in scored)),
         "reference": flow_generation["overall"]["real"],
         "paper_reference": paper_tables12(outputs.name, "real"),
         "models": models,

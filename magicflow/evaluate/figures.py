@@ -119,16 +119,30 @@ def real_vs_generated_figure(real: dict[str, np.ndarray], fake: dict[str, np.nda
     return _save(fig, path)
 
 
-def memorisation_figure(ratios: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray, float]], path: Path) -> Path:
-    """Histogram of d(nearest training) / d(nearest held-out) and the closest generated-training pairs."""
+def memorisation_figure(
+    ratios: np.ndarray,
+    pairs: list[tuple[np.ndarray, np.ndarray, float]],
+    path: Path,
+    null_ratios: np.ndarray | None = None,
+) -> Path:
+    """Histogram of d(nearest training) / d(nearest held-out) and the closest generated-training
+    pairs; with ``null_ratios`` the same ratio of real held-out slices (the no-copying reference)
+    overlaid, and its 5th percentile marked, instead of reading the ratio against 1 alone."""
     plt = pyplot()
     n = len(pairs)
     fig = plt.figure(figsize=(4 + 1.6 * max(n, 1), 3.6))
     grid = fig.add_gridspec(2, 1 + max(n, 1), width_ratios=[2.4] + [1] * max(n, 1))
     ax = fig.add_subplot(grid[:, 0])
-    ax.hist(ratios, bins=20, color="C0", alpha=0.8)
-    ax.axvline(1.0, color="k", ls="--", lw=1)
-    ax.set(xlabel="d(nearest train) / d(nearest held-out)", ylabel="generated images", title="memorisation check")
+    finite = [np.asarray(v, float)[np.isfinite(v)] for v in (ratios, null_ratios) if v is not None]
+    edges = np.histogram_bin_edges(np.concatenate(finite) if finite else np.zeros(1), bins=20)
+    ax.hist(np.asarray(ratios, float)[np.isfinite(ratios)], bins=edges, color="C0", alpha=0.7, density=True, label="generated")
+    if null_ratios is not None and np.isfinite(null_ratios).any():
+        null = np.asarray(null_ratios, float)[np.isfinite(null_ratios)]
+        ax.hist(null, bins=edges, color="C1", alpha=0.5, density=True, label="real held-out (null)")
+        ax.axvline(float(np.quantile(null, 0.05)), color="C1", ls="--", lw=1, label="null 5th percentile")
+        ax.legend(fontsize=7)
+    ax.axvline(1.0, color="k", ls=":", lw=1)
+    ax.set(xlabel="d(nearest train) / d(nearest held-out)", ylabel="density", title="memorisation check")
     for j, (fake, train, ratio) in enumerate(pairs):
         for r, (image, label) in enumerate(((fake, f"generated ({ratio:.2f})"), (train, "nearest training"))):
             sub = fig.add_subplot(grid[r, 1 + j])

@@ -201,3 +201,45 @@ def posterior_matrix(
     from the log-likelihoods, so nothing saturates to the 0 and 1 a rounded column would hold."""
     units = image_scores(predictions, classes, where)
     return units.true, units.posteriors()
+
+
+def generation_sets(
+    slices: pd.DataFrame,
+    arrays: dict[str, np.ndarray],
+    classes: list[str],
+    folds_dir: Path,
+    fold_names: list[str],
+    offsets: dict,
+) -> dict[str, dict]:
+    """Per fold, the real slice sets generation is judged with (``SliceSet`` each):
+
+    - ``train``: training subjects at the training offsets (and augment offsets): what the
+      generator saw; the in-domain extractor trains on it and memorisation searches it.
+    - ``reference``: the same training subjects at the evaluation offsets only: the real set the
+      reference row compares with the test set (subject-disjoint from it, same offsets).
+    - ``val``: validation subjects at the evaluation offsets: used for early stopping, so never a
+      comparison set; the extractor's held-out accuracy is measured on it.
+    - ``test``: test subjects at the evaluation offsets: what generated samples are judged against."""
+    from magicflow.experiments.data import load_set, select_slices
+    from magicflow.experiments.split import read_fold
+
+    out = {}
+    for name in fold_names:
+        fold = read_fold(Path(folds_dir) / name)
+        out[name] = {
+            "train": load_set(select_slices(slices, fold["train"], offsets["train"], offsets.get("augment")), arrays, classes),
+            "reference": load_set(select_slices(slices, fold["train"], offsets["eval"]), arrays, classes),
+            "val": load_set(select_slices(slices, fold["val"], offsets["eval"]), arrays, classes),
+            "test": load_set(select_slices(slices, fold["test"], offsets["eval"]), arrays, classes),
+        }
+    return out
+
+
+def subject_groups(rows) -> np.ndarray:
+    """dataset/subject key per slice of a ``SliceSet`` (its ``meta``); one key per slice where the
+    meta has no subject (tests, plain tensors), i.e. every slice its own subject."""
+    meta = getattr(rows, "meta", None)
+    n = len(rows)
+    if meta is None or not {"dataset", "subject"} <= set(meta.columns) or len(meta) != n:
+        return np.array([f"row{i}" for i in range(n)])
+    return (meta["dataset"].astype(str) + "/" + meta["subject"].astype(str)).to_numpy()

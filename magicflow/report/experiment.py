@@ -54,29 +54,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _generation_rows(block: dict) -> list[dict]:
+    """The generated row and the real reference row of one block (overall, a class or a fold),
+    each saying what it compares with what; a metric not computed is a dash with its reason in
+    the note."""
     rows = []
     for source in ("generated", "real"):
         values = block.get(source, {})
-        row = {"images": f"{source} vs held-out real" if source == "generated" else "real training vs held-out real (reference)"}
+        row = {
+            "images": "generated vs test subjects"
+            if source == "generated"
+            else "real training subjects vs test subjects (reference)"
+        }
         row.update({c: values.get(c) for c in GENERATION_COLUMNS if c in values})
+        for c in ("fid_sd", "n_folds"):
+            if c in values:
+                row[c] = values[c]
+        if "kid_sd" in values and "n_folds" in values and values["n_folds"] > 1:
+            row["kid_sd_over_folds"] = values["kid_sd"]
         row["note"] = values.get("skipped", values.get("note", ""))
         rows.append(row)
     return rows
 
 
 def _gen_headers(suffix: str) -> dict[str, str]:
+    """Column titles that name each number's unit and reference."""
     return {
         "fid": f"FID_{suffix}",
-        "fid_ci": "95% CI",
+        "fid_sd": "FID sd over folds",
+        "fid_ci": "FID 95% CI (subjects resampled)",
         "kid": f"KID_{suffix}",
-        "kid_std": "KID std",
-        "kid_ci": "95% CI",
+        "kid_std": "KID std over subsets",
+        "kid_sd_over_folds": "KID sd over folds",
+        "kid_ci": "KID 95% CI (subjects resampled)",
         "precision": f"precision_{suffix}",
         "recall": f"recall_{suffix}",
         "density": f"density_{suffix}",
         "coverage": f"coverage_{suffix}",
-        "n_real": "held-out",
-        "n_fake": "compared",
+        "n_real": "test slices",
+        "n_fake": "compared slices",
+        "n_folds": "folds",
     }
 
 
@@ -145,17 +161,101 @@ def data(m: dict, excluded: dict[str, pd.DataFrame]) -> str:
     return body
 
 
+def _generation_intro(g: dict, m: dict) -> str:
+    """What the generation numbers are measured on, against what, and which rule left a cell empty."""
+    suffix, name = h.esc(g["suffix"]), h.esc(m["feature_extractor"]["name"])
+    defs = g.get("definitions")
+    if not defs:  # metrics.json written before the per-fold, test-subject evaluation
+        return (
+            f'<p class="note">Fold {h.esc(g["fold"])}: {g["n_generated"]} generated slices against {g["n_heldout"]} held-out '
+            f"real slices (validation and test subjects). Metrics with the suffix _{suffix} use the {name} features; they are "
+            f"comparable within this pipeline, not with the paper's FID_Rad. The reference row compares real training slices "
+            f"with the same held-out slices.</p>"
+        )
+    folds = g.get("folds_scored", [g["fold"]])
+    extractor = g.get("extractor", {})
+    accuracy = extractor.get("heldout_balanced_accuracy")
+    acc_text = (
+        f"Its balanced accuracy on the validation subjects is {h.fmt(accuracy)} (chance "
+        f"{h.fmt(extractor.get('chance_balanced_accuracy'))}, {h.fmt(extractor.get('steps'))} optimiser steps"
+        f"{', mean over folds' if len(folds) > 1 else ''}): features of a network near chance cannot tell good samples from bad."
+        if accuracy is not None
+        else "No held-out accuracy is available for this extractor."
+    )
+    rules = "".join(f"<li>{h.esc(k)}: {h.esc(v)}</li>" for k, v in g.get("min_sizes", {}).items())
+    return (
+        f'<p class="note">Unit: {h.esc(defs["unit"])}. Judged against {h.esc(defs["judged_against"])}: '
+        f"{g['n_heldout']} test slices of {g.get('n_test_subjects', '?')} subjects over {len(folds)} fold(s) "
+        f"({h.esc(', '.join(folds))}). Generated: {h.esc(defs['generated'])} ({g.get('n_compared', '?')} of "
+        f"{g.get('n_generated_total', g['n_generated'])} compared over the folds). Reference: {h.esc(defs['reference'])}; it is what samples indistinguishable "
+        f"from new subjects would score at these sizes, so read the generated row against it, not against 0. "
+        f"{h.esc(defs['folds'])}. {h.esc(defs.get('intervals', ''))}. Metrics with the suffix _{suffix} use the {name} features "
+        f"({'trained per fold on that fold’s training subjects' if m['feature_extractor'].get('trained_per_fold') else 'pretrained'}); "
+        f"they are comparable within this pipeline, not with the paper's FID_Rad. {acc_text}</p>"
+        f'<p class="note">A dash means not computed, for the reason in the note; the minimum sizes are:</p><ul>{rules}</ul>'
+    )
+
+
+def _memorisation_text(memo: dict) -> str:
+    if "null_median_ratio" not in memo:
+        if "fraction_below_0.5" not in memo:
+            return f"<p>Memorisation check not computed: {h.esc(memo.get('not_computed', memo.get('note', '')))}</p>"
+        return (
+            f"<p>For each generated slice, the pixel distance to its nearest training slice divided by the distance to its "
+            f"nearest held-out slice. Median ratio {h.fmt(memo['median_ratio'])}; {h.fmt(memo['fraction_below_0.5'])} of "
+            f"generated slices are under 0.5. (Written without a null: the ratio of unseen real slices is not known.)</p>"
+        )
+    return (
+        "<p>For each generated slice: pixel distance to its nearest training slice (training offsets) divided by the "
+        "distance to its nearest test slice of another subject. The null is the same ratio for the real test slices "
+        "themselves, which the generator never saw: nearest-neighbour distances shrink with set size, so even unseen real "
+        "slices sit below 1.</p>"
+        + h.table(
+            [
+                {
+                    "what": "generated slices",
+                    "median": memo.get("median_ratio"),
+                    "below1": memo.get("fraction_below_1"),
+                    "below_p05": memo.get("fraction_below_null_p05"),
+                    "n": memo.get("n_generated"),
+                },
+                {
+                    "what": "real test slices (null)",
+                    "median": memo.get("null_median_ratio"),
+                    "below1": memo.get("null_fraction_below_1"),
+                    "below_p05": 0.05,
+                    "n": memo.get("n_null"),
+                },
+            ],
+            ["what", "median", "below1", "below_p05", "n"],
+            {
+                "median": "median ratio",
+                "below1": "fraction below 1",
+                "below_p05": f"fraction below the null's 5th percentile ({h.fmt(memo.get('null_p05'))})",
+                "n": "slices (per fold)" if memo.get("n_folds", 1) > 1 else "slices",
+            },
+        )
+        + "<p>Copying shows as a generated fraction well above 0.05 below the null's 5th percentile"
+        + (" (values are means over folds)." if memo.get("n_folds", 1) > 1 else ".")
+        + "</p>"
+    )
+
+
 def generation(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> str:
     g = m["generation"]
     suffix = g["suffix"]
     headers = _gen_headers(suffix)
-    body = (
-        f'<p class="note">Fold {h.esc(g["fold"])}: {g["n_generated"]} generated slices against {g["n_heldout"]} held-out real slices '
-        f"(validation and test subjects). Metrics with the suffix _{h.esc(suffix)} use the {h.esc(m['feature_extractor']['name'])} "
-        f"features; they are comparable within this pipeline, not with the paper's FID_Rad. The reference row compares real "
-        f"training slices with the same held-out slices.</p>"
-    )
-    body += "<h3>All classes</h3>" + h.table(_generation_rows(g["overall"]), ["images", *GENERATION_COLUMNS, "note"], headers)
+    several = any(r.get("n_folds", 1) > 1 for r in g["overall"].values() if isinstance(r, dict))
+    columns = ["images", "fid", *(["fid_sd"] if several else []), "fid_ci", "kid", *(["kid_sd_over_folds"] if several else [])]
+    columns += ["kid_ci", "precision", "recall", "density", "coverage", "n_real", "n_fake", "note"]
+    body = _generation_intro(g, m)
+    title = "All classes" + (" (mean over folds; intervals per fold below)" if several else "")
+    body += f"<h3>{title}</h3>" + h.table(_generation_rows(g["overall"]), columns, headers)
+    if g.get("per_fold") and several:
+        rows = [{"fold": f["fold"], **r} for f in g["per_fold"] for r in _generation_rows(f["overall"])]
+        body += "<h3>Per fold</h3>" + h.table(
+            rows, ["fold", "images", "fid", "fid_ci", "kid", "kid_ci", "coverage", "n_real", "n_fake", "note"], headers
+        )
     rows = []
     for name, block in g["per_class"].items():
         for r in _generation_rows(block):
@@ -163,23 +263,22 @@ def generation(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> 
     body += "<h3>Per class</h3>" + h.table(
         rows, ["class", "images", "fid", "kid", "precision", "recall", "density", "coverage", "n_real", "n_fake", "note"], headers
     )
-    ms = [{"images": k, **v} for k, v in g["ms_ssim"].items()]
-    body += "<h3>MS-SSIM (diversity: lower intra-class = more diverse)</h3>" + h.table(
-        ms, ["images", "intra", "intra_std", "inter", "inter_std", "intra_pairs", "inter_pairs"]
+    ms = [{"images": {"generated": "generated", "real": "real test subjects"}.get(k, k), **v} for k, v in g["ms_ssim"].items()]
+    body += (
+        "<h3>MS-SSIM (diversity: lower intra-class = more diverse)</h3>"
+        + ('<p class="note">Real pairs never join two slices of one subject.</p>' if g.get("definitions") else "")
+        + h.table(ms, ["images", "intra", "intra_std", "inter", "inter_std", "intra_pairs", "inter_pairs"])
     )
-    body += h.image(evaluation / "real_vs_generated.png", "Per class: held-out real slices (left) and generated slices (right).")
+    body += h.image(
+        evaluation / "real_vs_generated.png", f"Per class: test slices (left) and generated slices (right), {g['fold']}."
+    )
     samples = folds["samples"].get(g["fold"])
     for png in sorted(samples.glob("samples_*.png")) if samples else []:
         body += h.image(png, f"Sample grid: {png.stem.removeprefix('samples_')}", width=560)
-    memo = g["memorisation"]
-    body += (
-        "<h3>Memorisation check</h3>"
-        f"<p>For each generated slice, the pixel distance to its nearest training slice divided by the distance to its nearest "
-        f"held-out slice. Median ratio {h.fmt(memo['median_ratio'])}; {h.fmt(memo['fraction_below_0.5'])} of generated slices "
-        f"are under 0.5 (much closer to a training slice than to any new one, a copying warning). Values near or above 1 mean "
-        f"the samples are no closer to the training data than to unseen data.</p>"
+    body += "<h3>Memorisation check</h3>" + _memorisation_text(g["memorisation"])
+    body += h.image(
+        evaluation / "memorisation.png", "Ratio distributions (generated and null) and the closest generated/training pairs."
     )
-    body += h.image(evaluation / "memorisation.png", "Ratio distribution and the closest generated/training pairs.")
     return body
 
 
@@ -356,18 +455,36 @@ def generative_comparison(m: dict, evaluation: Path) -> str:
     for model in [*c["models"], reference]:
         values = model["metrics"]
         row = {"model": model["model"], **{k: values.get(k) for k in GENERATION_COLUMNS if k in values}}
+        row["fid_sd"] = values.get("fid_sd")
         row["ms_ssim_intra"] = model["ms_ssim"].get("intra")
         row["ms_ssim_inter"] = model["ms_ssim"].get("inter")
-        row["note"] = values.get("skipped", "")
+        row["note"] = values.get("skipped", values.get("note", ""))
         row["paper"] = _paper_tables12(model.get("paper"))
         rows.append(row)
     headers["paper"] = "paper, Tables 1-2 (FID_Rad features)"
-    body = (
-        f'<p class="note">Fold {h.esc(c["fold"])}: every model trained on the same training slices and augmentation; its '
-        f"samples (95% intervals by bootstrap) scored against the same {c['n_heldout']} held-out real slices by the same "
-        f"functions.{PAPER_NOTE if published else ''}</p>"
+    scored = c.get("folds_scored", [c["fold"]])
+    reference["model"] = "real training subjects (reference)" if "folds_scored" in c else reference["model"]
+    where = (
+        f"Folds {h.esc(', '.join(scored))}: every model trained on the same training slices and augmentation; its samples, "
+        f"subsampled to the test set's class mix, scored against the same {c['n_heldout']} test-subject slices (evaluation "
+        f"offsets) by the same functions; {'mean over folds, ' if len(scored) > 1 else ''}95% intervals by resampling subjects. "
+        f"The reference row is the training subjects' slices at the same offsets, matched in size and class mix."
+        if "folds_scored" in c
+        else f"Fold {h.esc(c['fold'])}: every model trained on the same training slices and augmentation; its samples (95% "
+        f"intervals by bootstrap) scored against the same {c['n_heldout']} held-out real slices by the same functions."
     )
-    columns = ["model", *GENERATION_COLUMNS, "ms_ssim_intra", "ms_ssim_inter", "note", *(["paper"] if published else [])]
+    body = f'<p class="note">{where}{PAPER_NOTE if published else ""}</p>'
+    several = any((model["metrics"] or {}).get("n_folds", 1) > 1 for model in c["models"])
+    columns = [
+        "model",
+        "fid",
+        *(["fid_sd"] if several else []),
+        *GENERATION_COLUMNS[1:],
+        "ms_ssim_intra",
+        "ms_ssim_inter",
+        "note",
+    ]
+    columns += ["paper"] if published else []
     body += h.table(rows, columns, headers)
     for model in c["models"]:
         body += h.image(evaluation / model["figure"], f"{model['model']}: held-out real slices (left) and samples (right).")
