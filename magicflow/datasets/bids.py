@@ -144,7 +144,9 @@ def _files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
             images.append(entry)
         elif NIFTI_ANY_CASE.search(name):
             ext = NIFTI_ANY_CASE.search(name).group(0)
-            skipped.append((entry, f"extension {ext!r} is not lower case, which BIDS and the pipeline require: rename to {ext.lower()!r}"))
+            skipped.append(
+                (entry, f"extension {ext!r} is not lower case, which BIDS and the pipeline require: rename to {ext.lower()!r}")
+            )
         else:
             suffix = entry.suffix.lower()
             if suffix in UNREADABLE_FORMATS or name.lower().endswith((".img.gz", ".hdr.gz")):
@@ -200,7 +202,13 @@ def read_bids(
         excluded += [Exclusion(dataset, subject, _session_of(p), str(p), why) for p, why in skipped]
         if not found and not skipped:
             excluded.append(
-                Exclusion(dataset, subject, MISSING, str(subject_dir), "subject folder without NIfTI images in anat/ or pet/ (or ses-*/anat/, ses-*/pet/)")
+                Exclusion(
+                    dataset,
+                    subject,
+                    MISSING,
+                    str(subject_dir),
+                    "subject folder without NIfTI images in anat/ or pet/ (or ses-*/anat/, ses-*/pet/)",
+                )
             )
         stems: dict[str, list[Path]] = {}
         for image in found:

@@ -30,7 +30,7 @@ from magicflow.datasets.manifest import (
     MISSING,
     Exclusion,
     ImageRow,
-    check_subject_ids,
+    exclude_bad_subjects,
     drop_duplicate_images,
     exclusion_of,
     file_stem,
@@ -380,8 +380,8 @@ def read_ida(
             candidates.append(found)
     rows, not_chosen = one_image_per_scan(candidates, processing_level)
     rows, duplicates = drop_duplicate_images(rows)
-    check_subject_ids(sorted({r.subject for r in rows}), f"{project} dataset {root}")
-    return rows, excluded + not_chosen + duplicates
+    rows, bad_labels = exclude_bad_subjects(rows)
+    return rows, excluded + not_chosen + duplicates + bad_labels
 
 
 def one_image_per_scan(candidates: list[Candidate], level: str) -> tuple[list[ImageRow], list[Exclusion]]:

@@ -15,7 +15,7 @@ from magicflow.datasets.manifest import (
     MISSING,
     Exclusion,
     ImageRow,
-    check_subject_ids,
+    exclude_bad_subjects,
     drop_duplicate_images,
     format_age,
     image_stem,
@@ -117,5 +117,5 @@ def read_ixi(
             )
         )
     rows, duplicates = drop_duplicate_images(rows)
-    check_subject_ids(sorted({r.subject for r in rows}), f"IXI dataset {root}")
-    return rows, excluded + duplicates
+    rows, bad_labels = exclude_bad_subjects(rows)
+    return rows, excluded + duplicates + bad_labels

@@ -125,12 +125,12 @@ def header_problem(path: str | Path, modality: str, max_voxel_mm: dict[str, floa
     affine = img.affine
     if not np.all(np.isfinite(affine)):
         return "the affine (sform/qform) has NaN or infinite values: voxel positions unknown"
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        return "the affine (sform/qform) is singular: voxel positions unknown, the image cannot be registered"
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     sizes = "x".join(f"{z:.3g}" for z in zooms)
     if zooms.min() < MIN_VOXEL_MM:
         return f"voxel size {sizes} mm: an edge under {MIN_VOXEL_MM} mm is not a real acquisition (broken header)"
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6 * float(np.prod(zooms)):
+        return "the affine (sform/qform) is singular (its axes are parallel): voxel positions unknown, the image cannot be registered"
     limit = (MAX_VOXEL_MM if max_voxel_mm is None else {**MAX_VOXEL_MM, **max_voxel_mm}).get(modality)
     if limit is not None and zooms.max() > limit:
         return (
@@ -195,11 +195,7 @@ def screen_images(
     def problem(row: ImageRow) -> str:
         if re.search(r"\s", Path(row.path).name):
             return "the file name has whitespace, which the workflow's rules cannot pass safely: rename the file"
-        return (
-            header_problem(row.path, row.modality, max_voxel_mm)
-            or timing_problem(row)
-            or data_problem(row.path, row.modality)
-        )
+        return header_problem(row.path, row.modality, max_voxel_mm) or timing_problem(row) or data_problem(row.path, row.modality)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # zlib and numpy release the GIL
         problems = list(pool.map(problem, rows))
@@ -207,28 +203,10 @@ def screen_images(
     return kept, [exclusion_of(row, why) for row, why in zip(rows, problems) if why]
 
 
-def check_subject_ids(subjects: Iterable[str], source: str) -> None:
-    """Subject IDs reach file names and shell commands: letters and digits only, no duplicates
-    (also none that differ only by case, which collide on case-insensitive file systems)."""
-    seen: dict[str, str] = {}
-    for subject in subjects:
-        if not SUBJECT_ID.match(subject):
-            raise InputError(
-                f"{source}: subject ID {subject!r} has characters other than letters and digits; "
-                "IDs end up in file names and shell commands, so rename it"
-            )
-        key = subject.lower()
-        if key in seen:
-            what = "appears twice" if seen[key] == subject else f"collides with {seen[key]!r} (IDs differ only by case)"
-            raise InputError(f"{source}: duplicate subject ID {subject!r}: it {what}")
-        seen[key] = subject
-
-
 def subject_problems(subjects: Iterable[str]) -> dict[str, str]:
     """Per subject label, why it cannot be used (labels absent are fine): characters other than
     ASCII letters and digits (a hyphen, an accent), or a clash with another label differing only
-    by case (they collide on case-insensitive file systems, so neither is kept). The per-subject
-    form of :func:`check_subject_ids`, for adapters that exclude a subject and go on."""
+    by case (they collide on case-insensitive file systems, so neither is kept)."""
     problems: dict[str, str] = {}
     by_key: dict[str, list[str]] = {}
     for subject in subjects:
@@ -244,6 +222,15 @@ def subject_problems(subjects: Iterable[str]) -> dict[str, str]:
             others = ", ".join(repr(o) for o in sorted(set(clash) - {subject}))
             problems[subject] = f"subject label {subject!r} differs only by case from {others}: rename one (neither is kept)"
     return problems
+
+
+def exclude_bad_subjects(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Exclusion]]:
+    """The rows of subjects :func:`subject_problems` finds fault with, as exclusions: one
+    subject's label never stops its dataset."""
+    problems = subject_problems(sorted({r.subject for r in rows}))
+    return [r for r in rows if r.subject not in problems], [
+        exclusion_of(r, problems[r.subject]) for r in rows if r.subject in problems
+    ]
 
 
 def scanner_key(name: str) -> str:
@@ -285,8 +272,9 @@ def exclusion_summary(excluded: list[Exclusion]) -> list[str]:
     from collections import Counter
 
     def kind(reason: str) -> str:
-        text = re.sub(r"'[^']*'|\S*/\S*", "…", reason)
-        return re.sub(r"\d+(\.\d+)?", "N", text)[:160]
+        text = re.sub(r"\b\d[\d.]*(x\d[\d.]*)+\b", "N", reason)
+        text = re.sub(r"'[^']*'|\"[^\"]*\"|(?<![\w*])/\S+|\S+\.(nii|gz|json|hdr|img|tsv|csv)\b\S*", "…", text)
+        return re.sub(r"\b\d+(\.\d+)?\b", "N", text)[:160]
 
     counts = Counter(kind(e.reason) for e in excluded)
     return [f"{n:5d} x {text}" for text, n in counts.most_common()]
@@ -295,7 +283,7 @@ def exclusion_summary(excluded: list[Exclusion]) -> list[str]:
 def subject_id(raw: str) -> str:
     """A source's subject ID as letters and digits only, by dropping every other character
     (ADNI 941_S_1202 -> 941S1202, PPMI 3000 -> 3000). Deterministic, so reruns agree; a
-    collision this creates is caught by :func:`check_subject_ids`."""
+    collision this creates is excluded by :func:`exclude_bad_subjects`."""
     return re.sub(r"[^A-Za-z0-9]", "", str(raw).strip())
 
 
