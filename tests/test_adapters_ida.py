@@ -79,8 +79,11 @@ def test_adni_manifest(adni: tuple[Path, Path], tmp_path: Path):
     assert reasons["I100008"] == "image ID I100008 is not in the collection CSV"
     assert reasons["I100009"].startswith("no diagnosis within 180 days of the scan (2019-03-01); the nearest visit (2017-01-10)")
     assert any(r.startswith("duplicate image ID sub-002S0413_ses-20180110_img-I100004_T1w") for r in reasons.values())
-    no_t1 = [e for e in excluded if e.reason.startswith("no T1w for subject 003S4288")]
-    assert len(no_t1) == 1 and nib.load(no_t1[0].path).shape == (6, 6, 6, 3)  # frames assembled into 4D
+    # frames assembled into 4D; their files gave no FrameDuration, which the registration job
+    # needs, so the PET is excluded when the manifest is built (before: only for lack of a T1w)
+    no_t1 = [e for e in excluded if e.subject == "003S4288" and "I100007" in e.path]
+    assert len(no_t1) == 1 and nib.load(no_t1[0].path).shape == (6, 6, 6, 3)
+    assert no_t1[0].reason.startswith("PET frame timing") and "missing FrameDuration" in no_t1[0].reason
     assert len(excluded) == 6
 
 
