@@ -280,9 +280,15 @@ def test_mri_series_choice(mri_choices: tuple[Path, Path]):
     assert sorted(r.image for r in rows) == [
         "sub-941S1202_ses-20170510_img-I200001_T1w",
         "sub-941S1202_ses-20170510_img-I200006_FLAIR",
-        "sub-941S1202_ses-20170510_img-I200007_FLAIR",
     ]
     reasons = {Path(e.path).name: e.reason for e in excluded}
+    # the series with a missing slice: excluded by default (max_interpolated_slices 0), saying so
+    assert reasons["I200007.nii.gz"].startswith(
+        "1 slice(s) missing from the series: dcm2niix filled the gap by interpolation (its _Eq copy), "
+        "more than max_interpolated_slices (0)"
+    )
+    allowed, _ = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", max_interpolated_slices=1)
+    assert "sub-941S1202_ses-20170510_img-I200007_FLAIR" in {r.image for r in allowed}
     assert reasons["I200002_3_e2.nii.gz"] == "echo 2 of a multi-echo series (echo 1 is the one used); kept I200002.nii.gz"
     assert reasons["I200007_3.nii.gz"] == (
         "uncorrected for unequal slice spacing (dcm2niix also wrote the corrected copy, which is used); kept I200007.nii.gz"
@@ -294,7 +300,7 @@ def test_mri_series_choice(mri_choices: tuple[Path, Path]):
     )
     assert reasons["I200004"] == "series 'Sagittal T1' is a T1 spin echo (ScanningSequence SE), not a 3D T1 gradient echo"
     assert reasons["I200005"] == "series 'Axial T2' is a T2* gradient echo (ScanningSequence GR), not a T2w spin echo"
-    assert len(excluded) == 7
+    assert len(excluded) == 8
     convert_download(root, "ADNI", converted)  # reused conversions list their set-aside files again
     assert pd.read_csv(converted / "conversion.tsv", sep="\t", dtype=str, keep_default_na=False).equals(conversion)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from magicflow.datasets.adni import read_adni
 from magicflow.datasets.bids import LABEL_COLUMNS, read_bids
-from magicflow.datasets.ida import convert_download
+from magicflow.datasets.ida import MAX_INTERPOLATED_SLICES, convert_download
 from magicflow.datasets.series import PROCESSING_LEVELS
 from magicflow.datasets.ixi import read_ixi
 from magicflow.datasets.manifest import (
@@ -53,6 +53,7 @@ KIND_OPTIONS: dict[str, dict[str, str]] = {
         "diagnosis_label": "diagnosis_labels",
         "mri_series_include": "mri_series_include",
         "mri_series_exclude": "mri_series_exclude",
+        "max_interpolated_slices": "max_interpolated_slices",
     },
     "adni": {
         "collection": "collection",
@@ -63,6 +64,7 @@ KIND_OPTIONS: dict[str, dict[str, str]] = {
         "processing_level": "processing_level",
         "mri_series_include": "mri_series_include",
         "mri_series_exclude": "mri_series_exclude",
+        "max_interpolated_slices": "max_interpolated_slices",
     },
 }
 COLUMN_NAMES = {"bids": LABEL_COLUMNS, "sald": tuple(DEMOGRAPHIC_COLUMNS)}
@@ -127,6 +129,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=MAX_REFERENCE_GAP_DAYS,
         help=f"largest gap in days between an image and the T1w it registers through (default {MAX_REFERENCE_GAP_DAYS})",
+    )
+    parser.add_argument(
+        "--max-interpolated-slices",
+        type=int,
+        help="ppmi, adni: most slices dcm2niix may fill into a series' gaps by interpolation before "
+        f"the series is excluded (default {MAX_INTERPOLATED_SLICES})",
     )
     parser.add_argument(
         "--max-voxel-mm",
