@@ -469,3 +469,51 @@ def test_scanner_spellings_become_one_and_look_alikes_are_warned():
         ("Siemens Prisma", "Siemens Prisma fit")
     ]
     assert near_duplicates(["Siemens TrioTim", "GE Signa HDxt"]) == []
+
+
+# ------------------------------------------------------------------ IDA downloads: clearer reasons
+
+
+def test_a_collection_saying_pet_for_an_mr_series_says_so():
+    from magicflow.datasets.series import classify
+
+    reason = classify(["MPRAGE"], {"Modality": "MR"}, "PET")
+    assert reason.startswith("the collection CSV says PET but the image header says MR")  # was 'PET tracer not recognised'
+
+
+def test_an_html_page_saved_as_dcm_is_named_not_dcm2niix_banner(tmp_path: Path):
+    from magicflow.datasets.dicom import convert_series, not_dicom
+
+    folder = tmp_path / "I1"
+    folder.mkdir()
+    (folder / "ADNI_0001.dcm").write_text("<!DOCTYPE html><html><body>Session expired</body></html>")
+    assert not_dicom(folder) == (
+        "no file is DICOM; ADNI_0001.dcm is an HTML page (a failed or expired download?): download the series again"
+    )
+    with pytest.raises(InputError) as error:
+        convert_series(folder, tmp_path / "out", "I1")
+    assert "ADNI_0001.dcm is an HTML page" in str(error.value) and "version" not in str(error.value).lower()
+
+
+def test_the_manifest_command_logs_counts_by_reason_and_look_alike_scanners(tmp_path: Path, capsys):
+    import argparse
+
+    from magicflow.datasets.commands import add_arguments, run
+
+    root = small_bids(tmp_path / "b")
+    sidecar(root / "sub-01/anat/sub-01_T1w.nii.gz", {"Manufacturer": "Siemens", "ManufacturersModelName": "Prisma"})
+    sidecar(root / "sub-02/anat/sub-02_T1w.nii.gz", {"Manufacturer": "Siemens", "ManufacturersModelName": "Prisma_fit"})
+    t1(root, "03", affine=scaled(1, 1, 4.8))
+    t1(root, "04", affine=scaled(1, 1, 4.8))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = ["--out", str(tmp_path / "m.tsv"), "--excluded", str(tmp_path / "e.tsv")]
+    args = parser.parse_args(["--dataset", "b", "--kind", "bids", "--root", str(root), *out])
+    assert run(args) == 0
+    log = capsys.readouterr().out
+    assert "b: 2 images" in log and "2 excluded" in log
+    assert "    2 x voxel size N mm: edges over max_voxel_mm.T1w (N mm)" in log
+    assert "warning: scanner names 'Siemens Prisma' and 'Siemens Prisma fit' look alike" in log
+    args = parser.parse_args(["--dataset", "b", "--kind", "bids", "--root", str(root), "--max-voxel-mm", "T1w=5", *out])
+    run(args)
+    assert len(read_manifest(tmp_path / "m.tsv")) == 4
