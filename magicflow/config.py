@@ -361,3 +361,48 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         "samples": experiment["samples"],
         "attribution": experiment["attribution"],
     }
+
+
+def check_experiment_manifests(config: dict[str, Any], name: str, manifests: dict[str, Any]) -> None:
+    """What an experiment needs of its datasets' manifests, checked as soon as they exist (before
+    any registration): the label column is there, every value of ``classes`` occurs among the
+    experiment's image kinds, and there are subjects for every fold. ``manifests`` maps each
+    dataset to its manifest table (pandas); the slices can only have fewer images than these."""
+    import pandas as pd
+
+    experiment = config["experiments"][name]
+    key = f"experiment {name!r}"
+    kinds = experiment.get("modalities") or [experiment.get("target")]
+    parts = []
+    for dataset in experiment["datasets"]:
+        table = manifests[dataset].copy()
+        table["dataset"] = dataset
+        table["kind"] = table["modality"].where(table["modality"] != "pet", "pet-" + table["tracer"])
+        table["dataset_scanner"] = dataset + " " + table["scanner"]
+        column = "kind" if experiment["label"] == "modality" else experiment["label"]
+        if column not in table:
+            raise InputError(
+                f"{key}: the manifest of dataset {dataset!r} has no column {experiment['label']!r} to use as the label"
+            )
+        parts.append(table.assign(label=table[column])[table["kind"].isin(kinds)])
+    images = pd.concat(parts, ignore_index=True)
+    images = images[images["label"] != "n/a"]
+    present = sorted(images["label"].unique())
+    classes = experiment.get("classes") or []
+    absent = sorted(set(classes) - set(present))
+    if absent:
+        raise InputError(
+            f"{key}: classes {absent} never occur as {experiment['label']!r} among its {kinds} images in "
+            f"{experiment['datasets']}; values present: {present}"
+        )
+    if classes:
+        images = images[images["label"].isin(classes)]
+    if images.empty:
+        raise InputError(f"{key}: no {kinds} images with a {experiment['label']!r} label in {experiment['datasets']}")
+    folds = experiment["folds"]
+    subjects = images.groupby("label").apply(lambda t: (t["dataset"] + "/" + t["subject"]).nunique(), include_groups=False)
+    if (images["dataset"] + "/" + images["subject"]).nunique() < folds or (subjects < folds).all():
+        counts = ", ".join(f"{k}: {v}" for k, v in subjects.items())
+        raise InputError(
+            f"{key}: {folds} folds but the manifests hold too few subjects per class ({counts}); lower folds or add data"
+        )

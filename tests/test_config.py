@@ -220,3 +220,41 @@ def test_a_dataset_named_with_other_case_is_hinted_when_skipped():
     config["experiments"]["demo_scanner_generation"]["datasets"] = ["DEMO"]
     _, skipped = active_experiments(config)
     assert "('DEMO': did you mean 'demo'?)" in " ".join(skipped)
+
+
+def manifest(rows: list[tuple[str, str, str, str]]):
+    """A manifest with (subject, modality, tracer, diagnosis) per image."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{"subject": s, "modality": m, "tracer": t, "diagnosis": d, "scanner": "GE Signa"} for s, m, t, d in rows]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"classes": ["AD", "FTD"]}, "classes ['FTD'] never occur as 'diagnosis' among its ['T1w'] images in ['adni']"),
+        ({"label": "site"}, "the manifest of dataset 'adni' has no column 'site'"),
+        ({"folds": 4}, "4 folds but the manifests hold too few subjects per class (AD: 3, CN: 3)"),
+        ({"modalities": ["pet-tau"]}, "no ['pet-tau'] images with a 'diagnosis' label"),
+    ],
+)
+def test_experiment_data_is_checked_against_the_manifests(change, expected):
+    from magicflow.config import check_experiment_manifests
+
+    rows = [(f"{d}{i}", "T1w", "n/a", d) for d in ("AD", "CN") for i in range(3)] + [("AD0", "pet", "fdg", "AD")]
+    experiment = {"datasets": ["adni"], "label": "diagnosis", "modalities": ["T1w"], "classes": None, "folds": 3, **change}
+    config = {"experiments": {"x": experiment}}
+    with pytest.raises(InputError) as error:
+        check_experiment_manifests(config, "x", {"adni": manifest(rows)})
+    assert expected in str(error.value)
+
+
+def test_experiment_data_that_fits_passes():
+    from magicflow.config import check_experiment_manifests
+
+    rows = [(f"{d}{i}", "T1w", "n/a", d) for d in ("AD", "CN") for i in range(3)] + [("AD0", "pet", "fdg", "AD")]
+    for label, classes in (("diagnosis", ["AD", "CN"]), ("modality", ["T1w"]), ("dataset_scanner", ["adni GE Signa"])):
+        experiment = {"datasets": ["adni"], "label": label, "modalities": ["T1w"], "classes": classes, "folds": 3}
+        check_experiment_manifests({"experiments": {"x": experiment}}, "x", {"adni": manifest(rows)})
