@@ -505,6 +505,7 @@ def test_the_manifest_command_logs_counts_by_reason_and_look_alike_scanners(tmp_
     sidecar(root / "sub-02/anat/sub-02_T1w.nii.gz", {"Manufacturer": "Siemens", "ManufacturersModelName": "Prisma_fit"})
     t1(root, "03", affine=scaled(1, 1, 4.8))
     t1(root, "04", affine=scaled(1, 1, 4.8))
+    (root / "participants.tsv").write_text("participant_id\tdiagnosis\nsub-01\tAD\nsub-02\tad\n")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = ["--out", str(tmp_path / "m.tsv"), "--excluded", str(tmp_path / "e.tsv")]
@@ -513,7 +514,8 @@ def test_the_manifest_command_logs_counts_by_reason_and_look_alike_scanners(tmp_
     log = capsys.readouterr().out
     assert "b: 2 images" in log and "2 excluded" in log
     assert "    2 x voxel size N mm: edges over max_voxel_mm.T1w (N mm)" in log
-    assert "warning: scanner names 'Siemens Prisma' and 'Siemens Prisma fit' look alike" in log
+    assert "warning: scanner values 'Siemens Prisma' and 'Siemens Prisma fit' look alike" in log
+    assert "warning: diagnosis values 'AD' and 'ad' look alike" in log
     args = parser.parse_args(["--dataset", "b", "--kind", "bids", "--root", str(root), "--max-voxel-mm", "T1w=5", *out])
     run(args)
     assert len(read_manifest(tmp_path / "m.tsv")) == 4

@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {line}")
     for item in excluded:
         print(f"  excluded {item.path}: {item.reason}")
-    for a, b in near_duplicates(r.scanner for r in rows):
-        print(f"  warning: scanner names {a!r} and {b!r} look alike; if they are one scanner, they are still two classes")
+    for column in ("scanner", "diagnosis", "sex"):  # the labels experiments classify by
+        for a, b in near_duplicates(getattr(r, column) for r in rows):
+            print(f"  warning: {column} values {a!r} and {b!r} look alike; if they are one, they are still two classes")
     return 0
