@@ -406,12 +406,6 @@ def test_dataset_level_faults_stop_in_one_line_naming_the_file(tmp_path: Path, s
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_root_that_is_a_file_is_called_a_file(tmp_path: Path):
-    (tmp_path / "b").write_text("not a folder")
-    with pytest.raises(InputError, match="is a file, not a folder"):
-        build_manifest("bids", tmp_path / "b", "b", {})
-
-
 def test_no_usable_t1w_at_all_stops_the_dataset(tmp_path: Path):
     root = tmp_path / "b"
     t1(root, "01", affine=scaled(1, 1, 5))
@@ -519,3 +513,10 @@ def test_the_manifest_command_logs_counts_by_reason_and_look_alike_scanners(tmp_
     args = parser.parse_args(["--dataset", "b", "--kind", "bids", "--root", str(root), "--max-voxel-mm", "T1w=5", *out])
     run(args)
     assert len(read_manifest(tmp_path / "m.tsv")) == 4
+
+
+@pytest.mark.parametrize("kind", ["bids", "ixi"])
+def test_every_adapter_calls_a_root_that_is_a_file_a_file(tmp_path: Path, kind: str):
+    (tmp_path / "root").write_text("not a folder")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        build_manifest(kind, tmp_path / "root", "d", {})

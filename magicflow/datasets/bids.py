@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import pandas as pd
 
-from magicflow.datasets.manifest import IMAGE_STEM, MISSING, Exclusion, ImageRow, subject_problems, volume_problem
+from magicflow.datasets.manifest import IMAGE_STEM, MISSING, Exclusion, ImageRow, check_root, subject_problems, volume_problem
 from magicflow.datasets.tracers import tracer_family
 from magicflow.errors import InputError
 
@@ -172,10 +172,7 @@ def read_bids(
     one subject or file excludes it with the reason; only faults of the whole dataset (no root,
     no sub-* folders, an unusable participants.tsv) stop it."""
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise InputError(f"dataset {dataset!r}: BIDS root {str(root)!r} is a file, not a folder")
-    if not root.is_dir():
-        raise InputError(f"dataset {dataset!r}: BIDS root {str(root)!r} does not exist")
+    check_root(root, f"dataset {dataset!r}: BIDS root")
     subject_dirs = sorted(p for p in root.glob("sub-*") if p.is_dir())
     if not subject_dirs:
         raise InputError(f"dataset {dataset!r}: no sub-* folders under {root}; is this a BIDS dataset?")

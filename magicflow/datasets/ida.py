@@ -27,6 +27,7 @@ from magicflow.datasets.bids import scanner_name
 from magicflow.datasets.clock import parse_date
 from magicflow.datasets.dicom import CORRECTED_POSTFIXES, NIFTI, assemble_frames, convert_series, main_image
 from magicflow.datasets.manifest import (
+    check_root,
     MISSING,
     Exclusion,
     ImageRow,
@@ -112,8 +113,7 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
     are listed with status 'set aside' and their reason, so the manifest lists them as excluded.
     A folder already converted in an earlier run is reused, never converted again."""
     root, nifti_dir = Path(root), Path(nifti_dir)
-    if not root.is_dir():
-        raise InputError(f"{project} root {str(root)!r} does not exist")
+    check_root(root, f"{project} root")
     records = []
     for folder in image_folders(root, project):
         record = {
@@ -355,8 +355,7 @@ def read_ida(
     a series whose missing slices dcm2niix filled by interpolation is kept only while it filled
     no more than ``max_interpolated_slices``."""
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"dataset {dataset!r}: {project} root {str(root)!r} does not exist")
+    check_root(root, f"dataset {dataset!r}: {project} root")
     if processing_level not in PROCESSING_LEVELS:
         raise InputError(f"dataset {dataset!r}: processing_level {processing_level!r} is not one of {list(PROCESSING_LEVELS)}")
     folders = image_folders(root, project)

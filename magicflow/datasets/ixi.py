@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from magicflow.datasets.manifest import (
+    check_root,
     MISSING,
     Exclusion,
     ImageRow,
@@ -66,8 +67,7 @@ def read_ixi(
     """Manifest rows (references not yet assigned) and exclusions for an unpacked IXI download;
     ``demographics`` is relative to ``root`` unless absolute."""
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"dataset {dataset!r}: IXI root {str(root)!r} does not exist")
+    check_root(root, f"dataset {dataset!r}: IXI root")
     sites = SITE_SCANNERS if sites is None else sites
     labels = read_demographics(root / demographics, SEX_LABELS if sex_labels is None else sex_labels)
     images = sorted(p for p in root.rglob("IXI*.nii*") if p.is_file())

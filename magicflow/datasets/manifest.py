@@ -317,6 +317,15 @@ def format_age(value: object) -> str:
     return f"{age:.2f}".rstrip("0").rstrip(".")
 
 
+def check_root(root: Path, what: str) -> None:
+    """Stop when a dataset root is not a folder, saying whether it is missing or a file
+    (a root naming a file used to be reported as missing)."""
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{what} {str(root)!r} is a file, not a folder: give the folder the download was unpacked into")
+    if not root.is_dir():
+        raise InputError(f"{what} {str(root)!r} does not exist")
+
+
 def exclusion_of(row: ImageRow, reason: str) -> Exclusion:
     """The exclusion of an image that was read but cannot be used."""
     return Exclusion(row.dataset, row.subject, row.session, row.path, reason)
