@@ -92,13 +92,106 @@ def schema_defaults(section: str) -> dict[str, Any]:
     return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
 
 
+#: what an experiment's label can name: the manifest's columns, plus the two the experiments derive
+DERIVED_LABELS = ("modality", "dataset_scanner")
+#: image kinds a demo cohort's tracer setting adds
+DEMO_TRACER_KINDS = {"FDG": "pet-fdg", "AV45": "pet-amyloid", "AV1451": "pet-tau"}
+
+
+def _label_columns() -> list[str]:
+    manifest = yaml.safe_load((SCHEMA_DIR / "manifest.schema.yaml").read_text())
+    return sorted(manifest["properties"]) + list(DERIVED_LABELS)
+
+
+def dataset_kinds(dataset: dict[str, Any]) -> set[str] | None:
+    """The image kinds a dataset can hold, where its kind fixes them (None: only its files know)."""
+    kind = dataset["kind"]
+    if kind == "demo":
+        return {"T1w", "T2w", "FLAIR"} | {DEMO_TRACER_KINDS[t] for t in dataset.get("tracers", DEMO_TRACER_KINDS)}
+    return {"ixi": {"T1w", "T2w"}, "sald": {"T1w"}}.get(kind)
+
+
+def known_label_values(config: dict[str, Any], experiment: dict[str, Any]) -> set[str] | None:
+    """Every value the experiment's label can take, where the config alone fixes them (None when
+    only the manifests know): image kinds, dataset names, and the diagnosis of the demo, IXI
+    and SALD (healthy cohorts get one configured label)."""
+    label, datasets = experiment["label"], [config["datasets"][d] for d in experiment["datasets"] if d in config["datasets"]]
+    if label == "modality":
+        return set(experiment.get("modalities") or [experiment.get("target")])
+    if label == "dataset":
+        return set(experiment["datasets"])
+    if label == "diagnosis" and datasets and all(d["kind"] in ("demo", "ixi", "sald") for d in datasets):
+        return {v for d in datasets for v in (("AD", "CN") if d["kind"] == "demo" else (d.get("diagnosis", "CN"),))}
+    return None
+
+
+def _case_clashes(names: list[str], key: str) -> None:
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise InputError(
+                f"config key '{key}': {other!r} and {name!r} differ only by case; their results folders "
+                "collide on case-insensitive file systems, so rename one"
+            )
+
+
+def check_experiment_data(config: dict[str, Any], name: str, experiment: dict[str, Any]) -> None:
+    """What the config alone says about an experiment's data: the label is a column the
+    manifests have, ``classes`` name values the label can take, the datasets can hold the
+    modalities asked for, and a demo cohort has subjects for every fold."""
+    key = f"config key 'experiments.{name}"
+    columns = _label_columns()
+    if experiment["label"] not in columns:
+        close = difflib.get_close_matches(experiment["label"], columns, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise InputError(f"{key}.label': no dataset has a column {experiment['label']!r}{hint}; labels are {', '.join(columns)}")
+    known = known_label_values(config, experiment)
+    classes = experiment.get("classes") or []
+    if experiment["label"] == "dataset_scanner":
+        stray = [c for c in classes if not any(c.startswith(d + " ") for d in experiment["datasets"])]
+        if stray:
+            raise InputError(
+                f"{key}.classes': {stray} do not start with one of the experiment's datasets "
+                f"{experiment['datasets']} (dataset_scanner values are '<dataset> <scanner>')"
+            )
+    elif known is not None and set(classes) - known:
+        raise InputError(
+            f"{key}.classes': {sorted(set(classes) - known)} never occur as {experiment['label']!r} here; "
+            f"the values are {sorted(known)}"
+        )
+    datasets = {d: config["datasets"][d] for d in experiment["datasets"] if d in config["datasets"]}
+    held = [dataset_kinds(d) for d in datasets.values()]
+    if datasets and all(h is not None for h in held):
+        available = set().union(*held)
+        wanted = experiment.get("modalities") or [experiment.get("source"), experiment.get("target")]
+        lacking = [m for m in wanted if m is not None and m not in available]
+        if lacking:
+            raise InputError(
+                f"{key}': asks for {lacking}, which datasets {sorted(datasets)} cannot hold (they hold {sorted(available)})"
+            )
+    demo = [d for d in datasets.values() if d["kind"] == "demo"]
+    folds = experiment.get("folds")
+    if folds and demo and len(demo) == len(datasets):
+        subjects = sum(d.get("subjects", 12) + d.get("t1w_only", 0) for d in demo)
+        if subjects < folds:
+            raise InputError(f"{key}.folds': {folds} folds but the demo cohort has {subjects} subjects; lower folds")
+
+
 def check_config(config: dict[str, Any]) -> None:
-    """What the schema cannot say: roots exist, presets exist, experiments name configured datasets."""
+    """What the schema cannot say: roots exist, presets exist, experiments name configured
+    datasets and data those datasets can have, names do not clash by case."""
+    _case_clashes(list(config["datasets"]), "datasets")
+    _case_clashes(list(config["experiments"]), "experiments")
     for name, dataset in config["datasets"].items():
         if dataset["kind"] != "demo":
             root = Path(dataset["root"]).expanduser()
+            if root.exists() and not root.is_dir():
+                raise InputError(f"config key 'datasets.{name}.root': {str(root)!r} is a file, not a folder")
             if not root.is_dir():
                 raise InputError(f"config key 'datasets.{name}.root': folder {str(root)!r} does not exist")
+    for name, experiment in config["experiments"].items():
+        check_experiment_data(config, name, experiment)
     presets = set(LIBRARY_PRESETS) | set(config.get("model_presets", {}))
     for name, experiment in config["experiments"].items():
         if experiment["preset"] not in presets:
@@ -171,7 +264,9 @@ def active_experiments(config: dict[str, Any]) -> tuple[dict[str, dict], list[st
     for name, experiment in config["experiments"].items():
         missing = [d for d in experiment["datasets"] if d not in config["datasets"]]
         if missing:
-            skipped.append(f"experiment {name!r} skipped: dataset(s) {', '.join(missing)} not configured")
+            alike = {d: [c for c in config["datasets"] if c.lower() == d.lower()] for d in missing}
+            hints = "".join(f" ({d!r}: did you mean {a[0]!r}?)" for d, a in alike.items() if a)
+            skipped.append(f"experiment {name!r} skipped: dataset(s) {', '.join(missing)} not configured{hints}")
         else:
             active[name] = experiment
     return active, skipped
@@ -267,3 +362,48 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         "samples": experiment["samples"],
         "attribution": experiment["attribution"],
     }
+
+
+def check_experiment_manifests(config: dict[str, Any], name: str, manifests: dict[str, Any]) -> None:
+    """What an experiment needs of its datasets' manifests, checked as soon as they exist (before
+    any registration): the label column is there, every value of ``classes`` occurs among the
+    experiment's image kinds, and there are subjects for every fold. ``manifests`` maps each
+    dataset to its manifest table (pandas); the slices can only have fewer images than these."""
+    import pandas as pd
+
+    experiment = config["experiments"][name]
+    key = f"experiment {name!r}"
+    kinds = experiment.get("modalities") or [experiment.get("target")]
+    parts = []
+    for dataset in experiment["datasets"]:
+        table = manifests[dataset].copy()
+        table["dataset"] = dataset
+        table["kind"] = table["modality"].where(table["modality"] != "pet", "pet-" + table["tracer"])
+        table["dataset_scanner"] = dataset + " " + table["scanner"]
+        column = "kind" if experiment["label"] == "modality" else experiment["label"]
+        if column not in table:
+            raise InputError(
+                f"{key}: the manifest of dataset {dataset!r} has no column {experiment['label']!r} to use as the label"
+            )
+        parts.append(table.assign(label=table[column])[table["kind"].isin(kinds)])
+    images = pd.concat(parts, ignore_index=True)
+    images = images[images["label"] != "n/a"]
+    present = sorted(images["label"].unique())
+    classes = experiment.get("classes") or []
+    absent = sorted(set(classes) - set(present))
+    if absent:
+        raise InputError(
+            f"{key}: classes {absent} never occur as {experiment['label']!r} among its {kinds} images in "
+            f"{experiment['datasets']}; values present: {present}"
+        )
+    if classes:
+        images = images[images["label"].isin(classes)]
+    if images.empty:
+        raise InputError(f"{key}: no {kinds} images with a {experiment['label']!r} label in {experiment['datasets']}")
+    folds = experiment["folds"]
+    subjects = images.groupby("label").apply(lambda t: (t["dataset"] + "/" + t["subject"]).nunique(), include_groups=False)
+    if (images["dataset"] + "/" + images["subject"]).nunique() < folds or (subjects < folds).all():
+        counts = ", ".join(f"{k}: {v}" for k, v in subjects.items())
+        raise InputError(
+            f"{key}: {folds} folds but the manifests hold too few subjects per class ({counts}); lower folds or add data"
+        )

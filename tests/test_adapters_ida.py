@@ -79,8 +79,11 @@ def test_adni_manifest(adni: tuple[Path, Path], tmp_path: Path):
     assert reasons["I100008"] == "image ID I100008 is not in the collection CSV"
     assert reasons["I100009"].startswith("no diagnosis within 180 days of the scan (2019-03-01); the nearest visit (2017-01-10)")
     assert any(r.startswith("duplicate image ID sub-002S0413_ses-20180110_img-I100004_T1w") for r in reasons.values())
-    no_t1 = [e for e in excluded if e.reason.startswith("no T1w for subject 003S4288")]
-    assert len(no_t1) == 1 and nib.load(no_t1[0].path).shape == (6, 6, 6, 3)  # frames assembled into 4D
+    # frames assembled into 4D; their files gave no FrameDuration, which the registration job
+    # needs, so the PET is excluded when the manifest is built (before: only for lack of a T1w)
+    no_t1 = [e for e in excluded if e.subject == "003S4288" and "I100007" in e.path]
+    assert len(no_t1) == 1 and nib.load(no_t1[0].path).shape == (6, 6, 6, 3)
+    assert no_t1[0].reason.startswith("PET frame timing") and "missing FrameDuration" in no_t1[0].reason
     assert len(excluded) == 6
 
 
@@ -277,9 +280,15 @@ def test_mri_series_choice(mri_choices: tuple[Path, Path]):
     assert sorted(r.image for r in rows) == [
         "sub-941S1202_ses-20170510_img-I200001_T1w",
         "sub-941S1202_ses-20170510_img-I200006_FLAIR",
-        "sub-941S1202_ses-20170510_img-I200007_FLAIR",
     ]
     reasons = {Path(e.path).name: e.reason for e in excluded}
+    # the series with a missing slice: excluded by default (max_interpolated_slices 0), saying so
+    assert reasons["I200007.nii.gz"].startswith(
+        "1 slice(s) missing from the series: dcm2niix filled the gap by interpolation (its _Eq copy), "
+        "more than max_interpolated_slices (0)"
+    )
+    allowed, _ = read_adni(root, "adni", "ADNI_collection.csv", converted, "ADNIMERGE.csv", max_interpolated_slices=1)
+    assert "sub-941S1202_ses-20170510_img-I200007_FLAIR" in {r.image for r in allowed}
     assert reasons["I200002_3_e2.nii.gz"] == "echo 2 of a multi-echo series (echo 1 is the one used); kept I200002.nii.gz"
     assert reasons["I200007_3.nii.gz"] == (
         "uncorrected for unequal slice spacing (dcm2niix also wrote the corrected copy, which is used); kept I200007.nii.gz"
@@ -291,7 +300,7 @@ def test_mri_series_choice(mri_choices: tuple[Path, Path]):
     )
     assert reasons["I200004"] == "series 'Sagittal T1' is a T1 spin echo (ScanningSequence SE), not a 3D T1 gradient echo"
     assert reasons["I200005"] == "series 'Axial T2' is a T2* gradient echo (ScanningSequence GR), not a T2w spin echo"
-    assert len(excluded) == 7
+    assert len(excluded) == 8
     convert_download(root, "ADNI", converted)  # reused conversions list their set-aside files again
     assert pd.read_csv(converted / "conversion.tsv", sep="\t", dtype=str, keep_default_na=False).equals(conversion)
 

@@ -159,3 +159,102 @@ def test_every_feature_extractor_option_is_a_config_key():
     config = fresh()
     config["evaluation"]["features"] = {"kind": "in_domain"}
     assert validate_config(config)["evaluation"]["features"] == {"kind": "in_domain", "epochs": 5}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda c: c["experiments"]["demo_scanner_generation"].update(label="scaner"),
+            "'experiments.demo_scanner_generation.label': no dataset has a column 'scaner' (did you mean 'scanner'?)",
+        ),
+        (
+            lambda c: c["experiments"]["demo_diagnosis_classification"].update(classes=["AD", "Alzheimer"]),
+            "'experiments.demo_diagnosis_classification.classes': ['Alzheimer'] never occur as 'diagnosis' here",
+        ),
+        (
+            lambda c: c["experiments"]["demo_diagnosis_classification"].update(folds=99),
+            "'experiments.demo_diagnosis_classification.folds': 99 folds but the demo cohort has",
+        ),
+        (
+            lambda c: c["datasets"]["demo"].update(tracers=["FDG"]),
+            "cannot hold",
+        ),
+        (lambda c: c["datasets"].update(Demo={"kind": "demo"}), "config key 'datasets': 'demo' and 'Demo' differ only by case"),
+        (
+            lambda c: c["experiments"].update(Demo_scanner_generation=c["experiments"]["demo_scanner_generation"]),
+            "differ only by case",
+        ),
+        (
+            lambda c: c["datasets"].update(ext={"kind": "ixi", "root": str(REPO_ROOT / "README.md")}),
+            "'datasets.ext.root': '" + str(REPO_ROOT / "README.md") + "' is a file, not a folder",
+        ),
+        (
+            lambda c: c["datasets"].update(ext={"kind": "ixi", "root": str(REPO_ROOT), "max_voxel_mm": {"T1": 2}}),
+            "'datasets.ext.max_voxel_mm'",
+        ),
+    ],
+)
+def test_configuration_mistakes_about_data_stop_at_parse_time(mutate, expected):
+    """Each used to surface late (after registration) or never: a misspelt label, a class that
+    cannot occur, more folds than subjects, a modality no dataset holds, case-clashing names,
+    a root that is a file reported as missing."""
+    config = fresh()
+    mutate(config)
+    with pytest.raises(InputError) as error:
+        validate_config(config)
+    assert expected in str(error.value)
+
+
+def test_max_voxel_mm_defaults_match_the_manifest_code():
+    """The schema's defaults and the manifest command's are one setting."""
+    from magicflow.datasets.manifest import MAX_VOXEL_MM
+
+    config = fresh()
+    config["datasets"]["ext"] = {"kind": "ixi", "root": str(REPO_ROOT)}
+    assert validate_config(config)["datasets"]["ext"]["max_voxel_mm"] == MAX_VOXEL_MM
+
+
+def test_a_dataset_named_with_other_case_is_hinted_when_skipped():
+    config = validate_config(fresh())
+    config["experiments"]["demo_scanner_generation"]["datasets"] = ["DEMO"]
+    _, skipped = active_experiments(config)
+    assert "('DEMO': did you mean 'demo'?)" in " ".join(skipped)
+
+
+def manifest(rows: list[tuple[str, str, str, str]]):
+    """A manifest with (subject, modality, tracer, diagnosis) per image."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{"subject": s, "modality": m, "tracer": t, "diagnosis": d, "scanner": "GE Signa"} for s, m, t, d in rows]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"classes": ["AD", "FTD"]}, "classes ['FTD'] never occur as 'diagnosis' among its ['T1w'] images in ['adni']"),
+        ({"label": "site"}, "the manifest of dataset 'adni' has no column 'site'"),
+        ({"folds": 4}, "4 folds but the manifests hold too few subjects per class (AD: 3, CN: 3)"),
+        ({"modalities": ["pet-tau"]}, "no ['pet-tau'] images with a 'diagnosis' label"),
+    ],
+)
+def test_experiment_data_is_checked_against_the_manifests(change, expected):
+    from magicflow.config import check_experiment_manifests
+
+    rows = [(f"{d}{i}", "T1w", "n/a", d) for d in ("AD", "CN") for i in range(3)] + [("AD0", "pet", "fdg", "AD")]
+    experiment = {"datasets": ["adni"], "label": "diagnosis", "modalities": ["T1w"], "classes": None, "folds": 3, **change}
+    config = {"experiments": {"x": experiment}}
+    with pytest.raises(InputError) as error:
+        check_experiment_manifests(config, "x", {"adni": manifest(rows)})
+    assert expected in str(error.value)
+
+
+def test_experiment_data_that_fits_passes():
+    from magicflow.config import check_experiment_manifests
+
+    rows = [(f"{d}{i}", "T1w", "n/a", d) for d in ("AD", "CN") for i in range(3)] + [("AD0", "pet", "fdg", "AD")]
+    for label, classes in (("diagnosis", ["AD", "CN"]), ("modality", ["T1w"]), ("dataset_scanner", ["adni GE Signa"])):
+        experiment = {"datasets": ["adni"], "label": label, "modalities": ["T1w"], "classes": classes, "folds": 3}
+        check_experiment_manifests({"experiments": {"x": experiment}}, "x", {"adni": manifest(rows)})

@@ -56,10 +56,16 @@ def bids(root: Path, subjects=("01", "02"), participants=True) -> Path:
     return root
 
 
+def pet_sidecar(tracer: str, frames: int = 3) -> str:
+    """A PET sidecar whose frame timing matches ``frames`` 5-minute frames from 30 min on."""
+    starts = [1800.0 + 300 * i for i in range(frames)]
+    return json.dumps({"TracerName": tracer, "FrameTimesStart": starts, "FrameDuration": [300.0] * frames})
+
+
 def pet(root: Path, subject: str, tracer="FDG", sidecar=True, frames=3) -> Path:
     path = nifti(root / f"sub-{subject}" / "pet" / f"sub-{subject}_trc-{tracer}_pet.nii.gz", shape=(8, 8, 8, frames))
     if sidecar:
-        path.with_name(path.name.replace(".nii.gz", ".json")).write_text(json.dumps({"TracerName": tracer}))
+        path.with_name(path.name.replace(".nii.gz", ".json")).write_text(pet_sidecar(tracer, frames))
     return path
 
 
@@ -95,7 +101,7 @@ def test_clinica_tracer_labels_and_sidecar_fallback(tmp_path: Path):
     root = bids(tmp_path / "b")
     pet(root, "01", tracer="18FFBB")  # Clinica's isotope-prefixed label
     tau = pet(root, "02", tracer="tau")  # not a tracer: the sidecar's TracerName decides
-    tau.with_name(tau.name.replace(".nii.gz", ".json")).write_text(json.dumps({"TracerName": "[18F]AV-1451"}))
+    tau.with_name(tau.name.replace(".nii.gz", ".json")).write_text(pet_sidecar("[18F]AV-1451"))
     rows, excluded = read_bids(root, "b")
     tracers = {r.image: (r.tracer, r.tracer_name) for r in rows if r.modality == "pet"}
     assert tracers == {"sub-01_trc-18FFBB_pet": ("amyloid", "18FFBB"), "sub-02_trc-tau_pet": ("tau", "[18F]AV-1451")}
@@ -117,7 +123,7 @@ def test_nearest_session_t1_is_the_reference(tmp_path: Path):
     for ses in ("01", "04"):
         nifti(root / "sub-01" / f"ses-{ses}" / "anat" / f"sub-01_ses-{ses}_T1w.nii.gz")
     p = nifti(root / "sub-01" / "ses-03" / "pet" / "sub-01_ses-03_trc-AV1451_pet.nii.gz", shape=(8, 8, 8, 2))
-    (root / "sub-01" / "ses-03" / "pet" / "sub-01_ses-03_trc-AV1451_pet.json").write_text('{"TracerName": "AV1451"}')
+    (root / "sub-01" / "ses-03" / "pet" / "sub-01_ses-03_trc-AV1451_pet.json").write_text(pet_sidecar("AV1451", 2))
     rows, _ = read_bids(root, "b")
     row = {r.image: r for r in rows}[p.name.removesuffix(".nii.gz")]
     assert (row.reference, row.reference_gap_days) == ("sub-01_ses-04_T1w", "n/a")  # labels, not dates
@@ -130,7 +136,7 @@ def test_dated_sessions_pair_by_days_within_the_gap(tmp_path: Path):
     for ses in ("20171229", "20190601"):
         pet_dir = root / "sub-01" / f"ses-{ses}" / "pet"
         nifti(pet_dir / f"sub-01_ses-{ses}_trc-FDG_pet.nii.gz", shape=(8, 8, 8, 3))
-        (pet_dir / f"sub-01_ses-{ses}_trc-FDG_pet.json").write_text('{"TracerName": "FDG"}')
+        (pet_dir / f"sub-01_ses-{ses}_trc-FDG_pet.json").write_text(pet_sidecar("FDG"))
     rows, excluded = read_bids(root, "b", max_reference_gap_days=365)
     row = {r.image: r for r in rows}["sub-01_ses-20171229_trc-FDG_pet"]
     # 2017-12-29 is 4 days from 2018-01-02 and 228 days from 2017-05-15 (20171229 - 20170515 = 714 as integers)
@@ -173,25 +179,27 @@ def test_broken_image_data_are_excluded_and_the_rest_goes_on(tmp_path: Path):
     [
         (
             lambda r: nifti(r / "sub-0x1" / "anat" / "sub-0x1_T1w.nii.gz").parent.parent.rename(r / "sub-0_1"),
-            "subject ID '0_1' has characters other than letters and digits",
+            "subject label '0_1' has characters other than ASCII letters and digits",
         ),
         (
-            lambda r: pd.DataFrame({"participant_id": ["sub-01", "sub-01"]}).to_csv(
+            lambda r: pd.DataFrame({"participant_id": ["sub-01", "sub-01", "sub-02"]}).to_csv(
                 r / "participants.tsv", sep="\t", index=False
             ),
-            "duplicate subject ID '01': it appears twice",
+            "lists sub-01 2 times",
         ),
         (
             lambda r: nifti(r / "sub-A1" / "anat" / "sub-A1_T1w.nii.gz") and nifti(r / "sub-a1" / "anat" / "sub-a1_T1w.nii.gz"),
-            "collides with",
+            "differs only by case",
         ),
     ],
 )
-def test_bad_subject_ids_stop_with_the_culprit(tmp_path: Path, setup, message):
+def test_bad_subject_ids_exclude_that_subject_only(tmp_path: Path, setup, message):
+    """A bad label used to stop the whole dataset; now that subject is excluded and the others go on."""
     root = bids(tmp_path / "b")
     setup(root)
-    with pytest.raises(InputError, match=message):
-        read_bids(root, "b")
+    rows, excluded = read_bids(root, "b")
+    assert excluded and all(message in e.reason for e in excluded)
+    assert "sub-02_T1w" in {r.image for r in rows}
 
 
 def test_no_t1w_at_all_stops(tmp_path: Path):

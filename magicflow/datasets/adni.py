@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 
 from magicflow.datasets.clock import parse_date
-from magicflow.datasets.ida import SeriesFilter, read_ida
+from magicflow.datasets.ida import MAX_INTERPOLATED_SLICES, SeriesFilter, read_ida
 from magicflow.datasets.manifest import Exclusion, ImageRow
 from magicflow.datasets.tables import read_table, relabel
 from magicflow.errors import InputError
@@ -59,6 +59,7 @@ def read_adni(
     processing_level: str = "raw",
     mri_series_include: str | None = None,
     mri_series_exclude: str | None = None,
+    max_interpolated_slices: int = MAX_INTERPOLATED_SLICES,
 ) -> tuple[list[ImageRow], list[Exclusion]]:
     """Manifest rows and exclusions for an ADNI download converted into ``nifti_dir``; table
     paths are relative to ``root`` unless absolute. ``processing_level`` picks which of a PET
@@ -93,4 +94,5 @@ def read_adni(
         diagnose,
         processing_level=processing_level,
         series_filter=SeriesFilter.of(mri_series_include, mri_series_exclude),
+        max_interpolated_slices=max_interpolated_slices,
     )

@@ -14,15 +14,19 @@ from pathlib import Path
 
 from magicflow.datasets.adni import read_adni
 from magicflow.datasets.bids import LABEL_COLUMNS, read_bids
-from magicflow.datasets.ida import convert_download
+from magicflow.datasets.ida import MAX_INTERPOLATED_SLICES, convert_download
 from magicflow.datasets.series import PROCESSING_LEVELS
 from magicflow.datasets.ixi import read_ixi
 from magicflow.datasets.manifest import (
     MAX_REFERENCE_GAP_DAYS,
+    MAX_VOXEL_MM,
     Exclusion,
     ImageRow,
     assign_references,
+    exclusion_summary,
+    near_duplicates,
     screen_images,
+    unify_scanners,
     write_manifest,
 )
 from magicflow.datasets.ppmi import read_ppmi
@@ -49,6 +53,7 @@ KIND_OPTIONS: dict[str, dict[str, str]] = {
         "diagnosis_label": "diagnosis_labels",
         "mri_series_include": "mri_series_include",
         "mri_series_exclude": "mri_series_exclude",
+        "max_interpolated_slices": "max_interpolated_slices",
     },
     "adni": {
         "collection": "collection",
@@ -59,6 +64,7 @@ KIND_OPTIONS: dict[str, dict[str, str]] = {
         "processing_level": "processing_level",
         "mri_series_include": "mri_series_include",
         "mri_series_exclude": "mri_series_exclude",
+        "max_interpolated_slices": "max_interpolated_slices",
     },
 }
 COLUMN_NAMES = {"bids": LABEL_COLUMNS, "sald": tuple(DEMOGRAPHIC_COLUMNS)}
@@ -124,6 +130,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=MAX_REFERENCE_GAP_DAYS,
         help=f"largest gap in days between an image and the T1w it registers through (default {MAX_REFERENCE_GAP_DAYS})",
     )
+    parser.add_argument(
+        "--max-interpolated-slices",
+        type=int,
+        help="ppmi, adni: most slices dcm2niix may fill into a series' gaps by interpolation before "
+        f"the series is excluded (default {MAX_INTERPOLATED_SLICES})",
+    )
+    parser.add_argument(
+        "--max-voxel-mm",
+        action="append",
+        default=[],
+        metavar="MODALITY=MM",
+        help=f"largest voxel edge kept per modality (default {' '.join(f'{k}={v:g}' for k, v in MAX_VOXEL_MM.items())})",
+    )
     parser.add_argument("--workers", type=int, default=2, help="threads reading images for the data checks (default 2)")
     parser.add_argument(
         "--processing-level",
@@ -154,6 +173,19 @@ def reader_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
+def voxel_limits(pairs: list[str]) -> dict[str, float]:
+    """--max-voxel-mm MODALITY=MM options as a mapping, each a positive number."""
+    limits = {}
+    for key, value in _pairs("max_voxel_mm", pairs, tuple(MAX_VOXEL_MM)).items():
+        try:
+            limits[key] = float(value)
+        except ValueError:
+            limits[key] = -1.0
+        if not limits[key] > 0:
+            raise InputError(f"--max-voxel-mm {key}={value}: expected a positive number of millimetres")
+    return limits
+
+
 def build_manifest(
     kind: str,
     root: Path,
@@ -161,17 +193,19 @@ def build_manifest(
     options: dict[str, object],
     max_reference_gap_days: int | None = MAX_REFERENCE_GAP_DAYS,
     workers: int = 2,
+    max_voxel_mm: dict[str, float] | None = None,
 ) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Rows and exclusions of one dataset: the adapter's, minus images with broken data, each
-    other image paired with its T1w (after the checks, so a broken T1w is never a reference)."""
+    """Rows and exclusions of one dataset: the adapter's, minus images whose headers or data
+    rule them out, each other image paired with its T1w (after the checks, so a broken T1w is
+    never a reference); scanner names spelled two ways become one."""
     reader = READERS[kind]
     needed = [name for name, p in list(inspect.signature(reader).parameters.items())[2:] if p.default is inspect.Parameter.empty]
     missing = [n for n in needed if n not in options]
     if missing:
         raise InputError(f"--kind {kind} needs {', '.join('--' + n.replace('_', '-') for n in missing)}")
     rows, excluded = reader(root, dataset, **options)
-    rows, broken = screen_images(rows, workers)
-    rows, unpaired = assign_references(rows, max_reference_gap_days)
+    rows, broken = screen_images(rows, workers, max_voxel_mm)
+    rows, unpaired = assign_references(unify_scanners(rows), max_reference_gap_days)
     return rows, excluded + broken + unpaired
 
 
@@ -191,9 +225,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None or args.excluded is None:
         raise InputError("--out and --excluded are required (unless --convert-only)")
-    rows, excluded = build_manifest(args.kind, args.root, args.dataset, options, args.max_reference_gap_days, args.workers)
+    limits = voxel_limits(args.max_voxel_mm)
+    rows, excluded = build_manifest(
+        args.kind, args.root, args.dataset, options, args.max_reference_gap_days, args.workers, limits
+    )
     write_manifest(rows, excluded, args.out, args.excluded, f"dataset {args.dataset!r} ({args.root})")
     print(f"{args.dataset}: {len(rows)} images in {args.out}, {len(excluded)} excluded (see {args.excluded})")
+    for line in exclusion_summary(excluded):
+        print(f"  {line}")
     for item in excluded:
         print(f"  excluded {item.path}: {item.reason}")
+    for column in ("scanner", "diagnosis", "sex"):  # the labels experiments classify by
+        for a, b in near_duplicates(getattr(r, column) for r in rows):
+            print(f"  warning: {column} values {a!r} and {b!r} look alike; if they are one, they are still two classes")
     return 0

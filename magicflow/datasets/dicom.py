@@ -118,7 +118,7 @@ def convert_series(folder: Path, out: Path, stem: str) -> tuple[Path, Path, list
     images = sorted(p for p in work.iterdir() if NIFTI.search(p.name))
     if not images:
         said = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-        detail = said[-1] if said else f"exit status {result.returncode}"
+        detail = not_dicom(folder) or (said[-1] if said else f"exit status {result.returncode}")
         raise InputError(f"unreadable DICOM: dcm2niix made no image from {folder} ({detail})")
     image, sidecar = out / f"{stem}.nii.gz", out / f"{stem}.json"
     set_aside: list[tuple[Path, Path, str]] = []
@@ -136,6 +136,27 @@ def convert_series(folder: Path, out: Path, stem: str) -> tuple[Path, Path, list
         assemble_frames(images, image, sidecar)
     shutil.rmtree(work)
     return image, sidecar, set_aside
+
+
+def not_dicom(folder: Path) -> str:
+    """Why no file of ``folder`` is DICOM ('' when one may be): none has the 'DICM' marker at
+    byte 128 and none starts like a DICOM data set. Said instead of dcm2niix's last line, which
+    for a web page saved as .dcm (a failed or expired download link) is its version banner."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if not files:
+        return "the folder holds no files"
+    for path in files:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+        # a preamble-less (old ACR-NEMA style) file starts with a group 0008 or 0002 tag
+        if head[128:132] == b"DICM" or head[:2] in (b"\x08\x00", b"\x02\x00"):
+            return ""
+    first = files[0]
+    with first.open("rb") as handle:
+        start = handle.read(200)
+    text = start.decode("utf-8", "replace").lstrip().lower()
+    what = "an HTML page (a failed or expired download?)" if text.startswith(("<!doctype html", "<html")) else "not DICOM"
+    return f"no file is DICOM; {first.name} is {what}: download the series again"
 
 
 def _sidecar_of(image: Path) -> dict:

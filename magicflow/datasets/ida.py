@@ -25,12 +25,13 @@ import pandas as pd
 
 from magicflow.datasets.bids import scanner_name
 from magicflow.datasets.clock import parse_date
-from magicflow.datasets.dicom import NIFTI, assemble_frames, convert_series, main_image
+from magicflow.datasets.dicom import CORRECTED_POSTFIXES, NIFTI, assemble_frames, convert_series, main_image
 from magicflow.datasets.manifest import (
+    check_root,
     MISSING,
     Exclusion,
     ImageRow,
-    check_subject_ids,
+    exclude_bad_subjects,
     drop_duplicate_images,
     exclusion_of,
     file_stem,
@@ -47,6 +48,10 @@ COLLECTION_COLUMNS = ("Image Data ID", "Subject", "Group", "Sex", "Age", "Modali
 OPTIONAL_COLUMNS = ("Type",)  # Original for the scanner's series, else a processed step of it
 CONVERSION_COLUMNS = ["key", "image_id", "folder", "format", "status", "nifti", "sidecar", "reason"]
 SET_ASIDE = "set aside"  # conversion.tsv status of an extra dcm2niix output of a folder's series
+#: default of the ppmi/adni max_interpolated_slices setting (same default in the config schema):
+#: a slice dcm2niix interpolates into a gap is invented data, so by default such a series goes
+MAX_INTERPOLATED_SLICES = 0
+EQ_REASON = "uncorrected for " + CORRECTED_POSTFIXES["Eq"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,7 @@ def convert_download(root: str | Path, project: str, nifti_dir: str | Path) -> P
     are listed with status 'set aside' and their reason, so the manifest lists them as excluded.
     A folder already converted in an earlier run is reused, never converted again."""
     root, nifti_dir = Path(root), Path(nifti_dir)
-    if not root.is_dir():
-        raise InputError(f"{project} root {str(root)!r} does not exist")
+    check_root(root, f"{project} root")
     records = []
     for folder in image_folders(root, project):
         record = {
@@ -343,13 +347,15 @@ def read_ida(
     diagnose: Diagnose,
     processing_level: str = "raw",
     series_filter: SeriesFilter = SeriesFilter(),
+    max_interpolated_slices: int = MAX_INTERPOLATED_SLICES,
 ) -> tuple[list[ImageRow], list[Exclusion]]:
     """Manifest rows (references not yet assigned) and exclusions for an IDA download, after
     :func:`convert_download`.
-    ``processing_level`` picks, of each PET scan's raw series and processed steps, the one used."""
+    ``processing_level`` picks, of each PET scan's raw series and processed steps, the one used;
+    a series whose missing slices dcm2niix filled by interpolation is kept only while it filled
+    no more than ``max_interpolated_slices``."""
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"dataset {dataset!r}: {project} root {str(root)!r} does not exist")
+    check_root(root, f"dataset {dataset!r}: {project} root")
     if processing_level not in PROCESSING_LEVELS:
         raise InputError(f"dataset {dataset!r}: processing_level {processing_level!r} is not one of {list(PROCESSING_LEVELS)}")
     folders = image_folders(root, project)
@@ -376,12 +382,41 @@ def read_ida(
         )
         if isinstance(found, str):
             excluded.append(Exclusion(dataset, subject, folder.date, str(folder.path), found))
+        elif reason := interpolation_problem(found.row.path, set_aside.get(folder.key, []), max_interpolated_slices):
+            excluded.append(Exclusion(dataset, subject, folder.date, found.row.path, reason))
         else:
             candidates.append(found)
     rows, not_chosen = one_image_per_scan(candidates, processing_level)
     rows, duplicates = drop_duplicate_images(rows)
-    check_subject_ids(sorted({r.subject for r in rows}), f"{project} dataset {root}")
-    return rows, excluded + not_chosen + duplicates
+    rows, bad_labels = exclude_bad_subjects(rows)
+    return rows, excluded + not_chosen + duplicates + bad_labels
+
+
+def interpolated_slices(kept: str | Path, twin: str | Path) -> int:
+    """How many slices dcm2niix's equal-spacing copy (``_Eq``) adds to the series it was made
+    from: the slices it interpolated into gaps. Headers only."""
+    import nibabel as nib
+
+    return sum(nib.load(kept).shape[:3]) - sum(nib.load(twin).shape[:3])
+
+
+def interpolation_problem(image: str | Path, set_aside: list[dict[str, str]], limit: int) -> str:
+    """Why a converted image is excluded for slices dcm2niix filled by interpolation ('' when it
+    is not): its uncorrected twin was set aside for unequal slice spacing and the corrected copy
+    has more than ``limit`` slices more."""
+    twin = next((r["nifti"] for r in set_aside if r["reason"].startswith(EQ_REASON)), None)
+    if twin is None:
+        return ""
+    try:
+        filled = interpolated_slices(image, twin)
+    except Exception as error:  # nibabel raises several types for broken headers
+        return f"slices missing from the series (dcm2niix interpolated them) and their number unknown ({error})"
+    if filled <= limit:
+        return ""
+    return (
+        f"{filled} slice(s) missing from the series: dcm2niix filled the gap by interpolation (its _Eq copy), "
+        f"more than max_interpolated_slices ({limit}); download the series again or raise the setting"
+    )
 
 
 def one_image_per_scan(candidates: list[Candidate], level: str) -> tuple[list[ImageRow], list[Exclusion]]:

@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 
 from magicflow.datasets.manifest import (
+    check_root,
     MISSING,
     Exclusion,
     ImageRow,
-    check_subject_ids,
+    exclude_bad_subjects,
     drop_duplicate_images,
     format_age,
     image_stem,
@@ -66,8 +67,7 @@ def read_ixi(
     """Manifest rows (references not yet assigned) and exclusions for an unpacked IXI download;
     ``demographics`` is relative to ``root`` unless absolute."""
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"dataset {dataset!r}: IXI root {str(root)!r} does not exist")
+    check_root(root, f"dataset {dataset!r}: IXI root")
     sites = SITE_SCANNERS if sites is None else sites
     labels = read_demographics(root / demographics, SEX_LABELS if sex_labels is None else sex_labels)
     images = sorted(p for p in root.rglob("IXI*.nii*") if p.is_file())
@@ -117,5 +117,5 @@ def read_ixi(
             )
         )
     rows, duplicates = drop_duplicate_images(rows)
-    check_subject_ids(sorted({r.subject for r in rows}), f"IXI dataset {root}")
-    return rows, excluded + duplicates
+    rows, bad_labels = exclude_bad_subjects(rows)
+    return rows, excluded + duplicates + bad_labels

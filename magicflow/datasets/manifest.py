@@ -82,6 +82,64 @@ def volume_problem(path: str | Path, what: str) -> str:
     return ""
 
 
+#: fewest voxels along a spatial axis: a one- or two-slice file is a localiser or a damaged
+#: export, never a brain volume (the test fixtures' smallest PET has 3 slices)
+MIN_SIDE_VOXELS = 3
+#: largest image the manifest accepts: a header claiming more is damaged (a 1 mm brain is ~30 MB as float32)
+MAX_IMAGE_BYTES = 8 * 1024**3
+#: voxel edges below this are not a real acquisition (a 0 or 1e-6 mm pixdim from a broken export)
+MIN_VOXEL_MM = 0.1
+#: default largest voxel edge per modality (the datasets' max_voxel_mm setting, same defaults in
+#: the config schema): thicker slices cannot be resampled to the 1 mm template without inventing
+#: detail, e.g. a 2D T1 with 4.8 mm slices. PET is coarser by nature (ADNI1's GE Advance: 4.25 mm)
+MAX_VOXEL_MM = {"T1w": 2.0, "T2w": 6.0, "FLAIR": 6.0, "pet": 5.0}
+
+
+def header_problem(path: str | Path, modality: str, max_voxel_mm: dict[str, float] | None = None) -> str:
+    """Why an image's header rules it out ('' when it does not): no NIfTI, complex or RGB
+    voxels, too few voxels on a side, an implausible size, a singular or non-finite affine,
+    zero or absurd voxel sizes, slices thicker than ``max_voxel_mm[modality]``. Reads the
+    header only, so it runs before the data are loaded and a header claiming terabytes is
+    reported as such instead of as a MemoryError."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception as error:  # nibabel raises several types for broken headers
+        return f"unreadable NIfTI header ({type(error).__name__}: {error})"
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        return f"not a NIfTI image ({type(img).__name__}): convert it to NIfTI"
+    dtype = img.header.get_data_dtype()
+    if dtype.fields is not None:
+        return f"RGB or other multi-channel voxels (data type {dtype}): the pipeline needs one grey value per voxel"
+    if dtype.kind == "c":
+        return f"complex-valued voxels ({dtype}): the imaginary part would be dropped; export the magnitude image"
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) < 3:
+        return f"{modality} has shape {shape} (expected one 3D volume)"
+    if min(shape[:3]) < MIN_SIDE_VOXELS:
+        return f"{modality} has shape {shape}: fewer than {MIN_SIDE_VOXELS} voxels on a side is not a brain volume"
+    size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if size > MAX_IMAGE_BYTES:
+        return f"header claims dimensions {shape} ({size / 1024**3:.0f} GiB of voxels): a damaged header"
+    affine = img.affine
+    if not np.all(np.isfinite(affine)):
+        return "the affine (sform/qform) has NaN or infinite values: voxel positions unknown"
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    sizes = "x".join(f"{z:.3g}" for z in zooms)
+    if zooms.min() < MIN_VOXEL_MM:
+        return f"voxel size {sizes} mm: an edge under {MIN_VOXEL_MM} mm is not a real acquisition (broken header)"
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6 * float(np.prod(zooms)):
+        return "the affine (sform/qform) is singular (its axes are parallel): voxel positions unknown, the image cannot be registered"
+    limit = (MAX_VOXEL_MM if max_voxel_mm is None else {**MAX_VOXEL_MM, **max_voxel_mm}).get(modality)
+    if limit is not None and zooms.max() > limit:
+        return (
+            f"voxel size {sizes} mm: edges over max_voxel_mm.{modality} ({limit:g} mm) are too coarse for "
+            "registration to the 1 mm template (thick slices); raise the dataset's max_voxel_mm to keep it"
+        )
+    return ""
+
+
 def data_problem(path: str | Path, modality: str) -> str:
     """Why an image's data cannot be registered ('' when they can): unreadable or truncated
     file, NaN/infinite, all-zero or constant voxels, or the wrong number of dimensions (3D for
@@ -103,15 +161,41 @@ def data_problem(path: str | Path, modality: str) -> str:
     return ""
 
 
-def screen_images(rows: list[ImageRow], workers: int = 2) -> tuple[list[ImageRow], list[Exclusion]]:
-    """Leave out the images the rules cannot take (a file name with whitespace) or whose data are
-    broken (:func:`data_problem`), each with its reason; the others go on."""
+def timing_problem(row: ImageRow) -> str:
+    """Why a PET's sidecar timing contradicts the image ('' when it does not): the check the
+    registration job makes (:func:`magicflow.preprocess.pet.read_timing`), made here so that a
+    frame count or a wrongly typed FrameDuration is an exclusion, not a failed job hours later."""
+    import warnings
+
+    import nibabel as nib
+
+    from magicflow.preprocess.pet import read_timing
+
+    if row.modality != "pet" or row.sidecar == MISSING:
+        return ""
+    shape = nib.load(row.path).shape
+    frames = shape[3] if len(shape) == 4 else 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_timing(row.path, frames, row.sidecar, row.tracer_name)
+    except InputError as error:
+        return f"PET frame timing: {error}"
+    return ""
+
+
+def screen_images(
+    rows: list[ImageRow], workers: int = 2, max_voxel_mm: dict[str, float] | None = None
+) -> tuple[list[ImageRow], list[Exclusion]]:
+    """Leave out the images the rules cannot take (a file name with whitespace), whose headers
+    rule them out (:func:`header_problem`, :func:`timing_problem`) or whose data are broken
+    (:func:`data_problem`), each with its reason; the others go on."""
     from concurrent.futures import ThreadPoolExecutor
 
     def problem(row: ImageRow) -> str:
         if re.search(r"\s", Path(row.path).name):
             return "the file name has whitespace, which the workflow's rules cannot pass safely: rename the file"
-        return data_problem(row.path, row.modality)
+        return header_problem(row.path, row.modality, max_voxel_mm) or timing_problem(row) or data_problem(row.path, row.modality)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # zlib and numpy release the GIL
         problems = list(pool.map(problem, rows))
@@ -119,27 +203,87 @@ def screen_images(rows: list[ImageRow], workers: int = 2) -> tuple[list[ImageRow
     return kept, [exclusion_of(row, why) for row, why in zip(rows, problems) if why]
 
 
-def check_subject_ids(subjects: Iterable[str], source: str) -> None:
-    """Subject IDs reach file names and shell commands: letters and digits only, no duplicates
-    (also none that differ only by case, which collide on case-insensitive file systems)."""
-    seen: dict[str, str] = {}
+def subject_problems(subjects: Iterable[str]) -> dict[str, str]:
+    """Per subject label, why it cannot be used (labels absent are fine): characters other than
+    ASCII letters and digits (a hyphen, an accent), or a clash with another label differing only
+    by case (they collide on case-insensitive file systems, so neither is kept)."""
+    problems: dict[str, str] = {}
+    by_key: dict[str, list[str]] = {}
     for subject in subjects:
-        if not SUBJECT_ID.match(subject):
-            raise InputError(
-                f"{source}: subject ID {subject!r} has characters other than letters and digits; "
-                "IDs end up in file names and shell commands, so rename it"
+        if not SUBJECT_ID.match(subject) or not subject.isascii():
+            problems[subject] = (
+                f"subject label {subject!r} has characters other than ASCII letters and digits; labels end up "
+                "in file names and shell commands, so rename the subject's folder and files"
             )
-        key = subject.lower()
-        if key in seen:
-            what = "appears twice" if seen[key] == subject else f"collides with {seen[key]!r} (IDs differ only by case)"
-            raise InputError(f"{source}: duplicate subject ID {subject!r}: it {what}")
-        seen[key] = subject
+        else:
+            by_key.setdefault(subject.lower(), []).append(subject)
+    for clash in (group for group in by_key.values() if len(set(group)) > 1):
+        for subject in clash:
+            others = ", ".join(repr(o) for o in sorted(set(clash) - {subject}))
+            problems[subject] = f"subject label {subject!r} differs only by case from {others}: rename one (neither is kept)"
+    return problems
+
+
+def exclude_bad_subjects(rows: list[ImageRow]) -> tuple[list[ImageRow], list[Exclusion]]:
+    """The rows of subjects :func:`subject_problems` finds fault with, as exclusions: one
+    subject's label never stops its dataset."""
+    problems = subject_problems(sorted({r.subject for r in rows}))
+    return [r for r in rows if r.subject not in problems], [
+        exclusion_of(r, problems[r.subject]) for r in rows if r.subject in problems
+    ]
+
+
+def scanner_key(name: str) -> str:
+    """What two spellings of one scanner share: case, spaces, '_' and '-' ignored."""
+    return re.sub(r"[\s_-]+", "", name).casefold()
+
+
+def unify_scanners(rows: list[ImageRow]) -> list[ImageRow]:
+    """One spelling per scanner across the dataset: names that differ only by case or
+    separators (software versions write 'Prisma fit' and 'Prisma_Fit') take the most common
+    spelling, so one scanner is one class."""
+    from collections import Counter
+
+    counts = Counter(r.scanner for r in rows)
+    best: dict[str, str] = {}
+    for name in sorted(counts, key=lambda n: (-counts[n], n)):
+        best.setdefault(scanner_key(name), name)
+    return [r if best[scanner_key(r.scanner)] == r.scanner else _replace(r, scanner=best[scanner_key(r.scanner)]) for r in rows]
+
+
+def near_duplicates(values: Iterable[str], cutoff: float = 0.85) -> list[tuple[str, str]]:
+    """Pairs of label values that look like one value spelled two ways (for a warning: they
+    stay separate classes)."""
+    import difflib
+
+    names = sorted(set(values) - {MISSING})
+    return [
+        (a, b)
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if difflib.SequenceMatcher(None, scanner_key(a), scanner_key(b)).ratio() >= cutoff
+    ]
+
+
+def exclusion_summary(excluded: list[Exclusion]) -> list[str]:
+    """One line per kind of reason with its count, most frequent first: the reasons name files,
+    so they are grouped by their text up to the first file-specific part (digits and quoted
+    names masked)."""
+    from collections import Counter
+
+    def kind(reason: str) -> str:
+        text = re.sub(r"\b\d[\d.]*(x\d[\d.]*)+\b", "N", reason)
+        text = re.sub(r"'[^']*'|\"[^\"]*\"|(?<![\w*])/\S+|\S+\.(nii|gz|json|hdr|img|tsv|csv)\b\S*", "…", text)
+        return re.sub(r"\b\d+(\.\d+)?\b", "N", text)[:160]
+
+    counts = Counter(kind(e.reason) for e in excluded)
+    return [f"{n:5d} x {text}" for text, n in counts.most_common()]
 
 
 def subject_id(raw: str) -> str:
     """A source's subject ID as letters and digits only, by dropping every other character
     (ADNI 941_S_1202 -> 941S1202, PPMI 3000 -> 3000). Deterministic, so reruns agree; a
-    collision this creates is caught by :func:`check_subject_ids`."""
+    collision this creates is excluded by :func:`exclude_bad_subjects`."""
     return re.sub(r"[^A-Za-z0-9]", "", str(raw).strip())
 
 
@@ -171,6 +315,15 @@ def format_age(value: object) -> str:
     if age != age or age < 0:  # NaN or negative
         return MISSING
     return f"{age:.2f}".rstrip("0").rstrip(".")
+
+
+def check_root(root: Path, what: str) -> None:
+    """Stop when a dataset root is not a folder, saying whether it is missing or a file
+    (a root naming a file used to be reported as missing)."""
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{what} {str(root)!r} is a file, not a folder: give the folder the download was unpacked into")
+    if not root.is_dir():
+        raise InputError(f"{what} {str(root)!r} does not exist")
 
 
 def exclusion_of(row: ImageRow, reason: str) -> Exclusion:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from magicflow.datasets.ida import SeriesFilter, read_ida
+from magicflow.datasets.ida import MAX_INTERPOLATED_SLICES, SeriesFilter, read_ida
 from magicflow.datasets.manifest import Exclusion, ImageRow
 from magicflow.datasets.tables import relabel
 
@@ -22,6 +22,7 @@ def read_ppmi(
     diagnosis_labels: dict[str, str] | None = None,
     mri_series_include: str | None = None,
     mri_series_exclude: str | None = None,
+    max_interpolated_slices: int = MAX_INTERPOLATED_SLICES,
 ) -> tuple[list[ImageRow], list[Exclusion]]:
     """Manifest rows and exclusions for a PPMI download converted into ``nifti_dir``; MRI series
     whose description matches ``mri_series_exclude`` or misses ``mri_series_include`` are left out."""
@@ -39,4 +40,5 @@ def read_ppmi(
         nifti_dir,
         diagnose,
         series_filter=SeriesFilter.of(mri_series_include, mri_series_exclude),
+        max_interpolated_slices=max_interpolated_slices,
     )

@@ -16,10 +16,11 @@ from collections import Counter
 from pathlib import Path
 
 from magicflow.datasets.manifest import (
+    check_root,
     MISSING,
     Exclusion,
     ImageRow,
-    check_subject_ids,
+    exclude_bad_subjects,
     drop_duplicate_images,
     format_age,
     image_stem,
@@ -97,8 +98,7 @@ def read_sald(
     ``demographics`` is relative to ``root`` unless absolute. NIfTI files whose path does not
     match ``t1_pattern`` are excluded; a second T1 of a subject is excluded, not merged."""
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"dataset {dataset!r}: SALD root {str(root)!r} does not exist")
+    check_root(root, f"dataset {dataset!r}: SALD root")
     labels = read_demographics(root / demographics, demographic_columns or {}, SEX_LABELS if sex_labels is None else sex_labels)
     images = sorted(p for p in root.rglob("*.nii*") if p.is_file() and re.search(r"\.nii(\.gz)?$", p.name))
     if not images:
@@ -144,8 +144,8 @@ def read_sald(
             )
         )
     rows, duplicates = drop_duplicate_images(rows)
-    check_subject_ids(sorted({r.subject for r in rows}), f"SALD dataset {root}")
-    return rows, excluded + duplicates
+    rows, bad_labels = exclude_bad_subjects(rows)
+    return rows, excluded + duplicates + bad_labels
 
 
 def _sidecar(image: Path) -> str:

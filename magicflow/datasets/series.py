@@ -108,6 +108,11 @@ def classify(texts: list[str], sidecar: dict, collection_modality: str, step: st
     processed ADNI step naming no tracer is FDG (the PET core names every other tracer)."""
     header_modality = str(sidecar.get("Modality", "")).upper()
     kind = collection_modality.strip().upper()
+    if kind == "PET" and header_modality == "MR":
+        return (
+            "the collection CSV says PET but the image header says MR (DICOM Modality): the CSV row is wrong "
+            "for this series; correct its Modality to MRI"
+        )
     if kind == "PET" or header_modality == "PT":
         for text in texts + [str(sidecar.get("TracerName", "")), str(sidecar.get("Radiopharmaceutical", ""))]:
             tracer = tracer_in(text)

@@ -111,6 +111,8 @@ MANIFEST_OPTIONS = {
     "visit_window_days": "--visit-window-days",
     "diagnosis_labels": "--diagnosis-label",
     "max_reference_gap_days": "--max-reference-gap-days",
+    "max_voxel_mm": "--max-voxel-mm",
+    "max_interpolated_slices": "--max-interpolated-slices",
     "processing_level": "--processing-level",
     "mri_series_include": "--mri-series-include",
     "mri_series_exclude": "--mri-series-exclude",
