@@ -78,10 +78,10 @@ rule train_fold:
         benchmark_path("train", "{experiment}_{fold}")
     wildcard_constraints:
         experiment=name_regex(FLOW_EXPERIMENTS),
+    retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     conda:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
-    retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     resources:
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
