@@ -222,3 +222,30 @@ def test_attribution_section_scores_the_model_beside_the_image(tmp_path: Path):
     assert roi["fixed"]["threshold"] == 0.8 and 0.0 <= roi["control"]["fixed"]["f1"] <= 1.0
     assert (tmp_path / "attribution_groundtruth.png").stat().st_size > 0
     assert (tmp_path / "attribution_thresholds.png").stat().st_size > 0
+
+    # the report states the unit and the reference, and shows the control beside the ROI F1
+    from magicflow.evaluate.experiment import to_json
+    from magicflow.report.experiment import attribution as report_attribution
+
+    html = report_attribution({"attribution": to_json(section), "folds_run": 0}, {"attribution": {}}, tmp_path)
+    assert "per slice, averaged per subject; mean ± sd over 6 subjects" in html
+    assert "image intensity, high (no model)" in html and "random region of the planted mask&#x27;s area" in html
+    assert f"{scores['intensity_high']['mean']:.3f} ± {scores['intensity_high']['sd']:.3f}" in html
+    assert "0.00 of subjects" in html  # neither model map beats the image anywhere
+    assert "fixed in advance at 0.80" in html and "random region, same area" in html
+    assert "grouped by subject (12 subjects, 12 maps)" in html
+
+
+def test_report_still_reads_metrics_written_before_the_baselines(tmp_path: Path):
+    from magicflow.report.experiment import attribution as report_attribution
+
+    old = {
+        "n_maps": 8,
+        "thresholds": [{"threshold": 0.5, "f1": 0.6, "f1_std": 0.1, "retained_area": 0.02}],
+        "best_threshold": 0.5,
+        "best_f1": 0.6,
+        "groundtruth": {"slices": 2, "auc_evidence": 0.81, "auc_low_likelihood": 0.6, "uptake_fraction": 0.05},
+    }
+    html = report_attribution({"attribution": old, "folds_run": 0}, {"attribution": {}}, tmp_path)
+    assert "Best macro F1 0.600 at threshold 0.500" in html and "the threshold picked on the same folds" in html
+    assert "0.810" in html and "no trivial map was scored beside them" in html
