@@ -14,7 +14,15 @@ ROI is the set of pixels whose normalised value is at or below the threshold. Bo
 together only one way round: maps are min-max normalised per image so that 0 is the lowest
 log-likelihood and 1 the highest, and the ROI at threshold t keeps values <= t. Log-likelihood
 maps have a long lower tail (few very unlikely pixels), which is also why t = 0.5 keeps only
-about 2% of the brain while t = 0.99 keeps most of it."""
+about 2% of the brain while t = 0.99 keeps most of it.
+
+What a score is measured on and against (issue 30): the ROI F1 that is reported comes from
+:func:`roi_classification`, cross-validated over subjects with the threshold chosen on inner
+folds or fixed in advance at 0.8, beside random regions of the same area; the maximum of
+:func:`threshold_analysis`'s curve is picked on the folds it is scored on and is optimistic.
+Against a known lesion mask, :func:`groundtruth_scores` scores the maps per slice, averages per
+subject and puts maps that need no model beside them (the image itself, its difference from
+the other class's mean image, a random region): the model is credited only for beating those."""
 
 from __future__ import annotations
 
@@ -149,8 +157,10 @@ def threshold_analysis(
     population std over folds; the same folds at every threshold so the curve compares like
     with like). ``retained_area`` is the mean fraction of in-mask pixels in the ROI.
 
-    ``folds`` is lowered to the smallest class count when a class is rarer than that (at
-    least 2 are needed); the number used is in ``result.attrs["folds"]``. Pass maps computed
+    Folds split slices, not subjects, and the curve's maximum is selected on the folds it is
+    scored on: a description of the maps, not a score to report (:func:`roi_classification`
+    gives that). ``folds`` is lowered to the smallest class count when a class is rarer than
+    that (at least 2 are needed); the number used is in ``result.attrs["folds"]``. Pass maps computed
     without the true label (e.g. for the predicted class, or one fixed class): a map
     conditioned on the true label could leak it through the ROI's shape."""
     m = _stack("maps", maps)
