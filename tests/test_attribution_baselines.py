@@ -199,9 +199,15 @@ def _outputs_with_lesions(tmp_path: Path, size: int = 26) -> tuple[ExperimentOut
             volume[28:56, 109, 181 - 97 : 181 - 69] = 1
         folder = truth_dir / f"sub-{subject}"
         folder.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(volume, GRID_1MM_AFFINE), folder / f"sub-{subject}_space-MNI152NLin2009aSym_desc-ADtau_mask.nii.gz")
+        nib.save(
+            nib.Nifti1Image(volume, GRID_1MM_AFFINE), folder / f"sub-{subject}_space-MNI152NLin2009aSym_desc-ADtau_mask.nii.gz"
+        )
     fold = FoldOutputs("fold-0", pd.DataFrame(), pd.DataFrame(), {}, maps)
-    return ExperimentOutputs("demo_diagnosis_classification", ["AD", "CN"], {}, [fold]), np.ones((size, size)), {"demo": truth_dir}
+    return (
+        ExperimentOutputs("demo_diagnosis_classification", ["AD", "CN"], {}, [fold]),
+        np.ones((size, size)),
+        {"demo": truth_dir},
+    )
 
 
 def test_attribution_section_scores_the_model_beside_the_image(tmp_path: Path):

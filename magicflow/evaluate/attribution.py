@@ -250,9 +250,7 @@ def subject_means(values: np.ndarray, subjects: np.ndarray) -> pd.Series:
     return pd.Series(v[keep]).groupby(g[keep]).mean().sort_index()
 
 
-def random_regions(
-    areas: np.ndarray, brain: np.ndarray, seed: int, sigma: float | None = None, rank: bool = False
-) -> np.ndarray:
+def random_regions(areas: np.ndarray, brain: np.ndarray, seed: int, sigma: float | None = None, rank: bool = False) -> np.ndarray:
     """(N, H, W) bool: for slice i a region of exactly ``areas[i]`` in-brain pixels placed
     without looking at any image: the top pixels of a smoothed white-noise field, so it comes
     in blobs like a lesion or an ROI does. The control every localisation score must beat:
@@ -311,7 +309,9 @@ def grouped_nested_splits(
     for train, test in StratifiedGroupKFold(n_splits=outer, shuffle=True, random_state=seed).split(y, y, g):
         inner_n = min(int(folds), _class_subject_counts(y[train], g[train]))
         if inner_n < 2:
-            raise InputError("subjects: an outer training part has a class with a single subject; too few subjects for nested selection")
+            raise InputError(
+                "subjects: an outer training part has a class with a single subject; too few subjects for nested selection"
+            )
         inner = StratifiedGroupKFold(n_splits=inner_n, shuffle=True, random_state=seed + 1)
         splits.append((train, test, [(train[a], train[b]) for a, b in inner.split(y[train], y[train], g[train])]))
     return splits
