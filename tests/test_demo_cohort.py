@@ -212,7 +212,7 @@ def test_planted_tau_is_modest_and_the_image_alone_does_not_find_it():
         flat, _, _ = _tau_plane(plan, weights, -17.0, variation=False)
         flat_aucs.append(roc_auc_score(mask[brain], flat[brain]))
     assert len(aucs) == 6
-    assert np.mean(aucs) < 0.8 and max(aucs) < 0.95, aucs  # measured: mean 0.74 over offsets -2..2 (README)
+    assert np.mean(aucs) < 0.8 and max(aucs) < 0.95, aucs  # measured on the rendered demo PET: mean 0.74
     # the subject's nonspecific binding is what hides it: without it the same increase is found easily
     assert np.mean(flat_aucs) > np.mean(aucs) + 0.1
 

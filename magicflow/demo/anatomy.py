@@ -28,8 +28,8 @@ AD_REGIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, floa
 
 # Off-target tau binding of a normal brain (flortaucipir binds in striatum and thalamus
 # whatever the diagnosis): ellipsoids in MNI mm (centre, radii), both hemispheres. With
-# white matter binding as much as grey matter, these keep the AD regions from being the
-# brightest place on a normal-looking tau slice.
+# white matter binding a little more than grey matter (as flortaucipir's does), these keep
+# the AD regions from being the brightest place on a tau slice.
 TAU_OFF_TARGET: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "thalamus_left": ((-11.0, -18.0, 6.0), (8.0, 11.0, 8.0)),
     "thalamus_right": ((11.0, -18.0, 6.0), (8.0, 11.0, 8.0)),
@@ -37,7 +37,7 @@ TAU_OFF_TARGET: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
     "putamen_right": ((25.0, 2.0, 0.0), (7.0, 16.0, 9.0)),
 }
 #: normal tau uptake: grey matter, white matter, CSF, off-target regions (added)
-TAU_BASE = {"gm": 0.20, "wm": 0.20, "csf": 0.03, "off_target": 0.10}
+TAU_BASE = {"gm": 0.20, "wm": 0.23, "csf": 0.03, "off_target": 0.12}
 
 # tissue contrasts (relative intensities) for the shells outside the brain
 _SHELLS_MM = {"csf_rim": (0.0, 2.5), "skull": (2.5, 7.0), "scalp": (7.0, 12.0)}

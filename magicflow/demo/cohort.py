@@ -9,9 +9,9 @@ without the cost of registering series no experiment of theirs uses. AD subjects
 a modest extra tau uptake in temporal and parietal cortex, hypometabolism there on FDG and
 cortical amyloid. Normal tau uptake is not flat: white matter and deep grey matter bind the
 tracer off target, and each subject's nonspecific binding varies smoothly across the brain,
-so the tau image's intensity alone does not single out the AD regions (pixel AUC about 0.7
-on a slice, against 0.99 when the AD uptake doubled the grey-matter level); finding them takes
-a model of what normal looks like. The truth the pipeline should recover is written under ``derivatives/groundtruth/``:
+so the tau image's intensity alone does not single out the AD regions (pixel AUC about 0.73
+on the demo's slices, against 0.99 when the AD uptake doubled the grey-matter level), while
+the increase, always in the same regions, keeps AD and CN apart for a model of both. The truth the pipeline should recover is written under ``derivatives/groundtruth/``:
 each subject's MNI -> T1w mapping, the rigid moves between its series, the AD tau mask.
 
 The data are synthetic: they exercise every stage and let registration and attribution
@@ -51,11 +51,11 @@ GROUNDTRUTH_SPACING_MM = 2.0
 TAU_MASK_THRESHOLD = 0.03
 #: extra tau uptake per unit severity in the AD regions (fully grey-matter voxels, region
 #: weight 1): severities 0.7-1.2 and weights 0.6-1.0 put the mask's mean added uptake at
-#: about 25% of the grey-matter level, the size of the normal variation below
+#: about 20% of the grey-matter level, twice the normal variation below
 TAU_AD_GAIN = 0.1
 #: sd of each subject's smooth multiplicative variation of normal tau uptake (nonspecific
 #: binding), and the Gaussian width (mm) that makes it smooth
-TAU_VARIATION_SD = 0.15
+TAU_VARIATION_SD = 0.10
 TAU_VARIATION_MM = 12.0
 _TAU_VARIATION_SPACING_MM = 4.0
 _TAU_VARIATION_STREAM = 2**21  # its own random stream: every other series keeps its bytes

@@ -11,11 +11,7 @@ Choices that matter when reading the numbers:
 - Classification metrics are per fold, then mean +/- std (the paper's Table 3); confusion,
   calibration and the accuracy-rejection curve pool the test folds.
 - Attribution ROIs come from the predicted label's map, so the ROI never sees the true label
-  it is then used to predict. Their F1 is over subject-grouped folds, with the threshold
-  chosen on inner folds or fixed at 0.8, beside random regions of the same area.
-- Attribution AUCs against the demo's planted uptake are per slice, averaged per subject,
-  beside maps that need no model (the image, its difference from the other class's mean
-  image, a random region): the model is credited only for what those do not find."""
+  it is then used to predict."""
 
 from __future__ import annotations
 
@@ -176,10 +172,12 @@ def _pooled_maps(outputs: ExperimentOutputs) -> dict[str, np.ndarray]:
 def attribution_section(
     outputs: ExperimentOutputs, brain: np.ndarray, groundtruth: dict[str, Path], settings: dict, fig_dir: Path
 ) -> dict:
-    """Do the maps point at the disease? ROI classification (Figure 3) over subject-grouped
-    folds with the threshold chosen on inner folds or fixed in advance, each beside random
-    regions of equal area; on the demo, the maps' AUC against the planted uptake beside maps
-    that need no model (see :func:`groundtruth_scores`)."""
+    """Do the maps point at the disease? ROI F1 (Figure 3) over subject-grouped folds, the
+    threshold chosen on inner folds or fixed in advance at 0.8, each beside random regions of
+    equal area (:func:`attr.roi_classification`); on the demo, the maps' AUC against the
+    planted uptake per slice, averaged per subject, beside maps that need no model (the
+    image, its difference from the other class's mean image, a random region;
+    :func:`attr.groundtruth_scores`): the model is credited only for what those do not find."""
     from magicflow.evaluate.groundtruth import slice_masks
     from magicflow.slices import resize_mask
 
