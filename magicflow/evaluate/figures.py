@@ -106,7 +106,11 @@ def threshold_figure(table: pd.DataFrame, path: Path) -> Path:
     twin.set(ylabel="fraction of brain retained", ylim=(0, 1.02))
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(lines, [h.get_label() for h in lines], fontsize=7, loc="lower right")
-    ax.set_title("attribution ROIs: classification from ROI intensity features")
+    ax.set_title(
+        "attribution ROIs: F1 on held-out subjects"
+        if "control_f1" in table
+        else "attribution ROIs: classification from ROI intensity features"
+    )
     return _save(fig, path)
 
 
