@@ -165,3 +165,77 @@ def test_bad_arguments_raise_and_leave_nothing(tmp_path: Path):
     with pytest.raises(InputError, match="ad-fraction"):
         write_demo_cohort(tmp_path / "x", subjects=4, ad_fraction=1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def _tau_plane(plan, weights: np.ndarray, y_mm: float, variation: bool = True):
+    """Noise-free tau uptake, its added AD part and the brain on the template's coronal plane at y_mm."""
+    from magicflow.demo import geometry as geo
+    from magicflow.demo.cohort import _unpad, pet_uptake, tau_variation
+
+    anatomy = load_template_anatomy()
+    affine = anatomy.unpadded_affine
+    j = int(round((y_mm - affine[1, 3]) / affine[1, 1]))
+    brain = _unpad(anatomy.brain_mask.astype(np.float32), anatomy)[:, j] > 0.5
+    relative = None
+    if variation:
+        field, field_affine = tau_variation(anatomy, 0, plan.index)
+        i, k = np.meshgrid(np.arange(brain.shape[0]), np.arange(brain.shape[1]), indexing="ij")
+        points = affine[:3] @ np.stack([i.ravel(), np.full(i.size, j), k.ravel(), np.ones(i.size)])
+        relative = geo.sample(field, field_affine, points, brain.shape)
+
+    def at(volume: np.ndarray) -> np.ndarray:
+        return _unpad(volume, anatomy)[:, j]
+
+    uptake = pet_uptake(at, anatomy, "tau", plan.severity, weights, relative)
+    return uptake, uptake - pet_uptake(at, anatomy, "tau", 0.0, weights, relative), brain
+
+
+def test_planted_tau_is_modest_and_the_image_alone_does_not_find_it():
+    """Issue 30: the AD tau is a modest increase (about a quarter of the grey-matter level)
+    over a normal uptake that varies across the brain and between subjects, so the tau
+    image's intensity alone ranks the planted mask only somewhat above the rest of the brain
+    (it was 0.99 when the AD uptake doubled grey matter); AD vs CN stays systematic: the
+    increase is always in the same regions."""
+    from sklearn.metrics import roc_auc_score
+
+    from magicflow.demo.anatomy import TAU_BASE
+    from magicflow.demo.cohort import TAU_MASK_THRESHOLD
+
+    aucs, flat_aucs = [], []
+    for plan in [p for p in plan_cohort(12, seed=0) if p.diagnosis == "AD"]:  # the demo's own AD subjects
+        weights = np.full(4, 0.8)  # the middle of the drawn 0.6-1.0
+        uptake, extra, brain = _tau_plane(plan, weights, -17.0)  # FSL y index 109: the demo's offset 0
+        mask = extra > TAU_MASK_THRESHOLD
+        assert 0.01 < mask[brain].mean() < 0.2
+        assert extra.max() < 0.5 * TAU_BASE["gm"] and extra[mask].mean() < 0.3 * TAU_BASE["gm"]  # modest
+        aucs.append(roc_auc_score(mask[brain], uptake[brain]))
+        flat, _, _ = _tau_plane(plan, weights, -17.0, variation=False)
+        flat_aucs.append(roc_auc_score(mask[brain], flat[brain]))
+    assert len(aucs) == 6
+    assert np.mean(aucs) < 0.8 and max(aucs) < 0.95, aucs  # measured on the rendered demo PET: mean 0.74
+    # the subject's nonspecific binding is what hides it: without it the same increase is found easily
+    assert np.mean(flat_aucs) > np.mean(aucs) + 0.1
+
+
+def test_groundtruth_mask_is_the_added_tau_above_the_documented_threshold(demo_bids: Path):
+    from magicflow.demo.cohort import TAU_MASK_THRESHOLD, _unpad, pet_uptake
+
+    anatomy = load_template_anatomy()
+    truth_dir = demo_bids / "derivatives" / "groundtruth"
+    checked = 0
+    for record_path in sorted(truth_dir.glob("sub-*/sub-*_groundtruth.json")):
+        record = json.loads(record_path.read_text())
+        if record["diagnosis"] != "AD":
+            continue
+        sub = record_path.parent.name
+        assert record["tau_mask_threshold"] == TAU_MASK_THRESHOLD
+        weights = np.array([record["region_weights"][r] for r in anatomy.ad_regions])
+        extra = pet_uptake(lambda v: _unpad(v, anatomy), anatomy, "tau", record["severity"], weights) - _unpad(
+            anatomy.pet_base["tau"], anatomy
+        )
+        mask = nib.load(truth_dir / sub / f"{sub}_space-{TEMPLATE_SPACE}_desc-ADtau_mask.nii.gz").get_fdata() > 0
+        # weights are stored rounded to 6 decimals: allow the voxels right at the threshold to differ
+        disagree = mask != (extra > TAU_MASK_THRESHOLD)
+        assert disagree.sum() <= 1e-4 * mask.sum() and np.abs(extra[disagree] - TAU_MASK_THRESHOLD).max(initial=0) < 1e-5
+        checked += 1
+    assert checked == 2

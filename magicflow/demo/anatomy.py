@@ -26,6 +26,19 @@ AD_REGIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, floa
     "parietal_right": ((36.0, -60.0, 40.0), (20.0, 20.0, 18.0)),
 }
 
+# Off-target tau binding of a normal brain (flortaucipir binds in striatum and thalamus
+# whatever the diagnosis): ellipsoids in MNI mm (centre, radii), both hemispheres. With
+# white matter binding a little more than grey matter (as flortaucipir's does), these keep
+# the AD regions from being the brightest place on a tau slice.
+TAU_OFF_TARGET: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "thalamus_left": ((-11.0, -18.0, 6.0), (8.0, 11.0, 8.0)),
+    "thalamus_right": ((11.0, -18.0, 6.0), (8.0, 11.0, 8.0)),
+    "putamen_left": ((-25.0, 2.0, 0.0), (7.0, 16.0, 9.0)),
+    "putamen_right": ((25.0, 2.0, 0.0), (7.0, 16.0, 9.0)),
+}
+#: normal tau uptake: grey matter, white matter, CSF, off-target regions (added)
+TAU_BASE = {"gm": 0.20, "wm": 0.23, "csf": 0.03, "off_target": 0.12}
+
 # tissue contrasts (relative intensities) for the shells outside the brain
 _SHELLS_MM = {"csf_rim": (0.0, 2.5), "skull": (2.5, 7.0), "scalp": (7.0, 12.0)}
 _MR_CONTRAST = {  # csf, gm, wm, csf_rim, skull, scalp
@@ -101,10 +114,11 @@ def load_template_anatomy() -> TemplateAnatomy:
 
     regions = {name: _smooth_in_box(_ellipsoid(t1.shape, affine, c, r), 3.0) * gm for name, (c, r) in AD_REGIONS.items()}
     scalp = 0.05 * shells["scalp"]
+    off_target = sum(_smooth_in_box(_ellipsoid(t1.shape, affine, c, r), 2.0) for c, r in TAU_OFF_TARGET.values()) * mask
     pet_base = {
         "fdg": 1.0 * gm + 0.35 * wm + 0.05 * csf + scalp,
         "amyloid": 0.35 * gm + 0.85 * wm + 0.03 * csf + scalp,
-        "tau": 0.22 * gm + 0.18 * wm + 0.03 * csf + scalp,
+        "tau": TAU_BASE["gm"] * gm + TAU_BASE["wm"] * wm + TAU_BASE["csf"] * csf + TAU_BASE["off_target"] * off_target + scalp,
     }
     return TemplateAnatomy(
         affine=affine,

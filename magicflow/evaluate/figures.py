@@ -83,19 +83,34 @@ def rejection_figure(curve: pd.DataFrame, path: Path) -> Path:
 
 
 def threshold_figure(table: pd.DataFrame, path: Path) -> Path:
-    """F1 of the ROI-feature classifier and the retained area against the threshold (paper's Figure 3)."""
+    """F1 of the ROI-feature classifier and the retained area against the threshold (paper's
+    Figure 3), beside random regions of the same area when the table has ``control_f1``.
+    A curve, not a selection: its maximum is chosen on the folds it is scored on."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
     ax.errorbar(
-        table["threshold"], table["f1"], yerr=table.get("f1_std"), fmt="o-", ms=3, capsize=2, color="C0", label="macro F1 (CV)"
+        table["threshold"],
+        table["f1"],
+        yerr=table.get("f1_std"),
+        fmt="o-",
+        ms=3,
+        capsize=2,
+        color="C0",
+        label="macro F1, map ROI (subject-grouped CV)" if "control_f1" in table else "macro F1 (CV)",
     )
+    if "control_f1" in table:
+        ax.plot(table["threshold"], table["control_f1"], "^:", ms=3, color="0.4", label="random region, same area")
     ax.set(xlabel="threshold on normalised map", ylabel="macro F1", ylim=(0, 1.02))
     twin = ax.twinx()
     twin.plot(table["threshold"], table["retained_area"], "s--", ms=3, color="C1", label="retained area")
     twin.set(ylabel="fraction of brain retained", ylim=(0, 1.02))
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(lines, [h.get_label() for h in lines], fontsize=7, loc="lower right")
-    ax.set_title("attribution ROIs: classification from ROI intensity features")
+    ax.set_title(
+        "attribution ROIs: F1 on held-out subjects"
+        if "control_f1" in table
+        else "attribution ROIs: classification from ROI intensity features"
+    )
     return _save(fig, path)
 
 
@@ -153,11 +168,19 @@ def memorisation_figure(
 
 
 def groundtruth_figure(
-    image: np.ndarray, evidence: np.ndarray, truth: np.ndarray, brain: np.ndarray, title: str, path: Path
+    image: np.ndarray,
+    evidence: np.ndarray,
+    truth: np.ndarray,
+    brain: np.ndarray,
+    title: str,
+    path: Path,
+    difference: np.ndarray | None = None,
 ) -> Path:
-    """One slice: the image, the evidence map with the true uptake region outlined."""
+    """One slice: the image, the evidence map with the true uptake region outlined and, when
+    given, |image - the other class's mean image|, the model-free map the evidence must beat."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
+    panels = 3 if difference is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.4))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("image", fontsize=8)
     values = evidence[brain > 0] if brain.any() else evidence.ravel()
@@ -166,10 +189,17 @@ def groundtruth_figure(
     shown = axes[1].imshow(
         np.ma.masked_where(brain == 0, evidence - np.median(values)), cmap="RdBu_r", vmin=-bound, vmax=bound, alpha=0.75
     )
-    if truth.any():
-        axes[1].contour(truth.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
     axes[1].set_title("evidence for the true class; green: true uptake", fontsize=8)
     fig.colorbar(shown, ax=axes[1], fraction=0.046, label="nats per pixel")
+    if difference is not None:
+        finite = np.nan_to_num(difference, nan=0.0)
+        top = float(np.percentile(finite[brain > 0], 98)) if brain.any() else float(finite.max())
+        trivial = axes[2].imshow(np.ma.masked_where(brain == 0, finite), cmap="magma", vmin=0, vmax=top or 1.0)
+        axes[2].set_title("|image - other class mean| (no model)", fontsize=8)
+        fig.colorbar(trivial, ax=axes[2], fraction=0.046, label="intensity")
+    for ax in axes[1:]:
+        if truth.any():
+            ax.contour(truth.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)

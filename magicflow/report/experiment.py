@@ -530,6 +530,87 @@ def cost(m: dict) -> str:
     return body + h.table(rows, columns, {**COST_COLUMNS, "paper": "paper, Table 5 (A100, batch 8)"})
 
 
+_MAP_NAMES = {
+    "evidence": "evidence: log p(x|true class) minus the other classes' mean, per pixel (model)",
+    "low_likelihood": "low log p(x|true class) (model)",
+    "intensity_high": "image intensity, high (no model)",
+    "intensity_low": "image intensity, low (no model)",
+    "difference_from_other_class": "|image - mean image of the other class(es)|, other subjects (no model)",
+    "random_region": "random region of the planted mask's area (chance)",
+}
+
+
+def _mean_sd(block: dict) -> str:
+    """'mean ± sd' of a per-subject summary; the sd is a dash for a single subject."""
+    return f"{h.fmt(block.get('mean'))} ± {h.fmt(block.get('sd'))}"
+
+
+def _roi_text(a: dict) -> str:
+    """The ROI F1 paragraph: nested and fixed-threshold F1 beside random regions of equal area."""
+    roi = a["roi"]
+    control = roi["control"]
+    rows = [
+        {
+            "selection": "threshold chosen on inner subject-grouped folds (nested)",
+            "attribution ROI": f"{h.fmt(roi['nested']['f1'])} ± {h.fmt(roi['nested']['f1_std'])}",
+            "random region, same area": f"{h.fmt(control['nested']['f1'])} ± {h.fmt(control['nested']['f1_std'])}",
+            "thresholds chosen": ", ".join(f"{t:.2f}" for t in roi["nested"]["chosen_thresholds"]),
+        },
+        {
+            "selection": f"fixed in advance at {roi['fixed']['threshold']:.2f} (the paper's peak)",
+            "attribution ROI": f"{h.fmt(roi['fixed']['f1'])} ± {h.fmt(roi['fixed']['f1_std'])}",
+            "random region, same area": f"{h.fmt(control['fixed']['f1'])} ± {h.fmt(control['fixed']['f1_std'])}",
+            "thresholds chosen": f"{roi['fixed']['threshold']:.2f}",
+        },
+    ]
+    return (
+        f"<p>Macro F1 of a logistic regression on gray-level features inside each slice's ROI, on held-out subjects: "
+        f"mean ± sd over {roi['folds']} outer folds grouped by subject ({roi['n_subjects']} subjects, {roi['n_maps']} maps); "
+        "no subject's slices are on both sides of any split. The control replaces each ROI by a random region of the "
+        "same area in the same slice: an ROI is evidence of localisation only where it beats that.</p>"
+        + h.table(rows)
+        + f'<p class="note">The curve\'s maximum ({h.fmt(a.get("best_f1"))} at {h.fmt(a.get("best_threshold"))}) is selected on '
+        "the folds it is scored on and is optimistic; it is shown for the figure only.</p>"
+    )
+
+
+def _groundtruth_text(gt: dict) -> str:
+    """Model maps beside trivial maps against the planted uptake, with the unit stated."""
+    if "scores" not in gt:  # metrics written before issue 30: the pooled AUCs only
+        return (
+            f"<p>Over {gt['slices']} slices with planted uptake ({h.fmt(gt['uptake_fraction'])} of the brain): AUC of the evidence map "
+            f"against the uptake mask {h.fmt(gt['auc_evidence'])}; AUC of the low-likelihood map of the true class "
+            f"{h.fmt(gt['auc_low_likelihood'])}, pooled over pixels; no trivial map was scored beside them.</p>"
+        )
+    rows = []
+    for name, block in gt["scores"].items():
+        beats = block.get("beats_every_trivial_fraction")
+        rows.append(
+            {
+                "map": _MAP_NAMES.get(name, name),
+                "AUC": _mean_sd(block),
+                "subjects": block.get("n_subjects"),
+                "beats every no-model map in": "" if block.get("kind") != "model" else f"{h.fmt(beats, 2)} of subjects",
+            }
+        )
+    best = max(
+        (b for b in gt["scores"].values() if b.get("kind") == "trivial" and b.get("mean") is not None),
+        key=lambda b: b["mean"],
+        default=None,
+    )
+    return (
+        f"<p>Pixel ROC AUC against the planted uptake mask inside the brain, <b>per slice, averaged per subject; "
+        f"mean ± sd over {gt['n_subjects']} subjects</b> ({gt['slices']} slices, planted uptake "
+        f"{h.fmt(gt['uptake_fraction'])} of the brain). 0.5 = no relation. The maps without a model are the bar: "
+        f"the model finds the planted signal only where its maps beat them (best of them here: {h.fmt(best and best['mean'])}); "
+        "a subject counts for a model map when its AUC there exceeds every map without a model.</p>"
+        + h.table(rows)
+        + f'<p class="note">Pooled over all scored pixels after per-slice min-max scaling (the earlier headline, not '
+        f"per subject): evidence {h.fmt(gt.get('pooled_auc_evidence'))}, low likelihood "
+        f"{h.fmt(gt.get('pooled_auc_low_likelihood'))}.</p>"
+    )
+
+
 def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) -> str:
     a = m["attribution"]
     body = (
@@ -541,10 +622,16 @@ def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) ->
         for png in sorted(overlays.glob("*.png"))[:OVERLAYS_PER_FOLD] if overlays else []:
             body += h.image(png, f"fold-{fold}: {png.stem}", width=720)
     body += "<h3>Threshold analysis (the paper's Figure 3)</h3>"
-    if "thresholds" in a:
+    if "roi" in a:
+        body += _roi_text(a)
+        body += h.image(
+            evaluation / "attribution_thresholds.png",
+            "F1 on held-out subjects and retained area against the threshold; gray: random regions of the same area.",
+        )
+    elif "thresholds" in a:  # metrics written before issue 30
         body += (
             f"<p>Best macro F1 {h.fmt(a['best_f1'])} at threshold {h.fmt(a['best_threshold'])} over {a['n_maps']} maps "
-            "(gray-level features inside the ROI, cross-validated logistic regression).</p>"
+            "(gray-level features inside the ROI, cross-validated over slices; the threshold picked on the same folds).</p>"
         )
         body += h.image(evaluation / "attribution_thresholds.png", "F1 and retained area against the threshold.")
     else:
@@ -553,12 +640,11 @@ def attribution(m: dict, folds: dict[str, dict[str, Path]], evaluation: Path) ->
     if gt:
         body += "<h3>Against the demo's ground truth</h3>"
         if "auc_evidence" in gt:
-            body += (
-                f"<p>Over {gt['slices']} slices with planted uptake ({h.fmt(gt['uptake_fraction'])} of the brain): AUC of the evidence map "
-                f"(log-likelihood of the true class minus the others, per pixel) against the uptake mask {h.fmt(gt['auc_evidence'])}; "
-                f"AUC of the low-likelihood map of the true class {h.fmt(gt['auc_low_likelihood'])}. 0.5 = no relation.</p>"
+            body += _groundtruth_text(gt)
+            body += h.image(
+                evaluation / "attribution_groundtruth.png",
+                "Evidence map and |image - other class mean| with the planted uptake region outlined.",
             )
-            body += h.image(evaluation / "attribution_groundtruth.png", "Evidence map with the planted uptake region outlined.")
         else:
             body += f'<p class="note">{h.esc(gt.get("note", ""))}</p>'
     return body
