@@ -241,6 +241,19 @@ def test_attribution_section_scores_the_model_beside_the_image(tmp_path: Path):
     assert "fixed in advance at 0.80" in html and "random region, same area" in html
     assert "grouped by subject (12 subjects, 12 maps)" in html
 
+    # the overview cards carry each headline beside its control, not the curve's optimistic maximum
+    from magicflow.report.experiment import _attribution_cards
+
+    cards = dict(_attribution_cards(to_json(section)))
+    assert cards["attribution ROI F1, held-out subjects / random region"] == (
+        f"{roi['nested']['f1']:.3f} / {roi['control']['nested']['f1']:.3f}"
+    )
+    best_trivial = max(b["mean"] for b in scores.values() if b["kind"] == "trivial")
+    assert cards["attribution vs planted uptake, AUC per subject: evidence map / best map without a model"] == (
+        f"{scores['evidence']['mean']:.3f} / {best_trivial:.3f}"
+    )
+    assert not any("best ROI F1" in name for name in cards)
+
 
 def test_report_still_reads_metrics_written_before_the_baselines(tmp_path: Path):
     from magicflow.report.experiment import attribution as report_attribution

@@ -119,10 +119,8 @@ def overview(m: dict) -> str:
             f"{h.fmt(g['overall']['generated'].get('fid'))} / {h.fmt(g['overall']['real'].get('fid'))}",
         ),
         (f"coverage_{suffix}", h.fmt(g["overall"]["generated"].get("coverage"))),
-        ("attribution: best ROI F1", h.fmt(a.get("best_f1"))),
     ]
-    if "groundtruth" in a and "auc_evidence" in a["groundtruth"]:
-        items.append(("attribution vs true uptake (AUC)", h.fmt(a["groundtruth"]["auc_evidence"])))
+    items += _attribution_cards(a)
     text = (
         f"<p>{h.esc(m['model'])} model, label <b>{h.esc(m['label'])}</b>, {len(m['classes'])} classes "
         f"({h.esc(', '.join(m['classes']))}), datasets {h.esc(', '.join(m['datasets']))}, "
@@ -131,6 +129,33 @@ def overview(m: dict) -> str:
         f"(checksum {h.esc(m['feature_extractor']['checksum'][:16])}&hellip;).</p>"
     )
     return text + h.cards(items)
+
+
+def _attribution_cards(a: dict) -> list[tuple[str, str]]:
+    """Attribution headline numbers, each beside its no-model control (nested ROI F1 beside a
+    random region of equal area; the model map's AUC beside the best map without a model)."""
+    items = []
+    roi = a.get("roi")
+    if roi:
+        items.append(
+            (
+                "attribution ROI F1, held-out subjects / random region",
+                f"{h.fmt(roi['nested']['f1'])} / {h.fmt(roi['control']['nested']['f1'])}",
+            )
+        )
+    elif "best_f1" in a:  # metrics written before issue 30
+        items.append(("attribution: best ROI F1 (optimistic)", h.fmt(a.get("best_f1"))))
+    scores = (a.get("groundtruth") or {}).get("scores")
+    if scores:
+        model = scores.get("evidence") or next(b for b in scores.values() if b.get("kind") == "model")
+        trivial = max((b.get("mean") or 0 for b in scores.values() if b.get("kind") == "trivial"), default=None)
+        items.append(
+            (
+                "attribution vs planted uptake, AUC per subject: evidence map / best map without a model",
+                f"{h.fmt(model.get('mean'))} / {h.fmt(trivial)}",
+            )
+        )
+    return items
 
 
 def data(m: dict, excluded: dict[str, pd.DataFrame]) -> str:

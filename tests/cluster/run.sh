@@ -161,7 +161,7 @@ say "${#IDS[@]} jobs went through SLURM (3 per-subject groups, training holding 
 ERROR="$(sed -n '/Error in rule split/,/^$/p' "$OUT")"
 [ -n "$ERROR" ] || show "no 'Error in rule split' in the output"
 grep -q "log: results/logs/split/broken.log" <<<"$ERROR" || show "the error does not name the rule's log results/logs/split/broken.log"
-grep -q "classes \['PDw'\] have no slices" "$OUT" || show "the failed job's log was not shown"
+grep -q "every class has fewer images than the 3 folds" "$OUT" || show "the failed job's log was not shown"
 say "the failed job (SLURM job $SPLIT_BROKEN) is reported with $(grep -m1 -oE 'log: .*' <<<"$ERROR" | sed 's/ (check.*//')"
 
 # A rerun redoes only what failed: the broken experiment's split and training, nothing else.

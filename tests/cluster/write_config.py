@@ -5,8 +5,9 @@ work on 2 cores: 3 demo subjects (the fewest that fill 3 folds), MRI only, T1w v
 then has an image in every fold, which diagnosis would not with 3 subjects), one fold trained for
 one epoch, the demo registration preset without bias correction. device auto: the GPU rules ask
 SLURM for a GPU (the test node's /dev/null one) and train on the CPU. A second experiment,
-broken, asks for a class the cohort lacks, so its split job fails on the cluster while tiny
-trains on.
+broken, classifies diagnosis on T1w: the 3 subjects are 2 AD and 1 CN, fewer than the 3 folds in
+every class, which only the data shows (a config the parse-time checks refuse would stop the run
+before SLURM sees a job), so its split job fails on the cluster while tiny trains on.
 """
 
 import sys
@@ -29,6 +30,6 @@ tiny = {
     "folds": 3,
     "run_folds": 1,
 }
-config["experiments"] = {"tiny": tiny, "broken": {**tiny, "classes": ["T1w", "PDw"]}}
+config["experiments"] = {"tiny": tiny, "broken": {**tiny, "label": "diagnosis", "modalities": ["T1w"]}}
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(yaml.safe_dump(config))
