@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from magicflow.preprocess.accuracy import GroundTruth
 from magicflow.preprocess.coregister import SecondaryOutputs, preprocess_secondary
 from magicflow.preprocess.t1 import T1Outputs, preprocess_t1
 from magicflow.preprocess.template import build_template, load_template
@@ -29,6 +30,7 @@ def subject(tmp_path_factory):
     sub = sorted(p.name for p in (root / "demo").glob("sub-*"))[0]
     out = root / "out"
     t1_out = T1Outputs(*(out / n for n in ("t1_mni.nii.gz", "mask.nii.gz", "native.nii.gz", "aff.mat", "warp.nii.gz", "t1.json")))
+    truth = root / "demo" / "derivatives" / "groundtruth" / sub
     preprocess_t1(
         root / "demo" / sub / "ses-01" / "anat" / f"{sub}_ses-01_T1w.nii.gz",
         root / "tpl",
@@ -36,8 +38,9 @@ def subject(tmp_path_factory):
         backend="ants",
         preset="demo",
         threads=2,
+        groundtruth=GroundTruth(truth / f"{sub}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz"),
     )
-    return {"root": root, "sub": sub, "t1": t1_out}
+    return {"root": root, "sub": sub, "t1": t1_out, "truth": truth}
 
 
 def _ncc(path: Path, tpl_dir: Path) -> float:
@@ -55,26 +58,48 @@ def test_t1_outputs_and_correlation(subject):
     assert _ncc(out.mni, subject["root"] / "tpl") > 0.9
 
 
-def test_t1_transform_recovers_groundtruth(subject, tmp_path):
-    from magicflow.preprocess.ants_backend import mni_to_native_points
-    from nilearn import datasets
-    from nilearn.image import resample_to_img
+def test_t1_transform_recovers_groundtruth(subject):
+    """The demo preset (2 mm affine and SyN) lands within 2 mm of the planted mapping, as the
+    sidecar measures it."""
+    error = json.loads(subject["t1"].sidecar.read_text())["GroundTruthErrorMM"]
+    print(f"mean displacement error {error['mean']:.2f} mm (95th pct {error['p95']:.2f})")
+    assert 0 < error["mean"] < 2.0 and error["mean"] <= error["p95"] <= error["max"]
 
-    root, sub, out = subject["root"], subject["sub"], subject["t1"]
-    truth = nib.load(
-        root / "demo" / "derivatives" / "groundtruth" / sub / f"{sub}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz"
+
+def test_points_follow_ants_composition(subject, tmp_path):
+    """The numpy point mapping that scores registrations agrees with ANTs' own composition of
+    the same chain (warp, affine, and a rigid on top, as a secondary image has)."""
+    import ants
+
+    from magicflow.preprocess.ants_backend import _read, mni_to_native_points
+
+    out = subject["t1"]
+    truth = nib.load(next(subject["truth"].glob("*_mode-points_xfm.nii.gz")))
+    grid = nib.Nifti1Image(np.zeros(truth.shape[:3], np.float32), truth.affine)
+    rigid = tmp_path / "rigid.mat"
+    from scipy.spatial.transform import Rotation
+
+    # a rigid as antsRegistration writes one (an affine .mat), about a centre away from the origin
+    tx = ants.create_ants_transform(
+        transform_type="AffineTransform",
+        dimension=3,
+        matrix=Rotation.from_euler("xyz", [0.05, -0.03, 0.08]).as_matrix(),
+        translation=(4.0, -3.0, 2.5),
+        center=(10.0, -20.0, 5.0),
     )
-    grid = nib.Nifti1Image(np.zeros(truth.shape[:3], np.float32), truth.affine)  # the 2 mm test grid
-    brain = (
-        resample_to_img(
-            datasets.load_mni152_brain_mask(resolution=1), grid, interpolation="nearest", force_resample=True, copy_header=True
-        ).get_fdata()
-        > 0
+    ants.write_transform(tx, str(rigid))
+    chain = [out.warp, out.affine, rigid]
+    fixed = _read(grid, tmp_path, "grid")
+    composed = ants.apply_transforms(
+        fixed=fixed, moving=fixed, transformlist=[str(t) for t in chain], compose=str(tmp_path / "c_")
     )
-    points = mni_to_native_points([out.warp, out.affine], grid, tmp_path)
-    error = np.linalg.norm(points - truth.get_fdata(), axis=-1)[brain]
-    print(f"mean displacement error {error.mean():.2f} mm (95th pct {np.percentile(error, 95):.2f})")
-    assert error.mean() < 2.0
+    lps = (grid.affine[:3, :3] @ np.indices(grid.shape).reshape(3, -1) + grid.affine[:3, 3:4]).T.reshape(*grid.shape, 3)
+    lps = lps * np.array([-1.0, -1.0, 1.0])
+    expected = (lps + ants.image_read(composed).numpy()) * np.array([-1.0, -1.0, 1.0])
+    found = mni_to_native_points(chain, grid)
+    assert np.abs(found - expected).max() < 1e-3
+    # the rigid matters: dropping it moves points by millimetres
+    assert np.linalg.norm(mni_to_native_points(chain[:2], grid) - expected, axis=-1).mean() > 2.0
 
 
 def test_t2w_rigid_recovers_groundtruth(subject):
@@ -82,7 +107,15 @@ def test_t2w_rigid_recovers_groundtruth(subject):
 
     root, sub, t1 = subject["root"], subject["sub"], subject["t1"]
     out = SecondaryOutputs(*(root / "out" / n for n in ("t2_mni.nii.gz", "t2_rigid.mat", "t2.json")))
-    preprocess_secondary(root / "demo" / sub / "ses-01" / "anat" / f"{sub}_ses-01_T2w.nii.gz", "T2w", t1.sidecar, out, threads=2)
+    truth = GroundTruth(
+        next(subject["truth"].glob("*_mode-points_xfm.nii.gz")), subject["truth"] / f"{sub}_from-T1w_to-T2w_mode-rigid_xfm.txt"
+    )
+    record = preprocess_secondary(
+        root / "demo" / sub / "ses-01" / "anat" / f"{sub}_ses-01_T2w.nii.gz", "T2w", t1.sidecar, out, threads=2, groundtruth=truth
+    )
+    # the whole chain (T1's warp and affine, then the rigid) against the planted one
+    t1_error = json.loads(t1.sidecar.read_text())["GroundTruthErrorMM"]["mean"]
+    assert record["GroundTruthErrorMM"]["mean"] < t1_error + 1.0
     assert nib.load(out.mni).shape == (182, 218, 182)
     move = np.loadtxt(root / "demo" / "derivatives" / "groundtruth" / sub / f"{sub}_from-T1w_to-T2w_mode-rigid_xfm.txt")
     transform = ants.read_transform(str(out.rigid))
@@ -191,7 +224,7 @@ def test_pet_uptake_ratio_survives_preprocessing(subject, tmp_path):
         / f"{subject['sub']}_from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz"
     )
     grid = nib.Nifti1Image(np.zeros(truth.shape[:3], np.float32), truth.affine)
-    points = mni_to_native_points([t1.warp, t1.affine], grid, tmp_path)
+    points = mni_to_native_points([t1.warp, t1.affine], grid)
     distance = np.linalg.norm(points - hot, axis=-1)
     mni = nib.load(out.mni)
     ijk = np.linalg.inv(mni.affine) @ np.vstack(

@@ -129,7 +129,7 @@ def test_t1_lands_within_2mm_or_is_flagged(case, template, tmp_path):
     preprocess_t1(path, template, out, backend="ants", preset="demo", threads=2)
     grid = datasets.load_mni152_brain_mask(resolution=2)
     brain = np.asarray(grid.dataobj) > 0
-    found = mni_to_native_points([out.warp, out.affine], nib.Nifti1Image(brain.astype(np.float32), grid.affine), tmp_path)
+    found = mni_to_native_points([out.warp, out.affine], nib.Nifti1Image(brain.astype(np.float32), grid.affine))
     ijk = np.argwhere(brain).T
     mni = grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:4]
     expected = (settings["head_pose"][:3, :3] @ mni + settings["head_pose"][:3, 3:4]).T

@@ -146,7 +146,10 @@ class T1Result:
     warp_file: Path
     seconds: float
     neck_crop_mm: float = 0.0
+    #: wall seconds per step, and the CPU seconds of all this process's threads (the figure
+    #: that adds up when jobs share cores)
     step_seconds: dict[str, float] | None = None
+    step_cpu_seconds: dict[str, float] | None = None
 
 
 def register_t1(t1: nib.Nifti1Image, template_1mm: Template, template_reg: Template, preset: Preset, workdir: Path) -> T1Result:
@@ -155,11 +158,13 @@ def register_t1(t1: nib.Nifti1Image, template_1mm: Template, template_reg: Templ
     The affine starts from a centre-of-mass alignment (antspy's ``[fixed, moving, 1]``) of the
     cropped head and the template's brain, and is fitted inside the template's dilated brain mask."""
     ants = _ants()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     steps: dict[str, float] = {}
+    cpu_steps: dict[str, float] = {}
 
     def lap(name: str) -> None:
         steps[name] = round(time.perf_counter() - start - sum(steps.values()), 1)
+        cpu_steps[name] = round(time.process_time() - cpu_start - sum(cpu_steps.values()), 1)
 
     cropped, cut_mm = crop_neck(reorient(t1))
     native = bias_correct(cropped, preset, workdir)
@@ -201,7 +206,7 @@ def register_t1(t1: nib.Nifti1Image, template_1mm: Template, template_reg: Templ
     mni = ants.apply_transforms(fixed=grid, moving=moving, transformlist=[warp, affine], interpolator="linear")
     mni_img = _to_nibabel(mni, nib.load(template_1mm.t1).affine)
     lap("resample")
-    return T1Result(native, mni_img, Path(affine), Path(warp), time.perf_counter() - start, cut_mm, steps)
+    return T1Result(native, mni_img, Path(affine), Path(warp), time.perf_counter() - start, cut_mm, steps, cpu_steps)
 
 
 def _rigid(fixed, moving, iterations: tuple[int, ...], shrink: tuple[int, ...], smoothing: tuple[int, ...], prefix: Path) -> Path:
@@ -296,18 +301,26 @@ def to_mni(
     return _to_nibabel(out, nib.load(template_1mm.t1).affine)
 
 
-def mni_to_native_points(transforms: list[Path], grid: nib.Nifti1Image, workdir: Path) -> np.ndarray:
+def mni_to_native_points(transforms: list[Path], grid: nib.Nifti1Image) -> np.ndarray:
     """Native RAS world coordinates (X,Y,Z,3) of each voxel centre of ``grid`` (an MNI-space grid).
 
-    Composes the forward transforms into one displacement field on that grid; used to check a
-    registration against a known ground-truth mapping."""
-    ants = _ants()
-    fixed = _read(grid, workdir, "points_grid")
-    composed = ants.apply_transforms(
-        fixed=fixed, moving=fixed, transformlist=[str(t) for t in transforms], compose=str(workdir / "composed_")
-    )
-    field = ants.image_read(composed).numpy()  # LPS displacement, shape (X,Y,Z,3)
+    Follows the forward transforms point by point, in list order as ANTs does for a fixed point
+    (``[warp, affine(, rigid)]``: the warp's displacement, then each ``.mat``); used to score a
+    registration against a known mapping. Numpy, not ``apply_transforms(compose=...)``, which
+    agrees to 1e-5 mm but writes and reads a gzipped field: 5x slower, seconds per demo image."""
+    from scipy import ndimage
+
     ijk = np.indices(grid.shape[:3], dtype=np.float64).reshape(3, -1)
-    ras = (grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:4]).T.reshape(*grid.shape[:3], 3)
-    lps = ras * np.array([-1.0, -1.0, 1.0])
-    return (lps + field) * np.array([-1.0, -1.0, 1.0])
+    points = grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:4]  # RAS, (3, N)
+    for transform in map(Path, transforms):
+        if transform.name.endswith((".nii", ".nii.gz")):  # ANTs displacement field, LPS vectors on its own grid
+            field = nib.load(transform)
+            vectors = np.asarray(field.dataobj, dtype=np.float32).reshape(*field.shape[:3], 3)
+            to_voxel = np.linalg.inv(field.affine)
+            voxels = to_voxel[:3, :3] @ points + to_voxel[:3, 3:4]
+            shift = [ndimage.map_coordinates(vectors[..., k], voxels, order=1, mode="constant") for k in range(3)]
+            points = points + np.stack(shift) * _LPS[:3, :3].diagonal()[:, None]
+        else:
+            matrix = ras_matrix(transform)
+            points = matrix[:3, :3] @ points + matrix[:3, 3:4]
+    return points.T.reshape(*grid.shape[:3], 3)

@@ -18,6 +18,7 @@ import numpy as np
 
 from magicflow.errors import InputError
 from magicflow.io import atomic_path, write_json
+from magicflow.preprocess.accuracy import GroundTruth, groundtruth_error
 from magicflow.preprocess.backend import bias_correction_applies, set_threads
 from magicflow.preprocess.template import load_template
 from magicflow.preprocess.volumes import load_3d
@@ -68,16 +69,24 @@ def preprocess_secondary(
     threads: int = 1,
     sidecar: str | os.PathLike[str] | None = None,
     tracer: str | None = None,
+    groundtruth: GroundTruth | None = None,
 ) -> dict[str, object]:
     """Coregister one T2w/FLAIR/PET to its T1 and resample it into MNI (backend follows the T1's).
 
     ``bias_correct`` applies to T2w and FLAIR only (see :func:`bias_correction_applies`).
     ``sidecar`` and ``tracer`` are the manifest's for a PET (its sidecar may be inherited from
-    higher in a BIDS tree; its tracer_name stands in for a missing TracerName)."""
+    higher in a BIDS tree; its tracer_name stands in for a missing TracerName).
+    ``groundtruth`` (a demo image's planted points and rigid move) adds the whole chain's error
+    against it to the record (``GroundTruthErrorMM``)."""
     if modality not in MODALITIES:
         raise InputError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
     set_threads(threads)
     t1 = read_t1_record(t1_sidecar)
+    if groundtruth is not None and (t1["Backend"] != "ants" or groundtruth.rigid is None):
+        raise InputError(
+            f"{groundtruth.points}: the ground-truth error needs the ANTs backend (the T1's is {t1['Backend']})"
+            " and the series' rigid move"
+        )
     bias_correct = bias_correction_applies(modality, bias_correct)
     tpl1 = load_template(t1["TemplateDir"], 1)
     transforms = t1["Transforms"]
@@ -86,6 +95,7 @@ def preprocess_secondary(
     with tempfile.TemporaryDirectory(prefix="magicflow-coreg-") as tmp:
         work = Path(tmp)
         pet_info: dict[str, object] = {}
+        accuracy: dict[str, object] = {}
         if modality == "pet":
             from magicflow.preprocess.pet import pet_record, static_pet
 
@@ -105,6 +115,8 @@ def preprocess_secondary(
             rigid = ants_backend.rigid_to_t1(moving, native, preset, work, modality)
             chain = [Path(transforms["warp"]), Path(transforms["affine"]), rigid]
             mni = ants_backend.to_mni(moving, chain, tpl1, work, modality)
+            if groundtruth is not None:
+                accuracy["GroundTruthErrorMM"] = groundtruth_error(chain, groundtruth, tpl1)
         else:
             from magicflow.preprocess import fsl_backend
 
@@ -130,6 +142,7 @@ def preprocess_secondary(
             "RigidTransform": str(out.rigid),
             "Seconds": round(time.perf_counter() - start, 1),
             **pet_info,
+            **accuracy,
         }
         with ExitStack() as stack:
             tmp_mni = stack.enter_context(atomic_path(out.mni))

@@ -15,6 +15,7 @@ import numpy as np
 
 from magicflow.errors import InputError
 from magicflow.io import atomic_path, write_json
+from magicflow.preprocess.accuracy import GroundTruth, groundtruth_error
 from magicflow.preprocess.backend import resolve_backend, set_threads
 from magicflow.preprocess.template import SPACE_FSL, load_template
 from magicflow.preprocess.volumes import load_3d, save_float32
@@ -47,11 +48,14 @@ def preprocess_t1(
     backend: str = "auto",
     preset: str = "demo",
     threads: int = 1,
+    groundtruth: GroundTruth | None = None,
 ) -> dict[str, object]:
     """Register one T1 to the template; returns (and writes) the sidecar record.
 
     The MNI brain mask written is the template's: after nonlinear registration the subject's
-    brain occupies the template brain, and one mask keeps every image of a dataset comparable."""
+    brain occupies the template brain, and one mask keeps every image of a dataset comparable.
+    With ``groundtruth`` (a demo subject's planted mapping) the record carries the registration's
+    error against it (``GroundTruthErrorMM``), so every demo image is scored, not a test's one."""
     from magicflow.preprocess.ants_backend import PRESETS
 
     set_threads(threads)
@@ -62,6 +66,8 @@ def preprocess_t1(
             f"{template_dir}: a {tpl1.space} template, but the FSL backend registers to FSL's own "
             f"MNI152 ({SPACE_FSL}); rebuild it with `magicflow preprocess-template --backend fsl`"
         )
+    if groundtruth is not None and chosen != "ants":
+        raise InputError(f"{groundtruth.points}: the ground-truth error reads ANTs transforms; backend is {chosen}")
     t1 = load_3d(t1_path, "T1")  # validate before any heavy work
     print(f"[preprocess-t1] {t1_path}: backend={chosen} preset={preset} threads={threads}", flush=True)
     start = time.perf_counter()
@@ -73,7 +79,16 @@ def preprocess_t1(
             settings = PRESETS[preset]
             result = ants_backend.register_t1(t1, tpl1, load_template(template_dir, settings.template_resolution), settings, work)
             native, mni, affine_file, warp_file = result.native, result.mni, result.affine_file, result.warp_file
-            fmt, details = "ants", {"NeckCropMM": result.neck_crop_mm, "StepSeconds": result.step_seconds}
+            fmt, details = (
+                "ants",
+                {
+                    "NeckCropMM": result.neck_crop_mm,
+                    "StepSeconds": result.step_seconds,
+                    "StepCPUSeconds": result.step_cpu_seconds,
+                },
+            )
+            if groundtruth is not None:
+                details["GroundTruthErrorMM"] = groundtruth_error([warp_file, affine_file], groundtruth, tpl1)
         else:
             from magicflow.preprocess import fsl_backend
 

@@ -5,6 +5,7 @@
 # registered to, from the template checkpoint's template.json.
 
 from magicflow.datasets.manifest import IMAGE_STEM
+from magicflow.preprocess.accuracy import demo_groundtruth
 from magicflow.preprocess.template import SPACE_FSL, SPACE_NILEARN
 
 # auto | fsl | ants, resolved by each registration job in the environment that runs it (so
@@ -21,6 +22,21 @@ REGISTRATION_MEM_MB = {"demo": {"t1": 1500, "coregister": 1000}, "full": {"t1": 
 ]
 TEMPLATE = f"{RESULTS}/template"
 ENV_REGISTRATION = ENV_MAGICFLOW if BACKEND == "ants" else "../../envs/fsl.yaml"
+
+
+def groundtruth_files(wc):
+    """A demo image's planted transforms (its cohort's derivatives/groundtruth), so its
+    registration job records its error against them; none for other datasets or spaces."""
+    truth = demo_groundtruth(manifest_row(wc)["path"], wc.space) if wc.dataset in DEMO_DATASETS else None
+    if truth is None:
+        return {}
+    return {"truth_points": str(truth.points)} | ({"truth_rigid": str(truth.rigid)} if truth.rigid else {})
+
+
+def groundtruth_options(wc, input):
+    """The registration command's --groundtruth-* options for the files groundtruth_files gave."""
+    keys = [k for k in ("truth_points", "truth_rigid") if k in input.keys()]
+    return "".join(f" --groundtruth-{k.removeprefix('truth_')} {input[k]}" for k in keys)
 
 
 # the manifest schema holds every image stem to this pattern, so any manifest image has a rule
@@ -50,6 +66,7 @@ checkpoint preprocess_template:
 
 rule preprocess_t1:
     input:
+        unpack(groundtruth_files),
         image=lambda wc: manifest_row(wc)["path"],
         template=TEMPLATE,
     output:
@@ -76,17 +93,19 @@ rule preprocess_t1:
     params:
         backend=BACKEND,
         preset=config["registration"]["preset"],
+        truth=groundtruth_options,
     shell:
         magicflow_command(
             "preprocess-t1 --t1 {input.image:q} --template-dir {input.template} --backend {params.backend}"
             " --preset {params.preset} --threads {threads} --out-t1 {output.image} --out-mask {output.mask}"
             " --out-native {output.native} --out-affine {output.affine} --out-warp {output.warp} --out-json {output.json}"
-            " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}"
+            " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}{params.truth}"
         )
 
 
 rule preprocess_coregister:
     input:
+        unpack(groundtruth_files),
         image=lambda wc: manifest_row(wc)["path"],
         t1=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"], wc.space).values(),
         sidecar=sidecar_input,
@@ -114,11 +133,12 @@ rule preprocess_coregister:
         bias="--bias-correct" if config["registration"]["bias_correction"] else "",
         sidecar=lambda wc: manifest_row(wc)["sidecar"],
         tracer=lambda wc: manifest_row(wc)["tracer_name"],
+        truth=groundtruth_options,
     shell:
         magicflow_command(
             "preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
             " --sidecar {params.sidecar:q} --tracer {params.tracer:q} {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
-            " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}"
+            " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}{params.truth}"
         )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from magicflow.errors import InputError
+from magicflow.preprocess.accuracy import GroundTruth
 from magicflow.preprocess.cli.qc_cmd import add_qc_arguments, qc_requested, write_qc
 from magicflow.preprocess.coregister import MODALITIES, SecondaryOutputs, preprocess_secondary, read_t1_record
 from magicflow.preprocess.pet import motion_summary
@@ -30,12 +32,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-image", required=True, help="image in MNI, 182x218x182 float32")
     parser.add_argument("--out-rigid", required=True, help="rigid transform to the native T1 (.mat)")
     parser.add_argument("--out-json", required=True, help="sidecar: backend, frames, tracer, timing warning")
+    parser.add_argument(
+        "--groundtruth-points", default=None, help="a demo subject's planted MNI -> T1w points (derivatives/groundtruth)"
+    )
+    parser.add_argument(
+        "--groundtruth-rigid",
+        default=None,
+        help="its planted T1w -> this series rigid move; with --groundtruth-points the sidecar gets the chain's error",
+    )
     add_qc_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     outputs = SecondaryOutputs(Path(args.out_image), Path(args.out_rigid), Path(args.out_json))
     qc = qc_requested(args)
+    if bool(args.groundtruth_points) != bool(args.groundtruth_rigid):
+        raise InputError("--groundtruth-points and --groundtruth-rigid go together (an image's error needs both)")
+    truth = GroundTruth(Path(args.groundtruth_points), Path(args.groundtruth_rigid)) if args.groundtruth_points else None
     record = preprocess_secondary(
         args.image,
         args.modality,
@@ -45,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.threads,
         sidecar=args.sidecar,
         tracer=args.tracer,
+        groundtruth=truth,
     )
     if qc:
         template_dir = read_t1_record(args.t1_json)["TemplateDir"]

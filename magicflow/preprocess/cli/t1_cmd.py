@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from magicflow.preprocess.accuracy import GroundTruth
 from magicflow.preprocess.backend import BACKENDS
 from magicflow.preprocess.cli.qc_cmd import add_qc_arguments, qc_requested, write_qc
 from magicflow.preprocess.t1 import T1Outputs, preprocess_t1
@@ -22,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-affine", required=True, help="affine to MNI (.mat: ANTs or FLIRT format)")
     parser.add_argument("--out-warp", required=True, help="warp to MNI (.nii.gz: ANTs field or FNIRT coefficients)")
     parser.add_argument("--out-json", required=True, help="sidecar: backend, preset, space, transforms, seconds")
+    parser.add_argument(
+        "--groundtruth-points",
+        default=None,
+        help="a demo subject's planted MNI -> T1w points (derivatives/groundtruth); the sidecar gets the error against them",
+    )
     add_qc_arguments(parser)
 
 
@@ -35,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out_json),
     )
     qc = qc_requested(args)
-    preprocess_t1(args.t1, args.template_dir, outputs, args.backend, args.preset, args.threads)
+    truth = GroundTruth(Path(args.groundtruth_points)) if args.groundtruth_points else None
+    preprocess_t1(args.t1, args.template_dir, outputs, args.backend, args.preset, args.threads, truth)
     if qc:
         write_qc(args.out_t1, args.template_dir, args.qc_png, args.qc_json, args.qc_label, "preprocess-t1")
     return 0
