@@ -70,6 +70,35 @@ def test_manifest_target_runs_on_a_tiny_demo(tmp_path: Path):
     shutil.rmtree(work / "results")
 
 
+@pytest.mark.slow
+def test_demo_registration_jobs_score_against_the_planted_truth(tmp_path: Path):
+    """A demo T1w and T2w registered by their rules: the cohort's ground truth arrives as declared
+    inputs and each sidecar carries the image's error against it, under 2 mm for the demo preset."""
+
+    def tiny(config: dict) -> None:
+        config["datasets"]["demo"].update(subjects=2, t1w_only=0, tracers=["FDG"])
+        config["experiments"] = {}
+        config["registration"].update(backend="ants", preset="demo")
+
+    work = workdir_with(tmp_path, tiny)
+    folder = work / "results" / "demo" / "preproc" / "space-MNI152NLin2009aSym"
+    stems = ["sub-demo01_ses-01_T1w", "sub-demo01_ses-01_T2w"]
+    sidecars = [folder / stems[0] / f"{stems[0]}_t1.json", folder / stems[1] / f"{stems[1]}_coreg.json"]
+    result = snakemake(work, "--cores", "2", *(str(p.relative_to(work)) for p in sidecars))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    errors = [json.loads(p.read_text())["GroundTruthErrorMM"] for p in sidecars]
+    assert all(0 < e["mean"] < 2.0 for e in errors), errors
+    # the truth files are the jobs' declared inputs, passed to their commands
+    summary = snakemake(work, "--detailed-summary", *(str(p.relative_to(work)) for p in sidecars))
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    truth = "results/demo/bids/derivatives/groundtruth/sub-demo01/sub-demo01_"
+    rows = {line.split("\t")[0]: line for line in summary.stdout.splitlines()}
+    t1_row, t2_row = (rows[str(p.relative_to(work))] for p in sidecars)
+    assert f"{truth}from-MNI152NLin2009aSym_to-T1w_mode-points_xfm.nii.gz" in t1_row and "--groundtruth-points" in t1_row
+    assert f"{truth}from-T1w_to-T2w_mode-rigid_xfm.txt" in t2_row and "--groundtruth-rigid" in t2_row
+    shutil.rmtree(work / "results")
+
+
 def tiny_experiment(config: dict) -> None:
     """6 demo subjects (3 AD, 3 CN), MRI only, one classification experiment over 3 folds at 48 x 48
     (the download-tree workflow test runs its experiment at the full 182 x 182) with a ResNet-18
