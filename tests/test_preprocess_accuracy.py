@@ -94,3 +94,14 @@ def test_bad_ground_truth_is_refused_naming_the_file(tmp_path, template):
     bad_move.write_text("1 0 0\n0 1 0\n")
     with pytest.raises(InputError, match=f"{bad_move}.*4x4"):
         groundtruth_error(chain, GroundTruth(_truth(tmp_path, (0.0, 0.0, 0.0)), bad_move), template)
+
+
+def test_coregistration_command_refuses_half_a_ground_truth(tmp_path, capsys):
+    """Points without the series' rigid move cannot score a coregistration: refused before any work."""
+    from magicflow.cli import main
+
+    points = _truth(tmp_path, (0.0, 0.0, 0.0))
+    outputs = [f"--out-{k}={tmp_path / k}" for k in ("image", "rigid", "json")]
+    args = ["preprocess-coregister", "--image", str(tmp_path / "t2.nii.gz"), "--modality", "T2w"]
+    code = main([*args, "--t1-json", str(tmp_path / "t1.json"), *outputs, "--groundtruth-points", str(points)])
+    assert code == 2 and "--groundtruth-rigid" in capsys.readouterr().err
