@@ -395,7 +395,7 @@ def test_pet_is_never_bias_corrected_t2w_is(tmp_path, monkeypatch):
     monkeypatch.setattr(
         ants_backend,
         "realign_frames",
-        lambda img, ref, work: Realignment(
+        lambda img, ref, work, schedule: Realignment(
             img, ref, tuple(np.eye(4) for _ in range(img.shape[3])), np.zeros(3), "identity (test)"
         ),
     )
@@ -496,10 +496,12 @@ def _rotation_x(deg: float, centre: np.ndarray, shift: tuple[float, float, float
 
 
 @pytest.mark.slow
-def test_frames_are_realigned_before_the_median(tmp_path):
+@pytest.mark.parametrize("preset", ["demo", "full"])
+def test_frames_are_realigned_before_the_median(preset, tmp_path):
     """The head drifts during five frames (up to 6 mm and 5 degrees from the middle frame; a
     median of such frames is blurred, not protected): the realigned median is closer to the
-    motion-free median than the median of the frames as acquired, and the motion is recorded."""
+    motion-free median than the median of the frames as acquired, and the motion is recorded,
+    by either preset's schedule (the demo's stops at twice the PET voxel)."""
     from nilearn import datasets
     from scipy import ndimage
 
@@ -521,7 +523,8 @@ def test_frames_are_realigned_before_the_median(tmp_path):
     path = _write_pet(tmp_path, moving)
     nib.save(nib.Nifti1Image(moving.astype(np.float32), affine), path)  # the world geometry above
     plain = static_pet(path)
-    aligned = static_pet(path, realign=lambda frames, ref: ants_backend.realign_frames(frames, ref, tmp_path))
+    schedule = ants_backend.PRESETS[preset].frame_schedule
+    aligned = static_pet(path, realign=lambda frames, ref: ants_backend.realign_frames(frames, ref, tmp_path, schedule))
     head = uptake > 0.2 * uptake.max()
 
     def error(result) -> float:

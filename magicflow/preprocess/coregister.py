@@ -49,15 +49,16 @@ def read_t1_record(t1_sidecar: str | os.PathLike[str]) -> dict:
     return record
 
 
-def frame_realigner(backend: str, work: Path, threads: int) -> Realigner:
-    """The backend's PET frame realignment (mcflirt on FSL, ANTs rigid otherwise)."""
+def frame_realigner(backend: str, work: Path, threads: int, preset: str) -> Realigner:
+    """The backend's PET frame realignment (mcflirt on FSL, ANTs rigid with ``preset``'s schedule otherwise)."""
     if backend == "fsl":
         from magicflow.preprocess import fsl_backend
 
         return lambda frames, reference: fsl_backend.realign_frames(frames, reference, work, threads)
     from magicflow.preprocess import ants_backend
 
-    return lambda frames, reference: ants_backend.realign_frames(frames, reference, work)
+    schedule = ants_backend.PRESETS[preset].frame_schedule
+    return lambda frames, reference: ants_backend.realign_frames(frames, reference, work, schedule)
 
 
 def preprocess_secondary(
@@ -99,7 +100,7 @@ def preprocess_secondary(
         if modality == "pet":
             from magicflow.preprocess.pet import pet_record, static_pet
 
-            static = static_pet(image_path, sidecar, tracer, realign=frame_realigner(t1["Backend"], work, threads))
+            static = static_pet(image_path, sidecar, tracer, realign=frame_realigner(t1["Backend"], work, threads, t1["Preset"]))
             moving = static.image
             pet_info = pet_record(static)
         else:
