@@ -449,8 +449,8 @@ def test_coregister_command_passes_sidecar_and_tracer(tmp_path, monkeypatch):
     assert cli.main(base + ["--sidecar", "bids/trc-18FAV1451_pet.json", "--tracer", "18FAV1451"]) == 0
     assert cli.main(base) == 0
     assert seen == [
-        (True, {"sidecar": "bids/trc-18FAV1451_pet.json", "tracer": "18FAV1451"}),
-        (True, {"sidecar": None, "tracer": None}),
+        (True, {"sidecar": "bids/trc-18FAV1451_pet.json", "tracer": "18FAV1451", "groundtruth": None}),
+        (True, {"sidecar": None, "tracer": None, "groundtruth": None}),
     ]
 
 
