@@ -15,6 +15,7 @@ from snakemake.settings.types import DeploymentMethod
 from magicflow.config import active_experiments, validate_config
 from magicflow.datasets.manifest import read_manifest
 from magicflow.errors import InputError
+from magicflow.preprocess.accuracy import demo_groundtruth
 from magicflow.preprocess.template import METADATA
 
 
@@ -233,6 +234,21 @@ def sidecar_input(wc):
     BIDS tree), as a rule input so a changed sidecar reruns the job; none when there is none."""
     sidecar = manifest_row(wc)["sidecar"]
     return [] if sidecar == "n/a" else [sidecar]
+
+
+def groundtruth_files(wc):
+    """A demo image's planted transforms (its cohort's derivatives/groundtruth), so its
+    registration job records its error against them; none for other datasets or spaces."""
+    truth = demo_groundtruth(manifest_row(wc)["path"], wc.space) if wc.dataset in DEMO_DATASETS else None
+    if truth is None:
+        return {}
+    return {"truth_points": str(truth.points)} | ({"truth_rigid": str(truth.rigid)} if truth.rigid else {})
+
+
+def groundtruth_options(wc, input):
+    """The registration command's --groundtruth-* options for the files groundtruth_files gave."""
+    keys = [k for k in ("truth_points", "truth_rigid") if k in input.keys()]
+    return "".join(f" --groundtruth-{k.removeprefix('truth_')} {input[k]}" for k in keys)
 
 
 # --------------------------------------------------------------------------- experiments (experiments.smk)

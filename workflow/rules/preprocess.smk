@@ -5,7 +5,6 @@
 # registered to, from the template checkpoint's template.json.
 
 from magicflow.datasets.manifest import IMAGE_STEM
-from magicflow.preprocess.accuracy import demo_groundtruth
 from magicflow.preprocess.template import SPACE_FSL, SPACE_NILEARN
 
 # auto | fsl | ants, resolved by each registration job in the environment that runs it (so
@@ -22,21 +21,6 @@ REGISTRATION_MEM_MB = {"demo": {"t1": 1500, "coregister": 1000}, "full": {"t1": 
 ]
 TEMPLATE = f"{RESULTS}/template"
 ENV_REGISTRATION = ENV_MAGICFLOW if BACKEND == "ants" else "../../envs/fsl.yaml"
-
-
-def groundtruth_files(wc):
-    """A demo image's planted transforms (its cohort's derivatives/groundtruth), so its
-    registration job records its error against them; none for other datasets or spaces."""
-    truth = demo_groundtruth(manifest_row(wc)["path"], wc.space) if wc.dataset in DEMO_DATASETS else None
-    if truth is None:
-        return {}
-    return {"truth_points": str(truth.points)} | ({"truth_rigid": str(truth.rigid)} if truth.rigid else {})
-
-
-def groundtruth_options(wc, input):
-    """The registration command's --groundtruth-* options for the files groundtruth_files gave."""
-    keys = [k for k in ("truth_points", "truth_rigid") if k in input.keys()]
-    return "".join(f" --groundtruth-{k.removeprefix('truth_')} {input[k]}" for k in keys)
 
 
 # the manifest schema holds every image stem to this pattern, so any manifest image has a rule
