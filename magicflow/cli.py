@@ -45,6 +45,11 @@ COMMANDS: dict[str, Command] = {
     "preprocess-qc": _stage("magicflow.preprocess.cli.qc_cmd", "QC figure and correlation with the template of one MNI image"),
     "preprocess-qc-table": _stage("magicflow.preprocess.cli.qc_table_cmd", "gather QC values into a table and flag low ones"),
     "slices": _stage("magicflow.slices", "coronal slices of every MNI image of a dataset"),
+    "check-data": Command(
+        "check an experiment's label, classes and folds against its datasets' manifests",
+        f"{_EXPERIMENTS}:add_check_data_arguments",
+        f"{_EXPERIMENTS}:run_check_data",
+    ),
     "split": Command(
         "subject-level stratified k-fold splits of an experiment",
         f"{_EXPERIMENTS}:add_split_arguments",

@@ -364,15 +364,15 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def check_experiment_manifests(config: dict[str, Any], name: str, manifests: dict[str, Any]) -> None:
+def check_experiment_manifests(experiment: dict[str, Any], manifests: dict[str, Any]) -> dict[str, dict[str, int]]:
     """What an experiment needs of its datasets' manifests, checked as soon as they exist (before
     any registration): the label column is there, every value of ``classes`` occurs among the
-    experiment's image kinds, and there are subjects for every fold. ``manifests`` maps each
-    dataset to its manifest table (pandas); the slices can only have fewer images than these."""
+    experiment's image kinds, and there are subjects for every fold. ``experiment`` is its
+    resolved settings (experiment.json), ``manifests`` maps each dataset to its manifest table;
+    the slices can only have fewer images than these. Returns images and subjects per class."""
     import pandas as pd
 
-    experiment = config["experiments"][name]
-    key = f"experiment {name!r}"
+    key = f"experiment {experiment.get('name', '')!r}"
     kinds = experiment.get("modalities") or [experiment.get("target")]
     parts = []
     for dataset in experiment["datasets"]:
@@ -407,3 +407,5 @@ def check_experiment_manifests(config: dict[str, Any], name: str, manifests: dic
         raise InputError(
             f"{key}: {folds} folds but the manifests hold too few subjects per class ({counts}); lower folds or add data"
         )
+    images_per_class = images.groupby("label").size()
+    return {str(c): {"images": int(images_per_class[c]), "subjects": int(subjects[c])} for c in images_per_class.index}

@@ -67,6 +67,34 @@ def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str,
     return settings, slices, arrays, resize_mask(masks[0], size)[0]
 
 
+# --------------------------------------------------------------------------- check-data
+def add_check_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, type=Path, help="results/<experiment>/experiment.json")
+    parser.add_argument(
+        "--manifest", action="append", default=[], metavar="DATASET=TSV", help="a dataset's manifest.tsv (repeat per dataset)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/data_check.json")
+
+
+def run_check_data(args: argparse.Namespace) -> int:
+    """The experiment against its datasets' manifests, right after they are written: a label,
+    class or fold count the data cannot give fails here, before registration and slicing."""
+    from magicflow.config import check_experiment_manifests
+    from magicflow.datasets.manifest import read_manifest
+
+    settings = _settings(args.experiment)
+    manifests = {name: read_manifest(path) for name, path in parse_pairs(args.manifest, "manifest").items()}
+    missing = sorted(set(settings["datasets"]) - set(manifests))
+    if missing:
+        raise InputError(f"--manifest: no manifest given for the experiment's datasets {missing}")
+    counts = check_experiment_manifests(settings, manifests)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps({"experiment": settings["name"], "per_class": counts}, indent=2) + "\n")
+    summary = ", ".join(f"{c}: {v['images']} images of {v['subjects']} subjects" for c, v in counts.items())
+    print(f"{settings['name']}: the manifests hold {summary} for {settings['folds']} folds -> {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- split
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     add_experiment_inputs(parser, arrays=False)

@@ -129,7 +129,7 @@ set +e
 "${SMK[@]}" train > "$SCRATCH/snakemake.out" 2>&1
 rc=$?
 set -e
-say "snakemake exited with $rc (1 expected: the broken experiment's split fails, keep-going finishes the rest)"
+say "snakemake exited with $rc (1 expected: the broken experiment's data check fails, keep-going finishes the rest)"
 
 # --- checks ------------------------------------------------------------------------------------
 OUT="$SCRATCH/snakemake.out"
@@ -144,12 +144,13 @@ mapfile -t IDS < <(slurm_ids)
 for what in rule_demo_cohort/ rule_dataset_manifest/ rule_preprocess_template/ rule_qc_table/ rule_dataset_slices/ rule_train_fold/; do
     [ "$(count "$what")" -eq 1 ] || show "expected one SLURM job of ${what%/}, found $(count "$what")"
 done
-[ "$(count rule_split/)" -eq 2 ] || show "expected two split jobs (tiny, broken), found $(count rule_split/)"
+[ "$(count rule_check_data/)" -eq 2 ] || show "expected two data-check jobs (tiny, broken), found $(count rule_check_data/)"
+[ "$(count rule_split/)" -eq 1 ] || show "expected one split job (tiny; broken stops at its data check), found $(count rule_split/)"
 [ "$(count group_subject)" -eq 3 ] || show "expected 3 per-subject preprocessing group jobs (3 subjects), found $(count group_subject)"
-SPLIT_BROKEN="$(slurm_ids rule_split/broken/)"
+CHECK_BROKEN="$(slurm_ids rule_check_data/broken/)"
 for id in "${IDS[@]}"; do
     want=COMPLETED
-    [ "$id" = "$SPLIT_BROKEN" ] && want=FAILED
+    [ "$id" = "$CHECK_BROKEN" ] && want=FAILED
     grep -qE "^JobId=$id .*JobState=$want " "$JOBCOMP" || show "SLURM job $id is not $want in $JOBCOMP"
 done
 TRAIN_ID="$(slurm_ids rule_train_fold/)"
@@ -158,16 +159,16 @@ scontrol --details show job "$TRAIN_ID" | grep -q "GRES=gpu" \
 say "${#IDS[@]} jobs went through SLURM (3 per-subject groups, training holding the GPU), each in the job-completion file as it should be"
 
 # The failed job is reported with the rule's log, whose end is shown (show-failed-logs).
-ERROR="$(sed -n '/Error in rule split/,/^$/p' "$OUT")"
-[ -n "$ERROR" ] || show "no 'Error in rule split' in the output"
-grep -q "log: results/logs/split/broken.log" <<<"$ERROR" || show "the error does not name the rule's log results/logs/split/broken.log"
-grep -q "every class has fewer images than the 3 folds" "$OUT" || show "the failed job's log was not shown"
-say "the failed job (SLURM job $SPLIT_BROKEN) is reported with $(grep -m1 -oE 'log: .*' <<<"$ERROR" | sed 's/ (check.*//')"
+ERROR="$(sed -n '/Error in rule check_data/,/^$/p' "$OUT")"
+[ -n "$ERROR" ] || show "no 'Error in rule check_data' in the output"
+grep -q "log: results/logs/check_data/broken.log" <<<"$ERROR" || show "the error does not name the rule's log results/logs/check_data/broken.log"
+grep -q "3 folds but the manifests hold too few subjects per class (AD: 2, CN: 1)" "$OUT" || show "the failed job's log was not shown"
+say "the failed job (SLURM job $CHECK_BROKEN) is reported with $(grep -m1 -oE 'log: .*' <<<"$ERROR" | sed 's/ (check.*//')"
 
-# A rerun redoes only what failed: the broken experiment's split and training, nothing else.
+# A rerun redoes only what failed: the broken experiment's check, split and training, nothing else.
 PLAN="$("${SMK[@]}" --dry-run train --quiet rules 2>&1)"
 JOBS="$(grep -E '^[a-z_]+ +[0-9]+$' <<<"$PLAN" | grep -vE '^(total|train) ' | sort -u | tr -s ' \n' ' ')"
-[ "$JOBS" = "split 1 train_fold 1 " ] || fail "a rerun would run more than the failed experiment's jobs: $PLAN"
+[ "$JOBS" = "check_data 1 split 1 train_fold 1 " ] || fail "a rerun would run more than the failed experiment's jobs: $PLAN"
 say "a rerun plans only: $JOBS"
 
 say "SLURM cluster test passed"

@@ -7,7 +7,7 @@ one epoch, the demo registration preset without bias correction. device auto: th
 SLURM for a GPU (the test node's /dev/null one) and train on the CPU. A second experiment,
 broken, classifies diagnosis on T1w: the 3 subjects are 2 AD and 1 CN, fewer than the 3 folds in
 every class, which only the data shows (a config the parse-time checks refuse would stop the run
-before SLURM sees a job), so its split job fails on the cluster while tiny trains on.
+before SLURM sees a job), so its data-check job fails on the cluster while tiny trains on.
 """
 
 import sys

@@ -34,10 +34,38 @@ rule experiment_settings:
         write_logged(output[0], f"{params.settings}\n", log[0])
 
 
+# The experiment against its datasets' manifests as soon as they exist: a label, class or fold
+# count the data cannot give fails here, minutes in, not at split after registration and slicing.
+rule check_data:
+    input:
+        manifests=lambda wc: [f"{RESULTS}/{d}/manifest.tsv" for d in EXPERIMENT_SETTINGS[wc.experiment]["datasets"]],
+        settings=f"{RESULTS}/{{experiment}}/experiment.json",
+    output:
+        f"{RESULTS}/{{experiment}}/data_check.json",
+    log:
+        log_path("check_data", "{experiment}"),
+    benchmark:
+        benchmark_path("check_data", "{experiment}")
+    priority: 50
+    conda:
+        ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        manifests=lambda wc, input: " ".join(
+            f"--manifest {d}={path}" for d, path in zip(EXPERIMENT_SETTINGS[wc.experiment]["datasets"], input.manifests)
+        ),
+    shell:
+        magicflow_command("check-data --experiment {input.settings} {params.manifests} --out {output}")
+
+
 rule split:
     input:
         unpack(slices_inputs),
         settings=f"{RESULTS}/{{experiment}}/experiment.json",
+        checked=f"{RESULTS}/{{experiment}}/data_check.json",
     output:
         info=f"{RESULTS}/{{experiment}}/splits/split.json",
         folds=directory(f"{RESULTS}/{{experiment}}/splits/folds"),
