@@ -241,6 +241,12 @@ def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, An
                 f"{key}: {entry['name']} ({arch.timm_name}) needs image_size >= {arch.min_size}, the experiment has "
                 f"{size}; sizes {arch.min_size}-182 work"
             )
+        side = (experiment.get("translation") or {}).get("side")
+        if entry["name"] == "class_mean" and side == "age":
+            raise InputError(
+                f"{key}: class_mean predicts each class's mean image, but translation.side is age (no class); "
+                "use mean, or side label, predicted or none"
+            )
         if kind != "discriminative" and "weights" in entry:
             raise InputError(f"{key}.weights: {kind} baselines train from scratch; remove weights")
         entry_id = entry.get("id", entry["name"])
