@@ -275,3 +275,24 @@ def test_a_crop_experiment_trains_samples_classifies_and_explains_on_its_box(tmp
         for i, name in enumerate(maps["image"]):  # the test slices the maps explain are the box of each slice
             assert np.array_equal(maps["images"][i], slices[by_image[name], :, top : top + 16, left : left + 16])
     assert len(list(attribution.glob("*.png"))) == 2
+
+
+def test_the_report_says_how_the_images_were_cut_and_draws_the_box(tmp_path: Path):
+    from magicflow.experiments.view import crop_png
+    from magicflow.report.experiment import overview
+
+    from test_report import metrics_record
+
+    view = resolve_view(crop_settings(64), BRAIN)
+    crop_png(view, BRAIN, tmp_path / "crop.png")
+    assert tmp_path.joinpath("crop.png").stat().st_size > 0
+    metrics = {**metrics_record(), "image_size": 64, "view": view.record()}
+    html = overview(metrics, tmp_path)
+    assert "images 64 x 64 crop at native 1 mm (rows 28-91, columns 88-151 of the 182 x 182 slice" in html
+    assert "centre x = -29.5, z = 49.5 mm, the template brain&#x27;s centre of mass" in html
+    assert html.count('src="data:image/png;base64,') == 1 and "crop&#x27;s box" in html
+    # resized experiments (and metrics written before crops) show no box
+    resized = overview({**metrics_record(), "image_size": 64}, tmp_path)
+    assert "area-averaged" in resized and "data:image/png" not in resized
+    with pytest.raises(InputError, match="no crop box"):
+        crop_png(View(64), BRAIN, tmp_path / "none.png")
