@@ -24,11 +24,11 @@ from magicflow.experiments.posterior import (
     posteriors,
     sum_by_image,
 )
+from magicflow.experiments.view import View
 from magicflow.flow import MagicFlow
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot
 from magicflow.preprocess.template import GRID_1MM_AFFINE
-from magicflow.experiments.view import View
 from magicflow.slices import CENTRAL_INDEX
 
 
