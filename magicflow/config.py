@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from magicflow.errors import InputError
+from magicflow.experiments.view import crop_setting
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: the JSON schemas of the config and the manifest, shipped inside the package (package data) so that
@@ -209,7 +210,13 @@ def check_config(config: dict[str, Any]) -> None:
             for field in ("source", "target"):
                 if field in experiment:
                     raise InputError(f"config key 'experiments.{name}.{field}': only for model: translation")
+        crop_setting(experiment, f"config key 'experiments.{name}")
         baseline_entries(name, experiment)
+
+
+def model_image_size(experiment: dict[str, Any]) -> int:
+    """The side of the images the experiment's model sees: the crop's, else ``image_size`` (182 when absent)."""
+    return int(experiment["crop"]["size"] if experiment.get("crop") else experiment.get("image_size", 182))
 
 
 def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -234,7 +241,7 @@ def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, An
                 f"{key}: {entry['name']!r} is a {wanted} baseline, but experiment {name!r} has model: "
                 f"{experiment['model']} (list it under a model: {wanted} experiment)"
             )
-        size = experiment.get("image_size", 182)
+        size = model_image_size(experiment)
         arch = DISCRIMINATIVE.get(entry["name"])
         if arch is not None and size < arch.min_size:
             raise InputError(
@@ -303,7 +310,7 @@ def baseline_settings(config: dict[str, Any], name: str) -> dict[str, dict[str, 
             "kind": kind,
             "label": label,
             "architecture": architecture,
-            "image_size": experiment["image_size"],
+            "image_size": model_image_size(experiment),
             "weights": entry["weights"],
             "training": {**training, **entry["training"]},
             **({"preset": resolved["preset_base"], "samples": resolved["samples"]} if kind == "generative" else {}),
@@ -360,7 +367,9 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         "preset": preset,
         "preset_base": base,
         "preset_overrides": overrides,
-        "image_size": experiment["image_size"],
+        "image_size": model_image_size(experiment),
+        # only when set: adding the key to every experiment.json would rerun every resized experiment
+        **({"crop": crop} if (crop := crop_setting(experiment, f"config key 'experiments.{name}")) else {}),
         "folds": folds,
         "run_folds": run_folds,
         "seed": training["seed"],
