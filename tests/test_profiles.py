@@ -216,7 +216,11 @@ def test_each_experiment_asks_for_a_gpu_by_its_own_device(tmp_path: Path):
         gpus = {j.wildcards["experiment"]: j.resources["gpu"] for j in by_rule(jobs, rule)}
         assert gpus.pop("demo_scanner_generation") == "0", rule
         assert set(gpus.values()) == {"1"}, (rule, gpus)
-    assert all("gpu" not in j.resources for j in by_rule(jobs, "evaluate_experiment"))
+        # each runs through a GPU slot of a local run, asking for what it asks the scheduler for
+        for job in by_rule(jobs, rule):
+            slot = f'"$MAGICFLOW_PYTHON" -m magicflow gpu-slot --gpus {job.resources["gpu"]} -- "$MAGICFLOW_PYTHON" -m magicflow '
+            assert slot in job.shell, job.shell
+    assert all("gpu" not in j.resources and "gpu-slot" not in j.shell for j in by_rule(jobs, "evaluate_experiment"))
 
 
 def test_a_parse_time_error_is_one_line(tmp_path: Path):

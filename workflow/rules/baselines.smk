@@ -63,6 +63,7 @@ rule baseline_train:
             "baseline-train --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -93,6 +94,7 @@ rule baseline_classify:
             "baseline-classify --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -118,6 +120,7 @@ rule baseline_sample:
         magicflow_command(
             "baseline-sample --experiment {input.settings} --baseline {input.baseline} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 

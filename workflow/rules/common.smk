@@ -11,10 +11,12 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
+from snakemake_interface_executor_plugins.settings import ExecMode
 
 from magicflow.config import active_experiments, validate_config
 from magicflow.datasets.manifest import read_manifest
 from magicflow.errors import InputError
+from magicflow.gpu_slots import DEVICES_VARIABLE, visible_gpus
 from magicflow.preprocess.template import METADATA
 
 
@@ -41,6 +43,28 @@ for line in SKIPPED_EXPERIMENTS:
 if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 9 // 10 // 2**20)
 
+# GPUs. Snakemake only counts the `gpu` resource and hands a local job no device id, so:
+# - a local run knows its GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi; MAGICFLOW_GPUS=N keeps the
+#   first N) and runs at most that many GPU jobs at once (`--resources gpu=N` sets another limit);
+#   each GPU job takes a device of its own through `magicflow gpu-slot` (magicflow/gpu_slots.py),
+#   which reads the devices from MAGICFLOW_GPU_DEVICES, set here by the run's own Snakemake;
+# - on a cluster the scheduler gives each job its GPU, so the devices are left empty (the slots
+#   step aside), and `gpu` is counted per submitted job (scope local, at most 1), not across the
+#   run: a group job's GPU steps (see profiles/slurm) then take turns on one GPU instead of asking
+#   for one GPU each. Inside such a job, the Snakemake running its steps counts the job's GPUs.
+_LOCAL_GPUS = parse_time(visible_gpus) if workflow.local_exec else []
+if workflow.exec_mode == ExecMode.DEFAULT:
+    os.environ[DEVICES_VARIABLE] = ",".join(_LOCAL_GPUS)
+if "gpu" not in workflow.global_resources:
+    _GPU_LIMIT = len(_LOCAL_GPUS) if workflow.local_exec else 1
+    if _GPU_LIMIT:  # none: no limit, as GPU jobs then run on the CPU (training.device auto) or stop at once (cuda)
+        workflow.register_resource("gpu", _GPU_LIMIT)
+
+
+resource_scopes:
+    gpu="local",
+
+
 DATASETS = sorted(config["datasets"])
 DEMO_DATASETS = sorted(name for name, d in config["datasets"].items() if d["kind"] == "demo")
 RESULTS = "results"
@@ -62,13 +86,16 @@ os.environ.update(
 ENV_MAGICFLOW = "../../envs/magicflow.yaml"
 
 
-def magicflow_command(arguments, torch=False):
+def magicflow_command(arguments, torch=False, gpu=False):
     """A rule's shell command: `magicflow ARGUMENTS`, logged. torch=True sizes torch's CPU thread
     pool to the job's threads and makes it wait passively: libgomp spin-waits by default, and
     jobs sharing cores then slow each other down many times over (Snakemake's shell sets
-    OMP_NUM_THREADS too; said here, the command is complete as a log shows it)."""
+    OMP_NUM_THREADS too; said here, the command is complete as a log shows it). gpu=True (rules
+    with a `gpu` resource) runs it through `magicflow gpu-slot`, which gives it a device of its
+    own in a local run and steps aside otherwise (see the GPUs above)."""
     env = "OMP_NUM_THREADS={threads} OMP_WAIT_POLICY=PASSIVE " if torch else ""
-    return f'bash "$MAGICFLOW_LOGGED" {{log}} {env}"$MAGICFLOW_PYTHON" -m magicflow {arguments}'
+    slot = '"$MAGICFLOW_PYTHON" -m magicflow gpu-slot --gpus {resources.gpu} -- ' if gpu else ""
+    return f'bash "$MAGICFLOW_LOGGED" {{log}} {env}{slot}"$MAGICFLOW_PYTHON" -m magicflow {arguments}'
 
 
 def write_logged(path, text, log):

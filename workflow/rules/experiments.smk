@@ -94,6 +94,7 @@ rule train_fold:
             "train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -117,7 +118,7 @@ rule sample_fold:
         runtime=60,
         gpu=gpu_request,
     shell:
-        magicflow_command("sample --experiment {input.settings} --model {input.model} --out {output}", torch=True)
+        magicflow_command("sample --experiment {input.settings} --model {input.model} --out {output}", torch=True, gpu=True)
 
 
 rule classify_fold:
@@ -148,6 +149,7 @@ rule classify_fold:
             "classify --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -180,6 +182,7 @@ rule attribution_fold:
             "attribution --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --predictions {input.predictions} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 

@@ -41,6 +41,7 @@ rule translate_train:
             "translate-train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -72,6 +73,7 @@ rule translate_fold:
             "translate --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -104,6 +106,7 @@ rule baseline_translate:
             "baseline-translate --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
