@@ -44,25 +44,34 @@ if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 9 // 10 // 2**20)
 
 # GPUs. Snakemake only counts the `gpu` resource and hands a local job no device id, so:
-# - a local run knows its GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi; MAGICFLOW_GPUS=N keeps the
-#   first N) and runs at most that many GPU jobs at once (`--resources gpu=N` sets another limit);
-#   each GPU job takes a device of its own through `magicflow gpu-slot` (magicflow/gpu_slots.py),
-#   which reads the devices from MAGICFLOW_GPU_DEVICES, set here by the run's own Snakemake;
-# - on a cluster the scheduler gives each job its GPU, so the devices are left empty (the slots
-#   step aside), and `gpu` is counted per submitted job (scope local, at most 1), not across the
-#   run: a group job's GPU steps (see profiles/slurm) then take turns on one GPU instead of asking
-#   for one GPU each. Inside such a job, the Snakemake running its steps counts the job's GPUs.
-_LOCAL_GPUS = parse_time(visible_gpus) if workflow.local_exec else []
+# - the Snakemake a user starts knows this machine's GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi;
+#   MAGICFLOW_GPUS=N keeps the first N) and, unless `--resources gpu=N` says otherwise, runs at most
+#   that many GPU jobs at once; each GPU job takes a device of its own through `magicflow gpu-slot`
+#   (magicflow/gpu_slots.py), which reads them from MAGICFLOW_GPU_DEVICES, set here. Which executor
+#   runs the jobs is not known yet while these files are read (workflow.local_exec is always true
+#   here), so `gpu` is scoped local: under a cluster executor it never limits how many jobs queue;
+# - a cluster job (the Snakemake inside it runs in remote mode) has the GPU its scheduler gave it:
+#   the slots step aside, and its steps take turns on that one GPU;
+# - a group job on a cluster (profiles/slurm: a fold's sampling, classification and attribution)
+#   holds one GPU, on which its GPU steps run one after another: Snakemake sizes a group by the
+#   steps it can run side by side within the limits of `--resources`, and `submitted_gpus` (1 per
+#   GPU job under a cluster executor, decided when the job is made, 0 in local and dry runs) may
+#   sum to 1 per submitted job, so no two GPU steps of a group are laid side by side.
 if workflow.exec_mode == ExecMode.DEFAULT:
-    os.environ[DEVICES_VARIABLE] = ",".join(_LOCAL_GPUS)
-if "gpu" not in workflow.global_resources:
-    _GPU_LIMIT = len(_LOCAL_GPUS) if workflow.local_exec else 1
-    if _GPU_LIMIT:  # none: no limit, as GPU jobs then run on the CPU (training.device auto) or stop at once (cuda)
-        workflow.register_resource("gpu", _GPU_LIMIT)
+    _GPUS = parse_time(visible_gpus)
+    os.environ[DEVICES_VARIABLE] = ",".join(_GPUS)
+    if _GPUS and "gpu" not in workflow.global_resources:  # none: no limit (auto then trains on the CPU)
+        workflow.register_resource("gpu", len(_GPUS))
+elif workflow.exec_mode == ExecMode.REMOTE:
+    os.environ[DEVICES_VARIABLE] = ""
+    if "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", 1)
+workflow.register_resource("submitted_gpus", 1)
 
 
 resource_scopes:
     gpu="local",
+    submitted_gpus="local",
 
 
 DATASETS = sorted(config["datasets"])
@@ -267,6 +276,30 @@ def gpu_request(wc):
     """GPUs a job of this experiment asks the scheduler for: none when its own training.device
     (the experiment's, else the top-level one) is cpu, else one (auto runs on the CPU without one)."""
     return 0 if EXPERIMENT_SETTINGS[wc.experiment]["training"]["device"] == "cpu" else 1
+
+
+def gpu_job_only(value):
+    """A resource of the jobs that ask for a GPU (gpu_request 1); unset on the others."""
+    return lambda wc: value if gpu_request(wc) else None
+
+
+def submitted_gpus(wc):
+    """The GPU a job holds as (part of) a submitted cluster job; 0 in local and dry runs (see GPUs above)."""
+    return 0 if workflow.local_exec else gpu_request(wc)
+
+
+# What every GPU rule's resources take besides `gpu` (`**GPU_SLURM`): how SLURM runs GPU jobs
+# (config slurm:). A key left unset is not declared at all, so that the profile's default-resources
+# (its slurm_partition, slurm_account) still reach those jobs; local runs ignore them.
+GPU_SLURM = {"submitted_gpus": submitted_gpus} | {
+    resource: gpu_job_only(config["slurm"][key])
+    for resource, key in (
+        ("slurm_partition", "gpu_partition"),
+        ("slurm_account", "gpu_account"),
+        ("cpus_per_gpu", "cpus_per_gpu"),
+    )
+    if config["slurm"][key] is not None
+}
 
 
 def folds_of(experiment):

@@ -83,6 +83,7 @@ rule train_fold:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
+        **GPU_SLURM,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
@@ -114,6 +115,7 @@ rule sample_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_SLURM,
         mem_mb=1000,
         runtime=60,
         gpu=gpu_request,
@@ -139,6 +141,7 @@ rule classify_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_SLURM,
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -172,6 +175,7 @@ rule attribution_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_SLURM,
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
