@@ -174,13 +174,15 @@ def test_a_local_run_runs_no_more_gpu_jobs_than_gpus(tmp_path: Path):
             configfile: "config/config.yaml"
             include: "workflow/rules/common.smk"
 
-            rule all:
-                input: expand("out/{{i}}.json", i=range(6))
+            EXPERIMENT_SETTINGS = {{"probe": {{"training": {{"device": "auto"}}}}}}  # as experiments.smk has them
 
-            rule probe:
-                output: "out/{{i}}.json"
-                log: "logs/{{i}}.log"
-                resources: gpu=1
+            rule all:
+                input: expand("out/probe/{{i}}.json", i=range(6))
+
+            rule probe:  # resources as the GPU rules declare them
+                output: "out/{{experiment}}/{{i}}.json"
+                log: "logs/{{experiment}}/{{i}}.log"
+                resources: gpu=gpu_request, **GPU_RESOURCES
                 # the probe as a magicflow command: a nested gpu-slot asking for no GPU runs it as it is
                 shell: magicflow_command("gpu-slot --gpus 0 -- {sys.executable} probe.py marks 2 {{output}}", gpu=True)
             """
@@ -205,12 +207,12 @@ def test_a_local_run_runs_no_more_gpu_jobs_than_gpus(tmp_path: Path):
         timeout=300,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    seen = [json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(6)]
+    seen = [json.loads((tmp_path / "out" / "probe" / f"{i}.json").read_text()) for i in range(6)]
     assert not any(s["shared"] or s["waited_out"] for s in seen), seen
     by_rank = sorted(seen, key=lambda s: s["rank"])
     for wave in (by_rank[0:2], by_rank[2:4], by_rank[4:6]):
         assert sorted(s["device"] for s in wave) == ["0", "1"], seen
-    logs = [(tmp_path / "logs" / f"{i}.log").read_text() for i in range(6)]
+    logs = [(tmp_path / "logs" / "probe" / f"{i}.log").read_text() for i in range(6)]
     assert all("magicflow gpu-slot: CUDA_VISIBLE_DEVICES=" in log for log in logs), logs
     # Snakemake itself held the other jobs back: none had to wait for a slot
     assert not any("busy, waiting" in log for log in logs), logs

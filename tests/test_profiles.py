@@ -310,9 +310,12 @@ def test_gpu_jobs_take_the_slurm_settings_of_the_config(tmp_path: Path):
         assert job.resources.get("cpus_per_gpu") == ("4" if job.resources.get("gpu") == "1" else None), job
 
 
-def test_a_folds_sampling_classification_and_attribution_are_one_group_job(tmp_path: Path):
+def test_a_folds_sampling_classification_and_attribution_are_one_group_job(tmp_path: Path, monkeypatch):
     """The SLURM profile's groups, planned by Snakemake itself (a dry run forms group jobs): per
-    fold one group of exactly its three jobs, although sampling shares no file with the others."""
+    fold one group of exactly its three jobs, although sampling shares no file with the others.
+    Planned on a machine with one GPU (a login node with one), whose local GPU limit must not
+    refuse a group of three GPU steps."""
+    monkeypatch.setenv("MAGICFLOW_GPUS", "1")
     slurm = profile("slurm")
     rules = ("sample_fold", "classify_fold", "attribution_fold")
     group = slurm["groups"]["sample_fold"]

@@ -52,7 +52,7 @@ rule baseline_train:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 4000 + 3 * int(input.size_mb),
         runtime=240,
         gpu=gpu_request,
@@ -85,7 +85,7 @@ rule baseline_classify:
         ENV_MAGICFLOW
     threads: 1
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -115,7 +115,7 @@ rule baseline_sample:
         ENV_MAGICFLOW
     threads: 1
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=2000,
         runtime=60,
         gpu=gpu_request,

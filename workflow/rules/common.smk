@@ -43,34 +43,35 @@ for line in SKIPPED_EXPERIMENTS:
 if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 9 // 10 // 2**20)
 
-# GPUs. Snakemake only counts the `gpu` resource and hands a local job no device id, so:
+# GPUs. Snakemake only counts resources and hands a local job no device id, so:
 # - the Snakemake a user starts knows this machine's GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi;
-#   MAGICFLOW_GPUS=N keeps the first N) and, unless `--resources gpu=N` says otherwise, runs at most
-#   that many GPU jobs at once; each GPU job takes a device of its own through `magicflow gpu-slot`
-#   (magicflow/gpu_slots.py), which reads them from MAGICFLOW_GPU_DEVICES, set here. Which executor
-#   runs the jobs is not known yet while these files are read (workflow.local_exec is always true
-#   here), so `gpu` is scoped local: under a cluster executor it never limits how many jobs queue;
+#   MAGICFLOW_GPUS=N keeps the first N) and runs at most that many GPU jobs at once; each takes a
+#   device of its own through `magicflow gpu-slot` (magicflow/gpu_slots.py), which reads them from
+#   MAGICFLOW_GPU_DEVICES, set here;
 # - a cluster job (the Snakemake inside it runs in remote mode) has the GPU its scheduler gave it:
-#   the slots step aside, and its steps take turns on that one GPU;
+#   the slots step aside, and its steps take turns on that GPU;
 # - a group job on a cluster (profiles/slurm: a fold's sampling, classification and attribution)
-#   holds one GPU, on which its GPU steps run one after another: Snakemake sizes a group by the
-#   steps it can run side by side within the limits of `--resources`, and `submitted_gpus` (1 per
-#   GPU job under a cluster executor, decided when the job is made, 0 in local and dry runs) may
-#   sum to 1 per submitted job, so no two GPU steps of a group are laid side by side.
+#   holds one GPU, on which its GPU steps run one after another: Snakemake sizes a group by the steps
+#   it can run side by side within the limits of `--resources`, so these two limits are resources of
+#   their own, beside `gpu` (what the scheduler is asked for):
+#   `local_gpus` (1 per GPU job of a local run, else 0) may sum to the machine's GPUs, and
+#   `submitted_gpus` (1 per GPU job under a cluster executor, else 0) to 1 per submitted job. Which
+#   executor runs a job is known only when the job is made (workflow.local_exec is always true while
+#   these files are read), and both are scoped local, so that neither limits how many jobs a cluster
+#   queues. `--resources gpu=N` still limits GPU jobs as Snakemake's own resource.
 if workflow.exec_mode == ExecMode.DEFAULT:
     _GPUS = parse_time(visible_gpus)
     os.environ[DEVICES_VARIABLE] = ",".join(_GPUS)
-    if _GPUS and "gpu" not in workflow.global_resources:  # none: no limit (auto then trains on the CPU)
-        workflow.register_resource("gpu", len(_GPUS))
+    if _GPUS:  # none: no limit (training.device auto then runs on the CPU)
+        workflow.register_resource("local_gpus", len(_GPUS))
 elif workflow.exec_mode == ExecMode.REMOTE:
     os.environ[DEVICES_VARIABLE] = ""
-    if "gpu" not in workflow.global_resources:
-        workflow.register_resource("gpu", 1)
+    workflow.register_resource("local_gpus", 1)
 workflow.register_resource("submitted_gpus", 1)
 
 
 resource_scopes:
-    gpu="local",
+    local_gpus="local",
     submitted_gpus="local",
 
 
@@ -283,15 +284,20 @@ def gpu_job_only(value):
     return lambda wc: value if gpu_request(wc) else None
 
 
+def local_gpus(wc):
+    """The GPU a job takes from this machine's in a local run; 0 on a cluster and in dry runs (see GPUs above)."""
+    return gpu_request(wc) if workflow.local_exec and not workflow.dryrun else 0
+
+
 def submitted_gpus(wc):
     """The GPU a job holds as (part of) a submitted cluster job; 0 in local and dry runs (see GPUs above)."""
     return 0 if workflow.local_exec else gpu_request(wc)
 
 
-# What every GPU rule's resources take besides `gpu` (`**GPU_SLURM`): how SLURM runs GPU jobs
-# (config slurm:). A key left unset is not declared at all, so that the profile's default-resources
-# (its slurm_partition, slurm_account) still reach those jobs; local runs ignore them.
-GPU_SLURM = {"submitted_gpus": submitted_gpus} | {
+# What every GPU rule's resources take besides `gpu` (`**GPU_RESOURCES`): the two GPU limits above,
+# and how SLURM runs GPU jobs (config slurm:). A slurm key left unset is not declared at all, so that
+# the profile's default-resources (its slurm_partition, slurm_account) still reach those jobs.
+GPU_RESOURCES = {"local_gpus": local_gpus, "submitted_gpus": submitted_gpus} | {
     resource: gpu_job_only(config["slurm"][key])
     for resource, key in (
         ("slurm_partition", "gpu_partition"),

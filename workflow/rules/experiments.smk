@@ -83,7 +83,7 @@ rule train_fold:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
@@ -115,7 +115,7 @@ rule sample_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=1000,
         runtime=60,
         gpu=gpu_request,
@@ -141,7 +141,7 @@ rule classify_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -175,7 +175,7 @@ rule attribution_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,

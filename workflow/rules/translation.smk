@@ -30,7 +30,7 @@ rule translate_train:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=240,
         gpu=gpu_request,
@@ -64,7 +64,7 @@ rule translate_fold:
         ENV_MAGICFLOW
     threads: 1
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1500 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -98,7 +98,7 @@ rule baseline_translate:
         ENV_MAGICFLOW
     threads: 1
     resources:
-        **GPU_SLURM,
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1500 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
