@@ -52,6 +52,7 @@ rule baseline_train:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 4000 + 3 * int(input.size_mb),
         runtime=240,
         gpu=gpu_request,
@@ -63,6 +64,7 @@ rule baseline_train:
             "baseline-train --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -83,6 +85,7 @@ rule baseline_classify:
         ENV_MAGICFLOW
     threads: 1
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -93,6 +96,7 @@ rule baseline_classify:
             "baseline-classify --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -111,6 +115,7 @@ rule baseline_sample:
         ENV_MAGICFLOW
     threads: 1
     resources:
+        **GPU_RESOURCES,
         mem_mb=2000,
         runtime=60,
         gpu=gpu_request,
@@ -118,6 +123,7 @@ rule baseline_sample:
         magicflow_command(
             "baseline-sample --experiment {input.settings} --baseline {input.baseline} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 

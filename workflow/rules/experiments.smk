@@ -111,6 +111,7 @@ rule train_fold:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
@@ -122,6 +123,7 @@ rule train_fold:
             "train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -141,11 +143,12 @@ rule sample_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_RESOURCES,
         mem_mb=1000,
         runtime=60,
         gpu=gpu_request,
     shell:
-        magicflow_command("sample --experiment {input.settings} --model {input.model} --out {output}", torch=True)
+        magicflow_command("sample --experiment {input.settings} --model {input.model} --out {output}", torch=True, gpu=True)
 
 
 rule classify_fold:
@@ -166,6 +169,7 @@ rule classify_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -176,6 +180,7 @@ rule classify_fold:
             "classify --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -198,6 +203,7 @@ rule attribution_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -208,6 +214,7 @@ rule attribution_fold:
             "attribution --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --predictions {input.predictions} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 

@@ -30,6 +30,7 @@ rule translate_train:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=240,
         gpu=gpu_request,
@@ -41,6 +42,7 @@ rule translate_train:
             "translate-train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -62,6 +64,7 @@ rule translate_fold:
         ENV_MAGICFLOW
     threads: 1
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1500 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -72,6 +75,7 @@ rule translate_fold:
             "translate --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -94,6 +98,7 @@ rule baseline_translate:
         ENV_MAGICFLOW
     threads: 1
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1500 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -104,6 +109,7 @@ rule baseline_translate:
             "baseline-translate --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
