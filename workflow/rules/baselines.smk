@@ -48,13 +48,14 @@ rule baseline_train:
         log_path("baseline_train", "{experiment}_{baseline}_{fold}"),
     benchmark:
         benchmark_path("baseline_train", "{experiment}_{baseline}_{fold}")
+    retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     conda:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
         **GPU_RESOURCES,
         mem_mb=lambda wc, input: 4000 + 3 * int(input.size_mb),
-        runtime=240,
+        runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
     params:
         slices=slices_args,

@@ -26,13 +26,14 @@ rule translate_train:
         benchmark_path("translate_train", "{experiment}_{fold}")
     wildcard_constraints:
         experiment=name_regex(TRANSLATION_EXPERIMENTS),
+    retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     conda:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
         **GPU_RESOURCES,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
-        runtime=240,
+        runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
     params:
         slices=slices_args,
