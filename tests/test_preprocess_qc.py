@@ -129,7 +129,7 @@ def test_secondary_images_are_scored_against_their_own_t1w(tmp_path):
         1,
         Path(_write(half(anatomy.mr["T1w"]), tmp_path / "tpl.nii.gz")),
         Path(_write(mask, tmp_path / "mask.nii.gz")),
-        Path(),
+        Path(_write(mask, tmp_path / "mask.nii.gz")),  # the overlay's edges are drawn inside it
         Path(),
         Path(),
     )

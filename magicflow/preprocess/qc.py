@@ -184,14 +184,20 @@ def _views(volume: np.ndarray) -> list[np.ndarray]:
     return [sagittal, coronal, axial]
 
 
-def qc_figure(image: np.ndarray, reference: np.ndarray, title: str, out_png: str | os.PathLike[str]) -> None:
-    """Write the three-plane overlay PNG (atomically): the reference's edges over the image."""
+def qc_figure(
+    image: np.ndarray, reference: np.ndarray, title: str, out_png: str | os.PathLike[str], where: np.ndarray | None = None
+) -> None:
+    """Write the three-plane overlay PNG (atomically): the reference's edges over the image,
+    only ``where`` (the template's dilated brain: a subject's T1w has noise edges around the head)."""
     vmax = np.percentile(image[image > 0], 99.5) if np.any(image > 0) else 1.0
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), dpi=100)
-    for ax, img_view, ref_view, name in zip(axes, _views(image), _views(reference), ("sagittal", "coronal", "axial")):
+    inside = _views(np.ones(image.shape, bool) if where is None else where)
+    for ax, img_view, ref_view, in_view, name in zip(
+        axes, _views(image), _views(reference), inside, ("sagittal", "coronal", "axial")
+    ):
         ax.imshow(img_view, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
-        edges = feature.canny(ref_view.astype(float), sigma=2.0)
+        edges = feature.canny(ref_view.astype(float), sigma=2.0) & in_view
         overlay = np.zeros((*edges.shape, 4))
         overlay[edges] = (1.0, 0.2, 0.2, 0.9)
         ax.imshow(overlay, interpolation="nearest")
@@ -230,7 +236,9 @@ def image_qc(
     check = alignment_check(image, reference, mask, "ncc" if t1w is None else "nmi")
     name = label or Path(image_path).name
     short = "NCC with the template" if t1w is None else "NMI with its T1w"
-    qc_figure(image, reference, f"{name}  {short} {check['score']:.3f} (smoothed); edges: {reference_path.name}", out_png)
+    edges = "the template" if t1w is None else "its T1w"
+    where = np.asarray(nib.load(template.brain_mask_dilated).dataobj) > 0
+    qc_figure(image, reference, f"{name}  {short} {check['score']:.3f} (smoothed); edges of {edges}", out_png, where)
     record = {
         "image": str(Path(image_path)),
         "label": name,
