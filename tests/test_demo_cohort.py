@@ -76,6 +76,7 @@ def test_pet_frames_drift_and_only_the_restless_subject_moves_far(demo_bids: Pat
         assert not np.allclose(median, data.mean(axis=3), rtol=0.05)
 
 
+@pytest.mark.slow
 def test_frame_realignment_finds_the_planted_motion_and_qc_flags_only_the_restless_subject(demo_bids: Path, tmp_path: Path):
     """Issue 31: the real realignment (ANTs) of every subject's AV45 frames recovers the planted
     motion, and the QC table flags the restless subject's PET alone (every PET was flagged when

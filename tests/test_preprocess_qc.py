@@ -102,6 +102,7 @@ def _write(volume: np.ndarray, path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_secondary_images_are_scored_against_their_own_t1w(tmp_path):
     """Issue 33: a T2w, FLAIR or PET in place on its subject's T1w passes, the same image moved
     5 mm or rotated 5 degrees is flagged, and qc.tsv names the measure. The images are the demo
