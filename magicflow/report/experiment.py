@@ -177,7 +177,7 @@ def data(m: dict, excluded: dict[str, pd.DataFrame]) -> str:
         body += '<p class="note">This experiment is not one of the paper\'s four tasks: no Table 4 counts to compare with.</p>'
     body += "<h3>Registration QC flags</h3>"
     body += (
-        h.table(d["qc_flags"], ["dataset", "label", "ncc", "ncc_smooth", "threshold", "flag_reason"])
+        h.table(d["qc_flags"], ["dataset", "label", "measure", "score", "threshold", "flag_reason"])
         if d["qc_flags"]
         else '<p class="note">No image of this experiment was flagged.</p>'
     )

@@ -239,8 +239,10 @@ def manifest_row(wc):
 
 
 def t1_outputs(dataset, image, space):
+    """The files of a T1w's registration that its T2w/FLAIR/PET job reads (mni: for the QC)."""
     stem = PREPROC.format(dataset=dataset, image=image, space=space)
     return {
+        "mni": f"{stem}_space-{space}.nii.gz",
         "json": f"{stem}_t1.json",
         "affine": f"{stem}_affine.mat",
         "warp": f"{stem}_warp.nii.gz",

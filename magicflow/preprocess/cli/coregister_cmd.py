@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from magicflow.errors import InputError
 from magicflow.preprocess.cli.qc_cmd import add_qc_arguments, qc_requested, write_qc
 from magicflow.preprocess.coregister import MODALITIES, SecondaryOutputs, preprocess_secondary, read_t1_record
 from magicflow.preprocess.pet import motion_summary
@@ -31,11 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-rigid", required=True, help="rigid transform to the native T1 (.mat)")
     parser.add_argument("--out-json", required=True, help="sidecar: backend, frames, tracer, timing warning")
     add_qc_arguments(parser)
+    parser.add_argument(
+        "--qc-t1w", default=None, help="the subject's T1w in MNI (preprocess-t1's --out-t1): the QC scores the image against it"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     outputs = SecondaryOutputs(Path(args.out_image), Path(args.out_rigid), Path(args.out_json))
     qc = qc_requested(args)
+    if qc and args.qc_t1w is None:
+        raise InputError("--qc-png/--qc-json need --qc-t1w: a T2w, FLAIR or PET is scored against its own T1w in MNI")
     record = preprocess_secondary(
         args.image,
         args.modality,
@@ -56,5 +62,6 @@ def run(args: argparse.Namespace) -> int:
             args.qc_label,
             f"preprocess-{args.modality}",
             motion_summary(record),
+            args.qc_t1w,
         )
     return 0
