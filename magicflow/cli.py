@@ -45,6 +45,11 @@ COMMANDS: dict[str, Command] = {
     "preprocess-qc": _stage("magicflow.preprocess.cli.qc_cmd", "QC figure and correlation with the template of one MNI image"),
     "preprocess-qc-table": _stage("magicflow.preprocess.cli.qc_table_cmd", "gather QC values into a table and flag low ones"),
     "slices": _stage("magicflow.slices", "coronal slices of every MNI image of a dataset"),
+    "check-data": Command(
+        "check an experiment's label, classes and folds against its datasets' manifests",
+        f"{_EXPERIMENTS}:add_check_data_arguments",
+        f"{_EXPERIMENTS}:run_check_data",
+    ),
     "split": Command(
         "subject-level stratified k-fold splits of an experiment",
         f"{_EXPERIMENTS}:add_split_arguments",
@@ -105,6 +110,11 @@ COMMANDS: dict[str, Command] = {
     "report": _stage("magicflow.report.experiment", "the self-contained HTML report of one experiment"),
     "translation-report": _stage("magicflow.report.translation", "the self-contained HTML report of one translation experiment"),
     "bench": _stage("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
+    "gpu-slot": Command(
+        "run a command on a GPU of its own (a local run's GPU jobs; see magicflow/gpu_slots.py)",
+        "magicflow.gpu_slots:add_arguments",
+        "magicflow.gpu_slots:run_command",
+    ),
 }
 
 

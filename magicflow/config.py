@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from magicflow.errors import InputError
+from magicflow.experiments.view import crop_setting
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: the JSON schemas of the config and the manifest, shipped inside the package (package data) so that
@@ -209,7 +210,13 @@ def check_config(config: dict[str, Any]) -> None:
             for field in ("source", "target"):
                 if field in experiment:
                     raise InputError(f"config key 'experiments.{name}.{field}': only for model: translation")
+        crop_setting(experiment, f"config key 'experiments.{name}")
         baseline_entries(name, experiment)
+
+
+def model_image_size(experiment: dict[str, Any]) -> int:
+    """The side of the images the experiment's model sees: the crop's, else ``image_size`` (182 when absent)."""
+    return int(experiment["crop"]["size"] if experiment.get("crop") else experiment.get("image_size", 182))
 
 
 def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -234,12 +241,18 @@ def baseline_entries(name: str, experiment: dict[str, Any]) -> list[dict[str, An
                 f"{key}: {entry['name']!r} is a {wanted} baseline, but experiment {name!r} has model: "
                 f"{experiment['model']} (list it under a model: {wanted} experiment)"
             )
-        size = experiment.get("image_size", 182)
+        size = model_image_size(experiment)
         arch = DISCRIMINATIVE.get(entry["name"])
         if arch is not None and size < arch.min_size:
             raise InputError(
                 f"{key}: {entry['name']} ({arch.timm_name}) needs image_size >= {arch.min_size}, the experiment has "
                 f"{size}; sizes {arch.min_size}-182 work"
+            )
+        side = (experiment.get("translation") or {}).get("side")
+        if entry["name"] == "class_mean" and side == "age":
+            raise InputError(
+                f"{key}: class_mean predicts each class's mean image, but translation.side is age (no class); "
+                "use mean, or side label, predicted or none"
             )
         if kind != "discriminative" and "weights" in entry:
             raise InputError(f"{key}.weights: {kind} baselines train from scratch; remove weights")
@@ -297,7 +310,7 @@ def baseline_settings(config: dict[str, Any], name: str) -> dict[str, dict[str, 
             "kind": kind,
             "label": label,
             "architecture": architecture,
-            "image_size": experiment["image_size"],
+            "image_size": model_image_size(experiment),
             "weights": entry["weights"],
             "training": {**training, **entry["training"]},
             **({"preset": resolved["preset_base"], "samples": resolved["samples"]} if kind == "generative" else {}),
@@ -354,7 +367,9 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
         "preset": preset,
         "preset_base": base,
         "preset_overrides": overrides,
-        "image_size": experiment["image_size"],
+        "image_size": model_image_size(experiment),
+        # only when set: adding the key to every experiment.json would rerun every resized experiment
+        **({"crop": crop} if (crop := crop_setting(experiment, f"config key 'experiments.{name}")) else {}),
         "folds": folds,
         "run_folds": run_folds,
         "seed": training["seed"],
@@ -364,15 +379,15 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def check_experiment_manifests(config: dict[str, Any], name: str, manifests: dict[str, Any]) -> None:
+def check_experiment_manifests(experiment: dict[str, Any], manifests: dict[str, Any]) -> dict[str, dict[str, int]]:
     """What an experiment needs of its datasets' manifests, checked as soon as they exist (before
     any registration): the label column is there, every value of ``classes`` occurs among the
-    experiment's image kinds, and there are subjects for every fold. ``manifests`` maps each
-    dataset to its manifest table (pandas); the slices can only have fewer images than these."""
+    experiment's image kinds, and there are subjects for every fold. ``experiment`` is its
+    resolved settings (experiment.json), ``manifests`` maps each dataset to its manifest table;
+    the slices can only have fewer images than these. Returns images and subjects per class."""
     import pandas as pd
 
-    experiment = config["experiments"][name]
-    key = f"experiment {name!r}"
+    key = f"experiment {experiment.get('name', '')!r}"
     kinds = experiment.get("modalities") or [experiment.get("target")]
     parts = []
     for dataset in experiment["datasets"]:
@@ -407,3 +422,5 @@ def check_experiment_manifests(config: dict[str, Any], name: str, manifests: dic
         raise InputError(
             f"{key}: {folds} folds but the manifests hold too few subjects per class ({counts}); lower folds or add data"
         )
+    images_per_class = images.groupby("label").size()
+    return {str(c): {"images": int(images_per_class[c]), "subjects": int(subjects[c])} for c in images_per_class.index}

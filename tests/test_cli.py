@@ -44,7 +44,7 @@ def test_registration_qc_outputs_go_together(tmp_path):
     """One QC output without the other is refused before any registration work or output."""
     t1_json = tmp_path / "t1.json"  # never read: the check comes first
     out = tmp_path / "out"
-    result = magicflow(
+    args = (
         "preprocess-coregister",
         "--image",
         str(tmp_path / "t2.nii.gz"),
@@ -61,8 +61,14 @@ def test_registration_qc_outputs_go_together(tmp_path):
         "--qc-png",
         str(out / "qc.png"),
     )
+    result = magicflow(*args)
     assert result.returncode == 2
     assert result.stderr.strip() == "magicflow preprocess-coregister: error: --qc-png and --qc-json go together"
+    assert not out.exists()
+    # a T2w/FLAIR/PET is scored against its own T1w in MNI: the QC outputs need it named
+    result = magicflow(*args, "--qc-json", str(out / "qc.json"))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("magicflow preprocess-coregister: error: --qc-png/--qc-json need --qc-t1w")
     assert not out.exists()
 
 

@@ -245,9 +245,8 @@ def test_experiment_data_is_checked_against_the_manifests(change, expected):
 
     rows = [(f"{d}{i}", "T1w", "n/a", d) for d in ("AD", "CN") for i in range(3)] + [("AD0", "pet", "fdg", "AD")]
     experiment = {"datasets": ["adni"], "label": "diagnosis", "modalities": ["T1w"], "classes": None, "folds": 3, **change}
-    config = {"experiments": {"x": experiment}}
     with pytest.raises(InputError) as error:
-        check_experiment_manifests(config, "x", {"adni": manifest(rows)})
+        check_experiment_manifests({"name": "x", **experiment}, {"adni": manifest(rows)})
     assert expected in str(error.value)
 
 
@@ -257,4 +256,28 @@ def test_experiment_data_that_fits_passes():
     rows = [(f"{d}{i}", "T1w", "n/a", d) for d in ("AD", "CN") for i in range(3)] + [("AD0", "pet", "fdg", "AD")]
     for label, classes in (("diagnosis", ["AD", "CN"]), ("modality", ["T1w"]), ("dataset_scanner", ["adni GE Signa"])):
         experiment = {"datasets": ["adni"], "label": label, "modalities": ["T1w"], "classes": classes, "folds": 3}
-        check_experiment_manifests({"experiments": {"x": experiment}}, "x", {"adni": manifest(rows)})
+        counts = check_experiment_manifests(experiment, {"adni": manifest(rows)})
+        if label == "diagnosis":  # the PET row is not a T1w image: 3 images of 3 subjects per class
+            assert counts == {"AD": {"images": 3, "subjects": 3}, "CN": {"images": 3, "subjects": 3}}
+
+
+def test_check_data_command_fails_on_the_manifest_and_writes_nothing(tmp_path):
+    """`magicflow check-data`, as the workflow's check_data rule runs it right after the manifests."""
+    import json
+
+    from magicflow.cli import main
+
+    rows = [(f"{d}{i}", "T1w", "n/a", d) for d in ("AD", "CN") for i in range(3)]
+    manifest(rows).to_csv(tmp_path / "manifest.tsv", sep="\t", index=False)
+    settings = {"name": "x", "datasets": ["adni"], "label": "diagnosis", "modalities": ["T1w"], "classes": None, "folds": 3}
+    (tmp_path / "experiment.json").write_text(json.dumps(settings))
+    out = tmp_path / "data_check.json"
+    args = ["check-data", "--experiment", str(tmp_path / "experiment.json"), "--manifest", f"adni={tmp_path / 'manifest.tsv'}"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["per_class"]["CN"] == {"images": 3, "subjects": 3}
+
+    (tmp_path / "experiment.json").write_text(json.dumps({**settings, "folds": 4}))
+    out.unlink()
+    assert main([*args, "--out", str(out)]) != 0
+    assert not out.exists()
+    assert main([*args[:3], "--out", str(out)]) != 0  # no manifest for the experiment's dataset

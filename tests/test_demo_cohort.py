@@ -1,5 +1,5 @@
-"""The synthetic demo cohort: real NIfTI in differing native spaces, PET with a corrupted
-frame, complete sidecars, balanced labels, ground truth that matches the images, determinism."""
+"""The synthetic demo cohort: real NIfTI in differing native spaces, PET frames that drift (one
+restless subject moving far), complete sidecars, balanced labels, ground truth that matches the images, determinism."""
 
 from __future__ import annotations
 
@@ -44,19 +44,65 @@ def test_thick_slice_series_and_intensity_contrasts(demo_bids: Path):
     assert flair.header.get_zooms()[2] == pytest.approx(3.0)
 
 
-def test_pet_is_4d_with_one_corrupted_frame(demo_bids: Path):
+def test_pet_frames_drift_and_only_the_restless_subject_moves_far(demo_bids: Path):
+    """Frames drift by about a millimetre (under the QC's motion limits), as in real plateau
+    scans; only the restless subject has a frame moved far, which the median rejects."""
+    from magicflow.demo.cohort import RESTLESS_SUBJECT
+    from magicflow.preprocess.pet import MOTION_LIMIT_DEG, MOTION_LIMIT_MM
+
     truth_dir = demo_bids / "derivatives" / "groundtruth"
+    restless = f"sub-demo{RESTLESS_SUBJECT + 1:02d}"
     for path in images(demo_bids, "*_pet.nii.gz"):
         subject = path.name.split("_")[0]
         tracer = path.name.split("trc-")[1].split("_")[0]
         data = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
         assert data.ndim == 4 and data.shape[3] == TRACERS[tracer].frames
-        corrupted = json.loads((truth_dir / subject / f"{subject}_groundtruth.json").read_text())["corrupted_pet_frame"][tracer]
+        truth = json.loads((truth_dir / subject / f"{subject}_groundtruth.json").read_text())
+        assert truth["restless"] is (subject == restless)
+        corrupted = truth["corrupted_pet_frame"][tracer]
+        motion = truth["pet_frame_motion"][tracer]
+        assert len(motion) == data.shape[3] and min(m["displacement_mm"] for m in motion) == 0.0  # the reference
+        still = [m for f, m in enumerate(motion) if f != corrupted]
+        assert max(m["displacement_mm"] for m in still) < 2.0 and max(m["rotation_deg"] for m in still) < 1.0, motion
+        assert max(m["displacement_mm"] for m in still) > 0.1  # the head does drift
+        if subject != restless:
+            assert corrupted is None
+            continue
+        assert motion[corrupted]["displacement_mm"] > MOTION_LIMIT_MM and motion[corrupted]["rotation_deg"] > MOTION_LIMIT_DEG
         median = np.median(data, axis=3)
         deviation = [np.abs(data[..., f] - median).mean() for f in range(data.shape[3])]
         others = [d for f, d in enumerate(deviation) if f != corrupted]
         assert deviation[corrupted] > 2.0 * max(others), (path, deviation)
         assert not np.allclose(median, data.mean(axis=3), rtol=0.05)
+
+
+@pytest.mark.slow
+def test_frame_realignment_finds_the_planted_motion_and_qc_flags_only_the_restless_subject(demo_bids: Path, tmp_path: Path):
+    """Issue 31: the real realignment (ANTs) of every subject's AV45 frames recovers the planted
+    motion, and the QC table flags the restless subject's PET alone (every PET was flagged when
+    every scan had a frame moved up to 8 mm and 6 degrees per axis)."""
+    from magicflow.preprocess.coregister import frame_realigner
+    from magicflow.preprocess.pet import motion_summary, pet_record, static_pet
+    from magicflow.preprocess.qc import gather_qc
+
+    records = []
+    for path in images(demo_bids, "*_trc-AV45_pet.nii.gz"):
+        subject = path.name.split("_")[0]
+        planted = json.loads((demo_bids / "derivatives" / "groundtruth" / subject / f"{subject}_groundtruth.json").read_text())
+        static = static_pet(path, realign=frame_realigner("ants", tmp_path, 1))
+        found = pet_record(static)["FrameMotion"]
+        print(subject, "planted", planted["pet_frame_motion"]["AV45"], "found", found)
+        for truth, estimate in zip(planted["pet_frame_motion"]["AV45"], found, strict=True):
+            assert estimate["displacement_mm"] == pytest.approx(truth["displacement_mm"], abs=0.5)
+            assert estimate["rotation_deg"] == pytest.approx(truth["rotation_deg"], abs=0.5)
+        label = path.name.removesuffix(".nii.gz")
+        record = {"label": label, "image": str(path), "space": "native", "png": "", **motion_summary(pet_record(static))}
+        (tmp_path / f"{label}.json").write_text(json.dumps(record))
+        records.append(tmp_path / f"{label}.json")
+    table = gather_qc(records, tmp_path / "qc.tsv")
+    assert len(table) == 4
+    assert table.loc[table["flagged"], "label"].tolist() == ["sub-demo01_ses-01_trc-AV45_pet"]
+    assert "frame motion" in table.loc[table["flagged"], "flag_reason"].iloc[0]
 
 
 def test_sidecars_carry_their_fields(demo_bids: Path):

@@ -4,13 +4,15 @@ ones that are in place (no registration run: the template itself, moved or degra
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage
 
-from magicflow.preprocess.qc import alignment_check, gather_qc, masked_correlation
+from magicflow.preprocess.qc import MIN_NMI, alignment_check, gather_qc, image_qc, masked_correlation
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +67,17 @@ def test_check_tells_misregistration_from_noise_and_contrast(template, tmp_path)
     assert table["flagged"].to_dict() == truth
     assert "misregistered" in table.loc["rotated6deg_T1w", "flag_reason"]
     saved = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
-    assert {"ncc_smooth", "alignment", "best_probe", "motion_mm", "flag_reason"} <= set(saved.columns)
+    assert {"measure", "score", "alignment", "best_probe", "motion_mm", "flag_reason"} <= set(saved.columns)
+    assert set(saved["measure"]) == {"NCC with the template T1 (smoothed 3 mm)"}
 
 
 def test_pet_motion_and_other_contrasts(tmp_path):
     rows = {
-        "sub-1_trc-FDG_pet": {"ncc": 0.3, "motion_mm": 6.5, "rotation_deg": 1.0},
-        "sub-2_trc-FDG_pet": {"ncc": 0.3, "motion_mm": 1.0, "rotation_deg": 0.5},
-        "sub-1_T2w": {"ncc": -0.5},
-        "lost_FLAIR": {"ncc": 0.05},
+        "sub-1_trc-FDG_pet": {"score": 1.07, "alignment": 0.01, "motion_mm": 6.5, "rotation_deg": 1.0},
+        "sub-2_trc-FDG_pet": {"score": 1.07, "alignment": 0.01, "motion_mm": 1.0, "rotation_deg": 0.5},
+        "sub-1_T2w": {"score": 1.04, "alignment": 0.003},
+        "lost_FLAIR": {"score": 1.005, "alignment": 0.001},
+        "moved_FLAIR": {"score": 1.04, "alignment": -0.02, "best_probe": "+4 mm y"},
         "old_T1w": {"ncc": 0.7},
     }  # a record from before the check: raw NCC against the threshold
     for label, fields in rows.items():
@@ -81,12 +85,84 @@ def test_pet_motion_and_other_contrasts(tmp_path):
     table = gather_qc(sorted(tmp_path.glob("*.json")), tmp_path / "qc.tsv", threshold=0.8).set_index("label")
     assert table["flagged"].to_dict() == {
         "lost_FLAIR": True,
+        "moved_FLAIR": True,
         "old_T1w": True,
         "sub-1_T2w": False,
         "sub-1_trc-FDG_pet": True,
         "sub-2_trc-FDG_pet": False,
     }
     assert "frame motion 6.5 mm" in table.loc["sub-1_trc-FDG_pet", "flag_reason"]
+    assert "nothing in common" in table.loc["lost_FLAIR", "flag_reason"]
+    assert table.loc["moved_FLAIR", "flag_reason"] == "misregistered: moved +4 mm y it fits its T1w better"
+    assert table.loc["sub-1_T2w", "threshold"] == MIN_NMI and table.loc["old_T1w", "threshold"] == 0.8
+
+
+def _write(volume: np.ndarray, path) -> str:
+    nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_secondary_images_are_scored_against_their_own_t1w(tmp_path):
+    """Issue 33: a T2w, FLAIR or PET in place on its subject's T1w passes, the same image moved
+    5 mm or rotated 5 degrees is flagged, and qc.tsv names the measure. The images are the demo
+    anatomy's in template space, every other voxel, used as the check's 1 mm grid (shifts in its
+    voxels), the PET blurred and noisy; no registration is run. Against the template T1 by correlation,
+    as before, the FDG PET in place fits better moved 4 mm (its NCC has nothing to hold on to)."""
+    from magicflow.demo.anatomy import load_template_anatomy
+    from magicflow.preprocess.template import Template
+
+    anatomy = load_template_anatomy()
+    rng = np.random.default_rng(1)
+
+    def half(volume: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(volume[::2, ::2, ::2], dtype=np.float32)
+
+    def noisy(volume: np.ndarray, sd: float) -> np.ndarray:
+        return volume + sd * float(volume.max()) * rng.standard_normal(volume.shape).astype(np.float32)
+
+    mask = half(anatomy.brain_mask) > 0.5
+    t1w = noisy(half(anatomy.mr["T1w"]), 0.03)
+    pet = noisy(ndimage.gaussian_filter(half(anatomy.pet_base["fdg"]), 1.5), 0.05)  # 7 mm FWHM at 2 mm
+    images = {"T2w": noisy(half(anatomy.mr["T2w"]), 0.05), "FLAIR": noisy(half(anatomy.mr["FLAIR"]), 0.05), "pet": pet}
+    template = Template(
+        "test",
+        1,
+        Path(_write(half(anatomy.mr["T1w"]), tmp_path / "tpl.nii.gz")),
+        Path(_write(mask, tmp_path / "mask.nii.gz")),
+        Path(_write(mask, tmp_path / "mask.nii.gz")),  # the overlay's edges are drawn inside it
+        Path(),
+        Path(),
+    )
+    t1_path = _write(t1w, tmp_path / "sub-1_T1w.nii.gz")
+    assert alignment_check(pet, np.asarray(nib.load(template.t1).dataobj), mask, "ncc")["alignment"] < 0  # the old measure
+    paths, truth = [], {}
+    for modality, image in images.items():
+        cases = {
+            "": (image, False),
+            "shift5mm": (ndimage.shift(image, (0, 5, 0), order=1), True),
+            "rot5deg": (_rotated(image, mask, 5.0), True),
+        }
+        for case, (volume, moved) in cases.items():
+            label = f"sub-1{case and '_' + case}_{modality}"
+            record = image_qc(
+                _write(volume, tmp_path / f"{label}.nii.gz"),
+                template,
+                tmp_path / f"{label}.png",
+                tmp_path / f"{label}.json",
+                label,
+                t1w=t1_path,
+            )
+            print(label, record["score"], record["alignment"], record["best_probe"])
+            paths.append(tmp_path / f"{label}.json")
+            truth[label] = moved
+    table = gather_qc(paths, tmp_path / "qc.tsv").set_index("label")
+    assert table["flagged"].to_dict() == truth
+    assert (table["score"] > MIN_NMI).all()  # a few mm off still shares the anatomy: the probes find it
+    assert table.loc["sub-1_rot5deg_pet", "flag_reason"].startswith("misregistered: moved")
+    saved = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
+    assert set(saved["measure"]) == {"NMI with its own T1w (smoothed 3 mm)"} and set(saved["reference"]) == {t1_path}
+    assert saved["ncc"].isna().all()  # no correlation with the template for another contrast
 
 
 def test_partial_field_of_view_is_judged_where_it_has_data(template, tmp_path):

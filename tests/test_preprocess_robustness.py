@@ -143,7 +143,7 @@ def test_t1_lands_within_2mm_or_is_flagged(case, template, tmp_path):
     print(
         f"{case}: mean error {error.mean():.2f} mm (95th pct {np.percentile(error, 95):.2f}), in the field of view "
         f"{error_in_view.mean():.2f} mm ({100 * in_view.mean():.0f} % of the brain); NCC {qc['ncc']:.3f}, smoothed "
-        f"{qc['ncc_smooth']:.3f}, alignment {qc['alignment']:+.4f}, coverage {qc['coverage']:.2f}; flags: {reason or 'none'}"
+        f"{qc['score']:.3f}, alignment {qc['alignment']:+.4f}, coverage {qc['coverage']:.2f}; flags: {reason or 'none'}"
     )
     assert error.mean() < 2.0 or reason, "off the truth and not flagged"
     assert error_in_view.mean() < 2.0 or misregistered, "misregistered where the scan has data, and not flagged so"

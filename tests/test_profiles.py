@@ -216,7 +216,11 @@ def test_each_experiment_asks_for_a_gpu_by_its_own_device(tmp_path: Path):
         gpus = {j.wildcards["experiment"]: j.resources["gpu"] for j in by_rule(jobs, rule)}
         assert gpus.pop("demo_scanner_generation") == "0", rule
         assert set(gpus.values()) == {"1"}, (rule, gpus)
-    assert all("gpu" not in j.resources for j in by_rule(jobs, "evaluate_experiment"))
+        # each runs through a GPU slot of a local run, asking for what it asks the scheduler for
+        for job in by_rule(jobs, rule):
+            slot = f'"$MAGICFLOW_PYTHON" -m magicflow gpu-slot --gpus {job.resources["gpu"]} -- "$MAGICFLOW_PYTHON" -m magicflow '
+            assert slot in job.shell, job.shell
+    assert all("gpu" not in j.resources and "gpu-slot" not in j.shell for j in by_rule(jobs, "evaluate_experiment"))
 
 
 def test_a_parse_time_error_is_one_line(tmp_path: Path):
@@ -281,6 +285,65 @@ def test_training_is_retried_with_a_longer_limit_per_attempt():
             storage_settings=StorageSettings(),
             workdir=REPO_ROOT,
         )._workflow
-        rule = workflow.get_rule("train_fold")
-        assert rule._restart_times == 3
-        assert [rule.resources["runtime"](None, attempt=a) for a in (1, 2, 4)] == [90, 180, 360]
+        for name in ("train_fold", "baseline_train", "translate_train"):  # all resume from last.pt
+            rule = workflow.get_rule(name)
+            assert rule._restart_times == 3, name
+            assert [rule.resources["runtime"](None, attempt=a) for a in (1, 2, 4)] == [90, 180, 360], name
+
+
+def test_gpu_jobs_take_the_slurm_settings_of_the_config(tmp_path: Path):
+    def edit(config):
+        config["slurm"] = {"gpu_partition": "gpu-a100", "gpu_account": "lab-gpu", "cpus_per_gpu": 6}
+        config["experiments"]["demo_scanner_generation"]["training"]["device"] = "cpu"
+
+    gpu_jobs = 0
+    for job in plan(tmp_path / "set", edit):
+        slurm = {k: job.resources.get(k) for k in ("slurm_partition", "slurm_account", "cpus_per_gpu")}
+        if job.resources.get("gpu") == "1":
+            gpu_jobs += 1
+            assert slurm == {"slurm_partition": "gpu-a100", "slurm_account": "lab-gpu", "cpus_per_gpu": "6"}, job
+        else:  # other rules, and GPU rules of the experiment kept on the CPU: the profile's defaults
+            assert slurm == dict.fromkeys(slurm), job
+    assert gpu_jobs > 0
+    # unset, partition and account are not declared at all: the profile's default-resources reach every job
+    for job in plan(tmp_path / "unset"):
+        assert "slurm_partition" not in job.resources and "slurm_account" not in job.resources, job
+        assert job.resources.get("cpus_per_gpu") == ("4" if job.resources.get("gpu") == "1" else None), job
+
+
+def test_a_folds_sampling_classification_and_attribution_are_one_group_job(tmp_path: Path, monkeypatch):
+    """The SLURM profile's groups, planned by Snakemake itself (a dry run forms group jobs): per
+    fold one group of exactly its three jobs, although sampling shares no file with the others.
+    Planned on a machine with one GPU (a login node with one), whose local GPU limit must not
+    refuse a group of three GPU steps."""
+    monkeypatch.setenv("MAGICFLOW_GPUS", "1")
+    slurm = profile("slurm")
+    rules = ("sample_fold", "classify_fold", "attribution_fold")
+    group = slurm["groups"]["sample_fold"]
+    assert {slurm["groups"][r] for r in rules} == {group} and {"{experiment}", "{fold}"} <= set(re.findall(r"{\w+}", group))
+    result = snakemake(
+        workdir(tmp_path),
+        "-n",
+        "--cores",
+        "4",
+        "--groups",
+        *(f"{r}={group}" for r in rules),
+        "--group-components",
+        f"{group}={slurm['group-components'][group]}",
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    members: dict[str, list[str]] = {}
+    current = None
+    for line in result.stdout.splitlines():
+        head = re.search(r"Group job (\S+) \(jobs", line)
+        if head:
+            current = head.group(1)
+            members[current] = []
+        elif current and re.match(r"^    (?:rule|checkpoint) (\w+):$", line):
+            members[current].append(line.split()[1].rstrip(":"))
+        elif line.startswith("["):  # an ungrouped job's time stamp (a group's jobs have theirs indented)
+            current = None
+    demo = {e: s for e, s in EXPERIMENTS.items() if s["datasets"] == ["demo"]}  # the experiments the demo runs
+    folds = {f"inference_{e}_fold-{k}" for e, s in demo.items() for k in range(folds_run(s))}
+    assert set(members) == folds, members
+    assert all(sorted(m) == sorted(rules) for m in members.values()), members

@@ -74,7 +74,15 @@ def metrics_record() -> dict:
                 {"dataset": "demo", "class": "CN", "subjects": 4, "images": 4, "slices": 4},
             ],
             "paper_counts": PAPER_SLICE_COUNTS["diagnosis_classification"],
-            "qc_flags": [{"dataset": "demo", "label": "sub-demo03_ses-01_T1w", "ncc": "0.41", "threshold": "0.8"}],
+            "qc_flags": [
+                {
+                    "dataset": "demo",
+                    "label": "sub-demo03_ses-01_T1w",
+                    "measure": "NCC with the template T1 (smoothed 3 mm)",
+                    "score": "0.41",
+                    "threshold": "0.8",
+                }
+            ],
         },
         "generation": {
             "fold": "fold-0",
@@ -174,6 +182,7 @@ def test_report_has_every_section_and_embeds_its_figures(report_files):
     # numbers reach the page: FID of generated vs the real reference, the paper's Table 4 count, a QC flag, an exclusion reason
     assert "42.500" in page and "3.250" in page and ">530<" in page
     assert "sub-demo03_ses-01_T1w" in page and "unreadable" in page
+    assert "NCC with the template T1 (smoothed 3 mm)" in page  # the QC flag names its measure
     assert "0.750 (p = 0.012, n = 8)" in page  # pooled balanced accuracy against label shuffles
     assert "FID_ID" in page and "too few held-out slices" in page and "PRDC needs more rows" in page
     assert "images 64 x 64 (area-averaged from the 182 x 182 slices)" in page

@@ -189,6 +189,18 @@ def test_the_demo_translation_overlay_validates_over_the_shipped_config():
     assert settings["training"]["augment"]["noise_sigma"] == 0
 
 
+def test_a_class_mean_floor_without_classes_is_refused_at_parse_time():
+    from snakemake.utils import update_config
+
+    config = copy.deepcopy(SHIPPED)
+    update_config(config, yaml.safe_load((REPO_ROOT / "config" / "demo-translation.yaml").read_text()))
+    config["experiments"]["demo_mri_to_tau"]["translation"]["side"] = "age"
+    with pytest.raises(
+        InputError, match=r"baselines.2': class_mean predicts each class's mean image, but translation.side is age"
+    ):
+        baseline_settings(validate_config(config), "demo_mri_to_tau")
+
+
 def test_side_information_is_the_label_one_hot_or_the_age_on_the_training_scale(tmp_path: Path):
     import torch
 

@@ -89,7 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
         baseline,
         device,
         len(classes),
-        extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name},
+        extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name, "view": settings["view"]},
         **extra_args,
     )
     return 0
@@ -139,6 +139,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from magicflow.experiments.commands import _settings
     from magicflow.experiments.infer import write_samples
     from magicflow.experiments.train import resolve_device
+    from magicflow.experiments.view import View
 
     settings = _settings(args.experiment)
     baseline = _baseline(args.baseline)
@@ -151,7 +152,8 @@ def run_sample(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     samples = draw_samples(model, classes, s["per_class"], s["temperature"], settings["seed"], device)
     seconds = time.perf_counter() - started
-    write_samples(samples, classes, args.out, seconds=seconds, device=str(device))
+    view = View.from_record(payload["extra"].get("view"), int(samples.shape[-1]))
+    write_samples(samples, classes, args.out, seconds=seconds, device=str(device), view=view)
     print(f"{baseline['id']}: {samples.shape[0] * samples.shape[1]} samples -> {args.out}")
     return 0
 

@@ -364,6 +364,7 @@ def translate_with_baseline(
 
     from magicflow.baselines.discriminative import load_baseline
     from magicflow.experiments.translation import held_out_conditions, side_dim, write_translations
+    from magicflow.experiments.view import View
 
     model, payload = load_baseline(
         model_path, device, build=lambda s, k: build_translator({**s, "side_dim": side_dim(settings, classes)}, k)
@@ -389,6 +390,7 @@ def translate_with_baseline(
         settings["translation"]["triptychs"],
         mask,
         recorded,
+        View.from_record(settings.get("view"), int(mask.shape[-1])),
     )
     mae = float(np.abs(mode - test.images[:, 1:].numpy()).mean()) if len(test) else float("nan")
     print(f"{baseline['id']}: {len(test)} test slices translated (mean absolute error {mae:.4f}) -> {out}")

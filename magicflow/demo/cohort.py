@@ -3,9 +3,11 @@
 Every subject lives in its own native space (pose, scaling, smooth warp, scanner voxel
 size and orientation, bias field, non-brain margin) and is imaged by one of four MRI
 scanners (T1w, T2w, FLAIR) and one of three PET scanners (FDG, amyloid and tau, 4-6
-frames with one frame corrupted by head motion). Optional extra subjects are healthy
-volunteers with a T1w scan only, as in IXI and SALD: they feed the scanner experiments
-without the cost of registering series no experiment of theirs uses. AD subjects carry
+frames). The head drifts about a millimetre between PET frames, as in real plateau scans
+(under the QC's motion limits); one restless subject (:data:`RESTLESS_SUBJECT`) moves far
+in one frame of each of its PET scans, so that the QC flags exactly its PET images.
+Optional extra subjects are healthy volunteers with a T1w scan only, as in IXI and SALD:
+they feed the scanner experiments without the cost of registering series no experiment of theirs uses. AD subjects carry
 a modest extra tau uptake in temporal and parietal cortex, hypometabolism there on FDG and
 cortical amyloid. Normal tau uptake is not flat: white matter and deep grey matter bind the
 tracer off target, and each subject's nonspecific binding varies smoothly across the brain,
@@ -59,6 +61,19 @@ TAU_VARIATION_SD = 0.10
 TAU_VARIATION_MM = 12.0
 _TAU_VARIATION_SPACING_MM = 4.0
 _TAU_VARIATION_STREAM = 2**21  # its own random stream: every other series keeps its bytes
+#: head drift between PET frames: a random walk about the head centre whose steps shift up to
+#: PET_DRIFT_MM along and rotate up to PET_DRIFT_DEG about each axis. Frames then lie within
+#: about 1 mm of the middle (reference) frame (at most 2.7 mm, 60 mm from the centre where the
+#: QC measures), well under its 4 mm / 3 degree flag, as in a cooperative subject's plateau scan
+PET_DRIFT_MM = 0.3
+PET_DRIFT_DEG = 0.2
+_PET_DRIFT_STREAM = 2**22  # its own random stream: the draws of the other series keep their values
+#: the restless subject (index into the cohort: sub-demo01, in every cohort): in one frame of
+#: each of its PET scans the head moves RESTLESS_MM and rotates RESTLESS_DEG (directions drawn
+#: per scan), over the QC's 4 mm / 3 degree limits, so that exactly its PETs are flagged
+RESTLESS_SUBJECT = 0
+RESTLESS_MM = 6.0
+RESTLESS_DEG = 5.0
 _MR_TIMING = {  # RepetitionTime, EchoTime, InversionTime (s)
     "T1w": (2.3, 0.00298, 0.9),
     "T2w": (3.2, 0.409, None),
@@ -77,6 +92,7 @@ class SubjectPlan:
     pet_scanner: int  # index into PET_SCANNERS
     severity: float  # 0 for CN
     t1w_only: bool = False  # a healthy volunteer with a T1w scan only (IXI/SALD-like)
+    restless: bool = False  # moves far in one frame of each PET (see RESTLESS_SUBJECT)
 
 
 def plan_cohort(subjects: int, seed: int, ad_fraction: float = 0.5, t1w_only: int = 0) -> list[SubjectPlan]:
@@ -110,6 +126,7 @@ def plan_cohort(subjects: int, seed: int, ad_fraction: float = 0.5, t1w_only: in
                 scanner=int(scanners[i]),
                 pet_scanner=int(rng.integers(len(PET_SCANNERS))),
                 severity=round(float(rng.uniform(0.7, 1.2)), 3) if ad else 0.0,
+                restless=i == RESTLESS_SUBJECT,
             )
         )
     for i in range(subjects, subjects + t1w_only):
@@ -184,6 +201,51 @@ def render_mr(
     return img
 
 
+def _about(centre: np.ndarray, rotation: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """4x4 world move: ``rotation`` about ``centre``, then ``shift`` (mm)."""
+    move = np.eye(4)
+    move[:3, :3], move[:3, 3] = rotation, centre - rotation @ centre + shift
+    return move
+
+
+def pet_head_motion(
+    rng: np.random.Generator, drift_rng: np.random.Generator, frames: int, restless: bool, centre: np.ndarray
+) -> tuple[list[np.ndarray], int | None]:
+    """Where the head is in each PET frame, as 4x4 world moves from its place in frame 0 (the
+    anatomy at ``w`` in frame 0 is at ``move @ w``), and the frame a restless subject moved in
+    (None for the others).
+
+    Every frame drifts from the last by a small step from ``drift_rng`` (:data:`PET_DRIFT_MM`,
+    :data:`PET_DRIFT_DEG`); a restless subject's moved frame also jumps :data:`RESTLESS_MM` and
+    :data:`RESTLESS_DEG`, away and back. The moved frame and the jump's directions are drawn
+    from ``rng`` for every subject, as many draws as the one moved frame every scan had before
+    the drift: the series drawn after them keep their values."""
+    moved = int(rng.integers(1, frames))
+    axis, direction = rng.uniform(-1.0, 1.0, 3), rng.uniform(-1.0, 1.0, 3)
+    moves = [np.eye(4)]
+    for _ in range(1, frames):
+        step = _about(
+            centre,
+            geo.rotation(drift_rng.uniform(-PET_DRIFT_DEG, PET_DRIFT_DEG, 3)),
+            drift_rng.uniform(-PET_DRIFT_MM, PET_DRIFT_MM, 3),
+        )
+        moves.append(step @ moves[-1])
+    if not restless:
+        return moves, None
+    from scipy.spatial.transform import Rotation
+
+    turn = Rotation.from_rotvec(np.radians(RESTLESS_DEG) * axis / np.linalg.norm(axis)).as_matrix()
+    moves[moved] = _about(centre, turn, RESTLESS_MM * direction / np.linalg.norm(direction)) @ moves[moved]
+    return moves, moved
+
+
+def _moved(coefficients: np.ndarray, affine: np.ndarray, move: np.ndarray) -> np.ndarray:
+    """A volume (cubic-spline ``coefficients`` on the grid ``affine``) after the head moved by
+    ``move`` (world mm): moved(w) = volume(move^-1 w)."""
+    m = np.linalg.inv(affine) @ np.linalg.inv(move) @ affine
+    return ndimage.affine_transform(coefficients, m[:3, :3], m[:3, 3], order=3, mode="nearest", prefilter=False)
+
+
 def render_pet(
     anatomy: TemplateAnatomy,
     tracer: Tracer,
@@ -193,43 +255,42 @@ def render_pet(
     pose: np.ndarray,
     warp: geo.Warp,
     rng: np.random.Generator,
+    drift_rng: np.random.Generator,
+    restless: bool = False,
     variation: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[nib.Nifti1Image, int]:
-    """A 4D PET on its scanner grid, one frame moved by head motion. Returns (image, corrupted
-    frame). ``variation``: :func:`tau_variation`'s (field, affine), applied to tau only."""
+) -> tuple[nib.Nifti1Image, int | None, list[dict[str, float]]]:
+    """A 4D PET on its scanner grid, the head drifting between frames (see
+    :func:`pet_head_motion`). Returns (image, the frame a restless subject moved in or None,
+    each frame's motion from the reference frame as the QC measures it). ``variation``: :func:`tau_variation`'s (field, affine), tau only."""
+    from magicflow.preprocess.pet import frame_motion, reference_frame
+
     shape, affine = geo.native_grid(rng, pose, scanner.voxel_mm, "RAS", PET_FOV_MM)
     sigma = scanner.fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(scanner.voxel_mm)
     world = geo.grid_points(shape, affine)
-
-    def activity(frame_pose: np.ndarray) -> np.ndarray:
-        template_mm = geo.template_coordinates(world, frame_pose, warp)
-        relative = None
-        if variation is not None and tracer.family == "tau":
-            relative = geo.sample(variation[0], variation[1], template_mm, shape)
-        uptake = pet_uptake(
-            lambda v: geo.sample(v, anatomy.affine, template_mm, shape),
-            anatomy,
-            tracer.family,
-            severity,
-            region_weights,
-            relative,
-        )
-        return ndimage.gaussian_filter(uptake, sigma)
-
-    still = activity(pose)
-    corrupted = int(rng.integers(1, tracer.frames))
-    moved = activity(geo.rigid(rng, 6.0, 8.0) @ pose)
+    template_mm = geo.template_coordinates(world, pose, warp)
+    relative = None
+    if variation is not None and tracer.family == "tau":
+        relative = geo.sample(variation[0], variation[1], template_mm, shape)
+    uptake = pet_uptake(
+        lambda v: geo.sample(v, anatomy.affine, template_mm, shape), anatomy, tracer.family, severity, region_weights, relative
+    )
+    still = ndimage.gaussian_filter(uptake, sigma)  # the head as in frame 0
+    centre = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0) + affine[:3, 3]  # as the realignment's
+    moves, moved = pet_head_motion(rng, drift_rng, tracer.frames, restless, centre)
+    coefficients = ndimage.spline_filter(still, order=3, mode="nearest")
+    reference = moves[reference_frame(tracer.frames)]
+    truth = [asdict(frame_motion(m @ np.linalg.inv(reference), centre)) for m in moves]
     scale = rng.uniform(6000, 12000)  # Bq/mL at unit uptake
     trend = 0.02 if tracer.family == "fdg" else -0.01
     frames = []
-    for f in range(tracer.frames):
-        clean = (moved if f == corrupted else still) * (1.0 + trend * f)
+    for f, move in enumerate(moves):
+        clean = (still if np.allclose(move, np.eye(4)) else _moved(coefficients, affine, move)) * (1.0 + trend * f)
         noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 0.8) * 2.0
         frames.append(np.clip(clean + 0.05 * np.sqrt(np.clip(clean, 0, None) + 0.02) * noise, 0, None) * scale)
     img = nib.Nifti1Image(np.stack(frames, axis=-1).astype(np.float32), affine)
     img.set_data_dtype(np.int16)  # nibabel stores the scaling in scl_slope/scl_inter
     img.header.set_xyzt_units("mm", "sec")
-    return img, corrupted
+    return img, moved, truth
 
 
 def pet_uptake(
@@ -347,13 +408,24 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
 
     weights = rng.uniform(0.6, 1.0, len(anatomy.ad_regions))
     variation = tau_variation(anatomy, seed, plan.index)
-    corrupted_frames = {}
+    drift_rng = np.random.default_rng([seed, plan.index, _PET_DRIFT_STREAM])
+    corrupted_frames, frame_motion = {}, {}
     for name in () if plan.t1w_only else tracers:
         tracer = TRACERS[name]
         key = f"trc-{name}_pet"
         moves[key] = geo.rigid(rng, 8.0, 10.0)  # a separate visit on another scanner
-        img, corrupted_frames[name] = render_pet(
-            anatomy, tracer, pet_scanner, plan.severity, weights, moves[key] @ pose, warp, rng, variation
+        img, corrupted_frames[name], frame_motion[name] = render_pet(
+            anatomy,
+            tracer,
+            pet_scanner,
+            plan.severity,
+            weights,
+            moves[key] @ pose,
+            warp,
+            rng,
+            drift_rng,
+            plan.restless,
+            variation,
         )
         _save(img, pet / f"{stem}_trc-{name}_pet.nii.gz", _pet_sidecar(pet_scanner, tracer))
 
@@ -385,7 +457,10 @@ def write_subject(plan: SubjectPlan, out: Path, seed: int, tracers: tuple[str, .
         "tau_mask_threshold": TAU_MASK_THRESHOLD,  # the mask: voxels whose added tau uptake exceeds this
         "tau_ad_gain": TAU_AD_GAIN,
         "tau_normal_variation_sd": TAU_VARIATION_SD,
-        "corrupted_pet_frame": corrupted_frames,
+        "corrupted_pet_frame": corrupted_frames,  # the restless subject's moved frame per tracer, else null
+        # each frame's head motion from the reference (middle) frame, measured as the QC does
+        # (magicflow.preprocess.pet.frame_motion): what the frame realignment should find
+        "pet_frame_motion": frame_motion,
     }
     (truth / f"{sub}_groundtruth.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 

@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from magicflow.evaluate.inputs import FOLD_FILES, generation_sets, load_experiment
     from magicflow.experiments.commands import load_inputs, parse_pairs
     from magicflow.experiments.data import experiment_images
+    from magicflow.experiments.view import View, crop_png, read_mask
 
     started = time.perf_counter()
     baselines = baseline_inputs(args)  # read first: a wrong option fails before minutes of work
@@ -207,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
             "classes": classes,
             "datasets": experiment["datasets"],
             "image_size": int(brain.shape[-1]),
+            "view": experiment["view"],
             "folds_run": len(outputs.folds),
             "folds": experiment["folds"],
             "settings": settings,
@@ -229,7 +231,10 @@ def run(args: argparse.Namespace) -> int:
         # the demo's planted truth is AD tau uptake: it scores diagnosis maps on tau PET, nothing else
         scores_truth = experiment["label"] == "diagnosis" and "pet-tau" in experiment["modalities"]
         groundtruth = parse_pairs(args.groundtruth, "groundtruth") if scores_truth else {}
-        metrics["attribution"] = ev.attribution_section(outputs, brain, groundtruth, settings, fig_dir)
+        view = View.from_record(experiment["view"])
+        if view.is_crop:  # where the box sits on the slice, for the report
+            crop_png(view, read_mask(next(iter(parse_pairs(args.arrays, "arrays").values()))), fig_dir / "crop.png")
+        metrics["attribution"] = ev.attribution_section(outputs, brain, groundtruth, settings, fig_dir, view)
         generative = {b: given for b, given in baselines.items() if "samples" in given}
         discriminative = {b: given for b, given in baselines.items() if "samples" not in given}
         metrics["comparison"] = ev.comparison_section(outputs, metrics["classification"]["per_fold"], discriminative)

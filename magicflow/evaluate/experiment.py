@@ -31,6 +31,7 @@ from magicflow.evaluate import classification as cls
 from magicflow.evaluate import figures
 from magicflow.evaluate import generation as gen
 from magicflow.evaluate.inputs import ExperimentOutputs, ImageScores, image_scores, slice_scores
+from magicflow.experiments.view import View
 
 #: figure file names inside the evaluation folder, in the order the report shows them
 FIGURES = {
@@ -382,16 +383,23 @@ def _pooled_maps(outputs: ExperimentOutputs) -> dict[str, np.ndarray]:
 
 
 def attribution_section(
-    outputs: ExperimentOutputs, brain: np.ndarray, groundtruth: dict[str, Path], settings: dict, fig_dir: Path
+    outputs: ExperimentOutputs,
+    brain: np.ndarray,
+    groundtruth: dict[str, Path],
+    settings: dict,
+    fig_dir: Path,
+    view: View | None = None,
 ) -> dict:
     """Do the maps point at the disease? ROI F1 (Figure 3) over subject-grouped folds, the
     threshold chosen on inner folds or fixed in advance at 0.8, each beside random regions of
     equal area (:func:`attr.roi_classification`); on the demo, the maps' AUC against the
     planted uptake per slice, averaged per subject, beside maps that need no model (the
     image, its difference from the other class's mean image, a random region;
-    :func:`attr.groundtruth_scores`): the model is credited only for what those do not find."""
+    :func:`attr.groundtruth_scores`): the model is credited only for what those do not find.
+    The planted masks are cut by the experiment's ``view`` like the images (None: resized to the brain's size)."""
     from magicflow.evaluate.groundtruth import slice_masks
-    from magicflow.slices import resize_mask
+
+    view = view or View(int(brain.shape[-1]))
 
     maps = _pooled_maps(outputs)
     lookup = {c: i for i, c in enumerate(outputs.classes)}
@@ -422,7 +430,7 @@ def attribution_section(
         for dataset, directory in groundtruth.items():
             pick = rows[maps["dataset"][rows] == dataset]
             full = slice_masks(directory, list(maps["subject"][pick]), list(maps["offset"][pick]))
-            truth[pick] = resize_mask(full, brain.shape[-1]) > 0 if len(pick) else full  # at the experiment's image size
+            truth[pick] = view.mask(full) > 0  # as the experiment sees the slices
         scored = np.flatnonzero(truth.reshape(len(truth), -1).any(1))
         if len(scored):
             cm = maps["class_maps"][scored]  # (n, K, H, W)

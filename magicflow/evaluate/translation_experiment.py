@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from magicflow.errors import InputError
+from magicflow.experiments.view import View
 from magicflow.io import atomic_dir, atomic_path, write_json
 
 METRICS = ("mae", "correlation", "psnr", "ssim")
@@ -74,13 +75,13 @@ def _fold_paths(values: list[str], option: str) -> dict[str, Path]:
     return parse_pairs(values, option)
 
 
-def region_masks(template_dir: Path, offsets: list[int], size: int, brain: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
+def region_masks(template_dir: Path, offsets: list[int], view: View, brain: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """offset -> {"grey matter", "white matter"}: the template's tissue maps (probability >= 0.5)
-    on that slice, inside the brain mask, at the experiment's image size."""
+    on that slice, inside the brain mask, as the experiment's ``view`` sees it."""
     import nibabel as nib
 
     from magicflow.preprocess.template import load_template
-    from magicflow.slices import coronal_slice, resize_mask
+    from magicflow.slices import coronal_slice
 
     template = load_template(template_dir, 1)
     maps = {"grey matter": template.gm, "white matter": template.wm}
@@ -88,25 +89,24 @@ def region_masks(template_dir: Path, offsets: list[int], size: int, brain: np.nd
     out = {}
     for offset in sorted(set(offsets)):
         out[offset] = {
-            name: resize_mask((coronal_slice(volume, offset) >= 0.5).astype(np.float32), size)[0] * brain.astype(np.uint8)
-            for name, volume in volumes.items()
+            name: view.mask(coronal_slice(volume, offset) >= 0.5)[0] * brain.astype(np.uint8) for name, volume in volumes.items()
         }
     return out
 
 
-def planted_masks(groundtruth: dict[str, Path], data: dict[str, np.ndarray], size: int) -> np.ndarray | None:
-    """(N, S, S) the demo's AD tau mask of each test slice's subject (empty for CN), or None without a demo."""
+def planted_masks(groundtruth: dict[str, Path], data: dict[str, np.ndarray], view: View) -> np.ndarray | None:
+    """(N, S, S) the demo's AD tau mask of each test slice's subject (empty for CN) as the
+    experiment's ``view`` sees it, or None without a demo."""
     from magicflow.evaluate.groundtruth import slice_masks
-    from magicflow.slices import resize_mask
 
     if not groundtruth:
         return None
-    out = np.zeros((len(data["image"]), size, size), dtype=np.uint8)
+    out = np.zeros((len(data["image"]), view.size, view.size), dtype=np.uint8)
     for dataset, folder in groundtruth.items():
         rows = np.flatnonzero(data["dataset"] == dataset)
         if len(rows):
             masks = slice_masks(folder, list(data["subject"][rows]), list(data["offset"][rows].astype(int)))
-            out[rows] = np.stack([resize_mask(m[None].astype(np.float32), size)[0] for m in masks])
+            out[rows] = view.mask(masks)
     return out
 
 
@@ -338,9 +338,10 @@ def run(args: argparse.Namespace) -> int:
     size = int(settings["image_size"])
     first = models[FLOW_ID]["folds"]
     offsets = [int(o) for f in folds for o in first[f]["offset"]]
-    regions = region_masks(args.template, offsets, size, brain)
+    view = View.from_record(settings["view"])
+    regions = region_masks(args.template, offsets, view, brain)
     groundtruth = _fold_paths(args.groundtruth, "groundtruth")
-    planted = {f: planted_masks(groundtruth, first[f], size) for f in folds}
+    planted = {f: planted_masks(groundtruth, first[f], view) for f in folds}
 
     frames = {model_id: model_metrics(model["folds"], brain) for model_id, model in models.items()}
     uptakes = {model_id: uptake_table(model["folds"], regions, planted) for model_id, model in models.items()}
@@ -377,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
         "label": settings["label"],
         "side": settings["translation"]["side"],
         "image_size": size,
+        "view": settings["view"],
         "folds": folds,
         "test_images": int(per_image(frames[FLOW_ID]).shape[0]),
         "test_slices": int(len(frames[FLOW_ID])),

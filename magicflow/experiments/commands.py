@@ -52,19 +52,52 @@ def add_experiment_inputs(parser: argparse.ArgumentParser, arrays: bool = True) 
 
 def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
     """Settings, the experiment's slice rows, each dataset's slice array and the brain mask,
-    all at the experiment's ``image_size`` (area-downsampled here, after slicing, so one
-    ``slices.npz`` serves every resolution)."""
-    from magicflow.slices import resize_mask, resize_slices
+    all as the experiment's :class:`~magicflow.experiments.view.View` sees them (area-resized
+    to ``image_size`` or cropped, here after slicing, so one ``slices.npz`` serves every view).
+    ``settings["view"]`` records the resolved view (a crop's box) for the stage's outputs."""
+    from magicflow.experiments.view import read_mask, resolve_view
 
     settings = _settings(args.experiment)
-    size = settings.get("image_size", 182)
     slices = exp_data.experiment_slices(parse_pairs(args.slices, "slices"), settings)
-    arrays, masks = {}, []
-    for name, path in parse_pairs(args.arrays, "arrays").items():
+    paths = parse_pairs(args.arrays, "arrays")
+    if not paths:
+        raise InputError("no --arrays DATASET=NPZ given")
+    first = next(iter(paths.values()))
+    view = resolve_view(settings, read_mask(first), str(first))
+    arrays = {}
+    for name, path in paths.items():
         with np.load(path) as archive:
-            arrays[name] = resize_slices(archive["slices"], size)
-            masks.append(archive["mask_0"] if "mask_0" in archive else archive[[k for k in archive if k.startswith("mask_")][0]])
-    return settings, slices, arrays, resize_mask(masks[0], size)[0]
+            arrays[name] = view.images(archive["slices"])
+    settings["view"] = view.record()
+    return settings, slices, arrays, view.mask(read_mask(first))[0]
+
+
+# --------------------------------------------------------------------------- check-data
+def add_check_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, type=Path, help="results/<experiment>/experiment.json")
+    parser.add_argument(
+        "--manifest", action="append", default=[], metavar="DATASET=TSV", help="a dataset's manifest.tsv (repeat per dataset)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/data_check.json")
+
+
+def run_check_data(args: argparse.Namespace) -> int:
+    """The experiment against its datasets' manifests, right after they are written: a label,
+    class or fold count the data cannot give fails here, before registration and slicing."""
+    from magicflow.config import check_experiment_manifests
+    from magicflow.datasets.manifest import read_manifest
+
+    settings = _settings(args.experiment)
+    manifests = {name: read_manifest(path) for name, path in parse_pairs(args.manifest, "manifest").items()}
+    missing = sorted(set(settings["datasets"]) - set(manifests))
+    if missing:
+        raise InputError(f"--manifest: no manifest given for the experiment's datasets {missing}")
+    counts = check_experiment_manifests(settings, manifests)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps({"experiment": settings["name"], "per_class": counts}, indent=2) + "\n")
+    summary = ", ".join(f"{c}: {v['images']} images of {v['subjects']} subjects" for c, v in counts.items())
+    print(f"{settings['name']}: the manifests hold {summary} for {settings['folds']} folds -> {args.out}")
+    return 0
 
 
 # --------------------------------------------------------------------------- split
@@ -125,6 +158,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/models/fold-<k>")
 
 
+def application_mask(mask: np.ndarray) -> torch.Tensor | None:
+    """The brain mask as the flow's application-specific coupling mask, or None (the flow's
+    checkerboard) where it does not split the image: a crop lying wholly inside the brain."""
+    if mask.min() == mask.max():
+        print("the brain mask is uniform in this view (a crop inside the brain): the first coupling uses a checkerboard")
+        return None
+    return torch.from_numpy(mask.astype(np.float32))
+
+
 def run_train(args: argparse.Namespace) -> int:
     from magicflow.experiments.train import TrainSettings, resolve_device, train_model
     from magicflow.flow import MagicFlow
@@ -149,7 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
         settings["preset_base"],
         len(classes),
         coupling=settings["model"],
-        mask=torch.from_numpy(mask.astype(np.float32)),
+        mask=application_mask(mask),
         **{**settings["preset_overrides"], "image_size": int(mask.shape[-1])},
     )
     device = resolve_device(t["device"])
@@ -165,7 +207,7 @@ def run_train(args: argparse.Namespace) -> int:
         train_settings,
         device,
         classification=settings["model"] == "classification",
-        extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name},
+        extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name, "view": settings["view"]},
     )
     return 0
 
@@ -188,6 +230,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_sample(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import draw_samples, write_samples
+    from magicflow.experiments.view import View
 
     settings = _settings(args.experiment)
     model, extra, device = _model(args.model, settings["training"]["device"])
@@ -195,7 +238,8 @@ def run_sample(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     samples = draw_samples(model, extra["classes"], s["per_class"], s["temperature"], settings["seed"], device)
     seconds = time.perf_counter() - started
-    write_samples(samples, extra["classes"], args.out, seconds=seconds, device=str(device))
+    view = View.from_record(extra.get("view"), model.image_size)
+    write_samples(samples, extra["classes"], args.out, seconds=seconds, device=str(device), view=view)
     print(f"{samples.shape[0] * samples.shape[1]} samples at temperature {s['temperature']} -> {args.out}")
     return 0
 
@@ -235,8 +279,10 @@ def add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_attribution(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import attribution_maps, overlay_png
+    from magicflow.experiments.view import View
 
     settings, slices, arrays, mask = load_inputs(args)
+    view = View.from_record(settings["view"])
     classes, sets = fold_sets(args, settings, slices, arrays)
     test = sets["test"]
     limit = min(len(test), settings["attribution"]["max_images"])
@@ -282,6 +328,7 @@ def run_attribution(args: argparse.Namespace) -> int:
             {f"H(x, true={t})": true_maps[i, 0], f"H(x, predicted={p})": pred_maps[i, 0]},
             mask,
             f"{name}: true {t}, predicted {p}",
+            view,
         )
     print(f"attribution maps for {limit} test slices -> {args.out}")
     return 0

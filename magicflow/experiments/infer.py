@@ -24,18 +24,21 @@ from magicflow.experiments.posterior import (
     posteriors,
     sum_by_image,
 )
+from magicflow.experiments.view import View
 from magicflow.flow import MagicFlow
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot
 from magicflow.preprocess.template import GRID_1MM_AFFINE
-from magicflow.slices import CENTRAL_INDEX, upsample_plane
+from magicflow.slices import CENTRAL_INDEX
 
 
-def slice_to_nifti(plane: np.ndarray, offset: int = 0) -> nib.Nifti1Image:
+def slice_to_nifti(plane: np.ndarray, offset: int = 0, view: View | None = None) -> nib.Nifti1Image:
     """A coronal plane (superior at row 0, subject's right at column 0) as a one-slice NIfTI
-    on FSL's MNI 1 mm grid at y index 109 + offset: the inverse of slicing. A reduced-size
-    plane is enlarged to 182 x 182 first, so viewers show it over the template."""
-    slab = np.ascontiguousarray(upsample_plane(plane)[::-1].T[:, None, :], dtype=np.float32)
+    on FSL's MNI 1 mm grid at y index 109 + offset: the inverse of slicing. The plane is put
+    back on the 182 x 182 slice by its ``view`` (a crop at its box, zeros around it; a resized
+    plane enlarged; None: resized), so viewers show it over the template."""
+    view = view or View(int(np.shape(plane)[-1]))
+    slab = np.ascontiguousarray(view.on_grid(plane)[::-1].T[:, None, :], dtype=np.float32)
     affine = GRID_1MM_AFFINE.copy()
     affine[:3, 3] += GRID_1MM_AFFINE[:3, 1] * (CENTRAL_INDEX + offset)
     return nib.Nifti1Image(slab, affine)
@@ -66,9 +69,10 @@ def write_samples(
     nifti_per_class: int = 2,
     seconds: float = float("nan"),
     device: str = "",
+    view: View | None = None,
 ) -> None:
     """samples.npz (with the sampling time, for the efficiency table), a grid PNG per class
-    and a few NIfTI files per class."""
+    and a few NIfTI files per class, placed on the MNI grid by ``view`` (None: resized)."""
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "samples.npz") as tmp:
@@ -96,7 +100,7 @@ def write_samples(
         plt.close(fig)
         for i in range(min(nifti_per_class, n)):
             with atomic_path(out_dir / f"sample_{safe}_{i}.nii.gz") as tmp:
-                nib.save(slice_to_nifti(samples[k, i, 0]), tmp)
+                nib.save(slice_to_nifti(samples[k, i, 0], view=view), tmp)
 
 
 @torch.no_grad()
@@ -178,7 +182,9 @@ def attribution_maps(model: MagicFlow, data: SliceSet, labels: torch.Tensor, dev
     return torch.cat(maps).numpy() if maps else np.zeros((0, 1, model.image_size, model.image_size), np.float32)
 
 
-def overlay_png(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], mask: np.ndarray, title: str) -> None:
+def overlay_png(
+    path: Path, image: np.ndarray, maps: dict[str, np.ndarray], mask: np.ndarray, title: str, view: View | None = None
+) -> None:
     """The slice, then each attribution map over it: blue = low likelihood, red = high.
 
     Colours are centred on the map's median inside the brain and clipped at its 2nd/98th
@@ -186,9 +192,10 @@ def overlay_png(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], mask
     plt = pyplot()
     from matplotlib.colors import TwoSlopeNorm
 
-    # reduced-size experiments: shown enlarged to the 1 mm grid, so every report looks alike
-    image, mask = upsample_plane(image), upsample_plane(mask) >= 0.5
-    maps = {name: upsample_plane(h) for name, h in maps.items()}
+    # resized experiments are shown enlarged to the 1 mm grid, so every report looks alike; crops are at 1 mm already
+    view = view or View(int(np.shape(image)[-1]))
+    image, mask = view.for_display(image), view.for_display(mask) >= 0.5
+    maps = {name: view.for_display(h) for name, h in maps.items()}
 
     fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.6))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)

@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from magicflow.errors import InputError
+from magicflow.experiments.commands import application_mask
 from magicflow.experiments.data import SliceSet
+from magicflow.experiments.view import View
 from magicflow.experiments.train import TrainSettings
 from magicflow.io import atomic_path
 
@@ -158,7 +160,7 @@ def build_dual(settings: dict[str, Any], side_width: int, mask: np.ndarray | tor
     flow = preset_config(settings["preset_base"], 1, "generation", **{**settings["preset_overrides"], "image_size": size})
     t = settings["translation"]
     if mask is not None and not isinstance(mask, torch.Tensor):
-        mask = torch.from_numpy(np.asarray(mask, dtype=np.float32))
+        mask = application_mask(np.asarray(mask))
     return DualFlow(
         flow,
         flow,
@@ -222,9 +224,11 @@ def write_translations(
     triptychs: int,
     mask: np.ndarray,
     extra: dict[str, np.ndarray] | None = None,
+    view: View | None = None,
 ) -> None:
     """translations.npz, triptych PNGs of the first ``triptychs`` slices (their metrics inside the
-    brain ``mask``, as evaluation scores them) and a NIfTI per test image."""
+    brain ``mask``, as evaluation scores them) and a NIfTI per test image, placed on the MNI grid
+    by the experiment's ``view`` (None: resized)."""
     from magicflow.evaluate.translation import image_metrics, triptych_png
     from magicflow.experiments.infer import slice_to_nifti
 
@@ -252,9 +256,9 @@ def write_translations(
     for image, rows in meta.groupby("image", sort=True):
         rows = rows.sort_values("offset")
         offsets = rows["offset"].astype(int).to_numpy()
-        first = slice_to_nifti(mode[rows.index[0], 0], int(offsets[0]))
+        first = slice_to_nifti(mode[rows.index[0], 0], int(offsets[0]), view)
         if len(rows) > 1 and np.array_equal(offsets, np.arange(offsets[0], offsets[0] + len(rows))):
-            slab = np.concatenate([np.asarray(slice_to_nifti(mode[i, 0]).dataobj) for i in rows.index], axis=1)
+            slab = np.concatenate([np.asarray(slice_to_nifti(mode[i, 0], view=view).dataobj) for i in rows.index], axis=1)
             first = nib.Nifti1Image(slab, first.affine)
         with atomic_path(out_dir / f"{image}_desc-translated.nii.gz") as tmp:
             nib.save(first, tmp)
@@ -322,7 +326,7 @@ def load_dual_model(path: Path, mask: np.ndarray, device: torch.device):
     from magicflow.baselines.discriminative import load_baseline
     from magicflow.flow.dual import DualFlow
 
-    tensor_mask = torch.from_numpy(np.asarray(mask, dtype=np.float32))
+    tensor_mask = application_mask(np.asarray(mask))
 
     def build(settings: dict[str, Any], num_classes: int):
         if "model" not in settings:
@@ -385,7 +389,18 @@ def run_translate(args: argparse.Namespace) -> int:
         with torch.no_grad():
             images = model.translate(source, side=side).clamp(0, 1).cpu().numpy()
         sweep = {"sweep_ages": ages.numpy(), "sweep": images, "sweep_image": np.array(test.meta["image"].iloc[0])}
-    write_translations(args.out, test, mode, std, seconds, "DUAL-GLOW", t["triptychs"], mask, {**sweep, **recorded})
+    write_translations(
+        args.out,
+        test,
+        mode,
+        std,
+        seconds,
+        "DUAL-GLOW",
+        t["triptychs"],
+        mask,
+        {**sweep, **recorded},
+        View.from_record(settings["view"]),
+    )
     mae = float(np.abs(mode - test.images[:, 1:].numpy()).mean()) if len(test) else math.nan
     print(f"{len(test)} test slices translated in {seconds:.1f} s (mean absolute error {mae:.4f}) -> {args.out}")
     return 0

@@ -1,10 +1,15 @@
-"""Registration QC: correlation with the template inside its brain mask, a misregistration
-check that noise and contrast do not fool (:func:`alignment_check`), PET frame motion, and an
-overlay figure.
+"""Registration QC: a misregistration check that noise and contrast do not fool
+(:func:`alignment_check`), PET frame motion, and an overlay figure.
 
-The overlay draws the template's edges (Canny, on the template T1) over the registered image
-in three orthogonal planes through the grid centre; a misregistration shows as edges that do
-not follow the image's boundaries. Coronal and axial views are radiological (subject's right on
+Each image is scored with a measure fit for its contrast: a T1w by its correlation with the
+template T1 (same contrast), a T2w, FLAIR or PET by its normalised mutual information with its
+own subject's T1w registered to the template (a correlation with a T1 template says little
+about them: issue 33's FDG PET lying exactly on its T1 read NCC -0.12 and fitted the template
+better moved 4 mm). ``qc.tsv`` names the measure of each row.
+
+The overlay draws the edges of what the image was scored against (Canny: the template T1, or
+the subject's T1w) over the registered image in three orthogonal planes through the grid
+centre; a misregistration shows as edges that do not follow the image's boundaries. Coronal and axial views are radiological (subject's right on
 the viewer's left), like the slices."""
 
 from __future__ import annotations
@@ -81,47 +86,90 @@ def _probes(centre: np.ndarray) -> dict[str, np.ndarray]:
     return probes
 
 
-def alignment_check(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -> dict[str, object]:
+#: bins per image of the joint histogram behind :func:`normalised_mutual_information`
+NMI_BINS = 32
+#: what each measure of :func:`alignment_check` is, as ``qc.tsv`` names it
+MEASURES = {
+    "ncc": f"NCC with the template T1 (smoothed {SMOOTH_MM:g} mm)",
+    "nmi": f"NMI with its own T1w (smoothed {SMOOTH_MM:g} mm)",
+}
+
+
+def normalised_mutual_information(
+    a: np.ndarray, b: np.ndarray, a_range: tuple[float, float], b_range: tuple[float, float]
+) -> float:
+    """Studholme's NMI, (H(a) + H(b)) / H(a, b), of paired samples (values clipped to the
+    ranges, :data:`NMI_BINS` bins each): 1 for independent images, 2 when one determines the
+    other. It asks only that intensities co-vary consistently, not linearly, so it scores a
+    PET or T2w against a T1w: it is what their rigid coregistration maximises."""
+    joint, _, _ = np.histogram2d(np.clip(a, *a_range), np.clip(b, *b_range), bins=NMI_BINS, range=(a_range, b_range))
+    p = joint / max(joint.sum(), 1.0)
+
+    def entropy(q: np.ndarray) -> float:
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    joint_entropy = entropy(p)
+    return (entropy(p.sum(axis=1)) + entropy(p.sum(axis=0))) / joint_entropy if joint_entropy > 0 else 1.0
+
+
+def alignment_check(image: np.ndarray, reference: np.ndarray, mask: np.ndarray, measure: str = "ncc") -> dict[str, object]:
     """Tell a misregistration from a noisy or differently contrasted scan.
 
-    A raw correlation with the template mixes the two: noise and contrast lower it as much as
-    a shift does. Here both images are smoothed (noise averages out), and the image is probed
-    with small shifts and rotations: a well-registered image, however noisy or contrasted,
-    correlates best where it is (its correlation peaks at no move), while a misregistered one
-    correlates better after some probe. Returns the smoothed correlation ``ncc_smooth``,
-    ``alignment`` (its excess over the best probe: negative when a probe fits better), that
-    probe ``best_probe`` and the fraction of the template brain inside the scan's field of view
-    ``coverage``. The sign of the correlation is kept (T2w correlates negatively)."""
+    ``measure`` scores the image against ``reference``: ``ncc`` (correlation, for a T1w against
+    the template T1) or ``nmi`` (normalised mutual information, for another contrast against
+    its subject's registered T1w). A raw score mixes misregistration with noise and contrast:
+    here both images are smoothed (noise averages out), and the image is probed with small
+    shifts and rotations: a well-registered image, however noisy or contrasted, scores best
+    where it is, while a misregistered one scores better after some probe. Returns the
+    ``measure`` (named), its ``score`` unmoved, ``alignment`` (the score's excess over the best
+    probe's: negative when a probe fits better), that probe ``best_probe`` and the fraction of
+    the template brain inside the scan's field of view ``coverage``. A correlation keeps its
+    sign (a T2w correlates negatively with a T1); probes are scored with the same sign."""
     from scipy import ndimage
 
-    img, tpl = _block_mean(image), _block_mean(template)
+    if measure not in MEASURES:
+        raise ValueError(f"measure {measure!r}: expected one of {', '.join(MEASURES)}")
+    img, ref = _block_mean(image), _block_mean(reference)
     brain = _block_mean(mask.astype(np.float32)) > 0.5
     # the scan's field of view in MNI (outside it the resampled image is exactly 0; holes of
     # dark tissue filled): a partial field of view is judged where it has data, and reported
     seen = ndimage.binary_fill_holes(_block_mean((image != 0).astype(np.float32)) > 0)
     coverage = float((brain & seen).sum() / max(int(brain.sum()), 1))
     inside = brain & ndimage.binary_erosion(seen, iterations=PROBE_ERODE)  # probes stay inside the scan
+    inside &= ndimage.binary_fill_holes(ref != 0)  # and the reference has data there (a subject's T1w may not)
+    result: dict[str, object] = {"measure": MEASURES[measure], "coverage": round(coverage, 3)}
     if inside.sum() < 100:
-        return {"ncc_smooth": 0.0, "alignment": float("nan"), "best_probe": "", "coverage": round(coverage, 3)}
+        return {**result, "score": 0.0, "alignment": float("nan"), "best_probe": ""}
     sigma = SMOOTH_MM / 2.0
-    img, tpl = ndimage.gaussian_filter(img, sigma), ndimage.gaussian_filter(tpl, sigma)
+    img, ref = ndimage.gaussian_filter(img, sigma), ndimage.gaussian_filter(ref, sigma)
     points = np.argwhere(inside).T.astype(np.float32)  # only the brain's voxels are compared
-    ncc = masked_correlation(img, tpl, inside)
-    sign = 1.0 if ncc >= 0 else -1.0
-    target = tpl[inside]
+    target = ref[inside]
+    if measure == "ncc":
+        sign = 1.0 if masked_correlation(img, ref, inside) >= 0 else -1.0
 
-    def score(m: np.ndarray) -> float:
-        moved = ndimage.map_coordinates(img, m[:3, :3] @ points + m[:3, 3:4], order=1)
-        return sign * masked_correlation(moved, target, np.ones(moved.shape, bool))
+        def similarity(values: np.ndarray) -> float:
+            return sign * masked_correlation(values, target, np.ones(values.shape, bool))
+    else:
+        sign = 1.0
+        image_range = tuple(float(v) for v in np.percentile(img[inside], (0.5, 99.5)))
+        target_range = tuple(float(v) for v in np.percentile(target, (0.5, 99.5)))
 
-    scores = {name: score(m) for name, m in _probes(points.mean(axis=1)).items()}
-    best = max(scores, key=scores.get)
-    alignment = sign * ncc - scores[best]
+        def similarity(values: np.ndarray) -> float:
+            return normalised_mutual_information(values, target, image_range, target_range)
+
+    score = similarity(img[inside])
+    probes = {
+        name: similarity(ndimage.map_coordinates(img, m[:3, :3] @ points + m[:3, 3:4], order=1))
+        for name, m in _probes(points.mean(axis=1)).items()
+    }
+    best = max(probes, key=probes.get)
+    alignment = score - probes[best]
     return {
-        "ncc_smooth": round(ncc, 5),
+        **result,
+        "score": round(sign * score, 5),
         "alignment": round(alignment, 5),
         "best_probe": best if alignment < 0 else "",
-        "coverage": round(coverage, 3),
     }
 
 
@@ -136,14 +184,20 @@ def _views(volume: np.ndarray) -> list[np.ndarray]:
     return [sagittal, coronal, axial]
 
 
-def qc_figure(image: np.ndarray, template: np.ndarray, title: str, out_png: str | os.PathLike[str]) -> None:
-    """Write the three-plane overlay PNG (atomically)."""
+def qc_figure(
+    image: np.ndarray, reference: np.ndarray, title: str, out_png: str | os.PathLike[str], where: np.ndarray | None = None
+) -> None:
+    """Write the three-plane overlay PNG (atomically): the reference's edges over the image,
+    only ``where`` (the template's dilated brain: a subject's T1w has noise edges around the head)."""
     vmax = np.percentile(image[image > 0], 99.5) if np.any(image > 0) else 1.0
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), dpi=100)
-    for ax, img_view, tpl_view, name in zip(axes, _views(image), _views(template), ("sagittal", "coronal", "axial")):
+    inside = _views(np.ones(image.shape, bool) if where is None else where)
+    for ax, img_view, ref_view, in_view, name in zip(
+        axes, _views(image), _views(reference), inside, ("sagittal", "coronal", "axial")
+    ):
         ax.imshow(img_view, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
-        edges = feature.canny(tpl_view.astype(float), sigma=2.0)
+        edges = feature.canny(ref_view.astype(float), sigma=2.0) & in_view
         overlay = np.zeros((*edges.shape, 4))
         overlay[edges] = (1.0, 0.2, 0.2, 0.9)
         ax.imshow(overlay, interpolation="nearest")
@@ -163,22 +217,34 @@ def image_qc(
     out_json: str | os.PathLike[str],
     label: str | None = None,
     motion: dict[str, float | None] | None = None,
+    t1w: str | os.PathLike[str] | None = None,
 ) -> dict[str, object]:
-    """Correlation, misregistration check and overlay for one MNI image; the JSON feeds
-    :func:`gather_qc`. ``motion`` is a PET's largest frame motion (``motion_mm``, ``rotation_deg``)
-    and every frame's (``frame_motion``, see :func:`magicflow.preprocess.pet.motion_summary`)."""
+    """Misregistration check and overlay for one MNI image; the JSON feeds :func:`gather_qc`.
+
+    Without ``t1w`` the image is a T1w, scored by its correlation with the template T1 (and
+    its raw ``ncc`` recorded); with ``t1w`` (the subject's T1w registered to the same grid) it
+    is a T2w, FLAIR or PET, scored by NMI with that T1w, which shares its anatomy if not its
+    contrast. ``motion`` is a PET's largest frame motion (``motion_mm``, ``rotation_deg``) and
+    every frame's (``frame_motion``, see :func:`magicflow.preprocess.pet.motion_summary`)."""
     image = np.asarray(load_3d(image_path, "MNI image").dataobj, dtype=np.float32)
-    tpl = np.asarray(nib.load(template.t1).dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(template.brain_mask).dataobj) > 0
-    ncc = masked_correlation(image, tpl, mask)
-    check = alignment_check(image, tpl, mask)
+    reference_path = Path(template.t1 if t1w is None else t1w)
+    reference = np.asarray(load_3d(reference_path, "T1w in MNI").dataobj, dtype=np.float32)
+    if reference.shape != image.shape:
+        raise InputError(f"{reference_path}: shape {reference.shape} differs from the image {image_path} ({image.shape})")
+    ncc = None if t1w is not None else round(masked_correlation(image, reference, mask), 5)
+    check = alignment_check(image, reference, mask, "ncc" if t1w is None else "nmi")
     name = label or Path(image_path).name
-    qc_figure(image, tpl, f"{name}  NCC={ncc:.3f} smoothed {check['ncc_smooth']:.3f}", out_png)
+    short = "NCC with the template" if t1w is None else "NMI with its T1w"
+    edges = "the template" if t1w is None else "its T1w"
+    where = np.asarray(nib.load(template.brain_mask_dilated).dataobj) > 0
+    qc_figure(image, reference, f"{name}  {short} {check['score']:.3f} (smoothed); edges of {edges}", out_png, where)
     record = {
         "image": str(Path(image_path)),
         "label": name,
-        "ncc": round(ncc, 5),
+        "reference": str(reference_path),
         **check,
+        "ncc": ncc,
         **{key: (motion or {}).get(key) for key in MOTION_COLUMNS},
         "png": str(Path(out_png)),
         "space": template.space,
@@ -187,12 +253,25 @@ def image_qc(
     return record
 
 
-#: T2w, FLAIR and PET do not share the T1 template's contrast (T2w correlates negatively,
-#: PET weakly), so for them only a near-zero |NCC| -- no structure in common -- is a failure.
-OTHER_CONTRAST_MIN_ABS_NCC = 0.1
+#: floor of a T2w's, FLAIR's or PET's NMI with its own T1w (1 means independent images):
+#: below it the image shares no structure with its T1w (a wrong or empty image)
+MIN_NMI = 1.02
 #: a PET's largest frame motion, from its coregistration sidecar (see magicflow.preprocess.pet)
 MOTION_COLUMNS = ("motion_mm", "rotation_deg", "frame_motion")
-COLUMNS = ["label", "image", "space", "ncc", "ncc_smooth", "alignment", "best_probe", "coverage", *MOTION_COLUMNS, "png"]
+COLUMNS = [
+    "label",
+    "image",
+    "space",
+    "measure",
+    "reference",
+    "score",
+    "alignment",
+    "best_probe",
+    "coverage",
+    "ncc",
+    *MOTION_COLUMNS,
+    "png",
+]
 
 
 def _flag_reason(row: pd.Series, threshold: float) -> str:
@@ -200,19 +279,22 @@ def _flag_reason(row: pd.Series, threshold: float) -> str:
     from magicflow.preprocess.pet import MOTION_LIMIT_DEG, MOTION_LIMIT_MM
 
     reasons = []
+    score = row["score"]
     if str(row["label"]).endswith("T1w"):
-        smooth = row["ncc_smooth"]
-        if pd.isna(smooth):  # a record from before the check: the raw correlation alone
+        if pd.isna(score):  # a record from before the check: the raw correlation alone
             if row["ncc"] < threshold:
                 reasons.append(f"NCC {row['ncc']:.3f} < {threshold:g}")
-        elif smooth < threshold:
-            reasons.append(f"smoothed NCC {smooth:.3f} < {threshold:g}")
+        elif score < threshold:
+            reasons.append(f"smoothed NCC {score:.3f} < {threshold:g}")
         if not pd.isna(row["alignment"]) and row["alignment"] < 0:
             reasons.append(f"misregistered: moved {row['best_probe']} it fits the template better")
         if not pd.isna(row["coverage"]) and row["coverage"] < MIN_COVERAGE:
             reasons.append(f"partial field of view: {100 * row['coverage']:.0f} % of the template brain")
-    elif abs(row["ncc"]) < OTHER_CONTRAST_MIN_ABS_NCC:
-        reasons.append(f"|NCC| {abs(row['ncc']):.3f} < {OTHER_CONTRAST_MIN_ABS_NCC:g}")
+    else:
+        if not pd.isna(score) and score < MIN_NMI:
+            reasons.append(f"NMI with its T1w {score:.3f} < {MIN_NMI:g}: nothing in common")
+        if not pd.isna(row["alignment"]) and row["alignment"] < 0:
+            reasons.append(f"misregistered: moved {row['best_probe']} it fits its T1w better")
     if not pd.isna(row["motion_mm"]) and row["motion_mm"] > MOTION_LIMIT_MM:
         reasons.append(f"frame motion {row['motion_mm']:.1f} mm > {MOTION_LIMIT_MM:g}")
     if not pd.isna(row["rotation_deg"]) and row["rotation_deg"] > MOTION_LIMIT_DEG:
@@ -223,12 +305,12 @@ def _flag_reason(row: pd.Series, threshold: float) -> str:
 def gather_qc(
     json_paths: list[str | os.PathLike[str]], out_tsv: str | os.PathLike[str], threshold: float = DEFAULT_THRESHOLD
 ) -> pd.DataFrame:
-    """Collect per-image QC JSONs into one TSV. ``flagged`` (with ``flag_reason``) marks a T1w
-    (label ending in ``T1w``) whose smoothed NCC is below ``threshold``, that a probe of
-    :func:`alignment_check` fits better (misregistered) or that covers less than
-    :data:`MIN_COVERAGE` of the template brain, another contrast with |NCC| below
-    :data:`OTHER_CONTRAST_MIN_ABS_NCC`, and a PET whose frames moved more than
-    :data:`magicflow.preprocess.pet.MOTION_LIMIT_MM` / ``MOTION_LIMIT_DEG``."""
+    """Collect per-image QC JSONs into one TSV, each row's ``measure`` named. ``flagged`` (with
+    ``flag_reason``) marks a T1w (label ending in ``T1w``) whose smoothed NCC with the template
+    is below ``threshold``, that a probe of :func:`alignment_check` fits better (misregistered)
+    or that covers less than :data:`MIN_COVERAGE` of the template brain; another contrast whose
+    NMI with its T1w is below :data:`MIN_NMI` or that a probe fits better; and a PET whose
+    frames moved more than :data:`magicflow.preprocess.pet.MOTION_LIMIT_MM` / ``MOTION_LIMIT_DEG``."""
     rows = []
     for path in json_paths:
         try:
@@ -237,7 +319,7 @@ def gather_qc(
             raise InputError(f"{path}: unreadable QC record ({error})") from error
     table = pd.DataFrame(rows, columns=COLUMNS)
     is_t1 = table["label"].astype(str).str.endswith("T1w")
-    table["threshold"] = np.where(is_t1, threshold, OTHER_CONTRAST_MIN_ABS_NCC)
+    table["threshold"] = np.where(is_t1, threshold, MIN_NMI)
     table["flag_reason"] = [_flag_reason(row, threshold) for _, row in table.iterrows()] if len(table) else []
     table["flagged"] = table["flag_reason"] != ""
     table = table.sort_values("label", kind="stable").reset_index(drop=True)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from magicflow import __version__
 from magicflow.errors import InputError
+from magicflow.experiments.view import describe
 from magicflow.io import atomic_path
 from magicflow.report import html as h
 
@@ -96,12 +97,12 @@ def _gen_headers(suffix: str) -> dict[str, str]:
     }
 
 
-def overview(m: dict) -> str:
+def overview(m: dict, evaluation: Path | None = None) -> str:
+    """Headline numbers, what the model saw and, for a crop, where its box sits on the slice."""
     c, g, a = m["classification"], m["generation"], m["attribution"]
     mean = next((r for r in c["summary"] if r["fold"] == "mean"), {})
     std = next((r for r in c["summary"] if r["fold"] == "std"), {})
     suffix = g["suffix"]
-    size = m.get("image_size", 182)  # metrics written before image_size existed were 182
     items = [
         (
             "balanced accuracy (mean over folds)",
@@ -124,10 +125,14 @@ def overview(m: dict) -> str:
     text = (
         f"<p>{h.esc(m['model'])} model, label <b>{h.esc(m['label'])}</b>, {len(m['classes'])} classes "
         f"({h.esc(', '.join(m['classes']))}), datasets {h.esc(', '.join(m['datasets']))}, "
-        f"images {size} x {size}{' (area-averaged from the 182 x 182 slices)' if size != 182 else ''}, "
+        f"images {h.esc(describe(m.get('view'), m.get('image_size', 182)))}, "
         f"{m['folds_run']} of {m['folds']} folds run. Feature extractor: {h.esc(m['feature_extractor']['name'])} "
         f"(checksum {h.esc(m['feature_extractor']['checksum'][:16])}&hellip;).</p>"
     )
+    if evaluation is not None and (m.get("view") or {}).get("mode") == "crop":
+        text += h.image(
+            evaluation / "crop.png", "the crop's box on the template brain mask slice (same box for every image)", 300
+        )
     return text + h.cards(items)
 
 
@@ -172,7 +177,7 @@ def data(m: dict, excluded: dict[str, pd.DataFrame]) -> str:
         body += '<p class="note">This experiment is not one of the paper\'s four tasks: no Table 4 counts to compare with.</p>'
     body += "<h3>Registration QC flags</h3>"
     body += (
-        h.table(d["qc_flags"], ["dataset", "label", "ncc", "ncc_smooth", "threshold", "flag_reason"])
+        h.table(d["qc_flags"], ["dataset", "label", "measure", "score", "threshold", "flag_reason"])
         if d["qc_flags"]
         else '<p class="note">No image of this experiment was flagged.</p>'
     )
@@ -744,7 +749,7 @@ def build_report(
     """The page; ``folds`` maps each :data:`FOLD_FILES` name to ``{fold name: path}``."""
     folds = {name: folds.get(name, {}) for name in FOLD_FILES}
     sections = [
-        ("overview", "Overview", overview(metrics)),
+        ("overview", "Overview", overview(metrics, evaluation)),
         ("data", "Data", data(metrics, excluded)),
         ("generation", "Generation", generation(metrics, folds, evaluation)),
         ("classification", "Classification", classification(metrics, evaluation)),

@@ -17,6 +17,7 @@ import pandas as pd
 
 from magicflow import __version__
 from magicflow.errors import InputError
+from magicflow.experiments.view import describe
 from magicflow.io import atomic_path
 from magicflow.report import html as h
 
@@ -185,7 +186,7 @@ def build_report(m: dict, translations: dict[str, Path], curves: dict[str, Path]
             ("DUAL-GLOW MAE", _mean_std(flow["mae"], 3)),
             ("DUAL-GLOW SSIM", _mean_std(flow["ssim"], 3)),
             ("side information", h.esc(m["side"])),
-            ("image size", m["image_size"]),
+            ("images", h.esc(describe(m.get("view"), m["image_size"]))),
         ]
     )
     curves_html = "".join(h.image(p, f"{f}: training curves", 560) for f, p in sorted(curves.items()))

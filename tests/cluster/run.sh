@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The workflow on a real one-node SLURM cluster, through profiles/slurm: installs slurm-wlm and munge
-# (apt), starts munged, slurmctld and slurmd as root without systemd, runs the demo through training
-# of one tiny experiment (tests/cluster/write_config.py) in a scratch working directory, and checks
+# (apt), starts munged, slurmctld and slurmd as root without systemd, runs the demo through training,
+# sampling, classification and attribution of one tiny experiment (tests/cluster/write_config.py) in
+# a scratch working directory, and checks
 # - that every job went through SLURM: its job ID in Snakemake's output and, COMPLETED, in SLURM's
 #   job-completion file; per-subject preprocessing as one group job per subject; training holding
 #   the node's (pretend) GPU;
+# - that every GPU job (training; a fold's sampling, classification and attribution as one group
+#   job) went to the GPU partition the config names, with one GPU and the configured CPUs per GPU,
+#   and every other job to the default partition;
 # - that a job failing on the cluster (a second experiment asks for a class the data lacks) is
 #   reported with the path of the rule's log, and that a rerun would redo only that experiment.
 # The daemons are stopped by PID on exit, and /etc/slurm is left as it was found.
@@ -124,19 +128,21 @@ python "$HERE/write_config.py" "$ROOT/config/config.yaml" "$WORK/config/config.y
 SMK=(python -m snakemake --snakefile "$ROOT/Snakefile" --directory "$WORK" --profile profiles/slurm
      --slurm-status-command squeue --slurm-init-seconds-before-status-checks 3)
 cd "$ROOT"
-say "snakemake --profile profiles/slurm train (output: $SCRATCH/snakemake.out)"
+say "snakemake --profile profiles/slurm sample classify attribution (output: $SCRATCH/snakemake.out)"
 set +e
-"${SMK[@]}" train > "$SCRATCH/snakemake.out" 2>&1
+"${SMK[@]}" sample classify attribution > "$SCRATCH/snakemake.out" 2>&1
 rc=$?
 set -e
-say "snakemake exited with $rc (1 expected: the broken experiment's split fails, keep-going finishes the rest)"
+say "snakemake exited with $rc (1 expected: the broken experiment's data check fails, keep-going finishes the rest)"
 
 # --- checks ------------------------------------------------------------------------------------
 OUT="$SCRATCH/snakemake.out"
 JOBCOMP="$SCRATCH/jobcomp.txt"
 show() { tail -n 60 "$OUT"; fail "$*"; }
 [ "$rc" -eq 1 ] || show "snakemake exited with $rc"
-[ -f "$WORK/results/tiny/models/fold-0/best.pt" ] || show "no trained model of the tiny experiment"
+for made in models/fold-0/best.pt samples/fold-0/samples.npz predictions/fold-0/predictions.tsv attribution/fold-0/maps.npz; do
+    [ -f "$WORK/results/tiny/$made" ] || show "no $made of the tiny experiment"
+done
 # "Job <n> has been submitted with SLURM jobid <id> (log: .../<rule_or_group>/...)"
 slurm_ids() { grep -oP "submitted with SLURM jobid \K[0-9]+(?= \(log: .*/${1:-})" "$OUT" || true; }
 count() { slurm_ids "$1" | wc -l; }
@@ -144,12 +150,20 @@ mapfile -t IDS < <(slurm_ids)
 for what in rule_demo_cohort/ rule_dataset_manifest/ rule_preprocess_template/ rule_qc_table/ rule_dataset_slices/ rule_train_fold/; do
     [ "$(count "$what")" -eq 1 ] || show "expected one SLURM job of ${what%/}, found $(count "$what")"
 done
-[ "$(count rule_split/)" -eq 2 ] || show "expected two split jobs (tiny, broken), found $(count rule_split/)"
+[ "$(count rule_check_data/)" -eq 2 ] || show "expected two data-check jobs (tiny, broken), found $(count rule_check_data/)"
+[ "$(count rule_split/)" -eq 1 ] || show "expected one split job (tiny; broken stops at its data check), found $(count rule_split/)"
 [ "$(count group_subject)" -eq 3 ] || show "expected 3 per-subject preprocessing group jobs (3 subjects), found $(count group_subject)"
-SPLIT_BROKEN="$(slurm_ids rule_split/broken/)"
+# the tiny experiment's one fold: sampling, classification and attribution as one submission (a
+# group job's log folder is named by its group and its rules)
+INFERENCE=group_inference_tiny_fold-0_attribution_fold_classify_fold_sample_fold/
+[ "$(count "$INFERENCE")" -eq 1 ] || show "expected one group job $INFERENCE, found $(count "$INFERENCE")"
+for rule in sample_fold classify_fold attribution_fold; do
+    [ "$(count "rule_$rule/")" -eq 0 ] || show "$rule was submitted on its own, outside its fold's group job"
+done
+CHECK_BROKEN="$(slurm_ids rule_check_data/broken/)"
 for id in "${IDS[@]}"; do
     want=COMPLETED
-    [ "$id" = "$SPLIT_BROKEN" ] && want=FAILED
+    [ "$id" = "$CHECK_BROKEN" ] && want=FAILED
     grep -qE "^JobId=$id .*JobState=$want " "$JOBCOMP" || show "SLURM job $id is not $want in $JOBCOMP"
 done
 TRAIN_ID="$(slurm_ids rule_train_fold/)"
@@ -157,17 +171,37 @@ scontrol --details show job "$TRAIN_ID" | grep -q "GRES=gpu" \
     || fail "training job $TRAIN_ID did not hold a GPU: $(scontrol --details show job "$TRAIN_ID")"
 say "${#IDS[@]} jobs went through SLURM (3 per-subject groups, training holding the GPU), each in the job-completion file as it should be"
 
-# The failed job is reported with the rule's log, whose end is shown (show-failed-logs).
-ERROR="$(sed -n '/Error in rule split/,/^$/p' "$OUT")"
-[ -n "$ERROR" ] || show "no 'Error in rule split' in the output"
-grep -q "log: results/logs/split/broken.log" <<<"$ERROR" || show "the error does not name the rule's log results/logs/split/broken.log"
-grep -q "every class has fewer images than the 3 folds" "$OUT" || show "the failed job's log was not shown"
-say "the failed job (SLURM job $SPLIT_BROKEN) is reported with $(grep -m1 -oE 'log: .*' <<<"$ERROR" | sed 's/ (check.*//')"
+# GPU jobs: the GPU partition (slurm.gpu_partition), one GPU (sbatch --gpus=1: TresPerJob) and 2 CPUs
+# per GPU (slurm.cpus_per_gpu: CpusPerTres, ProcCnt); every other job in the default partition.
+INFERENCE_ID="$(slurm_ids "$INFERENCE")"
+GPU_JOBS=""
+for id in "${IDS[@]}"; do
+    record="$(grep -E "^JobId=$id " "$JOBCOMP")"
+    if [ "$id" = "$TRAIN_ID" ] || [ "$id" = "$INFERENCE_ID" ]; then
+        job="$(scontrol --details show job "$id")"
+        grep -q " Partition=gpu " <<<"$record" || show "GPU job $id is not in the gpu partition: $record"
+        grep -q " ProcCnt=2 " <<<"$record" || show "GPU job $id did not get 2 CPUs: $record"
+        grep -qE "TresPerJob=gres[:/]gpu:1( |$)" <<<"$job" || show "GPU job $id did not ask for one GPU: $job"
+        grep -qE "CpusPerTres=gres[:/]gpu:2( |$)" <<<"$job" || show "GPU job $id did not ask for 2 CPUs per GPU: $job"
+        grep -q "GRES=gpu" <<<"$job" || show "GPU job $id did not hold the GPU: $job"
+        GPU_JOBS+="; $id: $(grep -oE '(Partition|ProcCnt)=[^ ]+' <<<"$record" | xargs) $(grep -oE '(TresPerJob|CpusPerTres)=[^ ]+' <<<"$job" | xargs)"
+    else
+        grep -q " Partition=test " <<<"$record" || show "job $id (no GPU) is not in the default partition: $record"
+    fi
+done
+say "GPU jobs (training $TRAIN_ID, the fold's group $INFERENCE_ID) in the gpu partition with one GPU and 2 CPUs, the rest in the default one${GPU_JOBS}"
 
-# A rerun redoes only what failed: the broken experiment's split and training, nothing else.
+# The failed job is reported with the rule's log, whose end is shown (show-failed-logs).
+ERROR="$(sed -n '/Error in rule check_data/,/^$/p' "$OUT")"
+[ -n "$ERROR" ] || show "no 'Error in rule check_data' in the output"
+grep -q "log: results/logs/check_data/broken.log" <<<"$ERROR" || show "the error does not name the rule's log results/logs/check_data/broken.log"
+grep -q "3 folds but the manifests hold too few subjects per class (AD: 2, CN: 1)" "$OUT" || show "the failed job's log was not shown"
+say "the failed job (SLURM job $CHECK_BROKEN) is reported with $(grep -m1 -oE 'log: .*' <<<"$ERROR" | sed 's/ (check.*//')"
+
+# A rerun redoes only what failed: the broken experiment's check, split and training, nothing else.
 PLAN="$("${SMK[@]}" --dry-run train --quiet rules 2>&1)"
 JOBS="$(grep -E '^[a-z_]+ +[0-9]+$' <<<"$PLAN" | grep -vE '^(total|train) ' | sort -u | tr -s ' \n' ' ')"
-[ "$JOBS" = "split 1 train_fold 1 " ] || fail "a rerun would run more than the failed experiment's jobs: $PLAN"
+[ "$JOBS" = "check_data 1 split 1 train_fold 1 " ] || fail "a rerun would run more than the failed experiment's jobs: $PLAN"
 say "a rerun plans only: $JOBS"
 
 say "SLURM cluster test passed"

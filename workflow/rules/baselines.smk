@@ -48,12 +48,14 @@ rule baseline_train:
         log_path("baseline_train", "{experiment}_{baseline}_{fold}"),
     benchmark:
         benchmark_path("baseline_train", "{experiment}_{baseline}_{fold}")
+    retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     conda:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 4000 + 3 * int(input.size_mb),
-        runtime=240,
+        runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
     params:
         slices=slices_args,
@@ -63,6 +65,7 @@ rule baseline_train:
             "baseline-train --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -83,6 +86,7 @@ rule baseline_classify:
         ENV_MAGICFLOW
     threads: 1
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -93,6 +97,7 @@ rule baseline_classify:
             "baseline-classify --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -111,6 +116,7 @@ rule baseline_sample:
         ENV_MAGICFLOW
     threads: 1
     resources:
+        **GPU_RESOURCES,
         mem_mb=2000,
         runtime=60,
         gpu=gpu_request,
@@ -118,6 +124,7 @@ rule baseline_sample:
         magicflow_command(
             "baseline-sample --experiment {input.settings} --baseline {input.baseline} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 

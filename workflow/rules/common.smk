@@ -11,10 +11,12 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
+from snakemake_interface_executor_plugins.settings import ExecMode
 
 from magicflow.config import active_experiments, validate_config
 from magicflow.datasets.manifest import read_manifest
 from magicflow.errors import InputError
+from magicflow.gpu_slots import DEVICES_VARIABLE, visible_gpus
 from magicflow.preprocess.accuracy import demo_groundtruth
 from magicflow.preprocess.template import METADATA
 
@@ -42,6 +44,38 @@ for line in SKIPPED_EXPERIMENTS:
 if workflow.local_exec and "mem_mb" not in workflow.global_resources:
     workflow.register_resource("mem_mb", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 9 // 10 // 2**20)
 
+# GPUs. Snakemake only counts resources and hands a local job no device id, so:
+# - the Snakemake a user starts knows this machine's GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi;
+#   MAGICFLOW_GPUS=N keeps the first N) and runs at most that many GPU jobs at once; each takes a
+#   device of its own through `magicflow gpu-slot` (magicflow/gpu_slots.py), which reads them from
+#   MAGICFLOW_GPU_DEVICES, set here;
+# - a cluster job (the Snakemake inside it runs in remote mode) has the GPU its scheduler gave it:
+#   the slots step aside, and its steps take turns on that GPU;
+# - a group job on a cluster (profiles/slurm: a fold's sampling, classification and attribution)
+#   holds one GPU, on which its GPU steps run one after another: Snakemake sizes a group by the steps
+#   it can run side by side within the limits of `--resources`, so these two limits are resources of
+#   their own, beside `gpu` (what the scheduler is asked for):
+#   `local_gpus` (1 per GPU job of a local run, else 0) may sum to the machine's GPUs, and
+#   `submitted_gpus` (1 per GPU job under a cluster executor, else 0) to 1 per submitted job. Which
+#   executor runs a job is known only when the job is made (workflow.local_exec is always true while
+#   these files are read), and both are scoped local, so that neither limits how many jobs a cluster
+#   queues. `--resources gpu=N` still limits GPU jobs as Snakemake's own resource.
+if workflow.exec_mode == ExecMode.DEFAULT:
+    _GPUS = parse_time(visible_gpus)
+    os.environ[DEVICES_VARIABLE] = ",".join(_GPUS)
+    if _GPUS:  # none: no limit (training.device auto then runs on the CPU)
+        workflow.register_resource("local_gpus", len(_GPUS))
+elif workflow.exec_mode == ExecMode.REMOTE:
+    os.environ[DEVICES_VARIABLE] = ""
+    workflow.register_resource("local_gpus", 1)
+workflow.register_resource("submitted_gpus", 1)
+
+
+resource_scopes:
+    local_gpus="local",
+    submitted_gpus="local",
+
+
 DATASETS = sorted(config["datasets"])
 DEMO_DATASETS = sorted(name for name, d in config["datasets"].items() if d["kind"] == "demo")
 RESULTS = "results"
@@ -63,13 +97,16 @@ os.environ.update(
 ENV_MAGICFLOW = "../../envs/magicflow.yaml"
 
 
-def magicflow_command(arguments, torch=False):
+def magicflow_command(arguments, torch=False, gpu=False):
     """A rule's shell command: `magicflow ARGUMENTS`, logged. torch=True sizes torch's CPU thread
     pool to the job's threads and makes it wait passively: libgomp spin-waits by default, and
     jobs sharing cores then slow each other down many times over (Snakemake's shell sets
-    OMP_NUM_THREADS too; said here, the command is complete as a log shows it)."""
+    OMP_NUM_THREADS too; said here, the command is complete as a log shows it). gpu=True (rules
+    with a `gpu` resource) runs it through `magicflow gpu-slot`, which gives it a device of its
+    own in a local run and steps aside otherwise (see the GPUs above)."""
     env = "OMP_NUM_THREADS={threads} OMP_WAIT_POLICY=PASSIVE " if torch else ""
-    return f'bash "$MAGICFLOW_LOGGED" {{log}} {env}"$MAGICFLOW_PYTHON" -m magicflow {arguments}'
+    slot = '"$MAGICFLOW_PYTHON" -m magicflow gpu-slot --gpus {resources.gpu} -- ' if gpu else ""
+    return f'bash "$MAGICFLOW_LOGGED" {{log}} {env}{slot}"$MAGICFLOW_PYTHON" -m magicflow {arguments}'
 
 
 def write_logged(path, text, log):
@@ -203,8 +240,10 @@ def manifest_row(wc):
 
 
 def t1_outputs(dataset, image, space):
+    """The files of a T1w's registration that its T2w/FLAIR/PET job reads (mni: for the QC)."""
     stem = PREPROC.format(dataset=dataset, image=image, space=space)
     return {
+        "mni": f"{stem}_space-{space}.nii.gz",
         "json": f"{stem}_t1.json",
         "affine": f"{stem}_affine.mat",
         "warp": f"{stem}_warp.nii.gz",
@@ -256,6 +295,35 @@ def gpu_request(wc):
     """GPUs a job of this experiment asks the scheduler for: none when its own training.device
     (the experiment's, else the top-level one) is cpu, else one (auto runs on the CPU without one)."""
     return 0 if EXPERIMENT_SETTINGS[wc.experiment]["training"]["device"] == "cpu" else 1
+
+
+def gpu_job_only(value):
+    """A resource of the jobs that ask for a GPU (gpu_request 1); unset on the others."""
+    return lambda wc: value if gpu_request(wc) else None
+
+
+def local_gpus(wc):
+    """The GPU a job takes from this machine's in a local run; 0 on a cluster and in dry runs (see GPUs above)."""
+    return gpu_request(wc) if workflow.local_exec and not workflow.dryrun else 0
+
+
+def submitted_gpus(wc):
+    """The GPU a job holds as (part of) a submitted cluster job; 0 in local and dry runs (see GPUs above)."""
+    return 0 if workflow.local_exec else gpu_request(wc)
+
+
+# What every GPU rule's resources take besides `gpu` (`**GPU_RESOURCES`): the two GPU limits above,
+# and how SLURM runs GPU jobs (config slurm:). A slurm key left unset is not declared at all, so that
+# the profile's default-resources (its slurm_partition, slurm_account) still reach those jobs.
+GPU_RESOURCES = {"local_gpus": local_gpus, "submitted_gpus": submitted_gpus} | {
+    resource: gpu_job_only(config["slurm"][key])
+    for resource, key in (
+        ("slurm_partition", "gpu_partition"),
+        ("slurm_account", "gpu_account"),
+        ("cpus_per_gpu", "cpus_per_gpu"),
+    )
+    if config["slurm"][key] is not None
+}
 
 
 def folds_of(experiment):

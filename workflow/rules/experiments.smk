@@ -34,10 +34,38 @@ rule experiment_settings:
         write_logged(output[0], f"{params.settings}\n", log[0])
 
 
+# The experiment against its datasets' manifests as soon as they exist: a label, class or fold
+# count the data cannot give fails here, minutes in, not at split after registration and slicing.
+rule check_data:
+    input:
+        manifests=lambda wc: [f"{RESULTS}/{d}/manifest.tsv" for d in EXPERIMENT_SETTINGS[wc.experiment]["datasets"]],
+        settings=f"{RESULTS}/{{experiment}}/experiment.json",
+    output:
+        f"{RESULTS}/{{experiment}}/data_check.json",
+    log:
+        log_path("check_data", "{experiment}"),
+    benchmark:
+        benchmark_path("check_data", "{experiment}")
+    priority: 50
+    conda:
+        ENV_MAGICFLOW
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        manifests=lambda wc, input: " ".join(
+            f"--manifest {d}={path}" for d, path in zip(EXPERIMENT_SETTINGS[wc.experiment]["datasets"], input.manifests)
+        ),
+    shell:
+        magicflow_command("check-data --experiment {input.settings} {params.manifests} --out {output}")
+
+
 rule split:
     input:
         unpack(slices_inputs),
         settings=f"{RESULTS}/{{experiment}}/experiment.json",
+        checked=f"{RESULTS}/{{experiment}}/data_check.json",
     output:
         info=f"{RESULTS}/{{experiment}}/splits/split.json",
         folds=directory(f"{RESULTS}/{{experiment}}/splits/folds"),
@@ -83,6 +111,7 @@ rule train_fold:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
         runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
@@ -94,6 +123,7 @@ rule train_fold:
             "train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -113,11 +143,12 @@ rule sample_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_RESOURCES,
         mem_mb=1000,
         runtime=60,
         gpu=gpu_request,
     shell:
-        magicflow_command("sample --experiment {input.settings} --model {input.model} --out {output}", torch=True)
+        magicflow_command("sample --experiment {input.settings} --model {input.model} --out {output}", torch=True, gpu=True)
 
 
 rule classify_fold:
@@ -138,6 +169,7 @@ rule classify_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -148,6 +180,7 @@ rule classify_fold:
             "classify --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -170,6 +203,7 @@ rule attribution_fold:
         ENV_MAGICFLOW
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1000 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -180,6 +214,7 @@ rule attribution_fold:
             "attribution --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --predictions {input.predictions} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 

@@ -1,6 +1,6 @@
 # Preprocessing (paper Appendix B.1): template, T1w -> MNI152, T2w/FLAIR/PET rigidly to their
 # T1w then through its transforms, each registration job also writing its image's QC figure and
-# correlation, then a QC table and coronal slices per dataset.
+# QC score (a T2w, FLAIR or PET against its own T1w in MNI), then a QC table and coronal slices per dataset.
 # Which images exist is read from the manifest checkpoint; which template space they are
 # registered to, from the template checkpoint's template.json.
 
@@ -92,6 +92,8 @@ rule preprocess_coregister:
         unpack(groundtruth_files),
         image=lambda wc: manifest_row(wc)["path"],
         t1=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"], wc.space).values(),
+        # the QC scores the image against its subject's T1w in MNI (also in t1, named here for the shell)
+        t1_mni=lambda wc: t1_outputs(wc.dataset, manifest_row(wc)["reference"], wc.space)["mni"],
         sidecar=sidecar_input,
     output:
         image=f"{PREPROC}_space-{{space}}.nii.gz",
@@ -122,7 +124,7 @@ rule preprocess_coregister:
         magicflow_command(
             "preprocess-coregister --image {input.image:q} --modality {params.modality} --t1-json {params.t1_json}"
             " --sidecar {params.sidecar:q} --tracer {params.tracer:q} {params.bias} --threads {threads} --out-image {output.image} --out-rigid {output.rigid} --out-json {output.json}"
-            " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image}{params.truth}"
+            " --qc-png {output.qc_png} --qc-json {output.qc_json} --qc-label {wildcards.image} --qc-t1w {input.t1_mni}{params.truth}"
         )
 
 

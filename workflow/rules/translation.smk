@@ -26,12 +26,14 @@ rule translate_train:
         benchmark_path("translate_train", "{experiment}_{fold}")
     wildcard_constraints:
         experiment=name_regex(TRANSLATION_EXPERIMENTS),
+    retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     conda:
         ENV_MAGICFLOW
     threads: config["training"]["threads"]
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
-        runtime=240,
+        runtime=lambda wc, attempt: config["training"]["runtime_minutes"] * attempt,
         gpu=gpu_request,
     params:
         slices=slices_args,
@@ -41,6 +43,7 @@ rule translate_train:
             "translate-train --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --out {params.out}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -62,6 +65,7 @@ rule translate_fold:
         ENV_MAGICFLOW
     threads: 1
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1500 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -72,6 +76,7 @@ rule translate_fold:
             "translate --experiment {input.settings} {params.slices} --fold-dir {input.folds}/{wildcards.fold}"
             " --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 
@@ -94,6 +99,7 @@ rule baseline_translate:
         ENV_MAGICFLOW
     threads: 1
     resources:
+        **GPU_RESOURCES,
         mem_mb=lambda wc, input: 1500 + 2 * int(input.size_mb),
         runtime=60,
         gpu=gpu_request,
@@ -104,6 +110,7 @@ rule baseline_translate:
             "baseline-translate --experiment {input.settings} --baseline {input.baseline} {params.slices}"
             " --fold-dir {input.folds}/{wildcards.fold} --model {input.model} --out {output}",
             torch=True,
+            gpu=True,
         )
 
 

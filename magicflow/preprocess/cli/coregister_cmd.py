@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="its planted T1w -> this series rigid move; with --groundtruth-points the sidecar gets the chain's error",
     )
     add_qc_arguments(parser)
+    parser.add_argument(
+        "--qc-t1w", default=None, help="the subject's T1w in MNI (preprocess-t1's --out-t1): the QC scores the image against it"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.groundtruth_points) != bool(args.groundtruth_rigid):
         raise InputError("--groundtruth-points and --groundtruth-rigid go together (an image's error needs both)")
     truth = GroundTruth(Path(args.groundtruth_points), Path(args.groundtruth_rigid)) if args.groundtruth_points else None
+    if qc and args.qc_t1w is None:
+        raise InputError("--qc-png/--qc-json need --qc-t1w: a T2w, FLAIR or PET is scored against its own T1w in MNI")
     record = preprocess_secondary(
         args.image,
         args.modality,
@@ -70,5 +75,6 @@ def run(args: argparse.Namespace) -> int:
             args.qc_label,
             f"preprocess-{args.modality}",
             motion_summary(record),
+            args.qc_t1w,
         )
     return 0

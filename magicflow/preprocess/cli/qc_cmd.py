@@ -1,4 +1,4 @@
-"""``magicflow preprocess-qc``: overlay PNG and template correlation for one MNI image.
+"""``magicflow preprocess-qc``: overlay PNG and misregistration check for one MNI image.
 
 The workflow does not call it: ``preprocess-t1`` and ``preprocess-coregister`` write the same QC
 files with ``--qc-png/--qc-json`` (one job per image instead of two: on the 2-core demo the
@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="image in MNI (output of preprocess-t1/-coregister)")
     parser.add_argument("--template-dir", required=True)
     parser.add_argument("--label", default=None, help="name shown in the figure and the table (default: file name)")
+    parser.add_argument(
+        "--t1w", default=None, help="a T2w/FLAIR/PET's own T1w in MNI (preprocess-t1's --out-t1): scored by NMI with it"
+    )
     parser.add_argument("--out-png", required=True)
     parser.add_argument("--out-json", required=True)
 
@@ -26,7 +29,7 @@ def add_qc_arguments(parser: argparse.ArgumentParser) -> None:
     """The QC outputs of the registration commands (both or neither)."""
     group = parser.add_argument_group("QC of the MNI image (as preprocess-qc)")
     group.add_argument("--qc-png", help="overlay figure of the image in MNI with the template's edges")
-    group.add_argument("--qc-json", help="correlation with the template inside its brain mask (for preprocess-qc-table)")
+    group.add_argument("--qc-json", help="misregistration check and its measure (for preprocess-qc-table)")
     group.add_argument("--qc-label", default=None, help="name in the figure and the table (default: file name)")
 
 
@@ -45,17 +48,18 @@ def write_qc(
     label: str | None,
     stage: str,
     motion: dict[str, float | None] | None = None,
+    t1w: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Write the QC figure and JSON of a registered image (with a PET's frame motion) and log the check."""
-    record = image_qc(image, load_template(template_dir, 1), png, json_path, label, motion)
+    """Write the QC figure and JSON of a registered image (with a PET's frame motion; a
+    secondary image is scored against its own ``t1w`` in MNI) and log the check."""
+    record = image_qc(image, load_template(template_dir, 1), png, json_path, label, motion, t1w)
     probe = f", fits better moved {record['best_probe']}" if record["best_probe"] else ""
     print(
-        f"[{stage}] QC {record['label']}: NCC {record['ncc']:.3f}, smoothed {record['ncc_smooth']:.3f}, "
-        f"alignment {record['alignment']:+.4f}{probe}",
+        f"[{stage}] QC {record['label']}: {record['measure']} {record['score']:.3f}, alignment {record['alignment']:+.4f}{probe}",
         flush=True,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    write_qc(args.image, args.template_dir, args.out_png, args.out_json, args.label, "preprocess-qc")
+    write_qc(args.image, args.template_dir, args.out_png, args.out_json, args.label, "preprocess-qc", t1w=args.t1w)
     return 0
