@@ -89,7 +89,7 @@ def test_frame_realignment_finds_the_planted_motion_and_qc_flags_only_the_restle
     for path in images(demo_bids, "*_trc-AV45_pet.nii.gz"):
         subject = path.name.split("_")[0]
         planted = json.loads((demo_bids / "derivatives" / "groundtruth" / subject / f"{subject}_groundtruth.json").read_text())
-        static = static_pet(path, realign=frame_realigner("ants", tmp_path, 1))
+        static = static_pet(path, realign=frame_realigner("ants", tmp_path, 1, "demo"))
         found = pet_record(static)["FrameMotion"]
         print(subject, "planted", planted["pet_frame_motion"]["AV45"], "found", found)
         for truth, estimate in zip(planted["pet_frame_motion"]["AV45"], found, strict=True):
