@@ -6,16 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 
 from magicflow.errors import InputError
 from magicflow.evaluate import attribution as att
 from magicflow.evaluate.experiment import attribution_section
-from magicflow.evaluate.inputs import ExperimentOutputs, FoldOutputs
-from magicflow.preprocess.template import GRID_1MM_AFFINE
+from magicflow.evaluate.inputs import ExperimentOutputs
+
+from attribution_fixtures import planted_outputs
 
 
 def test_slice_aucs_per_slice_by_hand_and_subject_means():
@@ -172,42 +171,11 @@ def test_roi_classification_reports_nested_and_fixed_f1_beside_random_regions():
 
 def _outputs_with_lesions(tmp_path: Path, size: int = 26) -> tuple[ExperimentOutputs, np.ndarray, dict[str, Path]]:
     """Six AD and six CN subjects, one slice each at offset 0, images at ``size`` (182 / 7).
-    The AD slices are brighter exactly on a planted block (rows 10-13, columns 4-7 at size 26),
-    and the model's maps are noise: the image finds the block by itself, the model does not."""
-    rng = np.random.default_rng(11)
-    subjects = [f"demo{i:02d}" for i in range(1, 13)]
-    true = np.array(["AD", "CN"] * 6)
-    lesion = np.zeros((size, size), bool)
-    lesion[10:14, 4:8] = True
-    images = rng.uniform(0.2, 0.5, (12, 1, size, size)).astype(np.float32)
-    images[true == "AD", 0] += 0.4 * lesion
-    class_maps = rng.normal(0, 1, (12, 2, size, size)).astype(np.float32)
-    maps = {
-        "class_maps": class_maps,
-        "predicted_label": class_maps[:, :1],
-        "images": images,
-        "true": true,
-        "predicted": true,
-        "dataset": np.array(["demo"] * 12),
-        "subject": np.array(subjects),
-        "offset": np.zeros(12, int),
-    }
-    truth_dir = tmp_path / "groundtruth"
-    for subject, label in zip(subjects, true):
-        volume = np.zeros((182, 218, 182), np.uint8)
-        if label == "AD":  # rows 70-97 and columns 28-55 of the 182 grid: rows 10-13, columns 4-7 at size 26
-            volume[28:56, 109, 181 - 97 : 181 - 69] = 1
-        folder = truth_dir / f"sub-{subject}"
-        folder.mkdir(parents=True)
-        nib.save(
-            nib.Nifti1Image(volume, GRID_1MM_AFFINE), folder / f"sub-{subject}_space-MNI152NLin2009aSym_desc-ADtau_mask.nii.gz"
-        )
-    fold = FoldOutputs("fold-0", pd.DataFrame(), pd.DataFrame(), {}, maps)
-    return (
-        ExperimentOutputs("demo_diagnosis_classification", ["AD", "CN"], {}, [fold]),
-        np.ones((size, size)),
-        {"demo": truth_dir},
-    )
+    The AD slices are brighter exactly on the planted block (rows 70-97 and columns 28-55 of the
+    182 grid: rows 10-13, columns 4-7 at size 26), and the model's maps are noise: the image
+    finds the block by itself, the model does not."""
+    outputs, truth = planted_outputs(tmp_path, "demo_diagnosis_classification", size, (slice(10, 14), slice(4, 8)), seed=11)
+    return outputs, np.ones((size, size)), truth
 
 
 def test_attribution_section_scores_the_model_beside_the_image(tmp_path: Path):

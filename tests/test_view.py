@@ -23,6 +23,8 @@ from magicflow.experiments.view import View, describe, mm_to_pixel, pixel_to_mm,
 from magicflow.preprocess.template import GRID_1MM_AFFINE
 from magicflow.slices import coronal_slice, resize_mask, resize_slices
 
+from attribution_fixtures import planted_outputs
+
 from test_baselines import SHIPPED
 
 # A brain mask whose centre of mass is known by hand: rows 40-79 (mean 59.5), columns 100-139 (mean 119.5).
@@ -134,36 +136,7 @@ def _lesion_outputs(tmp_path: Path, size: int = 32):
     """Six AD and six CN slices as a 32 crop sees them: the planted truth is rows 70-97, columns
     28-55 of the 182 grid, i.e. rows and columns 2-29 of the crop at (68, 26), and the AD images
     are brighter exactly there."""
-    from magicflow.evaluate.inputs import ExperimentOutputs, FoldOutputs
-
-    rng = np.random.default_rng(5)
-    subjects = [f"demo{i:02d}" for i in range(1, 13)]
-    true = np.array(["AD", "CN"] * 6)
-    images = rng.uniform(0.2, 0.5, (12, 1, size, size)).astype(np.float32)
-    images[true == "AD", 0, 2:30, 2:30] += 0.4
-    class_maps = rng.normal(0, 1, (12, 2, size, size)).astype(np.float32)
-    maps = {
-        "class_maps": class_maps,
-        "predicted_label": class_maps[:, :1],
-        "images": images,
-        "true": true,
-        "predicted": true,
-        "dataset": np.array(["demo"] * 12),
-        "subject": np.array(subjects),
-        "offset": np.zeros(12, int),
-    }
-    truth_dir = tmp_path / "groundtruth"
-    for subject, label in zip(subjects, true):
-        volume = np.zeros((182, 218, 182), np.uint8)
-        if label == "AD":
-            volume[28:56, 109, 181 - 97 : 181 - 69] = 1
-        folder = truth_dir / f"sub-{subject}"
-        folder.mkdir(parents=True)
-        nib.save(
-            nib.Nifti1Image(volume, GRID_1MM_AFFINE), folder / f"sub-{subject}_space-MNI152NLin2009aSym_desc-ADtau_mask.nii.gz"
-        )
-    fold = FoldOutputs("fold-0", pd.DataFrame(), pd.DataFrame(), {}, maps)
-    return ExperimentOutputs("crop_diagnosis", ["AD", "CN"], {}, [fold]), {"demo": truth_dir}
+    return planted_outputs(tmp_path, "crop_diagnosis", size, (slice(2, 30), slice(2, 30)), seed=5)
 
 
 def test_the_planted_ground_truth_is_cut_by_the_crop(tmp_path: Path):
