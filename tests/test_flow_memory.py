@@ -154,3 +154,33 @@ def test_plan_on_cpu_prints_the_estimate_and_keeps_the_set_where_it_is(capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("memory: a training step needs about") and "batch 4, fp32, checkpointing on" in line
     assert "training set 0.00 GiB" in line
+
+
+def test_a_training_set_kept_on_the_host_trains_the_same_weights(tmp_path):
+    """``data_on_device=False`` gathers batches in host memory and moves each one: the batches,
+    and so the weights, are those of a set moved to the device once."""
+    from magicflow.experiments.data import SliceSet
+    from magicflow.experiments.train import train_model
+
+    generator = torch.Generator().manual_seed(3)
+    train = SliceSet(torch.rand(12, 1, 16, 16, generator=generator), torch.arange(12) % 3)
+    val = SliceSet(torch.rand(4, 1, 16, 16, generator=generator), torch.arange(4) % 3)
+    settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3, seed=2)
+    weights = []
+    for on_device in (True, False):
+        model = short_model("compact", "generation")
+        history = train_model(
+            model,
+            train,
+            val,
+            tmp_path / str(on_device),
+            settings,
+            torch.device("cpu"),
+            False,
+            progress=False,
+            data_on_device=on_device,
+        )
+        weights.append([p.detach().clone() for p in model.parameters()])
+        assert history["steps"].iloc[0] == 3
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
