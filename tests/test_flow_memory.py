@@ -184,3 +184,28 @@ def test_a_training_set_kept_on_the_host_trains_the_same_weights(tmp_path):
         assert history["steps"].iloc[0] == 3
     for a, b in zip(*weights):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_on_a_gpu_a_step_that_does_not_fit_stops_before_training(monkeypatch):
+    """The plan on a CUDA device, whose free memory is all this machine lacks: the device's
+    answer is replaced, the estimates are real. Between the checkpointed and the plain step's
+    needs, the plain step stops with one line offering checkpointing; checkpointed, it fits."""
+    import magicflow.flow.memory as memory
+    from magicflow.experiments.data import SliceSet
+    from magicflow.experiments.train import plan_memory
+
+    model = short_model("authors", "generation", size=32)
+    plain, checkpointed = (estimate_training_memory(model, 4, checkpointing=c) for c in (False, True))
+    free = int((plain.peak_bytes + checkpointed.peak_bytes) / 2 / (1 - memory.HEADROOM))
+    monkeypatch.setattr(memory, "RESERVED_BYTES", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a, **k: (free, 2 * free))
+    train = SliceSet(torch.rand(6, 1, 32, 32), torch.arange(6) % 3)
+    cuda = torch.device("cuda")
+    with pytest.raises(InputError) as error:
+        plan_memory(model, TrainSettings(batch_size=4), cuda, train)
+    message = str(error.value)
+    assert "\n" not in message and "batch 4, fp32, checkpointing off" in message
+    assert f"training.checkpointing: true (about {checkpointed.peak_bytes / GIB:.1f} GiB)" in message
+    assert "training.precision: bf16" not in message  # this GPU has no bf16
+    assert plan_memory(model, TrainSettings(batch_size=4, checkpointing=True), cuda, train) is True
