@@ -160,3 +160,18 @@ def test_bench_compiled_variant_reports_its_first_step_apart(capsys):
     report = json.loads(out)
     assert report["variant"] == "tiny" and report["settings"]["compile"] and "capacity" not in report
     assert set(report["magicflow"]) == {"generation"} and report["magicflow"]["generation"]["first_step_s"] > 0
+
+
+def test_bench_memory_estimates_each_kind_with_and_without_checkpointing(capsys):
+    """``--memory`` estimates without running a step (``--coupling none``): checkpointing keeps
+    less, the weights and Adam state are the same either way."""
+    args = parse(
+        ["--device", "cpu", "--preset", "small", "--size", "16", "--batch", "2", "--coupling", "none", "--memory"]
+        + ["--no-peer", "--no-capacity", "--classes", "3"]
+    )
+    assert bench.run(args) == 0
+    memory = json.loads(capsys.readouterr().out)["memory"]
+    assert memory["precision"] == "fp32"
+    for kind in ("generation", "classification"):
+        figures = memory[kind]
+        assert 0 < figures["state_mib"] < figures["peak_mib_checkpointing"] < figures["peak_mib_plain"]

@@ -297,7 +297,7 @@ def test_train_settings_defaults_are_the_config_schema_defaults():
     training = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["training"]["properties"]
     augment = training["augment"]["properties"]
     defaults = TrainSettings()
-    for key in ("epochs", "patience", "batch_size", "lr", "seed", "loss", "precision", "compile"):
+    for key in ("epochs", "patience", "batch_size", "lr", "seed", "loss", "precision", "compile", "checkpointing"):
         assert getattr(defaults, key) == training[key]["default"], key
     for key in ("rotate_degrees", "shift_pixels", "noise_sigma"):
         assert getattr(defaults, key) == augment[key]["default"], key

@@ -168,7 +168,7 @@ def application_mask(mask: np.ndarray) -> torch.Tensor | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from magicflow.experiments.train import TrainSettings, resolve_device, train_model
+    from magicflow.experiments.train import TrainSettings, plan_memory, resolve_device, train_model
     from magicflow.flow import MagicFlow
 
     settings, slices, arrays, mask = load_inputs(args)
@@ -181,9 +181,10 @@ def run_train(args: argparse.Namespace) -> int:
         lr=t["lr"],
         seed=t["seed"],
         loss=t.get("loss", "dimension"),
-        precision=t.get("precision", "fp32"),
+        precision=t.get("precision", "auto"),
         ema=t.get("ema", 0.0),
         compile=t.get("compile", False),
+        checkpointing=t.get("checkpointing", False),
         **t.get("augment", {}),
     )
     torch.manual_seed(t["seed"])
@@ -199,6 +200,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"{settings['name']} {args.fold_dir.name}: {len(sets['train'])} training / {len(sets['val'])} validation slices, "
         f"{len(classes)} classes, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}"
     )
+    data_on_device = plan_memory(model, train_settings, device, sets["train"])  # stops here when a step will not fit
     train_model(
         model,
         sets["train"],
@@ -208,6 +210,7 @@ def run_train(args: argparse.Namespace) -> int:
         device,
         classification=settings["model"] == "classification",
         extra={"classes": classes, "experiment": settings["name"], "fold": args.fold_dir.name, "view": settings["view"]},
+        data_on_device=data_on_device,
     )
     return 0
 

@@ -24,7 +24,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from magicflow.plotting import pyplot
 
 STATE_FORMAT = "magicflow.train/2"  # 2: the learning-rate scheduler's state saved too
 LOSSES = ("dimension", "image")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,9 @@ class TrainSettings:
     loss: str = "dimension"  # "dimension": NLL per image dimension; "image": per-image NLL (the authors')
     log_every: int = 50  # steps between reads of the loss from the device
     ema: float = 0.0  # > 0: validate and keep an exponential moving average of the weights with this decay
-    precision: str = "fp32"  # "bf16": coupling networks under bfloat16 autocast, log-dets in fp32
+    precision: str = "auto"  # "bf16": networks under bf16 autocast, log-dets fp32; "auto": bf16 on GPUs with it
     compile: bool = False  # torch.compile each coupling network
+    checkpointing: bool = False  # recompute the coupling networks' activations in the backward pass (less memory)
 
     def __post_init__(self) -> None:
         if (
@@ -105,6 +106,58 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("training.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on a CUDA device with bfloat16 support (Ampere and later), fp32 elsewhere:
+    on CPU bf16 autocast is slower than fp32 and would change the demo's results."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def plan_memory(model: MagicFlow, settings: TrainSettings, device: torch.device, train: SliceSet) -> bool:
+    """Before training: estimate a training step's peak memory
+    (:func:`magicflow.flow.memory.estimate_training_memory`, on ``model`` before it moves).
+    On CUDA, stop with one line naming the setting to change when the step will not fit in the
+    device's free memory. On the CPU nothing is estimated: host memory is what the job's
+    ``mem_mb`` reserves, and the estimate's fake-tensor pass costs seconds per job that CPU runs
+    (the demo's) cannot spare; ``magicflow bench --memory`` gives it. Returns whether the
+    training set fits on the device beside the step (:func:`train_model`'s ``data_on_device``);
+    where it does not, it stays in host memory and moves per batch."""
+    from magicflow.flow.memory import GIB, check_fits, estimate_training_memory, usable_bytes
+
+    data_bytes = train.images.nbytes + train.labels.nbytes
+    if device.type != "cuda":
+        print(f"memory: training on the CPU, not estimated (magicflow bench --memory); training set {data_bytes / GIB:.2f} GiB")
+        return True
+    precision = resolve_precision(settings.precision, device)
+    estimate = estimate_training_memory(model, settings.batch_size, precision, settings.checkpointing, settings)
+    free, _ = torch.cuda.mem_get_info(device)
+    alternatives = {}
+    if estimate.peak_bytes > usable_bytes(free):
+        if not settings.checkpointing:
+            alternatives["training.checkpointing: true"] = estimate_training_memory(
+                model, settings.batch_size, precision, True, settings
+            )
+        if precision == "fp32" and torch.cuda.is_bf16_supported():
+            alternatives["training.precision: bf16"] = estimate_training_memory(
+                model, settings.batch_size, "bf16", settings.checkpointing, settings
+            )
+    check_fits(estimate, free, str(device), alternatives)
+    on_device = data_fits(estimate.peak_bytes, data_bytes, free)
+    print(
+        f"memory: a training step needs about {estimate.describe()}; {free / GIB:.1f} GiB free on {device}; "
+        f"training set {data_bytes / GIB:.2f} GiB {'on the device' if on_device else 'in host memory, moved per batch'}"
+    )
+    return on_device
+
+
+def data_fits(step_bytes: int, data_bytes: int, free_bytes: int) -> bool:
+    """Whether the training set can live on the device beside a step of ``step_bytes``."""
+    from magicflow.flow.memory import usable_bytes
+
+    return step_bytes + data_bytes <= usable_bytes(free_bytes)
 
 
 def learning_rate(step: int, total: int, settings: TrainSettings) -> float:
@@ -227,11 +280,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, settings:
 def configure_speed(model: MagicFlow, settings: TrainSettings, device: torch.device) -> None:
     """Speed settings that do not change what is learned beyond rounding: channels-last
     convolutions on CPU (measured faster there), TF32 and cuDNN autotuning on CUDA, bf16
-    autocast inside the coupling networks and ``torch.compile`` when asked."""
+    autocast inside the coupling networks (:func:`resolve_precision`), activation
+    checkpointing and ``torch.compile`` when asked."""
     model.set_channels_last(device.type == "cpu")
     if device.type == "cuda":
         use_fast_cuda_kernels(tf32=True)
-    model.set_bf16(settings.precision == "bf16")
+    model.set_bf16(resolve_precision(settings.precision, device) == "bf16")
+    model.set_checkpointing(settings.checkpointing)
     if settings.compile:
         model.compile_networks()
 
@@ -255,16 +310,22 @@ def train_model(
     extra: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     progress: bool = True,
+    data_on_device: bool = True,
 ) -> pd.DataFrame:
     """Train, writing ``last.pt`` (full state, every epoch), ``best.pt`` (flow checkpoint),
     ``training.tsv`` and ``training.png`` into ``out_dir``. Returns the history.
 
-    The training set moves to the device once (a fold's slices are 132 kB each, 1.3 GB for
-    10,000 on a GPU), so batches are gathered, augmented and dequantised there: no DataLoader,
-    pinned memory or workers are needed. ``train_nll``/``val_nll`` are nats per image and
+    With ``data_on_device`` (:func:`plan_memory` decides) the training set moves to the device
+    once (a fold's slices are 132 kB each, 1.3 GB for 10,000), so batches are gathered,
+    augmented and dequantised there: no DataLoader or workers are needed. Otherwise it stays in
+    host memory and each batch is gathered there and copied through pinned memory without
+    waiting; the batches, and so the weights, are the same. ``settings.precision`` "auto" is
+    resolved for ``device`` first (:func:`resolve_precision`), so the run's fingerprint names
+    the precision it trained in. ``train_nll``/``val_nll`` are nats per image and
     ``*_bpd`` bits per image dimension, both of :meth:`MagicFlow.log_likelihood` (182x182,
     dequantised)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = replace(settings, precision=resolve_precision(settings.precision, device))
     if len(train) == 0 or len(val) == 0:
         raise InputError(f"{out_dir}: empty training ({len(train)}) or validation ({len(val)}) set")
     model.to(device)
@@ -290,13 +351,16 @@ def train_model(
     if state is not None:
         start_epoch, step, best, history = resumed_progress(state)
         saved_average = state.get("average")
-    images, labels = train.images.to(device), train.labels.to(device)  # the set moves once, not per batch
+    if data_on_device:
+        images, labels = train.images.to(device), train.labels.to(device)  # the set moves once, not per batch
+    else:
+        images, labels = train.images, train.labels
     parameters = sum(p.numel() for p in model.parameters())  # for the report's Table 5
     average = WeightAverage(model, settings.ema, saved_average) if settings.ema else None
 
     for epoch in range(start_epoch, settings.epochs):
         torch.manual_seed(int(np.random.SeedSequence([settings.seed, epoch, 0]).generate_state(1)[0]))  # dropout
-        order = torch.randperm(len(train), generator=_epoch_generator(settings.seed, epoch, 1)).to(device)
+        order = torch.randperm(len(train), generator=_epoch_generator(settings.seed, epoch, 1)).to(images.device)
         noise = _epoch_generator(settings.seed, epoch, 2, device)
         model.train()
         started = time.perf_counter()
@@ -305,8 +369,9 @@ def train_model(
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         for b in bar:
             index = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-            x = model.dequantise(augment(images[index], settings, noise), settings.dequantize, noise, validate=False)
-            nll, finite = train_step(model, optimizer, x, labels[index], settings)
+            x, y = _to_device(images[index], device), _to_device(labels[index], device)
+            x = model.dequantise(augment(x, settings, noise), settings.dequantize, noise, validate=False)
+            nll, finite = train_step(model, optimizer, x, y, settings)
             scheduler.step()
             step += 1
             if average is not None:
@@ -382,6 +447,14 @@ def train_model(
         if stop:
             break
     return pd.DataFrame(history)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch to a CUDA device through pinned memory, so the host does not wait for the
+    copy; a no-op where ``t`` is there already."""
+    if device.type == "cuda" and not t.is_cuda:
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def resume_state(

@@ -7,8 +7,11 @@ for each coupling kind of the chosen preset, parameters, training
 step time and peak GPU memory at ``--batch``, generated images per second at
 ``--sample-batch``, classification time per image over ``--classes`` labels and the
 reconstruction error; then the same figures for a conditional Glow of equal depth (24
-steps) from ``normflows``, and our figures as ratios to it. Runs on CPU at tiny sizes as a
-smoke test (``--size 32 --batch 2 --steps 2``)."""
+steps) from ``normflows``, and our figures as ratios to it. With ``--memory``, ``memory``:
+the estimated peak of a training step per coupling kind at ``--size`` and ``--batch``, with
+and without activation checkpointing (:mod:`magicflow.flow.memory`; no step runs, so the
+``paper`` preset at 182x182 is estimated on a CPU), and each timed kind's estimate beside its
+measured peak. Runs on CPU at tiny sizes as a smoke test (``--size 32 --batch 2 --steps 2``)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import torch
 
 from magicflow.errors import InputError
 from magicflow.flow.layers import pad_amounts
+from magicflow.flow.memory import estimate_training_memory
 from magicflow.flow.model import MagicFlow, use_fast_cuda_kernels
 from magicflow.flow.nets import HEADS
 from magicflow.flow.presets import COUPLINGS, PRESETS
@@ -120,6 +124,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--capacity", action=argparse.BooleanOptionalAction, default=True, help="count parameters and FLOPs (a few seconds)"
     )
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="estimate a training step's peak memory, with and without checkpointing (seconds per estimate)",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="activation checkpointing of the coupling networks in the timed training step",
+    )
     parser.add_argument("--jsonl", action="store_true", help="print the JSON on one line (the GPU check appends lines)")
     parser.add_argument(
         "--compile-backend",
@@ -181,8 +197,12 @@ def _train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> 
 def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     head = args.head if coupling == "classification" else "conv"
-    model = MagicFlow.from_preset(args.preset, args.classes, coupling, image_size=args.size, head=head).to(device)
+    model = MagicFlow.from_preset(args.preset, args.classes, coupling, image_size=args.size, head=head)
+    precision = "bf16" if args.bf16 else "fp32"
+    estimate = estimate_training_memory(model, args.batch, precision, args.checkpointing) if args.memory else None
+    model = model.to(device)
     model.set_channels_last(args.channels_last)
+    model.set_checkpointing(args.checkpointing)
     x = torch.rand(args.batch, 1, args.size, args.size, device=device)
     y = torch.arange(args.batch, device=device) % args.classes
     model.train()
@@ -206,6 +226,8 @@ def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device)
         "train_step_ms": _timed_ms(step, args.steps, device, warm_up=False),
         "peak_gpu_memory_mib": _peak_memory(device, step),
     }
+    if estimate is not None:
+        result["estimated_peak_memory_mib"] = estimate.peak_bytes / 2**20
     model.eval()
     labels = torch.arange(args.sample_batch, device=device) % args.classes
     with torch.no_grad():
@@ -221,6 +243,25 @@ def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device)
             result["bf16_predictions_equal_fp32"] = bool(torch.equal(predicted, reference))
     result["targets_met"] = _meets(result)
     return result
+
+
+def memory_estimates(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Estimated peak MiB (and the batch-independent state's) of one training step per coupling
+    kind, with and without activation checkpointing, in ``--bf16``'s precision."""
+    precision = "bf16" if args.bf16 else "fp32"
+    out: dict[str, dict[str, float]] = {}
+    for kind in kinds:
+        torch.manual_seed(args.seed)
+        head = args.head if kind == "classification" else "conv"
+        model = MagicFlow.from_preset(args.preset, args.classes, kind, image_size=args.size, head=head)
+        figures: dict[str, float] = {}
+        for checkpointing in (False, True):
+            estimate = estimate_training_memory(model, args.batch, precision, checkpointing)
+            suffix = "checkpointing" if checkpointing else "plain"
+            figures[f"peak_mib_{suffix}"] = estimate.peak_bytes / 2**20
+            figures["state_mib"] = estimate.state_bytes / 2**20
+        out[kind] = figures
+    return out
 
 
 def _peer_widths(preset: str) -> list[int]:
@@ -336,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
             "tf32": args.tf32 and use_cuda,
             "channels_last": args.channels_last,
             "classification_head": args.head,
+            "checkpointing": args.checkpointing,
         },
         "flops_size": args.flops_size,
         "targets": GPU_TARGETS,
@@ -343,6 +385,8 @@ def run(args: argparse.Namespace) -> int:
     if args.capacity:
         report["capacity"] = capacity(args.preset, args.classes, args.size, args.flops_size)
     kinds = COUPLINGS if args.coupling == "all" else () if args.coupling == "none" else (args.coupling,)
+    if args.memory:
+        report["memory"] = {"precision": "bf16" if args.bf16 else "fp32", **memory_estimates(args, kinds or COUPLINGS)}
     report["magicflow"] = {kind: _measure_ours(args, kind, device) for kind in kinds}
     if args.peer:
         peer = _measure_peer(args, device)

@@ -10,6 +10,7 @@ import contextlib
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class DoubleAffineCoupling(nn.Module):
@@ -18,7 +19,11 @@ class DoubleAffineCoupling(nn.Module):
     ``net_b`` gives (s1, t1) from ``x_A``; ``net_a`` gives (s2, t2) from ``u_B``. Passing the
     same module for both reuses one network (the authors' choice); two modules follow the
     paper's notation. With ``bf16`` set, the networks run under bfloat16 autocast while the
-    affine update and log-dets stay in the input precision (fp32)."""
+    affine update and log-dets stay in the input precision (fp32). With ``checkpoint`` set, a
+    network's activations are not kept for the backward pass but recomputed there (activation
+    checkpointing): the same loss and gradients (dropout replays its masks; the networks keep no
+    running statistics to move twice) for one more forward pass of the networks, and the
+    networks' activations, most of a step's memory, are gone."""
 
     def __init__(self, mask: torch.Tensor, net_b: nn.Module, net_a: nn.Module, scale_bound: float) -> None:
         super().__init__()
@@ -27,15 +32,22 @@ class DoubleAffineCoupling(nn.Module):
         self.net_a = net_a if net_a is not net_b else None
         self.scale_bound = scale_bound
         self.bf16 = False
+        self.checkpoint = False
 
     def _params(self, net: nn.Module, h: torch.Tensor, y: torch.Tensor, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounded scale and shift from ``net``, zeroed outside ``side`` (the half they act on)."""
-        ctx = torch.autocast(h.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        with ctx:
-            raw, shift = net(h, y)
+        if self.checkpoint and torch.is_grad_enabled():
+            raw, shift = checkpoint(self._run, net, h, y, use_reentrant=False)
+        else:
+            raw, shift = self._run(net, h, y)
         raw = raw.to(h.dtype).contiguous()
         shift = shift.to(h.dtype).contiguous()
         return self.scale_bound * torch.tanh(raw) * side, shift * side
+
+    def _run(self, net: nn.Module, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = torch.autocast(h.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with ctx:
+            return net(h, y)
 
     def _nets(self) -> tuple[nn.Module, nn.Module]:
         return self.net_b, self.net_a if self.net_a is not None else self.net_b

@@ -450,6 +450,13 @@ class MagicFlow(nn.Module):
         for step in self.steps:
             step.coupling.bf16 = enabled
 
+    def set_checkpointing(self, enabled: bool) -> None:
+        """Recompute the coupling networks' activations in the backward pass instead of keeping
+        them (``training.checkpointing``): the same gradients for less memory and one more forward
+        pass of the networks."""
+        for step in self.steps:
+            step.coupling.checkpoint = enabled
+
     def set_channels_last(self, enabled: bool) -> None:
         """Compute the coupling networks' spatial convolutions in channels-last layout (see
         :class:`magicflow.flow.nets.SpatialConv2d`): on CPU a small-preset training step is
