@@ -109,6 +109,7 @@ def _config(**experiment) -> dict:
     config = copy.deepcopy(SHIPPED)
     base = copy.deepcopy(config["experiments"]["demo_scanner_classification"])
     base.pop("image_size", None)
+    base.pop("crop", None)
     base.pop("baselines", None)
     config["experiments"] = {"tiny": {**base, **experiment}}
     return config
