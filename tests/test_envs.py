@@ -1,9 +1,11 @@
-"""The pip route and the conda environments pin the same versions.
+"""The conda environments ask conda for little and pin what the test suite runs.
 
 ``envs/constraints.txt`` holds the exact version of every direct dependency in pyproject.toml (what
-setup-env.sh installs and the suite runs); ``envs/magicflow.yaml`` and ``envs/fsl.yaml`` are what
-``snakemake --use-conda`` builds. A version bumped in one place only would make the conda route run
-untested versions, so every package the files share must carry the same version."""
+setup-env.sh installs and the suite runs). ``envs/magicflow-cpu.yaml``, ``envs/magicflow-cuda.yaml``
+and ``envs/fsl.yaml`` are what ``snakemake --use-conda`` builds: conda gives the interpreter, pip and
+FSL's binaries; pip installs every Python package at the constraints' version, so the conda route
+runs the versions the suite tested (a version bumped in one place only would not). The two
+magicflow variants differ only in their PyTorch build."""
 
 from __future__ import annotations
 
@@ -16,18 +18,15 @@ import yaml
 from magicflow.config import REPO_ROOT
 
 ENVS = REPO_ROOT / "envs"
-CONDA_ENVS = ("magicflow.yaml", "fsl.yaml")
-#: conda-forge names whose PyPI distribution is named differently; every other package of the env
-#: files that is on PyPI has the same name on both
-CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
-#: conda packages with no PyPI counterpart among our dependencies (the interpreter, the installer, FSL)
-NOT_PYPI = re.compile(r"^(python|pip|fsl-.+)$")
-#: conda packages left unpinned on purpose (python: its minor version only; pip: an installer;
-#: fsl-base: each FSL package requires its own range, see envs/fsl.yaml)
-UNPINNED = {"python", "pip", "fsl-base"}
+CONDA_ENVS = ("magicflow-cpu.yaml", "magicflow-cuda.yaml", "fsl.yaml")
+#: what each environment may ask conda for: the interpreter, the installer, FSL's packages
+CONDA_ALLOWED = re.compile(r"^(python|pip|fsl-.+)$")
+#: the PyTorch packages whose build differs between the variants; the CPU build comes from PyTorch's own index
+TORCH_PACKAGES = {"torch", "torchvision"}
+CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 #: name, then ==version or =version[=build] (conda's exact and three-part forms)
 CONDA_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:(?P<op>==|=)(?P<version>[^=\s]+)(?:=(?P<build>\S+))?)?$")
-PIP_PIN = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)==(?P<version>\S+)$")
+PIP_PIN = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)==(?P<version>[^\s+]+)(?:\+(?P<local>\S+))?$")
 REQUIREMENT_NAME = re.compile(r"^([A-Za-z0-9_.-]+)")
 
 
@@ -42,38 +41,34 @@ def constraints() -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if line:
             match = PIP_PIN.match(line)
-            assert match, f"envs/constraints.txt line {number}: {line!r} is not name==version"
+            assert match and not match["local"], f"envs/constraints.txt line {number}: {line!r} is not name==version"
             name = normalise(match["name"])
             assert name not in pins, f"envs/constraints.txt line {number}: {name} pinned twice"
             pins[name] = match["version"]
     return pins
 
 
-def conda_env(file: str) -> tuple[dict, dict[str, dict], dict[str, str]]:
-    """(the parsed file, conda specs by conda name, pip pins by PyPI name)."""
+def conda_env(file: str) -> tuple[dict, dict[str, dict], dict[str, dict], list[str]]:
+    """(the parsed file, conda specs by name, pip pins by PyPI name, pip option lines)."""
     env = yaml.safe_load((ENVS / file).read_text())
-    conda, pip = {}, {}
+    conda, pip, options = {}, {}, []
     for item in env["dependencies"]:
         if isinstance(item, dict):
             for line in item["pip"]:
-                match = PIP_PIN.match(line.strip())
+                line = line.strip()
+                if line.startswith("-"):
+                    options.append(line)
+                    continue
+                match = PIP_PIN.match(line)
                 assert match, f"envs/{file}: pip entry {line!r} is not name==version"
-                pip[normalise(match["name"])] = match["version"]
+                name = normalise(match["name"])
+                assert name not in pip, f"envs/{file}: {name} twice"
+                pip[name] = match.groupdict()
         else:
             match = CONDA_SPEC.match(str(item).strip())
             assert match, f"envs/{file}: cannot read the conda spec {item!r}"
             conda[match["name"]] = match.groupdict()
-    return env, conda, pip
-
-
-def pypi_versions(file: str) -> dict[str, str]:
-    """Every PyPI package the env file pins, by PyPI name, whether conda or pip installs it."""
-    _, conda, pip = conda_env(file)
-    versions = {
-        normalise(CONDA_TO_PYPI.get(name, name)): spec["version"] for name, spec in conda.items() if not NOT_PYPI.match(name)
-    }
-    assert not set(versions) & set(pip), f"envs/{file}: installed by both conda and pip: {set(versions) & set(pip)}"
-    return {**versions, **pip}
+    return env, conda, pip, options
 
 
 def pyproject_requirements() -> dict[str, list[str]]:
@@ -108,45 +103,50 @@ def test_the_slurm_extra_pins_a_pandas_below_3_and_setup_env_drops_the_constrain
 
 
 @pytest.mark.parametrize("file", CONDA_ENVS)
-def test_conda_env_versions_equal_the_constraints(file):
-    pins = constraints()
-    versions = pypi_versions(file)
-    unknown = sorted(set(versions) - set(pins))
-    assert not unknown, f"envs/{file}: {unknown} not in envs/constraints.txt (or map its conda name in CONDA_TO_PYPI)"
-    differ = {name: (version, pins[name]) for name, version in versions.items() if version != pins[name]}
-    assert not differ, f"envs/{file} vs envs/constraints.txt (env, constraint): {differ}"
+def test_conda_gives_only_the_interpreter_pip_and_binaries(file):
+    env, conda, _, _ = conda_env(file)
+    assert "defaults" not in env["channels"] and env["channels"][-2:] == ["conda-forge", "nodefaults"]
+    extra = sorted(name for name in conda if not CONDA_ALLOWED.match(name))
+    assert not extra, f"envs/{file} asks conda for {extra}: Python packages come from pip at the constraints' versions"
+    assert conda["python"]["version"] == "3.11" and "pip" in conda
 
 
 @pytest.mark.parametrize("file", CONDA_ENVS)
-def test_conda_envs_pin_exactly_and_leave_snakemake_out(file):
-    _, conda, _ = conda_env(file)
-    loose = [
-        name
-        for name, spec in conda.items()
-        if name not in UNPINNED and (spec["version"] is None or spec["version"].endswith("*"))
-    ]
-    assert not loose, f"envs/{file}: no exact version for {loose}"
-    fuzzy = [name for name, spec in conda.items() if spec["op"] == "=" and spec["build"] is None and name != "python"]
-    assert not fuzzy, f"envs/{file}: 'name=version' is a prefix match in conda; write name==version for {fuzzy}"
-    assert "snakemake" not in conda and "snakemake" not in pypi_versions(file), f"envs/{file}: jobs run no Snakemake"
+def test_every_pip_pin_is_the_version_the_suite_runs(file):
+    pins = constraints()
+    _, _, pip, _ = conda_env(file)
+    unknown = sorted(set(pip) - set(pins))
+    assert not unknown, f"envs/{file}: {unknown} not in envs/constraints.txt"
+    differ = {name: (spec["version"], pins[name]) for name, spec in pip.items() if spec["version"] != pins[name]}
+    assert not differ, f"envs/{file} vs envs/constraints.txt (env, constraint): {differ}"
+    labelled = sorted(name for name, spec in pip.items() if spec["local"] and name not in TORCH_PACKAGES)
+    assert not labelled, f"envs/{file}: a local version label on {labelled}"
+    assert "snakemake" not in pip, f"envs/{file}: jobs run no Snakemake"
 
 
-def test_magicflow_env_is_conda_forge_only_with_a_cuda_pytorch_and_every_runtime_dependency():
-    env, conda, pip = conda_env("magicflow.yaml")
-    assert env["channels"] == ["conda-forge", "nodefaults"]
-    torch = conda["pytorch"]
-    assert torch["version"] == constraints()["torch"] and torch["build"] == "cuda*"
-    assert "CONDA_OVERRIDE_CUDA" in (ENVS / "magicflow.yaml").read_text()
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_magicflow_variants_hold_every_runtime_dependency_and_differ_only_in_the_torch_build(variant):
+    _, _, pip, options = conda_env(f"magicflow-{variant}.yaml")
     runtime = {normalise(REQUIREMENT_NAME.match(r)[1]) for r in pyproject_requirements()[""]}
-    missing = sorted(runtime - set(pypi_versions("magicflow.yaml")))
-    assert not missing, f"envs/magicflow.yaml lacks runtime dependencies of pyproject.toml: {missing}"
-    assert set(pip) == {"prdc", "normflows"}  # pip only for what conda-forge lacks
+    missing = sorted(runtime - set(pip))
+    assert not missing, f"envs/magicflow-{variant}.yaml lacks runtime dependencies of pyproject.toml: {missing}"
+    assert TORCH_PACKAGES <= set(pip)  # timm's torchvision pinned beside torch: an unpinned one may pull another torch
+    for name in TORCH_PACKAGES:
+        assert pip[name]["local"] == ("cpu" if variant == "cpu" else None), (variant, name, pip[name])
+    # the CPU build is only on PyTorch's index (PyPI's Linux torch is the CUDA build)
+    assert options == ([CPU_INDEX] if variant == "cpu" else []), options
+    _, _, other, _ = conda_env(f"magicflow-{'cuda' if variant == 'cpu' else 'cpu'}.yaml")
+    strip = lambda pins: {n: s["version"] for n, s in pins.items()}  # noqa: E731
+    assert strip(pip) == strip(other)
 
 
 def test_fsl_env_takes_fsl_from_its_channel_and_has_the_commands_the_backend_runs():
-    env, conda, _ = conda_env("fsl.yaml")
+    env, conda, pip, _ = conda_env("fsl.yaml")
     assert env["channels"][0] == "https://fsl.fmrib.ox.ac.uk/fsldownloads/fslconda/public/"
-    assert "conda-forge" in env["channels"] and "defaults" not in env["channels"]
     # fslreorient2std/fslsmoothfill/fslmaths, bet/robustfov, fast, flirt, fnirt/applywarp, mcflirt, MNI152
     needed = {"fsl-avwutils", "fsl-bet2", "fsl-fast4", "fsl-flirt", "fsl-fnirt", "fsl-mcflirt", "fsl-data_standard"}
     assert needed <= set(conda), needed - set(conda)
+    unpinned = sorted(n for n, s in conda.items() if n.startswith("fsl-") and n != "fsl-base" and s["op"] != "==")
+    assert not unpinned, f"envs/fsl.yaml: no exact version for {unpinned}"
+    assert {"nipype", "nibabel", "numpy", "scikit-image"} <= set(pip)
+    assert not TORCH_PACKAGES & set(pip)  # registration needs no PyTorch

@@ -2,12 +2,13 @@
 runs the SLURM profile on a real one-node cluster): dry runs over a matrix of configs (the demo,
 every dataset kind on an empty fake root, the paper's tasks, the FSL backend this machine lacks,
 a GPU device with one experiment kept on the CPU) checked on the jobs planned, their commands,
-resources and conda environments; `snakemake --lint` finds nothing; the execution profiles name
+resources and the conda environments `--use-conda` would build; `snakemake --lint` finds nothing; the execution profiles name
 rules that exist."""
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
@@ -178,21 +179,48 @@ def test_the_papers_tasks_are_planned_once_their_datasets_are_configured(tmp_pat
     assert {j.wildcards["dataset"] for j in by_rule(jobs, "dataset_manifest")} == {"demo", "ixi", "sald", "ppmi", "adni"}
 
 
-def conda_environments(tmp_path: Path, edit=None) -> set[str]:
-    """The conda environment files of the jobs planned, as Snakemake resolves and reads them
-    (it hashes each one's content before it needs conda itself, which this machine lacks)."""
-    result = snakemake(workdir(tmp_path, edit), "--containerize")
-    found = set(re.findall(r"Hashing conda environment (\S+)\.\n", result.stdout + result.stderr))
+#: Snakemake asks conda three things while it plans a `--use-conda` run (where conda lives, its
+#: version, its channel priority) and nothing more in a dry run, which creates no environment. This
+#: machine has no conda (no conda channel is reachable), so these answers stand in for them; any
+#: other conda command fails, so a plan that tried to build an environment would fail here.
+CONDA_STANDIN = """#!/bin/sh
+case "$*" in
+  "info --json") echo '{"conda_prefix": "%s", "platform": "linux-64"}';;
+  "--version") echo "conda 25.1.1";;
+  "config --get channel_priority --json") echo '{"get": {"channel_priority": "strict"}}';;
+  *) echo "conda stand-in: '$*' is more than planning" >&2; exit 1;;
+esac
+"""
+
+
+def conda_environments(tmp_path: Path, edit=None, *targets: str) -> set[str]:
+    """The environments `snakemake -n --use-conda` says it would create for the jobs planned."""
+    standin = tmp_path / "conda-bin" / "conda"
+    standin.parent.mkdir(parents=True)
+    standin.write_text(CONDA_STANDIN % (tmp_path / "conda-prefix"))
+    standin.chmod(0o755)
+    result = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir(tmp_path, edit)), "-n", "--use-conda", "--cores", "4", *targets],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PATH": f"{standin.parent}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    found = re.findall(r"^Conda environment (\S+) will be created\.$", result.stdout + result.stderr, re.M)
     assert found, (result.stdout + result.stderr)[-2000:]
-    return {str((tmp_path / path).resolve().relative_to(REPO_ROOT)) for path in found}
+    return {str(Path(path).resolve().relative_to(REPO_ROOT)) for path in found}
+
+
+CPU_ENV, CUDA_ENV, FSL_ENV = "envs/magicflow-cpu.yaml", "envs/magicflow-cuda.yaml", "envs/fsl.yaml"
 
 
 @pytest.mark.parametrize(
     ("backend", "environments"),
     [
-        ("auto", {"envs/fsl.yaml", "envs/magicflow.yaml"}),  # with --use-conda, auto finds the FSL env's FSL
-        ("fsl", {"envs/fsl.yaml", "envs/magicflow.yaml"}),
-        ("ants", {"envs/magicflow.yaml"}),
+        ("auto", {CPU_ENV, CUDA_ENV}),  # auto takes the host's FSL where $FSLDIR has it, else ANTs
+        ("fsl", {FSL_ENV, CPU_ENV, CUDA_ENV}),
+        ("ants", {CPU_ENV, CUDA_ENV}),
     ],
 )
 def test_the_backend_is_decided_in_the_job_and_its_environment(tmp_path: Path, backend: str, environments: set[str]):
@@ -202,8 +230,24 @@ def test_the_backend_is_decided_in_the_job_and_its_environment(tmp_path: Path, b
     (template,) = by_rule(plan(tmp_path / "plan", edit), "preprocess_template")
     assert f"preprocess-template --backend {backend} --out-dir results/template" in template.shell
     assert conda_environments(tmp_path / "envs", edit) == environments
-    for path in environments:
-        assert yaml.safe_load((REPO_ROOT / path).read_text())["dependencies"], path
+    registration = {FSL_ENV if backend == "fsl" else CPU_ENV}
+    assert conda_environments(tmp_path / "template", edit, "results/template") == registration
+
+
+def test_use_conda_plans_cuda_only_for_gpu_rules_and_only_when_asked(tmp_path: Path):
+    """Rules that need no GPU never pull the CUDA environment; `conda.torch: cpu`, or experiments
+    kept on the CPU, keep every job in the CPU one."""
+    assert conda_environments(tmp_path / "manifest", None, "results/demo/manifest.tsv") == {CPU_ENV}
+
+    def cpu_torch(config):
+        config["conda"] = {"torch": "cpu"}
+
+    def cpu_devices(config):
+        for experiment in config["experiments"].values():
+            experiment.setdefault("training", {})["device"] = "cpu"
+
+    assert conda_environments(tmp_path / "cpu-torch", cpu_torch) == {CPU_ENV}
+    assert conda_environments(tmp_path / "cpu-devices", cpu_devices) == {CPU_ENV}
 
 
 def test_each_experiment_asks_for_a_gpu_by_its_own_device(tmp_path: Path):

@@ -143,7 +143,9 @@ class DDPMBaseline(nn.Module):
         try:
             import einops  # noqa: F401  (MONAI's attention blocks need it, and say so only mid-training)
         except ImportError:
-            raise InputError("the ddpm baseline needs einops (pip install einops==0.8.2; envs/magicflow.yaml has it)") from None
+            raise InputError(
+                "the ddpm baseline needs einops (pip install einops==0.8.2; envs/magicflow-cpu.yaml and -cuda.yaml have it)"
+            ) from None
         from monai.networks.nets import DiffusionModelUNet
         from monai.networks.schedulers import DDPMScheduler
 

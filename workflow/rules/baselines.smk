@@ -50,7 +50,7 @@ rule baseline_train:
         benchmark_path("baseline_train", "{experiment}_{baseline}_{fold}")
     retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: config["training"]["threads"]
     resources:
         **GPU_RESOURCES,
@@ -83,7 +83,7 @@ rule baseline_classify:
     benchmark:
         benchmark_path("baseline_classify", "{experiment}_{baseline}_{fold}")
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: 1
     resources:
         **GPU_RESOURCES,
@@ -113,7 +113,7 @@ rule baseline_sample:
     benchmark:
         benchmark_path("baseline_sample", "{experiment}_{baseline}_{fold}")
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: 1
     resources:
         **GPU_RESOURCES,

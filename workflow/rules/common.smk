@@ -94,7 +94,16 @@ os.environ.update(
     MAGICFLOW_PYTHON="python" if _USES_CONDA else sys.executable,
     MAGICFLOW_LOGGED=str(Path(workflow.basedir) / "workflow" / "scripts" / "logged.sh"),
 )
-ENV_MAGICFLOW = "../../envs/magicflow.yaml"
+# --use-conda environments (envs/): the CPU-only PyTorch one for every rule that needs no GPU, so that
+# manifests, registration, slices and reports never install CUDA; FSL's for registration.backend fsl.
+ENV_CPU = "../../envs/magicflow-cpu.yaml"
+ENV_FSL = "../../envs/fsl.yaml"
+
+
+def torch_environment(wc):
+    """A GPU rule's environment: the PyTorch build config `conda.torch` names (cuda or cpu), and the
+    CPU-only one for an experiment whose training.device is cpu."""
+    return f"../../envs/magicflow-{config['conda']['torch']}.yaml" if gpu_request(wc) else ENV_CPU
 
 
 def magicflow_command(arguments, torch=False, gpu=False):

@@ -18,7 +18,7 @@ rule dicom_to_nifti:
     wildcard_constraints:
         dataset=name_regex(IDA_DATASETS),
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=1000,
@@ -47,7 +47,7 @@ checkpoint dataset_manifest:
     wildcard_constraints:
         dataset=name_regex(DATASETS),
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=1000,

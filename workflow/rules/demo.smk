@@ -11,7 +11,7 @@ rule demo_cohort:
     wildcard_constraints:
         dataset=name_regex(DEMO_DATASETS),
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 2
     resources:
         mem_mb=5000,

@@ -48,7 +48,7 @@ rule check_data:
         benchmark_path("check_data", "{experiment}")
     priority: 50
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=1000,
@@ -74,7 +74,7 @@ rule split:
     benchmark:
         benchmark_path("split", "{experiment}")
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=1000,
@@ -108,7 +108,7 @@ rule train_fold:
         experiment=name_regex(FLOW_EXPERIMENTS),
     retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: config["training"]["threads"]
     resources:
         **GPU_RESOURCES,
@@ -140,7 +140,7 @@ rule sample_fold:
     wildcard_constraints:
         experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
         **GPU_RESOURCES,
@@ -166,7 +166,7 @@ rule classify_fold:
     wildcard_constraints:
         experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
         **GPU_RESOURCES,
@@ -200,7 +200,7 @@ rule attribution_fold:
     wildcard_constraints:
         experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: 1  # mostly start-up and I/O: two at once beat one with two threads
     resources:
         **GPU_RESOURCES,

@@ -8,8 +8,9 @@ from magicflow.datasets.manifest import IMAGE_STEM
 from magicflow.preprocess.template import SPACE_FSL, SPACE_NILEARN
 
 # auto | fsl | ants, resolved by each registration job in the environment that runs it (so
-# `fsl` with --use-conda finds envs/fsl.yaml's FSL, and `auto` picks it there); the template job
-# resolves it the same way, and the space it writes to template.json names every output below.
+# `fsl` with --use-conda finds envs/fsl.yaml's FSL; `auto` runs in the CPU environment and takes FSL
+# only where the host has it, through $FSLDIR, else ANTs); the template job resolves it the same
+# way, and the space it writes to template.json names every output below.
 BACKEND = config["registration"]["backend"]
 # one folder per template space: a registration to another template never mixes with this one
 PREPROC = f"{RESULTS}/{{dataset}}/preproc/space-{{space}}/{{image}}/{{image}}"
@@ -20,7 +21,7 @@ REGISTRATION_MEM_MB = {"demo": {"t1": 1500, "coregister": 1000}, "full": {"t1": 
     config["registration"]["preset"]
 ]
 TEMPLATE = f"{RESULTS}/template"
-ENV_REGISTRATION = ENV_MAGICFLOW if BACKEND == "ants" else "../../envs/fsl.yaml"
+ENV_REGISTRATION = ENV_FSL if BACKEND == "fsl" else ENV_CPU
 
 
 # the manifest schema holds every image stem to this pattern, so any manifest image has a rule
@@ -138,7 +139,7 @@ rule qc_table:
     benchmark:
         benchmark_path("qc_table", "{dataset}")
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=500,
@@ -163,7 +164,7 @@ rule dataset_slices:
     benchmark:
         benchmark_path("slices", "{dataset}")
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=lambda wc, input: 1000 + int(input.size_mb),

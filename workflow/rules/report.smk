@@ -55,7 +55,7 @@ rule evaluate_experiment:
     wildcard_constraints:
         experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: config["evaluation"]["threads"]
     resources:
         mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
@@ -91,7 +91,7 @@ rule report_experiment:
     wildcard_constraints:
         experiment=name_regex(FLOW_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=1000,

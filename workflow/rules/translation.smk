@@ -28,7 +28,7 @@ rule translate_train:
         experiment=name_regex(TRANSLATION_EXPERIMENTS),
     retries: config["training"]["retries"]  # each attempt resumes from last.pt with a longer limit
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: config["training"]["threads"]
     resources:
         **GPU_RESOURCES,
@@ -62,7 +62,7 @@ rule translate_fold:
     wildcard_constraints:
         experiment=name_regex(TRANSLATION_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: 1
     resources:
         **GPU_RESOURCES,
@@ -96,7 +96,7 @@ rule baseline_translate:
     wildcard_constraints:
         experiment=name_regex(TRANSLATION_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        torch_environment
     threads: 1
     resources:
         **GPU_RESOURCES,
@@ -134,7 +134,7 @@ rule translation_evaluate:
     wildcard_constraints:
         experiment=name_regex(TRANSLATION_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=lambda wc, input: 2000 + 2 * int(input.size_mb),
@@ -172,7 +172,7 @@ rule translation_report:
     wildcard_constraints:
         experiment=name_regex(TRANSLATION_EXPERIMENTS),
     conda:
-        ENV_MAGICFLOW
+        ENV_CPU
     threads: 1
     resources:
         mem_mb=1000,
