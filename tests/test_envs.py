@@ -9,7 +9,10 @@ magicflow variants differ only in their PyTorch build."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 import tomllib
@@ -150,3 +153,29 @@ def test_fsl_env_takes_fsl_from_its_channel_and_has_the_commands_the_backend_run
     assert not unpinned, f"envs/fsl.yaml: no exact version for {unpinned}"
     assert {"nipype", "nibabel", "numpy", "scikit-image"} <= set(pip)
     assert not TORCH_PACKAGES & set(pip)  # registration needs no PyTorch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file", ["magicflow-cuda.yaml", "fsl.yaml"])
+def test_pip_resolves_the_environment_from_pypi(file, tmp_path):
+    """The pip half of an environment installs: pip resolves its list against PyPI alone (no local
+    wheels, no pip config), for this Python, as conda's pip will (a dry run: metadata only, about
+    15 s). The CPU variant's torch is on PyTorch's own index, which is not reachable here; its list
+    is the suite's own (envs/constraints.txt), installed by setup-env.sh."""
+    _, _, pip, options = conda_env(file)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join([*options, *(f"{n}=={s['version']}" for n, s in pip.items())]) + "\n")
+    report = tmp_path / "report.json"
+    command = [sys.executable, "-m", "pip", "install", "--isolated", "--dry-run", "--ignore-installed", "--quiet"]
+    result = subprocess.run(
+        [*command, "--report", str(report), "-r", str(requirements)], capture_output=True, text=True, timeout=600
+    )
+    if result.returncode and re.search(
+        r"NewConnectionError|Network is unreachable|Temporary failure in name resolution", result.stderr
+    ):
+        pytest.skip("PyPI is not reachable")
+    assert result.returncode == 0, result.stderr[-3000:]
+    installed = {normalise(i["metadata"]["name"]): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    assert {n: installed.get(n) for n in pip} == {n: s["version"] for n, s in pip.items()}
+    if "torch" in pip:  # PyPI's Linux torch is the CUDA build: it brings CUDA's libraries
+        assert any(name.startswith("nvidia-cuda-runtime") for name in installed), sorted(installed)
