@@ -20,7 +20,7 @@ def fresh() -> dict:
 
 def test_shipped_config_is_valid_and_gets_defaults():
     config = validate_config(fresh())
-    assert config["registration"]["qc_threshold"] == 0.6  # default filled in from the schema
+    assert config["registration"]["qc_threshold"] == 1.05  # default filled in from the schema
     assert config["datasets"]["demo"]["ad_fraction"] == 0.5
     assert config["experiments"]["demo_scanner_classification"]["offsets"]["augment"] == {}
 

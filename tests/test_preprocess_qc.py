@@ -44,7 +44,31 @@ def _cases(t1: np.ndarray, mask: np.ndarray) -> dict[str, tuple[np.ndarray, bool
             True,
         ),
         "rotated6deg_T1w": (_rotated(t1, mask, 6.0), True),
+        "enhanced_T1w": (_enhanced(t1, mask), False),
+        "enhanced_shifted6mm_T1w": (ndimage.shift(_enhanced(t1, mask), (0, 6, 0), order=1), True),
+        "inverted_T1w": (np.where(mask, t1.max() - t1, 0), True),  # a T2-like contrast labelled T1w
     }
+
+
+def _enhanced(t1: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A contrast-enhanced T1w in place: dura along the brain's surface, a midline sinus and
+    short vessels inside, brighter than white matter (1.5-1.7x its 90th percentile)."""
+    rng = np.random.default_rng(1)
+    bright = float(np.percentile(t1[mask], 90))
+    out = t1.copy()
+    out[ndimage.binary_dilation(mask, iterations=1) & ~ndimage.binary_erosion(mask, iterations=1)] = 1.5 * bright
+    x = mask.shape[0] // 2
+    for y in range(mask.shape[1]):
+        top = np.nonzero(mask[x, y])[0]
+        if top.size:
+            out[x - 1 : x + 2, y, top.max() : top.max() + 3] = 1.7 * bright
+    inside = np.argwhere(ndimage.binary_erosion(mask, iterations=4))
+    for _ in range(30):
+        start, step = inside[rng.integers(len(inside))], rng.normal(size=3)
+        for k in range(12):
+            i, j, m = np.round(start + k * step / np.linalg.norm(step)).astype(int)
+            out[i : i + 2, j : j + 2, m : m + 2] = 1.7 * bright
+    return out
 
 
 def test_check_tells_misregistration_from_noise_and_contrast(template, tmp_path):
@@ -62,13 +86,18 @@ def test_check_tells_misregistration_from_noise_and_contrast(template, tmp_path)
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
         paths.append(tmp_path / f"{name}.json")
         truth[name] = moved
-    table = gather_qc(paths, tmp_path / "qc.tsv", threshold=0.6).set_index("label")
+    table = gather_qc(paths, tmp_path / "qc.tsv").set_index("label")
     assert table.loc["noisy_T1w", "ncc"] < 0.6  # the raw correlation alone would have flagged it
     assert table["flagged"].to_dict() == truth
     assert "misregistered" in table.loc["rotated6deg_T1w", "flag_reason"]
+    assert "contrast unlike a T1" in table.loc["inverted_T1w", "flag_reason"]
+    # issue 33: by correlation the enhanced T1w in place fits the template better moved (a false
+    # flag, as the old NCC score gave); by NMI it fits best where it is
+    assert alignment_check(_enhanced(t1, mask), t1, mask, "ncc")["alignment"] < 0 < table.loc["enhanced_T1w", "alignment"]
     saved = pd.read_csv(tmp_path / "qc.tsv", sep="\t")
     assert {"measure", "score", "alignment", "best_probe", "motion_mm", "flag_reason"} <= set(saved.columns)
-    assert set(saved["measure"]) == {"NCC with the template T1 (smoothed 3 mm)"}
+    assert set(saved["measure"]) == {"NMI with the template T1 (smoothed 3 mm)"}
+    assert (saved["threshold"] == 1.05).all()
 
 
 def test_pet_motion_and_other_contrasts(tmp_path):
@@ -78,15 +107,23 @@ def test_pet_motion_and_other_contrasts(tmp_path):
         "sub-1_T2w": {"score": 1.04, "alignment": 0.003},
         "lost_FLAIR": {"score": 1.005, "alignment": 0.001},
         "moved_FLAIR": {"score": 1.04, "alignment": -0.02, "best_probe": "+4 mm y"},
-        "old_T1w": {"ncc": 0.7},
-    }  # a record from before the check: raw NCC against the threshold
+        "partial_FLAIR": {"score": 1.2, "alignment": 0.01, "coverage": 0.6},
+        "sub-1_T1w": {"measure": "NMI with the template T1 (smoothed 3 mm)", "score": 1.03, "alignment": 0.01, "ncc": 0.3},
+        "sub-2_T1w": {"measure": "NMI with the template T1 (smoothed 3 mm)", "score": 1.3, "alignment": 0.1, "ncc": 0.5},
+        "sub-3_T1w": {"measure": "NCC with the template T1 (smoothed 3 mm)", "score": 0.7, "alignment": 0.01, "ncc": 0.5},
+        "old_T1w": {"ncc": 0.5},
+    }  # sub-3 and old: records from before NMI and before the check, judged by their correlation
     for label, fields in rows.items():
         (tmp_path / f"{label}.json").write_text(json.dumps({"label": label, "image": "x", "space": "s", "png": "", **fields}))
-    table = gather_qc(sorted(tmp_path.glob("*.json")), tmp_path / "qc.tsv", threshold=0.8).set_index("label")
+    table = gather_qc(sorted(tmp_path.glob("*.json")), tmp_path / "qc.tsv", threshold=1.1).set_index("label")
     assert table["flagged"].to_dict() == {
         "lost_FLAIR": True,
         "moved_FLAIR": True,
         "old_T1w": True,
+        "partial_FLAIR": True,
+        "sub-1_T1w": True,
+        "sub-2_T1w": False,
+        "sub-3_T1w": False,
         "sub-1_T2w": False,
         "sub-1_trc-FDG_pet": True,
         "sub-2_trc-FDG_pet": False,
@@ -94,7 +131,12 @@ def test_pet_motion_and_other_contrasts(tmp_path):
     assert "frame motion 6.5 mm" in table.loc["sub-1_trc-FDG_pet", "flag_reason"]
     assert "nothing in common" in table.loc["lost_FLAIR", "flag_reason"]
     assert table.loc["moved_FLAIR", "flag_reason"] == "misregistered: moved +4 mm y it fits its T1w better"
-    assert table.loc["sub-1_T2w", "threshold"] == MIN_NMI and table.loc["old_T1w", "threshold"] == 0.8
+    assert table.loc["partial_FLAIR", "flag_reason"] == "partial field of view: 60 % of the template brain"
+    assert table.loc["sub-1_T1w", "flag_reason"] == "NMI with the template 1.030 < 1.1: nothing in common"
+    assert table.loc["old_T1w", "flag_reason"] == "NCC 0.500 < 0.6"
+    thresholds = table["threshold"].to_dict()
+    assert thresholds["sub-1_T2w"] == MIN_NMI and thresholds["sub-1_T1w"] == 1.1
+    assert thresholds["sub-3_T1w"] == thresholds["old_T1w"] == 0.6
 
 
 def _write(volume: np.ndarray, path) -> str:

@@ -148,15 +148,15 @@ def test_qc_figure_and_table(subject, tmp_path):
 
     tpl = load_template(subject["root"] / "tpl", 1)
     rec = image_qc(subject["t1"].mni, tpl, tmp_path / "t1.png", tmp_path / "t1.json", "sub-1_T1w")
-    assert rec["ncc"] > 0.9 and rec["score"] > 0.95 and rec["alignment"] > 0 and rec["best_probe"] == ""
-    assert rec["measure"] == "NCC with the template T1 (smoothed 3 mm)"
+    assert rec["ncc"] > 0.9 and rec["score"] > 1.2 and rec["alignment"] > 0 and rec["best_probe"] == ""
+    assert rec["measure"] == "NMI with the template T1 (smoothed 3 mm)"
     assert (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
-    # scores: a T1w's smoothed NCC with the template, another contrast's NMI with its own T1w
-    others = {"bad_T1w": 0.3, "sub-1_T2w": 1.06, "sub-1_trc-FDG_pet": 1.07, "lost_FLAIR": 1.005}
+    # scores: NMI, a T1w's with the template, another contrast's with its own T1w
+    others = {"bad_T1w": 1.03, "sub-1_T2w": 1.06, "sub-1_trc-FDG_pet": 1.07, "lost_FLAIR": 1.005}
     for label, score in others.items():
         (tmp_path / f"{label}.json").write_text(json.dumps(dict(rec, label=label, ncc=score, score=score)))
     paths = [tmp_path / "t1.json", *(tmp_path / f"{label}.json" for label in others)]
-    table = gather_qc(paths, tmp_path / "qc.tsv", threshold=0.8)
+    table = gather_qc(paths, tmp_path / "qc.tsv")
     saved = pd.read_csv(tmp_path / "qc.tsv", sep="\t").set_index("label")["flagged"].to_dict()
     # a T1w under the threshold, and another contrast with nothing in common with its T1w
     assert saved == {"bad_T1w": True, "lost_FLAIR": True, "sub-1_T1w": False, "sub-1_T2w": False, "sub-1_trc-FDG_pet": False}

@@ -107,6 +107,6 @@ def test_wheel_installed_in_a_fresh_venv_runs_outside_the_checkout(tmp_path: Pat
     found = json.loads(run([python, "-c", probe], work, env).stdout)
     assert Path(found["package"]).is_relative_to(venv), found["package"]  # the installed wheel, not the checkout
     assert Path(found["schema"]).is_relative_to(venv) and Path(found["schema"]).is_file()
-    assert found["qc_threshold"] == 0.6  # a schema default, filled in by jsonschema alone
+    assert found["qc_threshold"] == 1.05  # a schema default, filled in by jsonschema alone
     assert "unknown key 'trainig' (did you mean 'training'?)" in found["bad"]
     assert found["snakemake"] == []

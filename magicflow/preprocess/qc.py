@@ -1,11 +1,15 @@
 """Registration QC: a misregistration check that noise and contrast do not fool
 (:func:`alignment_check`), PET frame motion, and an overlay figure.
 
-Each image is scored with a measure fit for its contrast: a T1w by its correlation with the
-template T1 (same contrast), a T2w, FLAIR or PET by its normalised mutual information with its
-own subject's T1w registered to the template (a correlation with a T1 template says little
-about them: issue 33's FDG PET lying exactly on its T1 read NCC -0.12 and fitted the template
-better moved 4 mm). ``qc.tsv`` names the measure of each row.
+Each image is scored by normalised mutual information, which asks only that intensities co-vary
+consistently: a T1w with the template T1, a T2w, FLAIR or PET with its own subject's T1w
+registered to the template (a correlation with a T1 template says little about another
+contrast: issue 33's FDG PET lying exactly on its T1 read NCC -0.12 and fitted the template
+better moved 4 mm). A correlation does not suit a T1w either where its contrast is not the
+template's: a contrast-enhanced T1w's bright vessels and dura took a correctly registered demo
+T1w from NCC 0.95-0.99 to 0.67-0.77 and made a 4 mm probe fit better in 7 of 20, where its NMI
+stays above every probe's. ``qc.tsv`` names the measure of each row (records written before
+T1w were scored by NMI keep their NCC and are judged by it).
 
 The overlay draws the edges of what the image was scored against (Canny: the template T1, or
 the subject's T1w) over the registered image in three orthogonal planes through the grid
@@ -29,11 +33,13 @@ from magicflow.plotting import pyplot
 from magicflow.preprocess.template import Template
 from magicflow.preprocess.volumes import load_3d
 
-#: floor of a T1w's smoothed correlation with the template (``--threshold``): well-registered demo
-#: T1s score 0.86-0.99 however noisy (raw NCC 0.29-0.93: sub-demo10 0.53 raw, 0.86 smoothed), the
-#: real-head test cases 0.99, a 10 mm shift 0.49-0.55; misregistrations of a few mm are the
+#: floor of a T1w's NMI with the template T1 (``--threshold``, config registration.qc_threshold):
+#: the 20 registered demo T1w score 1.22-1.54 however noisy, with a planted contrast enhancement
+#: 1.10-1.27, shifted 20 mm 1.026-1.028, pure noise 1.01; misregistrations of a few mm are the
 #: probes' to find, so this only has to catch "nothing in common"
-DEFAULT_THRESHOLD = 0.6
+DEFAULT_THRESHOLD = 1.05
+#: the floor of T1w records that still carry the smoothed correlation (written before NMI)
+NCC_THRESHOLD = 0.6
 
 
 def masked_correlation(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float:
@@ -55,7 +61,7 @@ PROBE_MM = 4.0
 PROBE_DEG = 4.0
 #: 2 mm voxels the field of view is eroded by, so that probes (up to ~4 mm at the cortex) stay in it
 PROBE_ERODE = 3
-#: a T1w covering less of the template's brain than this is flagged (a partial field of view:
+#: an image covering less of the template's brain than this is flagged (a partial field of view:
 #: the coronal slices would be cut); the check itself is then made where the scan has data
 MIN_COVERAGE = 0.9
 
@@ -89,10 +95,7 @@ def _probes(centre: np.ndarray) -> dict[str, np.ndarray]:
 #: bins per image of the joint histogram behind :func:`normalised_mutual_information`
 NMI_BINS = 32
 #: what each measure of :func:`alignment_check` is, as ``qc.tsv`` names it
-MEASURES = {
-    "ncc": f"NCC with the template T1 (smoothed {SMOOTH_MM:g} mm)",
-    "nmi": f"NMI with its own T1w (smoothed {SMOOTH_MM:g} mm)",
-}
+MEASURES = {"ncc": "NCC", "nmi": "NMI"}
 
 
 def normalised_mutual_information(
@@ -113,12 +116,14 @@ def normalised_mutual_information(
     return (entropy(p.sum(axis=1)) + entropy(p.sum(axis=0))) / joint_entropy if joint_entropy > 0 else 1.0
 
 
-def alignment_check(image: np.ndarray, reference: np.ndarray, mask: np.ndarray, measure: str = "ncc") -> dict[str, object]:
+def alignment_check(
+    image: np.ndarray, reference: np.ndarray, mask: np.ndarray, measure: str = "nmi", reference_name: str = "the template T1"
+) -> dict[str, object]:
     """Tell a misregistration from a noisy or differently contrasted scan.
 
-    ``measure`` scores the image against ``reference``: ``ncc`` (correlation, for a T1w against
-    the template T1) or ``nmi`` (normalised mutual information, for another contrast against
-    its subject's registered T1w). A raw score mixes misregistration with noise and contrast:
+    ``measure`` scores the image against ``reference`` (called ``reference_name`` in the
+    measure's name): ``nmi`` (normalised mutual information, what the pipeline uses) or ``ncc``
+    (correlation, for images of the reference's own contrast). A raw score mixes misregistration with noise and contrast:
     here both images are smoothed (noise averages out), and the image is probed with small
     shifts and rotations: a well-registered image, however noisy or contrasted, scores best
     where it is, while a misregistered one scores better after some probe. Returns the
@@ -138,7 +143,8 @@ def alignment_check(image: np.ndarray, reference: np.ndarray, mask: np.ndarray, 
     coverage = float((brain & seen).sum() / max(int(brain.sum()), 1))
     inside = brain & ndimage.binary_erosion(seen, iterations=PROBE_ERODE)  # probes stay inside the scan
     inside &= ndimage.binary_fill_holes(ref != 0)  # and the reference has data there (a subject's T1w may not)
-    result: dict[str, object] = {"measure": MEASURES[measure], "coverage": round(coverage, 3)}
+    named = f"{MEASURES[measure]} with {reference_name} (smoothed {SMOOTH_MM:g} mm)"
+    result: dict[str, object] = {"measure": named, "coverage": round(coverage, 3)}
     if inside.sum() < 100:
         return {**result, "score": 0.0, "alignment": float("nan"), "best_probe": ""}
     sigma = SMOOTH_MM / 2.0
@@ -221,10 +227,10 @@ def image_qc(
 ) -> dict[str, object]:
     """Misregistration check and overlay for one MNI image; the JSON feeds :func:`gather_qc`.
 
-    Without ``t1w`` the image is a T1w, scored by its correlation with the template T1 (and
-    its raw ``ncc`` recorded); with ``t1w`` (the subject's T1w registered to the same grid) it
-    is a T2w, FLAIR or PET, scored by NMI with that T1w, which shares its anatomy if not its
-    contrast. ``motion`` is a PET's largest frame motion (``motion_mm``, ``rotation_deg``) and
+    Without ``t1w`` the image is a T1w, scored by NMI with the template T1 (and its raw
+    correlation ``ncc`` recorded: a negative one is a contrast unlike a T1's); with ``t1w`` (the
+    subject's T1w registered to the same grid) it is a T2w, FLAIR or PET, scored by NMI with that
+    T1w, which shares its anatomy if not its contrast. ``motion`` is a PET's largest frame motion (``motion_mm``, ``rotation_deg``) and
     every frame's (``frame_motion``, see :func:`magicflow.preprocess.pet.motion_summary`)."""
     image = np.asarray(load_3d(image_path, "MNI image").dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(template.brain_mask).dataobj) > 0
@@ -233,9 +239,9 @@ def image_qc(
     if reference.shape != image.shape:
         raise InputError(f"{reference_path}: shape {reference.shape} differs from the image {image_path} ({image.shape})")
     ncc = None if t1w is not None else round(masked_correlation(image, reference, mask), 5)
-    check = alignment_check(image, reference, mask, "ncc" if t1w is None else "nmi")
+    check = alignment_check(image, reference, mask, "nmi", "the template T1" if t1w is None else "its own T1w")
     name = label or Path(image_path).name
-    short = "NCC with the template" if t1w is None else "NMI with its T1w"
+    short = "NMI with the template" if t1w is None else "NMI with its T1w"
     edges = "the template" if t1w is None else "its T1w"
     where = np.asarray(nib.load(template.brain_mask_dilated).dataobj) > 0
     qc_figure(image, reference, f"{name}  {short} {check['score']:.3f} (smoothed); edges of {edges}", out_png, where)
@@ -282,19 +288,24 @@ def _flag_reason(row: pd.Series, threshold: float) -> str:
     score = row["score"]
     if str(row["label"]).endswith("T1w"):
         if pd.isna(score):  # a record from before the check: the raw correlation alone
-            if row["ncc"] < threshold:
-                reasons.append(f"NCC {row['ncc']:.3f} < {threshold:g}")
+            if row["ncc"] < NCC_THRESHOLD:
+                reasons.append(f"NCC {row['ncc']:.3f} < {NCC_THRESHOLD:g}")
+        elif str(row["measure"]).startswith("NCC"):  # a record from before NMI
+            if score < NCC_THRESHOLD:
+                reasons.append(f"smoothed NCC {score:.3f} < {NCC_THRESHOLD:g}")
         elif score < threshold:
-            reasons.append(f"smoothed NCC {score:.3f} < {threshold:g}")
+            reasons.append(f"NMI with the template {score:.3f} < {threshold:g}: nothing in common")
+        if not pd.isna(row["ncc"]) and row["ncc"] < 0:
+            reasons.append(f"contrast unlike a T1: correlates negatively with the template T1 (NCC {row['ncc']:.2f})")
         if not pd.isna(row["alignment"]) and row["alignment"] < 0:
             reasons.append(f"misregistered: moved {row['best_probe']} it fits the template better")
-        if not pd.isna(row["coverage"]) and row["coverage"] < MIN_COVERAGE:
-            reasons.append(f"partial field of view: {100 * row['coverage']:.0f} % of the template brain")
     else:
         if not pd.isna(score) and score < MIN_NMI:
             reasons.append(f"NMI with its T1w {score:.3f} < {MIN_NMI:g}: nothing in common")
         if not pd.isna(row["alignment"]) and row["alignment"] < 0:
             reasons.append(f"misregistered: moved {row['best_probe']} it fits its T1w better")
+    if not pd.isna(row["coverage"]) and row["coverage"] < MIN_COVERAGE:
+        reasons.append(f"partial field of view: {100 * row['coverage']:.0f} % of the template brain")
     if not pd.isna(row["motion_mm"]) and row["motion_mm"] > MOTION_LIMIT_MM:
         reasons.append(f"frame motion {row['motion_mm']:.1f} mm > {MOTION_LIMIT_MM:g}")
     if not pd.isna(row["rotation_deg"]) and row["rotation_deg"] > MOTION_LIMIT_DEG:
@@ -306,11 +317,11 @@ def gather_qc(
     json_paths: list[str | os.PathLike[str]], out_tsv: str | os.PathLike[str], threshold: float = DEFAULT_THRESHOLD
 ) -> pd.DataFrame:
     """Collect per-image QC JSONs into one TSV, each row's ``measure`` named. ``flagged`` (with
-    ``flag_reason``) marks a T1w (label ending in ``T1w``) whose smoothed NCC with the template
-    is below ``threshold``, that a probe of :func:`alignment_check` fits better (misregistered)
-    or that covers less than :data:`MIN_COVERAGE` of the template brain; another contrast whose
-    NMI with its T1w is below :data:`MIN_NMI` or that a probe fits better; and a PET whose
-    frames moved more than :data:`magicflow.preprocess.pet.MOTION_LIMIT_MM` / ``MOTION_LIMIT_DEG``."""
+    ``flag_reason``) marks a T1w (label ending in ``T1w``) whose NMI with the template is below
+    ``threshold`` or that correlates negatively with it (not a T1 contrast); another contrast
+    whose NMI with its T1w is below :data:`MIN_NMI`; any image that a probe of
+    :func:`alignment_check` fits better (misregistered) or that covers less than
+    :data:`MIN_COVERAGE` of the template brain; and a PET whose frames moved more than :data:`magicflow.preprocess.pet.MOTION_LIMIT_MM` / ``MOTION_LIMIT_DEG``."""
     rows = []
     for path in json_paths:
         try:
@@ -319,7 +330,8 @@ def gather_qc(
             raise InputError(f"{path}: unreadable QC record ({error})") from error
     table = pd.DataFrame(rows, columns=COLUMNS)
     is_t1 = table["label"].astype(str).str.endswith("T1w")
-    table["threshold"] = np.where(is_t1, threshold, MIN_NMI)
+    legacy = table["measure"].astype(str).str.startswith("NCC") | table["score"].isna()
+    table["threshold"] = np.where(is_t1, np.where(legacy, NCC_THRESHOLD, threshold), MIN_NMI)
     table["flag_reason"] = [_flag_reason(row, threshold) for _, row in table.iterrows()] if len(table) else []
     table["flagged"] = table["flag_reason"] != ""
     table = table.sort_values("label", kind="stable").reset_index(drop=True)
