@@ -433,3 +433,26 @@ def test_a_side_divisible_by_eight_has_no_border_and_its_own_likelihood():
         assert model.dequantise(x, 0.01, torch.Generator().manual_seed(0)).shape == x.shape
         bits = model.bits_per_dim(x, y, 1 / 256)
         torch.testing.assert_close(bits, -(model.log_prob(x, y) - 256 * math.log(256)) / (256 * math.log(2)))
+
+
+def test_classification_and_attribution_score_the_centre_of_each_dequantisation_bin():
+    """Issue 34: training fills [v, v + 1/256) with noise, so scoring evaluates the density at
+    v + 1/(2*256) (border included), not on the bin's edge; every class's attribution map sums to
+    exactly the log-likelihood classification uses for that class."""
+    from magicflow.experiments.data import SliceSet
+    from magicflow.experiments.infer import attribution_maps, class_log_likelihoods
+    from magicflow.flow.model import BIN_WIDTH
+
+    model = tiny("classification", size=30, classes=3).eval()  # padded to 32: the border is scored too
+    images = torch.floor(torch.rand(4, 1, 30, 30) * 256) / 256
+    data = SliceSet(images, torch.tensor([0, 1, 2, 0]))
+    scores = torch.from_numpy(class_log_likelihoods(model, data, torch.device("cpu"), batch=3))
+    with torch.no_grad():
+        centre = model.prepare(images) + BIN_WIDTH / 2  # padded with the background, then centred
+        expected = torch.stack([model.log_prob(centre, torch.full((4,), k)) for k in range(3)], 1).double()
+        edge = torch.stack([model.log_prob(images, torch.full((4,), k)) for k in range(3)], 1).double()
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-3)
+    assert (scores - edge).abs().max() > 1e-2  # the centre is not the edge the images lie on
+    for k in range(3):
+        maps = attribution_maps(model, data, torch.full((4,), k), torch.device("cpu"), batch=3)
+        torch.testing.assert_close(torch.from_numpy(maps).flatten(1).sum(1).double(), scores[:, k], rtol=1e-5, atol=1e-2)

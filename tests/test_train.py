@@ -412,6 +412,9 @@ class _ScriptedScores:
     def dequantise(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return x
 
+    def bin_centre(self, x: torch.Tensor, *args) -> torch.Tensor:
+        return x
+
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, *args) -> torch.Tensor:
         return torch.zeros(len(x))
 

@@ -105,9 +105,13 @@ def write_samples(
 
 @torch.no_grad()
 def class_log_likelihoods(model: MagicFlow, data: SliceSet, device: torch.device, batch: int = 8) -> np.ndarray:
-    """(N, K) log p(x | y=k) in nats, all labels in one batched pass per chunk."""
+    """(N, K) log p(x | y=k) in nats at the centre of each value's dequantisation bin
+    (:meth:`MagicFlow.bin_centre`), all labels in one batched pass per chunk."""
     model.eval()
-    out = [model.class_log_likelihoods(data.images[s : s + batch].to(device)).cpu() for s in range(0, len(data), batch)]
+    out = [
+        model.class_log_likelihoods(model.bin_centre(data.images[s : s + batch].to(device))).cpu()
+        for s in range(0, len(data), batch)
+    ]
     return torch.cat(out).double().numpy() if out else np.zeros((0, model.num_classes))
 
 
@@ -173,12 +177,14 @@ def write_predictions(table: pd.DataFrame, path: Path) -> None:
 
 
 def attribution_maps(model: MagicFlow, data: SliceSet, labels: torch.Tensor, device: torch.device, batch: int = 8) -> np.ndarray:
-    """(N, 1, S, S) likelihood attribution maps H(x, y) at the model's image size; each sums to log p(x | y)."""
+    """(N, 1, S, S) likelihood attribution maps H(x, y) at the model's image size; each sums to
+    log p(x | y) at the same point :func:`class_log_likelihoods` scores (the bins' centres)."""
     model.eval()
     maps = []
     with torch.no_grad():
         for s in range(0, len(data), batch):
-            maps.append(model.attribution(data.images[s : s + batch].to(device), labels[s : s + batch].to(device)).cpu())
+            x = model.bin_centre(data.images[s : s + batch].to(device))
+            maps.append(model.attribution(x, labels[s : s + batch].to(device)).cpu())
     return torch.cat(maps).numpy() if maps else np.zeros((0, 1, model.image_size, model.image_size), np.float32)
 
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from magicflow.errors import InputError
 from magicflow.experiments.data import SliceSet
 from magicflow.flow import MagicFlow, save_checkpoint
-from magicflow.flow.model import use_fast_cuda_kernels
+from magicflow.flow.model import BIN_WIDTH, use_fast_cuda_kernels
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot
 
@@ -60,7 +60,7 @@ class TrainSettings:
     warmup_fraction: float = 0.05
     min_lr: float = 1e-5
     clip_norm: float = 1.0
-    dequantize: float = 1.0 / 256.0  # uniform noise width added to [0, 1] intensities
+    dequantize: float = BIN_WIDTH  # uniform noise width added to [0, 1] intensities
     rotate_degrees: float = 3.0
     shift_pixels: float = 2.0
     noise_sigma: float = 0.01
@@ -225,7 +225,7 @@ def evaluate(
         y = data.labels[start : start + settings.batch_size].to(device)
         nll.append(-model.log_likelihood(model.dequantise(x, settings.dequantize, noise), y, settings.dequantize))
         if log_prior is not None:
-            scores.append(model.class_log_likelihoods(x))
+            scores.append(model.class_log_likelihoods(model.bin_centre(x, settings.dequantize)))
     nll_t = torch.cat(nll).cpu()  # one read from the device per evaluation
     out = {"val_nll": float(nll_t.mean()), "val_bpd": float(nll_t.mean() / (model.image_dims * math.log(2)))}
     if log_prior is not None:
