@@ -146,6 +146,35 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_training_set_left_in_host_memory_moves_per_batch_and_trains_the_same_weights(tmp_path: Path, monkeypatch):
+    """Issue 32: a baseline's training set stays on a CUDA device only where it takes at most half
+    of the usable free memory; otherwise it stays in host memory and each batch moves. Both paths
+    train the same weights (on the CPU here, where the host path is forced)."""
+    from magicflow.baselines import discriminative
+    from magicflow.flow.memory import GIB
+
+    cuda = torch.device("cuda")
+    assert discriminative.set_stays_on_device(GIB, cuda, free_bytes=10 * GIB)
+    assert not discriminative.set_stays_on_device(5 * GIB, cuda, free_bytes=10 * GIB)
+    assert discriminative.set_stays_on_device(100 * GIB, torch.device("cpu"))
+    train, val = toy(12, 0), toy(6, 1)
+
+    def run(folder: str) -> dict:
+        torch.manual_seed(0)
+        model = build_model("resnet18", 2, 16)
+        train_baseline(model, train, val, tmp_path / folder, settings(), torch.device("cpu"), 2)
+        return model.state_dict()
+
+    resident = run("resident")
+    moved = []
+    to_device = discriminative._to_device
+    monkeypatch.setattr(discriminative, "set_stays_on_device", lambda *args, **kwargs: False)
+    monkeypatch.setattr(discriminative, "_to_device", lambda t, device: (moved.append(len(t)), to_device(t, device))[1])
+    host = run("host")
+    assert moved and max(moved) == 4  # batches, not the set
+    assert resident.keys() == host.keys() and all(torch.equal(resident[k], host[k]) for k in resident)
+
+
 def test_a_last_batch_of_one_image_takes_no_step(tmp_path: Path):
     history = train_baseline(
         build_model("resnet18", 2, 16), toy(9, 0), toy(4, 1), tmp_path, settings(epochs=1), torch.device("cpu"), 2

@@ -56,8 +56,10 @@ from magicflow.experiments.posterior import fit_temperature, log_priors, posteri
 from magicflow.experiments.train import (
     TrainSettings,
     _epoch_generator,
+    _to_device,
     augment,
     balanced_accuracy,
+    data_fits,
     learning_rate,
     make_scheduler,
     is_new_best,
@@ -372,6 +374,18 @@ def fingerprint(
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def set_stays_on_device(data_bytes: int, device: torch.device, free_bytes: int | None = None) -> bool:
+    """Whether a baseline's training set may live on the device for the whole run: always off
+    CUDA; on CUDA when it takes at most half of the usable free memory (``free_bytes``, else the
+    device's), the other half left to the model's step, which nothing here estimates. Otherwise
+    it stays in host memory and each batch moves (pinned) as the flow's training does."""
+    if device.type != "cuda":
+        return True
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return data_fits(0, 2 * data_bytes, free_bytes)
+
+
 def train_baseline(
     model: nn.Module,
     train: SliceSet,
@@ -422,20 +436,22 @@ def train_baseline(
         start_epoch, step, best, history = resumed_progress(state)
     if conditions is not None and len(conditions) != len(train):
         raise InputError(f"{out_dir}: {len(conditions)} condition rows for {len(train)} training slices")
-    images, labels = train.images.to(device), (train.labels if conditions is None else conditions).to(device)
+    images, labels = train.images, train.labels if conditions is None else conditions
+    if set_stays_on_device(images.nbytes + labels.nbytes, device):
+        images, labels = images.to(device), labels.to(device)  # the set moves once, not per batch
     parameters = sum(p.numel() for p in model.parameters())  # for the report's Table 5
     images_per_epoch = min(len(train), steps_per_epoch * ts.batch_size)  # a last batch of one is left out
     for epoch in range(start_epoch, ts.epochs):
         torch.manual_seed(int(np.random.SeedSequence([ts.seed, epoch, 0]).generate_state(1)[0]))  # dropout, drop-path
-        order = torch.randperm(len(train), generator=_epoch_generator(ts.seed, epoch, 1)).to(device)
+        order = torch.randperm(len(train), generator=_epoch_generator(ts.seed, epoch, 1)).to(images.device)
         noise = _epoch_generator(ts.seed, epoch, 2, device)
         model.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         for b in range(steps_per_epoch):
             index = order[b * ts.batch_size : (b + 1) * ts.batch_size]
-            x = augment(images[index], ts, noise)
-            loss = objective.loss(model, x, labels[index])
+            x = augment(_to_device(images[index], device), ts, noise)
+            loss = objective.loss(model, x, _to_device(labels[index], device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), ts.clip_norm)
