@@ -259,8 +259,9 @@ class MagicFlow(nn.Module):
         attribution and validation evaluate the density the model was trained on. At ``v``
         itself they would score the edge of its support (on the demo the centre gave the true
         class a slightly higher likelihood than the edge or the mean of 4 noise draws, and the
-        same predictions; magicflow/flow/README.md)."""
-        return self.prepare(x) + bin_width / 2
+        same predictions; magicflow/flow/README.md). Shapes are checked here; values by the pass
+        that scores the result (its :meth:`prepare`), so scoring waits on the device once."""
+        return self.prepare(x, validate=False) + bin_width / 2
 
     def _dtype(self) -> torch.dtype:
         return self.steps[0].actnorm.bias.dtype

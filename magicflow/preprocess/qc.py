@@ -280,28 +280,29 @@ COLUMNS = [
 ]
 
 
-def _flag_reason(row: pd.Series, threshold: float) -> str:
-    """Why one QC row is flagged ('' when it is not)."""
+def _flag_reason(row: pd.Series) -> str:
+    """Why one QC row is flagged ('' when it is not), its score held to the row's ``threshold``
+    (:func:`gather_qc` decides it per measure)."""
     from magicflow.preprocess.pet import MOTION_LIMIT_DEG, MOTION_LIMIT_MM
 
     reasons = []
-    score = row["score"]
+    score, floor = row["score"], row["threshold"]
     if str(row["label"]).endswith("T1w"):
         if pd.isna(score):  # a record from before the check: the raw correlation alone
-            if row["ncc"] < NCC_THRESHOLD:
-                reasons.append(f"NCC {row['ncc']:.3f} < {NCC_THRESHOLD:g}")
-        elif str(row["measure"]).startswith("NCC"):  # a record from before NMI
-            if score < NCC_THRESHOLD:
-                reasons.append(f"smoothed NCC {score:.3f} < {NCC_THRESHOLD:g}")
-        elif score < threshold:
-            reasons.append(f"NMI with the template {score:.3f} < {threshold:g}: nothing in common")
+            if row["ncc"] < floor:
+                reasons.append(f"NCC {row['ncc']:.3f} < {floor:g}")
+        elif score < floor:
+            if str(row["measure"]).startswith("NCC"):  # a record from before NMI
+                reasons.append(f"smoothed NCC {score:.3f} < {floor:g}")
+            else:
+                reasons.append(f"NMI with the template {score:.3f} < {floor:g}: nothing in common")
         if not pd.isna(row["ncc"]) and row["ncc"] < 0:
             reasons.append(f"contrast unlike a T1: correlates negatively with the template T1 (NCC {row['ncc']:.2f})")
         if not pd.isna(row["alignment"]) and row["alignment"] < 0:
             reasons.append(f"misregistered: moved {row['best_probe']} it fits the template better")
     else:
-        if not pd.isna(score) and score < MIN_NMI:
-            reasons.append(f"NMI with its T1w {score:.3f} < {MIN_NMI:g}: nothing in common")
+        if not pd.isna(score) and score < floor:
+            reasons.append(f"NMI with its T1w {score:.3f} < {floor:g}: nothing in common")
         if not pd.isna(row["alignment"]) and row["alignment"] < 0:
             reasons.append(f"misregistered: moved {row['best_probe']} it fits its T1w better")
     if not pd.isna(row["coverage"]) and row["coverage"] < MIN_COVERAGE:
@@ -330,9 +331,10 @@ def gather_qc(
             raise InputError(f"{path}: unreadable QC record ({error})") from error
     table = pd.DataFrame(rows, columns=COLUMNS)
     is_t1 = table["label"].astype(str).str.endswith("T1w")
+    # the floor per row: a T1w's NMI, or the correlation of a T1w record written before NMI; another contrast's NMI
     legacy = table["measure"].astype(str).str.startswith("NCC") | table["score"].isna()
     table["threshold"] = np.where(is_t1, np.where(legacy, NCC_THRESHOLD, threshold), MIN_NMI)
-    table["flag_reason"] = [_flag_reason(row, threshold) for _, row in table.iterrows()] if len(table) else []
+    table["flag_reason"] = [_flag_reason(row) for _, row in table.iterrows()] if len(table) else []
     table["flagged"] = table["flag_reason"] != ""
     table = table.sort_values("label", kind="stable").reset_index(drop=True)
     with atomic_path(out_tsv) as tmp:
