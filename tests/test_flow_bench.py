@@ -49,6 +49,8 @@ def test_bench_tiny_cpu_json(capsys):
     assert report["capacity"]["generation"]["parameters"] == report["magicflow"]["generation"]["parameters"]
     keys = {
         "parameters",
+        "operations_per_step",
+        "operations_most_common",
         "train_step_ms",
         "peak_gpu_memory_mib",
         "images_per_s",
@@ -61,6 +63,7 @@ def test_bench_tiny_cpu_json(capsys):
         assert keys <= set(figures)
         assert figures["parameters"] > 0 and figures["train_step_ms"] > 0 and figures["images_per_s"] > 0
         assert figures["peak_gpu_memory_mib"] is None  # CPU run
+        assert figures["operations_per_step"] >= sum(figures["operations_most_common"].values()) > 0
         assert figures["reconstruction_max_error"] < 1e-3
     peer = report["peer"]
     if peer["available"]:

@@ -456,3 +456,87 @@ def test_classification_and_attribution_score_the_centre_of_each_dequantisation_
     for k in range(3):
         maps = attribution_maps(model, data, torch.full((4,), k), torch.device("cpu"), batch=3)
         torch.testing.assert_close(torch.from_numpy(maps).flatten(1).sum(1).double(), scores[:, k], rtol=1e-5, atol=1e-2)
+
+
+def _legacy_state(model: MagicFlow) -> dict[str, torch.Tensor]:
+    """The model's state as checkpoints stored it when every FiLM layer had its own ``proj``."""
+    from magicflow.flow.nets import CouplingNet
+
+    state = dict(model.state_dict())
+    for prefix, net in model.named_modules():
+        if not isinstance(net, CouplingNet) or net.film_proj is None or f"{prefix}.film_proj.weight" not in state:
+            continue
+        pairs = [sum(net._film_sizes[i : i + 2]) for i in range(0, len(net._film_sizes), 2)]
+        for kind in ("weight", "bias"):
+            parts = state.pop(f"{prefix}.film_proj.{kind}").split(pairs)
+            for name, part in zip(net._film_names, parts, strict=True):
+                state[f"{prefix}.{name}.proj.{kind}"] = part
+    return state
+
+
+@pytest.mark.parametrize("kind,kw", ARCHITECTURES)
+def test_checkpoints_with_a_projection_per_film_layer_load_unchanged(kind: str, kw: dict):
+    """Every FiLM projection of a network is now one linear layer; a state written with one
+    ``proj`` per FiLM layer loads into it and gives the same likelihoods."""
+    model = tiny(kind, size=16, **kw)
+    legacy = _legacy_state(model)
+    assert any(key.endswith("film.proj.weight") for key in legacy) and not any("film_proj" in key for key in legacy)
+    fresh = MagicFlow(model.config)
+    fresh.load_state_dict(legacy)
+    fresh.eval()
+    x, y = torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2])
+    assert torch.equal(fresh.log_prob(x, y), model.log_prob(x, y))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_label_path_runs_once_per_network_and_pass(shared: bool):
+    """A coupling derives its networks' label conditioning once per pass: one embedding lookup
+    and one projection for all FiLM layers per network, however often a shared network runs."""
+    from magicflow.flow.bench import count_operations
+
+    model = tiny(size=16, shared_nets=shared)
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 2])
+    counts = count_operations(lambda: model.log_prob(x, y))
+    networks = len(model.steps) * (1 if shared else 2)
+    assert counts["embedding"] == networks
+
+
+def test_channels_last_runs_without_layout_copies_around_convolutions():
+    """Channels-last comes from the weights' layout, so the network converts nothing: the
+    copies into and out of channels-last around every spatial convolution (two per
+    convolution, hundreds per pass) are gone; a few reshapes of the flow's state remain."""
+    from magicflow.flow.bench import count_operations
+
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 2])
+    copies = []
+    for enabled in (False, True):
+        model = tiny(size=16)
+        model.set_channels_last(enabled)
+        counts = count_operations(lambda model=model: model.log_prob(x, y))
+        copies.append(counts["clone"] + counts["copy_"] + counts["_to_copy"])
+    assert copies[1] - copies[0] <= len(model.squeeze_before) + 1
+
+
+def test_a_dilated_branch_that_sees_only_padding_is_its_centre_tap():
+    """ASPP's dilated 3x3 convolutions reaching past the map are computed from the centre tap
+    alone (a ninth of the multiply-adds): the same output and gradients as the full convolution,
+    which a map one pixel larger than the dilation still gets."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from magicflow.flow.nets import SpatialConv2d, _centre_only
+
+    torch.manual_seed(0)
+    conv = SpatialConv2d(3, 2, 3, padding=6, dilation=6)
+    for side, shortcut in ((6, True), (7, False)):
+        x = torch.randn(2, 3, side, side, requires_grad=True)
+        flops = []
+        for fn in (_centre_only, lambda c, v: c(v)):
+            with FlopCounterMode(display=False) as counter:
+                out = fn(conv, x)
+            flops.append(counter.get_total_flops())
+            grads = torch.autograd.grad(out.square().sum(), (x, conv.weight))
+            if len(flops) == 1:
+                fast, fast_grads = out, grads
+        assert torch.allclose(fast, out, atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast_grads, grads, strict=True))
+        assert flops[0] * (9 if shortcut else 1) == flops[1]

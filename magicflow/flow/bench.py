@@ -3,8 +3,9 @@
 Prints one JSON object. ``capacity``: parameters (at ``--size``) and forward GFLOP per image
 (at ``--flops-size``, 64 as the authors quoted it) of the generation coupling and of the
 classification coupling with both heads, beside the authors' figures and their ratios. Then
-for each coupling kind of the chosen preset, parameters, training
-step time and peak GPU memory at ``--batch``, generated images per second at
+for each coupling kind of the chosen preset, parameters, the ATen operations of one training
+step (forward, backward, clipping, Adam; counted below autograd, so the same on every device,
+not counted when compiled), training step time and peak GPU memory at ``--batch``, generated images per second at
 ``--sample-batch``, classification time per image over ``--classes`` labels and the
 reconstruction error; then the same figures for a conditional Glow of equal depth (24
 steps) from ``normflows``, and our figures as ratios to it. With ``--memory``, ``memory``:
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from magicflow.errors import InputError
 from magicflow.flow.layers import pad_amounts
@@ -182,6 +186,27 @@ def _peak_memory(device: torch.device, fn: Callable[[], Any]) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+class _OperationCount(TorchDispatchMode):
+    """Counts the ATen operations that reach the dispatcher below autograd: each is a kernel
+    launch or a tensor's metadata change, the work a GPU pays for per operation whatever its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_operations(fn: Callable[[], Any]) -> Counter[str]:
+    """ATen operations per name over one call of ``fn`` (deterministic for a given model, batch
+    and torch version: nothing here depends on timing or on the device)."""
+    with _OperationCount() as counter:
+        fn()
+    return counter.counts
+
+
 def _train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -206,7 +231,9 @@ def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device)
     x = torch.rand(args.batch, 1, args.size, args.size, device=device)
     y = torch.arange(args.batch, device=device) % args.classes
     model.train()
-    model.log_prob(x, y)  # ActNorm data initialisation before any timing
+    with torch.no_grad():  # ActNorm data initialisation before any count or timing
+        for _ in range(math.ceil(model.config["actnorm_init_images"] / args.batch)):
+            model.log_prob(x, y)
     if args.compile:
         model.compile_networks(backend=args.compile_backend)
     model.set_bf16(args.bf16)
@@ -220,8 +247,11 @@ def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device)
         train_step(model, optimizer, dequantised, y, settings)
 
     first_step_s = _first_call_s(step, device)  # compilation, where compiled, lands here
+    operations = Counter() if args.compile else count_operations(step)  # compiled kernels bypass the dispatcher
     result: dict[str, Any] = {
         "parameters": sum(p.numel() for p in model.parameters()),
+        "operations_per_step": sum(operations.values()) or None,
+        "operations_most_common": dict(operations.most_common(8)),
         "first_step_s": first_step_s,
         "train_step_ms": _timed_ms(step, args.steps, device, warm_up=False),
         "peak_gpu_memory_mib": _peak_memory(device, step),

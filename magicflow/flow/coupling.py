@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from magicflow.flow.nets import Conditioning, CouplingNet
+
 
 class DoubleAffineCoupling(nn.Module):
     """Double affine coupling around one or two conditioner networks.
@@ -25,47 +27,61 @@ class DoubleAffineCoupling(nn.Module):
     running statistics to move twice) for one more forward pass of the networks, and the
     networks' activations, most of a step's memory, are gone."""
 
-    def __init__(self, mask: torch.Tensor, net_b: nn.Module, net_a: nn.Module, scale_bound: float) -> None:
+    def __init__(self, mask: torch.Tensor, net_b: CouplingNet, net_a: CouplingNet, scale_bound: float) -> None:
         super().__init__()
         self.register_buffer("mask", mask[None].clone())
+        # per-call constants, made once: the B side, and each side times the scale bound
+        self.register_buffer("mask_b", 1 - self.mask, persistent=False)
+        self.register_buffer("bound_a", scale_bound * self.mask, persistent=False)
+        self.register_buffer("bound_b", scale_bound * self.mask_b, persistent=False)
         self.net_b = net_b
         self.net_a = net_a if net_a is not net_b else None
         self.scale_bound = scale_bound
         self.bf16 = False
         self.checkpoint = False
 
-    def _params(self, net: nn.Module, h: torch.Tensor, y: torch.Tensor, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bounded scale and shift from ``net``, zeroed outside ``side`` (the half they act on)."""
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def _conditions(self, y: torch.Tensor, device: torch.device) -> tuple[Conditioning, Conditioning]:
+        """Each network's label conditioning, computed once per pass (once for a shared network)."""
+        net_b, net_a = self._nets()
+        with self._autocast(device):
+            cond_b = net_b.condition(y)
+            return cond_b, cond_b if net_a is net_b else net_a.condition(y)
+
+    def _params(
+        self, net: CouplingNet, h: torch.Tensor, cond: Conditioning, side: torch.Tensor, bound: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounded scale and shift from ``net``, zeroed outside ``side`` (the half they act on;
+        ``bound`` is ``side`` times the scale bound)."""
         if self.checkpoint and torch.is_grad_enabled():
-            raw, shift = checkpoint(self._run, net, h, y, use_reentrant=False)
+            raw, shift = checkpoint(self._run, net, h, cond, use_reentrant=False)
         else:
-            raw, shift = self._run(net, h, y)
-        raw = raw.to(h.dtype).contiguous()
-        shift = shift.to(h.dtype).contiguous()
-        return self.scale_bound * torch.tanh(raw) * side, shift * side
+            raw, shift = self._run(net, h, cond)
+        return torch.tanh(raw.to(h.dtype)) * bound, shift.to(h.dtype) * side
 
-    def _run(self, net: nn.Module, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = torch.autocast(h.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-        with ctx:
-            return net(h, y)
+    def _run(self, net: CouplingNet, h: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast(h.device):
+            return net(h, cond)
 
-    def _nets(self) -> tuple[nn.Module, nn.Module]:
+    def _nets(self) -> tuple[CouplingNet, CouplingNet]:
         return self.net_b, self.net_a if self.net_a is not None else self.net_b
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, per_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         net_b, net_a = self._nets()
-        m = self.mask
-        s1, t1 = self._params(net_b, x * m, y, 1 - m)
-        u = x * torch.exp(s1) + t1  # only the B half changes
-        s2, t2 = self._params(net_a, u * (1 - m), y, m)
-        out = u * torch.exp(s2) + t2  # only the A half changes
+        cond_b, cond_a = self._conditions(y, x.device)
+        s1, t1 = self._params(net_b, x * self.mask, cond_b, self.mask_b, self.bound_b)
+        u = torch.addcmul(t1, x, torch.exp(s1))  # only the B half changes
+        s2, t2 = self._params(net_a, u * self.mask_b, cond_a, self.mask, self.bound_a)
+        out = torch.addcmul(t2, u, torch.exp(s2))  # only the A half changes
         logdet = s1 + s2
         return out, logdet if per_position else logdet.sum(dim=(1, 2, 3))
 
     def inverse(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         net_b, net_a = self._nets()
-        m = self.mask
-        s2, t2 = self._params(net_a, z * (1 - m), y, m)
+        cond_b, cond_a = self._conditions(y, z.device)
+        s2, t2 = self._params(net_a, z * self.mask_b, cond_a, self.mask, self.bound_a)
         u = (z - t2) * torch.exp(-s2)
-        s1, t1 = self._params(net_b, u * m, y, 1 - m)
+        s1, t1 = self._params(net_b, u * self.mask, cond_b, self.mask_b, self.bound_b)
         return (u - t1) * torch.exp(-s1)

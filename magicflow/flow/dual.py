@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from magicflow.errors import InputError
 from magicflow.flow.model import _LOG_2PI, MagicFlow, _normal_log_density, validate_model_config
-from magicflow.flow.nets import SpatialConv2d, _zero_conv
+from magicflow.flow.nets import SpatialConv2d, _zero_conv, store_channels_last
 
 #: |log sigma| of the conditional stays below this (soft, ``bound * tanh(raw / bound)``): sigma in
 #: [e^-5, e^5] = [0.0067, 148]. A paired target that is a deterministic function of the source
@@ -231,11 +231,7 @@ class DualFlow(nn.Module):
         and the relation networks."""
         self.source.set_channels_last(enabled)
         self.target.set_channels_last(enabled)
-        layout = torch.channels_last if enabled else torch.contiguous_format
-        for module in self.relation_nets.modules():
-            if isinstance(module, SpatialConv2d):
-                module.channels_last = enabled
-                module.weight.data = module.weight.data.contiguous(memory_format=layout)
+        store_channels_last(self.relation_nets, enabled)
 
     # ----------------------------------------------------------------- input checks
     def check_side(self, side: torch.Tensor | None, batch: int, validate: bool = True) -> torch.Tensor | None:

@@ -78,7 +78,7 @@ class ActNorm(nn.Module):
         out = (x + self.bias) * torch.exp(self.log_scale)
         if per_position:
             return out, self.log_scale.expand_as(x)
-        return out, self.log_scale.sum() * (x.shape[2] * x.shape[3]) * x.new_ones(x.shape[0])
+        return out, (self.log_scale.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return z * torch.exp(-self.log_scale) - self.bias
@@ -103,6 +103,7 @@ class InvConv1x1(nn.Module):
         self.register_buffer("perm", p)
         self.register_buffer("sign_s", torch.sign(diag))
         self.register_buffer("lower_mask", torch.tril(torch.ones(num_channels, num_channels), -1))
+        self.register_buffer("upper_mask", self.lower_mask.T.clone(), persistent=False)
         self.register_buffer("eye", torch.eye(num_channels))
         self.lower = nn.Parameter(lower)
         self.upper = nn.Parameter(torch.triu(upper, 1))
@@ -116,7 +117,7 @@ class InvConv1x1(nn.Module):
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        upper = self.upper * self.upper_mask + torch.diag(self.sign_s * torch.exp(self.log_s))
         return lower, upper
 
     def _compute(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +158,7 @@ class InvConv1x1(nn.Module):
         if per_position:
             # log|det W| per position, spread evenly over the channels at each pixel
             return out, (self.log_s.sum() / channels).expand_as(x)
-        return out, self.log_s.sum() * (x.shape[2] * x.shape[3]) * x.new_ones(x.shape[0])
+        return out, (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         _, weight_inv = self.weights()

@@ -20,6 +20,7 @@ the same parity, so the layout stays 24 steps and still alternates with step 1."
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Any
@@ -43,7 +44,7 @@ from magicflow.flow.layers import (
     unsqueeze,
 )
 from magicflow.flow.masks import MASK_KINDS, build_mask, check_application_mask
-from magicflow.flow.nets import ARCHITECTURES, HEADS, SpatialConv2d, build_net
+from magicflow.flow.nets import ARCHITECTURES, HEADS, build_net, store_channels_last
 from magicflow.flow.presets import COUPLINGS, preset_config
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -213,6 +214,8 @@ class MagicFlow(nn.Module):
         shapes.append((channels, size, size))
         self.steps = nn.ModuleList(steps)
         self._latent_shapes = shapes
+        self._weight_normed = any(parametrize.is_parametrized(m) for m in self.modules())
+        self._compiled = False
 
     @classmethod
     def from_preset(
@@ -311,23 +314,34 @@ class MagicFlow(nn.Module):
     def _flow(
         self, x: torch.Tensor, y: torch.Tensor, per_position: bool
     ) -> tuple[list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
-        """Padded images to latents; log-dets summed per image or kept per step as maps."""
+        """Padded images to latents; log-dets summed per image (one sum over the steps' terms)
+        or kept per step as maps."""
+        with self._weights_once():
+            return self._steps(x, y, per_position)
+
+    def _weights_once(self) -> contextlib.AbstractContextManager:
+        """Weight-normalised convolutions (the authors' networks) compute their weight once per
+        pass, not once per call of a shared network. Not with activation checkpointing, whose
+        recomputation must save what the forward saved, nor in compiled networks."""
+        uncached = self._compiled or any(step.coupling.checkpoint for step in self.steps)
+        return contextlib.nullcontext() if uncached or not self._weight_normed else parametrize.cached()
+
+    def _steps(
+        self, x: torch.Tensor, y: torch.Tensor, per_position: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
         latents: list[torch.Tensor] = []
-        logdet: torch.Tensor | list[torch.Tensor] = [] if per_position else x.new_zeros(x.shape[0])
+        terms: list[torch.Tensor] = []
         h = x
         for i, step in enumerate(self.steps):
             if i in self.squeeze_before:
                 h = squeeze(h)
             h, ld = step(h, y, per_position)
-            if per_position:
-                logdet.append(ld)
-            else:
-                logdet = logdet + ld
+            terms.append(ld)
             if i in self.split_after:
                 h, z = split(h)
                 latents.append(z)
         latents.append(h)
-        return latents, logdet
+        return latents, terms if per_position else torch.stack(terms).sum(0)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, validate: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Images ``(B, C, S, S)`` -> (latents as in :attr:`latent_shapes`, log|det J| per image).
@@ -470,15 +484,10 @@ class MagicFlow(nn.Module):
             step.coupling.checkpoint = enabled
 
     def set_channels_last(self, enabled: bool) -> None:
-        """Compute the coupling networks' spatial convolutions in channels-last layout (see
-        :class:`magicflow.flow.nets.SpatialConv2d`): on CPU a small-preset training step is
-        10-20 % faster; the training command turns it on for CPU runs."""
-        layout = torch.channels_last if enabled else torch.contiguous_format
-        for module in self.modules():
-            if isinstance(module, SpatialConv2d):
-                module.channels_last = enabled
-                if not parametrize.is_parametrized(module, "weight"):  # weight-normalised: computed per call
-                    module.weight.data = module.weight.data.contiguous(memory_format=layout)
+        """Run the coupling networks channels-last from their first spatial convolution (see
+        :class:`magicflow.flow.nets.SpatialConv2d`): on CPU a `small` training step is about
+        10 % faster; the training command turns it on for CPU runs."""
+        store_channels_last(self, enabled)
 
     def compile_networks(self, **kwargs: Any) -> None:
         """``torch.compile`` each coupling network in place (``nn.Module.compile``: parameter
@@ -489,6 +498,7 @@ class MagicFlow(nn.Module):
         is raised to cover every network's shape in training and in no-grad passes."""
         import torch._dynamo.config as dynamo_config
 
+        self._compiled = True
         needed = 4 * len(self.steps) * 2  # two nets per step at most, train and no-grad, slack for eval
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * needed)

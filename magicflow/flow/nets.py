@@ -1,14 +1,24 @@
-"""Coupling networks: ``(x_half, y) -> (raw_scale, shift)``, each with the input's channels.
+"""Coupling networks: ``(x_half, conditioning) -> (raw_scale, shift)``, each with the input's
+channels.
 
 Both kinds follow Section 4.1 / Appendix A.4 of the paper. Labels enter through a learned
 embedding (equivalent to a linear map of the one-hot vector) that drives FiLM layers. The
-last layer of every head is zero-initialised, so each coupling starts as the identity."""
+last layer of every head is zero-initialised, so each coupling starts as the identity.
+
+Everything a network derives from the labels alone (the embedding and every FiLM layer's
+scale and shift) is computed by :meth:`CouplingNet.condition` in one matrix product, once per
+coupling, and handed to ``forward``: a shared network runs twice per coupling on the same
+labels, and one small linear layer per FiLM layer made the label path a third of a training
+step's operations (magicflow/flow/README.md, "Operations per step")."""
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
 
 def _groups(channels: int) -> int:
@@ -17,22 +27,28 @@ def _groups(channels: int) -> int:
 
 
 class SpatialConv2d(nn.Conv2d):
-    """A k x k convolution (k > 1) that can compute in channels-last layout while taking and
-    returning contiguous tensors.
+    """A k x k convolution (k > 1) whose weight :meth:`magicflow.flow.MagicFlow.set_channels_last`
+    may store channels-last.
 
     On CPU, oneDNN's channels-first backward for few channels at full resolution is the
-    bottleneck of a training step: a 4 -> 4 channel 3x3 convolution with its GroupNorm over
-    8 x 184 x 184 took 41 ms forward and backward, 13 ms in channels-last. Converting only
-    around these layers, not whole networks, keeps GroupNorm and the element-wise layers in the
-    layout they are fastest in (whole-network channels-last gained 5 %, this 10-20 % per step).
-    Switched by :meth:`magicflow.flow.MagicFlow.set_channels_last`; results agree to rounding."""
+    bottleneck of a training step (a 4 -> 4 channel 3x3 convolution with its GroupNorm over
+    8 x 184 x 184: 41 ms forward and backward, 13 ms in channels-last). A convolution whose
+    weight is channels-last computes and returns channels-last, and element-wise layers and
+    GroupNorm keep that layout, so the network runs channels-last from its first convolution
+    without a single conversion: the earlier copies into and out of channels-last around every
+    convolution were 650 of a `small` step's operations, and the step is 10 % faster without
+    them (magicflow/flow/README.md, "Operations per step"). Results agree to rounding."""
 
-    channels_last = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.channels_last:
-            return super().forward(x)
-        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+def store_channels_last(module: nn.Module, enabled: bool) -> None:
+    """Store the weight of every :class:`SpatialConv2d` under ``module`` channels-last (or
+    contiguous): a weight-normalised one keeps its direction ``v`` that way, so the weight
+    computed from it each call is channels-last too."""
+    layout = torch.channels_last if enabled else torch.contiguous_format
+    for conv in module.modules():
+        if isinstance(conv, SpatialConv2d):
+            weight = conv.parametrizations.weight.original1 if parametrize.is_parametrized(conv, "weight") else conv.weight
+            weight.data = weight.data.contiguous(memory_format=layout)
 
 
 def _zero_conv(cin: int, cout: int, kernel: int = 3) -> nn.Conv2d:
@@ -42,24 +58,86 @@ def _zero_conv(cin: int, cout: int, kernel: int = 3) -> nn.Conv2d:
     return conv
 
 
+class Conditioning(NamedTuple):
+    """What a coupling network derives from the labels alone: the label embedding ``(B, E)``
+    and, per FiLM layer (by its ``slot``), the multiplier ``1 + gamma`` and the shift ``beta``,
+    each ``(B, C, 1, 1)``."""
+
+    emb: torch.Tensor
+    films: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
 class FiLM(nn.Module):
     """Feature-wise affine modulation ``x * (1 + gamma(e)) + beta(e)`` from a label embedding.
 
-    Zero-initialised so the network starts label-agnostic; gradients still reach it."""
+    The projection ``e -> (gamma, beta)`` of every FiLM layer of a network is one zero-initialised
+    linear layer of the network (:meth:`CouplingNet.condition`), so the network starts
+    label-agnostic and gradients still reach it; this layer only applies its ``slot``'s pair."""
 
-    def __init__(self, embed_dim: int, channels: int) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(embed_dim, 2 * channels)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.channels = channels
+        self.slot = -1  # set by the owning CouplingNet
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.proj(emb)[:, :, None, None].chunk(2, dim=1)
-        return x * (1 + gamma) + beta
+    def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        scale, shift = cond.films[self.slot]
+        return torch.addcmul(shift, x, scale)
+
+
+class CouplingNet(nn.Module):
+    """Base of the coupling networks: ``forward(x, cond) -> (raw_scale, shift)`` with ``cond``
+    from :meth:`condition`. A subclass builds its layers, sets ``embed_labels`` behaviour and
+    calls :meth:`_init_films` last, which gives every FiLM layer below it a slot in one
+    projection ``film_proj``: (E) -> (2 C_1 + 2 C_2 + ...), zero-initialised, laid out as
+    ``gamma_1, beta_1, gamma_2, beta_2, ...``. Checkpoints written when each FiLM layer held its
+    own ``proj`` load unchanged (the projections are concatenated on load)."""
+
+    _film_names: list[str]
+    _film_sizes: list[int]
+
+    def _init_films(self, embed_dim: int) -> None:
+        films = [(name, m) for name, m in self.named_modules() if isinstance(m, FiLM)]
+        self._film_names = [name for name, _ in films]
+        self._film_sizes = [size for _, m in films for size in (m.channels, m.channels)]
+        for slot, (_, module) in enumerate(films):
+            module.slot = slot
+        total = sum(self._film_sizes)
+        self.film_proj = nn.Linear(embed_dim, total) if films else None
+        offset = torch.zeros(total)
+        start = 0
+        for _, module in films:  # the "1 +" of each gamma, added once per coupling
+            offset[start : start + module.channels] = 1.0
+            start += 2 * module.channels
+        self.register_buffer("film_offset", offset, persistent=False)
+        if self.film_proj is not None:
+            nn.init.zeros_(self.film_proj.weight)
+            nn.init.zeros_(self.film_proj.bias)
+
+    def embed_labels(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embed(y)
+
+    def condition(self, y: torch.Tensor) -> Conditioning:
+        """The label embedding and every FiLM layer's ``(1 + gamma, beta)``, in one matrix product."""
+        emb = self.embed_labels(y)
+        if self.film_proj is None:
+            return Conditioning(emb, ())
+        out = torch.addmm(self.film_proj.bias + self.film_offset, emb, self.film_proj.weight.t())
+        parts = out.view(*out.shape, 1, 1).split(self._film_sizes, dim=1)
+        return Conditioning(emb, tuple(zip(parts[0::2], parts[1::2])))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        legacy = [f"{prefix}{name}.proj." for name in self._film_names]
+        if self._film_names and f"{prefix}film_proj.weight" not in state_dict and f"{legacy[0]}weight" in state_dict:
+            for kind in ("weight", "bias"):
+                state_dict[f"{prefix}film_proj.{kind}"] = torch.cat([state_dict.pop(f"{key}{kind}") for key in legacy])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class CBAM(nn.Module):
-    """Channel attention (shared MLP on average and max pooling) then spatial attention."""
+    """Channel attention (shared MLP on average and max pooling) then spatial attention.
+
+    The shared MLP runs once on both pooled vectors stacked along the batch (one pass instead of
+    two: the same values, half the operations and no gradient accumulation between passes)."""
 
     def __init__(self, channels: int, reduction: int = 4, kernel: int = 7) -> None:
         super().__init__()
@@ -68,9 +146,9 @@ class CBAM(nn.Module):
         self.spatial = SpatialConv2d(2, 1, kernel, padding=kernel // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = F.adaptive_avg_pool2d(x, 1)
-        mx = F.adaptive_max_pool2d(x, 1)
-        x = x * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+        pooled = torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)])
+        avg, mx = self.mlp(pooled).chunk(2)
+        x = x * torch.sigmoid(avg + mx)
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return x * torch.sigmoid(self.spatial(pooled))
 
@@ -105,6 +183,18 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(x)
 
 
+def _centre_only(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``; a dilated 3x3 convolution whose dilation reaches past the map in both
+    directions sees only zero padding with its eight outer taps, so it is computed as the 1x1
+    convolution of its centre tap: the same values (the outer taps added exact zeros) and the
+    same gradients (theirs are exactly zero), at a ninth of the work. At 64x64 images this is
+    every dilation-12 and -18 branch at the two coarsest scales."""
+    dilation = conv.dilation[0]
+    if conv.kernel_size != (3, 3) or conv.padding[0] != dilation or dilation < max(x.shape[2], x.shape[3]):
+        return conv(x)
+    return F.conv2d(x, conv.weight[:, :, 1:2, 1:2], conv.bias)
+
+
 class ASPPSE(nn.Module):
     """Atrous spatial pyramid (1x1 and dilations 6/12/18, plus image pooling) with SE fusion.
 
@@ -123,7 +213,7 @@ class ASPPSE(nn.Module):
         self.se = SqueezeExcite(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [conv(x) for conv in self.branches]
+        feats = [_centre_only(conv, x) for conv in self.branches]
         feats.append(self.pool(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[2:]))
         return self.se(self.fuse(torch.cat(feats, dim=1)))
 
@@ -137,19 +227,19 @@ class ResBlock(nn.Module):
         self.norm1 = nn.GroupNorm(_groups(cout), cout)
         self.conv2 = SpatialConv2d(cout, cout, 3, padding=1)
         self.norm2 = nn.GroupNorm(_groups(cout), cout)
-        self.film1 = FiLM(embed_dim, cout) if embed_dim else None
-        self.film2 = FiLM(embed_dim, cout) if embed_dim else None
+        self.film1 = FiLM(cout) if embed_dim else None
+        self.film2 = FiLM(cout) if embed_dim else None
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         h = self.norm1(self.conv1(x))
-        h = F.gelu(self.film1(h, emb) if self.film1 else h)
+        h = F.gelu(self.film1(h, cond) if self.film1 else h)
         h = self.norm2(self.conv2(h))
-        h = self.film2(h, emb) if self.film2 else h
+        h = self.film2(h, cond) if self.film2 else h
         return F.gelu(h + self.skip(x))
 
 
-class GenerationNet(nn.Module):
+class GenerationNet(CouplingNet):
     """Expressive conditioner for synthesis: FiLM at several depths, CBAM, FiLM residual
     blocks, a global-context block and ASPP-SE, widths ``(w1, w2, w3)`` growing with depth.
 
@@ -162,23 +252,23 @@ class GenerationNet(nn.Module):
         self.embed = nn.Embedding(num_classes, embed_dim)
         self.stem = SpatialConv2d(channels, w1, 3, padding=1)
         self.stem_norm = nn.GroupNorm(_groups(w1), w1)
-        self.stem_film = FiLM(embed_dim, w1)
+        self.stem_film = FiLM(w1)
         self.cbam = nn.Identity() if lite else CBAM(w1)
         self.block1 = ResBlock(w1, w3 if lite else w2, embed_dim)
         self.context = nn.Identity() if lite else GlobalContext(w2)
         self.block2 = None if lite else ResBlock(w2, w3, embed_dim)
         self.aspp = nn.Identity() if lite else ASPPSE(w3, w3)
-        self.out_film = FiLM(embed_dim, w3)
+        self.out_film = FiLM(w3)
         self.head = _zero_conv(w3, 2 * channels)
+        self._init_films(embed_dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed(y)
-        h = F.gelu(self.stem_film(self.stem_norm(self.stem(x)), emb))
-        h = self.context(self.block1(self.cbam(h), emb))
+    def forward(self, x: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.gelu(self.stem_film(self.stem_norm(self.stem(x)), cond))
+        h = self.context(self.block1(self.cbam(h), cond))
         if self.block2 is not None:
-            h = self.block2(h, emb)
+            h = self.block2(h, cond)
         h = self.aspp(h)
-        h = F.gelu(self.out_film(h, emb))
+        h = F.gelu(self.out_film(h, cond))
         raw_scale, shift = self.head(h).chunk(2, dim=1)
         return raw_scale, shift
 
@@ -196,7 +286,7 @@ class LabelEmbedding(nn.Module):
         return e + self.mlp(e)
 
 
-class ClassificationNet(nn.Module):
+class ClassificationNet(CouplingNet):
     """Lean label-aware conditioner: residual label embedding, FiLM, CBAM, residual blocks,
     normalisation, dropout, fusion with the label embedding, then parallel convolutional heads
     for shift and (raw, later bounded) scale. Convolutional heads replace the authors' dense
@@ -216,7 +306,7 @@ class ClassificationNet(nn.Module):
         w1, w2, w3 = widths
         self.embed = LabelEmbedding(num_classes, embed_dim)
         self.stem = SpatialConv2d(channels, w1, 3, padding=1)
-        self.stem_film = FiLM(embed_dim, w1)
+        self.stem_film = FiLM(w1)
         self.cbam = nn.Identity() if lite else CBAM(w1)
         self.block1 = ResBlock(w1, w3 if lite else w2, None)
         self.block2 = nn.Identity() if lite else ResBlock(w2, w3, None)
@@ -226,13 +316,13 @@ class ClassificationNet(nn.Module):
         self.fuse = nn.Conv2d(2 * w3, w3, 1)
         self.shift_head = _zero_conv(w3, channels)
         self.scale_head = _zero_conv(w3, channels)
+        self._init_films(embed_dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed(y)
-        h = F.gelu(self.stem_film(self.stem(x), emb))
-        h = self.block2(self.block1(self.cbam(h), emb))
+    def forward(self, x: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.gelu(self.stem_film(self.stem(x), cond))
+        h = self.block2(self.block1(self.cbam(h)))
         h = self.dropout(self.norm(h))
-        label = self.fuse_label(emb)[:, :, None, None].expand_as(h)
+        label = self.fuse_label(cond.emb).view(*cond.emb.shape[:1], -1, 1, 1).expand_as(h)
         h = F.gelu(self.fuse(torch.cat([h, label], dim=1)))
         return self.scale_head(h), self.shift_head(h)
 
@@ -245,7 +335,9 @@ def _wn_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Module:
 
 
 class OneHotEmbedding(nn.Module):
-    """The authors' label embedding: ``GELU(Linear(one_hot(y)))`` (a lookup plus bias)."""
+    """The authors' label embedding: ``GELU(Linear(one_hot(y)))``, computed as what it is, a
+    column lookup plus bias (the same values; ``F.one_hot`` reads the labels' range on the host,
+    a device wait on every call)."""
 
     def __init__(self, num_classes: int, embed_dim: int) -> None:
         super().__init__()
@@ -253,7 +345,7 @@ class OneHotEmbedding(nn.Module):
         self.linear = nn.Linear(num_classes, embed_dim)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.linear(F.one_hot(y, self.num_classes).to(self.linear.weight.dtype)))
+        return F.gelu(F.embedding(y, self.linear.weight.t()) + self.linear.bias)
 
 
 class GlobalFusion(nn.Module):
@@ -277,14 +369,14 @@ class _Stage(nn.Module):
         super().__init__()
         self.conv = _wn_conv(cin, cout, kernel, stride)
         self.norm = nn.GroupNorm(_groups(cout), cout)
-        self.film = FiLM(embed_dim, cout)
+        self.film = FiLM(cout)
         self.cbam = CBAM(cout) if cbam else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.cbam(F.gelu(self.film(self.norm(self.conv(x)), emb)))
+    def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.cbam(F.gelu(self.film(self.norm(self.conv(x)), cond)))
 
 
-class AuthorsGenerationNet(nn.Module):
+class AuthorsGenerationNet(CouplingNet):
     """The authors' generation conditioner, block by block (MODEL-FACTS): three stages at
     widths ``(f1, f2, f3)``. Stage 1: 5x5 stem, GroupNorm, FiLM, GELU, CBAM, global feature
     fusion, ASPP-SE. Stages 2 and 3: 3x3 conv, GroupNorm, FiLM, GELU, CBAM, FiLM residual
@@ -308,12 +400,15 @@ class AuthorsGenerationNet(nn.Module):
         self.aspp3 = ASPPSE(f3, f3, branch=f3)
         self.scale_head = _zero_conv(f3, channels, 3)
         self.shift_head = _zero_conv(f3, channels, 1)
+        self._init_films(embed_dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = F.gelu(self.embed(y))  # the authors apply GELU again before use
-        h = self.aspp1(self.fusion(self.stage1(x, emb)))
-        h = self.aspp2(self.context2(self.res2(self.stage2(h, emb), emb)))
-        h = self.aspp3(self.context3(self.res3(self.stage3(h, emb), emb)))
+    def embed_labels(self, y: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.embed(y))  # the authors apply GELU again before use
+
+    def forward(self, x: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.aspp1(self.fusion(self.stage1(x, cond)))
+        h = self.aspp2(self.context2(self.res2(self.stage2(h, cond), cond)))
+        h = self.aspp3(self.context3(self.res3(self.stage3(h, cond), cond)))
         return self.scale_head(h), self.shift_head(h)
 
 
@@ -336,7 +431,7 @@ class DenseHead(nn.Module):
         return self.out(joint).view(-1, *self.out_shape)
 
 
-class AuthorsClassificationNet(nn.Module):
+class AuthorsClassificationNet(CouplingNet):
     """The authors' classification conditioner: residual label embedding; three stride-2
     stages (5x5 weight-normalised stem, then 3x3), each GroupNorm -> FiLM -> GELU, the last two
     with CBAM and a FiLM residual block, dropout after each; then heads for shift and scale.
@@ -378,16 +473,16 @@ class AuthorsClassificationNet(nn.Module):
             self.fuse = nn.Conv2d(2 * f3, f3, 1)
             self.scale_head = _zero_conv(f3, channels)
             self.shift_head = _zero_conv(f3, channels)
+        self._init_films(embed_dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed(y)
-        h = self.dropout(self.stage1(x, emb))
-        h = self.dropout(self.res2(self.stage2(h, emb), emb))
-        h = self.dropout(self.res3(self.stage3(h, emb), emb))
+    def forward(self, x: torch.Tensor, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.dropout(self.stage1(x, cond))
+        h = self.dropout(self.res2(self.stage2(h, cond), cond))
+        h = self.dropout(self.res3(self.stage3(h, cond), cond))
         if self.head == "dense":
-            return self.scale_head(h, emb), self.shift_head(h, emb)
+            return self.scale_head(h, cond.emb), self.shift_head(h, cond.emb)
         h = F.interpolate(h, size=x.shape[2:], mode="bilinear", align_corners=False)
-        label = self.fuse_label(emb)[:, :, None, None].expand_as(h)
+        label = self.fuse_label(cond.emb).view(*cond.emb.shape[:1], -1, 1, 1).expand_as(h)
         h = F.gelu(self.fuse(torch.cat([h, label], dim=1)))
         return self.scale_head(h), self.shift_head(h)
 
@@ -407,7 +502,7 @@ def build_net(
     architecture: str = "compact",
     size: int = 0,
     head: str = "conv",
-) -> nn.Module:
+) -> CouplingNet:
     """Coupling network of ``kind`` ("generation" or "classification") and ``architecture``:
     "authors" (their block structure, :class:`AuthorsGenerationNet` /
     :class:`AuthorsClassificationNet`) or "compact" (lighter networks, optionally ``lite``).
