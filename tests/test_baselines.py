@@ -151,7 +151,7 @@ def test_a_training_set_left_in_host_memory_moves_per_batch_and_trains_the_same_
     of the usable free memory; otherwise it stays in host memory and each batch moves. Both paths
     train the same weights (on the CPU here, where the host path is forced)."""
     from magicflow.baselines import discriminative
-    from magicflow.flow.memory import GIB
+    from magicflow.experiments.memory import GIB
 
     cuda = torch.device("cuda")
     assert discriminative.set_stays_on_device(GIB, cuda, free_bytes=10 * GIB)

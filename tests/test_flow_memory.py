@@ -9,9 +9,17 @@ import pytest
 import torch
 
 from magicflow.errors import InputError
-from magicflow.experiments.train import TrainSettings, data_fits, resolve_precision
+from magicflow.experiments.train import TrainSettings, resolve_precision
 from magicflow.flow import MagicFlow, preset_config
-from magicflow.flow.memory import GIB, MemoryEstimate, check_fits, estimate_training_memory, measure_training_peak, usable_bytes
+from magicflow.experiments.memory import (
+    GIB,
+    MemoryEstimate,
+    check_fits,
+    data_fits,
+    estimate_training_memory,
+    measure_training_peak,
+    usable_bytes,
+)
 
 #: six steps with both squeezes, a split and channel masks: every kind of layer in a few ops
 SHORT = {
@@ -145,7 +153,7 @@ def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it(monkeypatch):
 
 def test_plan_on_cpu_skips_the_estimate_and_keeps_the_set_where_it_is(capsys):
     from magicflow.experiments.data import SliceSet
-    from magicflow.experiments.train import plan_memory
+    from magicflow.experiments.memory import plan_memory
 
     model = short_model("compact", "classification")
     train = SliceSet(torch.rand(10, 1, 16, 16), torch.arange(10) % 3)
@@ -190,9 +198,9 @@ def test_on_a_gpu_a_step_that_does_not_fit_stops_before_training(monkeypatch):
     """The plan on a CUDA device, whose free memory is all this machine lacks: the device's
     answer is replaced, the estimates are real. Between the checkpointed and the plain step's
     needs, the plain step stops with one line offering checkpointing; checkpointed, it fits."""
-    import magicflow.flow.memory as memory
+    import magicflow.experiments.memory as memory
     from magicflow.experiments.data import SliceSet
-    from magicflow.experiments.train import plan_memory
+    from magicflow.experiments.memory import plan_memory
 
     model = short_model("authors", "generation", size=32)
     plain, checkpointed = (estimate_training_memory(model, 4, checkpointing=c) for c in (False, True))

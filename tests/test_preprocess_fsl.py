@@ -12,7 +12,8 @@ import pytest
 
 from magicflow.errors import InputError
 from magicflow.preprocess import fsl_backend
-from magicflow.preprocess.template import GRIDS, SPACE_FSL, SPACE_NILEARN, fsl_available
+from magicflow.preprocess.backend import fsl_available
+from magicflow.preprocess.template import GRIDS, SPACE_FSL, SPACE_NILEARN
 
 #: fsl_anat's T1 commands (FSL 6.0's script, its default --weakbias settings: smooth=20, niter=10,
 #: betfparam=0.1; no lesion mask; run with --noseg --nosubcortseg), with $FSLDIR/bin/ dropped and

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from magicflow.errors import InputError
-from magicflow.preprocess.backend import resolve_backend, thread_environment
+from magicflow.preprocess.backend import fsl_available, resolve_backend, thread_environment
 from magicflow.preprocess.coregister import SecondaryOutputs, preprocess_secondary, read_t1_record
 from magicflow.preprocess.t1 import T1Outputs, preprocess_t1
-from magicflow.preprocess.template import GRID_1MM_AFFINE, GRID_1MM_SHAPE, fsl_available, template_space
+from magicflow.preprocess.template import GRID_1MM_AFFINE, GRID_1MM_SHAPE, template_space
 from magicflow.preprocess.volumes import load_3d
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from magicflow.errors import InputError
 from magicflow.datasets.tracers import canonical_tracer
-from magicflow.preprocess.pet import Realignment, TimingWarning, median_frames, static_pet
+from magicflow.datasets.pet_timing import TimingWarning
+from magicflow.preprocess.pet import Realignment, median_frames, static_pet
 
 
 def _write_pet(tmp_path, data, tracer="FDG", starts=None, durations=None, sidecar=True):

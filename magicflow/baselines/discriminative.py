@@ -52,6 +52,7 @@ from magicflow.baselines import DISCRIMINATIVE
 from magicflow.errors import InputError
 from magicflow.experiments.data import SliceSet
 from magicflow.experiments.infer import predictions_frame
+from magicflow.experiments.memory import data_fits
 from magicflow.experiments.posterior import fit_temperature, log_priors, posteriors
 from magicflow.experiments.train import (
     TrainSettings,
@@ -59,7 +60,6 @@ from magicflow.experiments.train import (
     _to_device,
     augment,
     balanced_accuracy,
-    data_fits,
     learning_rate,
     make_scheduler,
     is_new_best,

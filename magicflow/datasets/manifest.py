@@ -19,11 +19,11 @@ import yaml
 
 from magicflow.config import SCHEMA_DIR
 from magicflow.datasets.clock import parse_date
+from magicflow.datasets.tables import MISSING
 from magicflow.errors import InputError
 from magicflow.io import atomic_path
 
 SCHEMA_PATH = SCHEMA_DIR / "manifest.schema.yaml"
-MISSING = "n/a"  # BIDS's spelling of a missing value
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")
 #: what every image stem looks like: BIDS-like `_`-separated parts, the last one the modality
 #: suffix. The preprocessing rules constrain their `image` wildcard with exactly this pattern and
@@ -163,13 +163,13 @@ def data_problem(path: str | Path, modality: str) -> str:
 
 def timing_problem(row: ImageRow) -> str:
     """Why a PET's sidecar timing contradicts the image ('' when it does not): the check the
-    registration job makes (:func:`magicflow.preprocess.pet.read_timing`), made here so that a
+    registration job makes (:func:`magicflow.datasets.pet_timing.read_timing`), made here so that a
     frame count or a wrongly typed FrameDuration is an exclusion, not a failed job hours later."""
     import warnings
 
     import nibabel as nib
 
-    from magicflow.preprocess.pet import read_timing
+    from magicflow.datasets.pet_timing import read_timing
 
     if row.modality != "pet" or row.sidecar == MISSING:
         return ""

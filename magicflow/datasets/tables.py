@@ -10,6 +10,9 @@ import pandas as pd
 
 from magicflow.errors import InputError
 
+#: how a missing value is spelled in every table this project reads or writes (BIDS's "n/a")
+MISSING = "n/a"
+
 READERS = {".csv": "csv", ".tsv": "tsv", ".xls": "excel", ".xlsx": "excel"}
 
 

@@ -168,7 +168,8 @@ def application_mask(mask: np.ndarray) -> torch.Tensor | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from magicflow.experiments.train import TrainSettings, plan_memory, resolve_device, train_model
+    from magicflow.experiments.memory import plan_memory
+    from magicflow.experiments.train import TrainSettings, resolve_device, train_model
     from magicflow.flow import MagicFlow
 
     settings, slices, arrays, mask = load_inputs(args)

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from magicflow.errors import InputError
+from magicflow.datasets.tables import MISSING
 
-MISSING = "n/a"
+from magicflow.errors import InputError
 
 
 @dataclass

@@ -31,8 +31,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from magicflow.errors import InputError
 
+from magicflow.experiments.train import TrainSettings, make_optimizer, resolve_precision, train_step
+
 if TYPE_CHECKING:
-    from magicflow.experiments.train import TrainSettings
+    from magicflow.experiments.data import SliceSet
     from magicflow.flow.model import MagicFlow
 
 #: share of the free device memory kept back for what the estimate does not count: the caching
@@ -119,8 +121,6 @@ def estimate_training_memory(
     autocast stands in for the GPU's); ``precision`` is "fp32" or "bf16"."""
     from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
 
-    from magicflow.experiments.train import TrainSettings, make_optimizer, train_step  # training's own step
-
     settings = settings or TrainSettings(batch_size=batch)
     mode = FakeTensorMode()
     with FakeCopyMode(mode):
@@ -151,8 +151,6 @@ def measure_training_peak(model: MagicFlow, batch: int, settings: TrainSettings,
     one batch and the step. CPU: the profiler's record of PyTorch's allocator; CUDA: the peak
     of the caching allocator's allocated bytes."""
     from torch.profiler import ProfilerActivity, profile
-
-    from magicflow.experiments.train import make_optimizer, train_step
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(0)
@@ -210,3 +208,43 @@ def check_fits(estimate: MemoryEstimate, free_bytes: int, where: str, alternativ
 def usable_bytes(free_bytes: int) -> int:
     """What of the device's free memory a training step may plan to use."""
     return int(free_bytes * (1 - HEADROOM)) - RESERVED_BYTES
+
+
+def plan_memory(model: MagicFlow, settings: TrainSettings, device: torch.device, train: SliceSet) -> bool:
+    """Before training: estimate a training step's peak memory
+    (:func:`estimate_training_memory`, on ``model`` before it moves).
+    On CUDA, stop with one line naming the setting to change when the step will not fit in the
+    device's free memory. On the CPU nothing is estimated: host memory is what the job's
+    ``mem_mb`` reserves, and the estimate's fake-tensor pass costs seconds per job that CPU runs
+    (the demo's) cannot spare; ``magicflow bench --memory`` gives it. Returns whether the
+    training set fits on the device beside the step (:func:`train_model`'s ``data_on_device``);
+    where it does not, it stays in host memory and moves per batch."""
+    data_bytes = train.images.nbytes + train.labels.nbytes
+    if device.type != "cuda":
+        print(f"memory: training on the CPU, not estimated (magicflow bench --memory); training set {data_bytes / GIB:.2f} GiB")
+        return True
+    precision = resolve_precision(settings.precision, device)
+    estimate = estimate_training_memory(model, settings.batch_size, precision, settings.checkpointing, settings)
+    free, _ = torch.cuda.mem_get_info(device)
+    alternatives = {}
+    if estimate.peak_bytes > usable_bytes(free):
+        if not settings.checkpointing:
+            alternatives["training.checkpointing: true"] = estimate_training_memory(
+                model, settings.batch_size, precision, True, settings
+            )
+        if precision == "fp32" and torch.cuda.is_bf16_supported():
+            alternatives["training.precision: bf16"] = estimate_training_memory(
+                model, settings.batch_size, "bf16", settings.checkpointing, settings
+            )
+    check_fits(estimate, free, str(device), alternatives)
+    on_device = data_fits(estimate.peak_bytes, data_bytes, free)
+    print(
+        f"memory: a training step needs about {estimate.describe()}; {free / GIB:.1f} GiB free on {device}; "
+        f"training set {data_bytes / GIB:.2f} GiB {'on the device' if on_device else 'in host memory, moved per batch'}"
+    )
+    return on_device
+
+
+def data_fits(step_bytes: int, data_bytes: int, free_bytes: int) -> bool:
+    """Whether the training set can live on the device beside a step of ``step_bytes``."""
+    return step_bytes + data_bytes <= usable_bytes(free_bytes)

@@ -116,50 +116,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def plan_memory(model: MagicFlow, settings: TrainSettings, device: torch.device, train: SliceSet) -> bool:
-    """Before training: estimate a training step's peak memory
-    (:func:`magicflow.flow.memory.estimate_training_memory`, on ``model`` before it moves).
-    On CUDA, stop with one line naming the setting to change when the step will not fit in the
-    device's free memory. On the CPU nothing is estimated: host memory is what the job's
-    ``mem_mb`` reserves, and the estimate's fake-tensor pass costs seconds per job that CPU runs
-    (the demo's) cannot spare; ``magicflow bench --memory`` gives it. Returns whether the
-    training set fits on the device beside the step (:func:`train_model`'s ``data_on_device``);
-    where it does not, it stays in host memory and moves per batch."""
-    from magicflow.flow.memory import GIB, check_fits, estimate_training_memory, usable_bytes
-
-    data_bytes = train.images.nbytes + train.labels.nbytes
-    if device.type != "cuda":
-        print(f"memory: training on the CPU, not estimated (magicflow bench --memory); training set {data_bytes / GIB:.2f} GiB")
-        return True
-    precision = resolve_precision(settings.precision, device)
-    estimate = estimate_training_memory(model, settings.batch_size, precision, settings.checkpointing, settings)
-    free, _ = torch.cuda.mem_get_info(device)
-    alternatives = {}
-    if estimate.peak_bytes > usable_bytes(free):
-        if not settings.checkpointing:
-            alternatives["training.checkpointing: true"] = estimate_training_memory(
-                model, settings.batch_size, precision, True, settings
-            )
-        if precision == "fp32" and torch.cuda.is_bf16_supported():
-            alternatives["training.precision: bf16"] = estimate_training_memory(
-                model, settings.batch_size, "bf16", settings.checkpointing, settings
-            )
-    check_fits(estimate, free, str(device), alternatives)
-    on_device = data_fits(estimate.peak_bytes, data_bytes, free)
-    print(
-        f"memory: a training step needs about {estimate.describe()}; {free / GIB:.1f} GiB free on {device}; "
-        f"training set {data_bytes / GIB:.2f} GiB {'on the device' if on_device else 'in host memory, moved per batch'}"
-    )
-    return on_device
-
-
-def data_fits(step_bytes: int, data_bytes: int, free_bytes: int) -> bool:
-    """Whether the training set can live on the device beside a step of ``step_bytes``."""
-    from magicflow.flow.memory import usable_bytes
-
-    return step_bytes + data_bytes <= usable_bytes(free_bytes)
-
-
 def learning_rate(step: int, total: int, settings: TrainSettings) -> float:
     """Linear warm-up, then cosine decay from lr to min_lr: the rate of optimiser step ``step``
     (:func:`make_scheduler` applies it)."""
@@ -315,9 +271,10 @@ def train_model(
     """Train, writing ``last.pt`` (full state, every epoch), ``best.pt`` (flow checkpoint),
     ``training.tsv`` and ``training.png`` into ``out_dir``. Returns the history.
 
-    With ``data_on_device`` (:func:`plan_memory` decides) the training set moves to the device
-    once (a fold's slices are 132 kB each, 1.3 GB for 10,000), so batches are gathered,
-    augmented and dequantised there: no DataLoader or workers are needed. Otherwise it stays in
+    With ``data_on_device`` (:func:`magicflow.experiments.memory.plan_memory` decides) the
+    training set moves to the device once (a fold's slices are 132 kB each, 1.3 GB for
+    10,000), so batches are gathered, augmented and dequantised there: no DataLoader or workers
+    are needed. Otherwise it stays in
     host memory and each batch is gathered there and copied through pinned memory without
     waiting; the batches, and so the weights, are the same. ``settings.precision`` "auto" is
     resolved for ``device`` first (:func:`resolve_precision`), so the run's fingerprint names

@@ -10,7 +10,7 @@ not counted when compiled), training step time and peak GPU memory at ``--batch`
 reconstruction error; then the same figures for a conditional Glow of equal depth (24
 steps) from ``normflows``, and our figures as ratios to it. With ``--memory``, ``memory``:
 the estimated peak of a training step per coupling kind at ``--size`` and ``--batch``, with
-and without activation checkpointing (:mod:`magicflow.flow.memory`; no step runs, so the
+and without activation checkpointing (:mod:`magicflow.experiments.memory`; no step runs, so the
 ``paper`` preset at 182x182 is estimated on a CPU), and each timed kind's estimate beside its
 measured peak. Runs on CPU at tiny sizes as a smoke test (``--size 32 --batch 2 --steps 2``)."""
 
@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from magicflow.errors import InputError
 from magicflow.flow.layers import pad_amounts
-from magicflow.flow.memory import estimate_training_memory
+from magicflow.experiments.memory import estimate_training_memory
 from magicflow.flow.model import MagicFlow, use_fast_cuda_kernels
 from magicflow.flow.nets import HEADS
 from magicflow.flow.presets import COUPLINGS, PRESETS

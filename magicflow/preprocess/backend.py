@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 from magicflow.errors import InputError
-from magicflow.preprocess.template import fsl_available
 
 BACKENDS = ("auto", "fsl", "ants")
 #: secondary images that --bias-correct reaches. PET is never bias-corrected: its intensity
 #: variations are the uptake being measured, not a receive-coil field
 BIAS_CORRECTED = ("T2w", "FLAIR")
+
+
+def fsl_available() -> bool:
+    """True when FSL is usable: ``$FSLDIR`` set and ``flirt`` on PATH."""
+    return bool(os.environ.get("FSLDIR")) and shutil.which("flirt") is not None
 
 
 def resolve_backend(name: str) -> str:

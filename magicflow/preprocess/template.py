@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from magicflow.errors import InputError
 from magicflow.io import atomic_dir
+from magicflow.preprocess.backend import fsl_available, resolve_backend
 
 #: FSL's MNI152 1 mm grid: LAS storage (x index grows towards the subject's left).
 GRID_1MM_SHAPE = (182, 218, 182)
@@ -44,13 +45,6 @@ class Template:
     brain_mask_dilated: Path
     gm: Path
     wm: Path
-
-
-def fsl_available() -> bool:
-    """True when FSL is usable: ``$FSLDIR`` set and ``flirt`` on PATH."""
-    import shutil
-
-    return bool(os.environ.get("FSLDIR")) and shutil.which("flirt") is not None
 
 
 def template_space(use_fsl: bool | None = None) -> str:
@@ -90,8 +84,6 @@ def _resample(img: nib.Nifti1Image, resolution: int, *, nearest: bool) -> np.nda
 def space_for_backend(backend: str) -> str:
     """The template space a backend registers to: FSL's MNI152 for FSL (fsl_anat registers to
     ``$FSLDIR/data/standard``), nilearn's ICBM 2009a for ANTs (``auto`` resolved as the backend is)."""
-    from magicflow.preprocess.backend import resolve_backend
-
     return SPACE_FSL if resolve_backend(backend) == "fsl" else SPACE_NILEARN
 
 
