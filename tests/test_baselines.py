@@ -167,9 +167,9 @@ def test_a_training_set_left_in_host_memory_moves_per_batch_and_trains_the_same_
 
     resident = run("resident")
     moved = []
-    to_device = discriminative._to_device
+    to_device = discriminative.to_device
     monkeypatch.setattr(discriminative, "set_stays_on_device", lambda *args, **kwargs: False)
-    monkeypatch.setattr(discriminative, "_to_device", lambda t, device: (moved.append(len(t)), to_device(t, device))[1])
+    monkeypatch.setattr(discriminative, "to_device", lambda t, device: (moved.append(len(t)), to_device(t, device))[1])
     host = run("host")
     assert moved and max(moved) == 4  # batches, not the set
     assert resident.keys() == host.keys() and all(torch.equal(resident[k], host[k]) for k in resident)

@@ -76,6 +76,20 @@ def test_no_module_imports_itself_through_others():
     assert circles(graph) == []
 
 
+def test_no_private_name_crosses_a_folder():
+    """What one folder uses from another is public (no leading underscore)."""
+    crossings = []
+    for path in PACKAGE.rglob("*.py"):
+        folder = _module_name(path).rpartition(".")[0] if path.name != "__init__.py" else _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("magicflow."):
+                source_folder = node.module.rpartition(".")[0]
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private and source_folder != folder and node.module != folder:
+                    crossings.append(f"{path.relative_to(PACKAGE.parent)}: {node.module}.{', '.join(private)}")
+    assert crossings == []
+
+
 def test_the_circle_finder_finds_a_planted_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]

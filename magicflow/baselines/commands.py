@@ -136,12 +136,12 @@ def run_sample(args: argparse.Namespace) -> int:
 
     from magicflow.baselines.discriminative import load_baseline
     from magicflow.baselines.generative import build_generative, draw_samples
-    from magicflow.experiments.commands import _settings
+    from magicflow.experiments.commands import read_experiment_settings
     from magicflow.experiments.infer import write_samples
     from magicflow.experiments.train import resolve_device
     from magicflow.experiments.view import View
 
-    settings = _settings(args.experiment)
+    settings = read_experiment_settings(args.experiment)
     baseline = _baseline(args.baseline)
     if baseline.get("kind") != "generative":
         raise InputError(f"{args.baseline}: {baseline.get('name')!r} is not a generative baseline; nothing to sample")

@@ -56,8 +56,8 @@ from magicflow.experiments.memory import data_fits
 from magicflow.experiments.posterior import fit_temperature, log_priors, posteriors
 from magicflow.experiments.train import (
     TrainSettings,
-    _epoch_generator,
-    _to_device,
+    epoch_generator,
+    to_device,
     augment,
     balanced_accuracy,
     learning_rate,
@@ -443,15 +443,15 @@ def train_baseline(
     images_per_epoch = min(len(train), steps_per_epoch * ts.batch_size)  # a last batch of one is left out
     for epoch in range(start_epoch, ts.epochs):
         torch.manual_seed(int(np.random.SeedSequence([ts.seed, epoch, 0]).generate_state(1)[0]))  # dropout, drop-path
-        order = torch.randperm(len(train), generator=_epoch_generator(ts.seed, epoch, 1)).to(images.device)
-        noise = _epoch_generator(ts.seed, epoch, 2, device)
+        order = torch.randperm(len(train), generator=epoch_generator(ts.seed, epoch, 1)).to(images.device)
+        noise = epoch_generator(ts.seed, epoch, 2, device)
         model.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         for b in range(steps_per_epoch):
             index = order[b * ts.batch_size : (b + 1) * ts.batch_size]
-            x = augment(_to_device(images[index], device), ts, noise)
-            loss = objective.loss(model, x, _to_device(labels[index], device))
+            x = augment(to_device(images[index], device), ts, noise)
+            loss = objective.loss(model, x, to_device(labels[index], device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), ts.clip_norm)

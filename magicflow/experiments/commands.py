@@ -32,7 +32,8 @@ def parse_pairs(values: list[str], what: str) -> dict[str, Path]:
     return out
 
 
-def _settings(path: Path) -> dict:
+def read_experiment_settings(path: Path) -> dict:
+    """An experiment's settings file (``experiment.json``), with an error naming it."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -57,7 +58,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str,
     ``settings["view"]`` records the resolved view (a crop's box) for the stage's outputs."""
     from magicflow.experiments.view import read_mask, resolve_view
 
-    settings = _settings(args.experiment)
+    settings = read_experiment_settings(args.experiment)
     slices = exp_data.experiment_slices(parse_pairs(args.slices, "slices"), settings)
     paths = parse_pairs(args.arrays, "arrays")
     if not paths:
@@ -87,7 +88,7 @@ def run_check_data(args: argparse.Namespace) -> int:
     from magicflow.config import check_experiment_manifests
     from magicflow.datasets.manifest import read_manifest
 
-    settings = _settings(args.experiment)
+    settings = read_experiment_settings(args.experiment)
     manifests = {name: read_manifest(path) for name, path in parse_pairs(args.manifest, "manifest").items()}
     missing = sorted(set(settings["datasets"]) - set(manifests))
     if missing:
@@ -108,7 +109,7 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    settings = _settings(args.experiment)
+    settings = read_experiment_settings(args.experiment)
     slices = exp_data.experiment_slices(parse_pairs(args.slices, "slices"), settings)
     images = exp_data.experiment_images(slices)
     splits = make_splits(images, settings["folds"], settings["run_folds"], settings["seed"])
@@ -236,7 +237,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import draw_samples, write_samples
     from magicflow.experiments.view import View
 
-    settings = _settings(args.experiment)
+    settings = read_experiment_settings(args.experiment)
     model, extra, device = _model(args.model, settings["training"]["device"])
     s = settings["samples"]
     started = time.perf_counter()

@@ -147,7 +147,9 @@ def augment(x: torch.Tensor, settings: TrainSettings, generator: torch.Generator
     return out.clamp(0.0, 1.0) if settings.clamp else out
 
 
-def _epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream ``stream`` of ``epoch`` (order, augmentation, noise), derived from the
+    seed alone, so an interrupted run resumed at an epoch draws what it would have drawn."""
     state = int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
     return torch.Generator(device=device).manual_seed(state)
 
@@ -174,7 +176,7 @@ def evaluate(
     also the balanced accuracy per image, as evaluation scores it: argmax of the image's
     log p(x|y) summed over its slices, plus log p(y) once."""
     model.eval()
-    noise = _epoch_generator(settings.seed, 0, 3, device)  # stream 3: validation only, the same every epoch
+    noise = epoch_generator(settings.seed, 0, 3, device)  # stream 3: validation only, the same every epoch
     nll, scores = [], []
     for start in range(0, len(data), settings.batch_size):
         x = data.images[start : start + settings.batch_size].to(device)
@@ -317,8 +319,8 @@ def train_model(
 
     for epoch in range(start_epoch, settings.epochs):
         torch.manual_seed(int(np.random.SeedSequence([settings.seed, epoch, 0]).generate_state(1)[0]))  # dropout
-        order = torch.randperm(len(train), generator=_epoch_generator(settings.seed, epoch, 1)).to(images.device)
-        noise = _epoch_generator(settings.seed, epoch, 2, device)
+        order = torch.randperm(len(train), generator=epoch_generator(settings.seed, epoch, 1)).to(images.device)
+        noise = epoch_generator(settings.seed, epoch, 2, device)
         model.train()
         started = time.perf_counter()
         zero = torch.zeros((), device=device)
@@ -326,7 +328,7 @@ def train_model(
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False)
         for b in bar:
             index = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-            x, y = _to_device(images[index], device), _to_device(labels[index], device)
+            x, y = to_device(images[index], device), to_device(labels[index], device)
             x = model.dequantise(augment(x, settings, noise), settings.dequantize, noise, validate=False)
             nll, finite = train_step(model, optimizer, x, y, settings)
             scheduler.step()
@@ -406,7 +408,7 @@ def train_model(
     return pd.DataFrame(history)
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host batch to a CUDA device through pinned memory, so the host does not wait for the
     copy; a no-op where ``t`` is there already."""
     if device.type == "cuda" and not t.is_cuda:

@@ -294,7 +294,7 @@ def memory_estimates(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict[s
     return out
 
 
-def _peer_widths(preset: str) -> list[int]:
+def glow_peer_widths(preset: str) -> list[int]:
     """Hidden width per peer level, coarsest first: the median widest coupling layer of our
     steps at that resolution (after 3, 2 and 1 squeezes)."""
     config = PRESETS[preset]
@@ -303,7 +303,7 @@ def _peer_widths(preset: str) -> list[int]:
     return [int(statistics.median(w[2] for w in steps)) for steps in reversed(per_scale)]
 
 
-def _build_peer(num_classes: int, side: int, hidden: list[int]) -> torch.nn.Module:
+def build_glow_peer(num_classes: int, side: int, hidden: list[int]) -> torch.nn.Module:
     """normflows' multiscale Glow: 3 levels x 8 Glow blocks = 24 steps, class-conditional base.
 
     As in normflows' own Glow example, level 0 is the coarsest and every level starts with a
@@ -331,10 +331,10 @@ def _measure_peer(args: argparse.Namespace, device: torch.device) -> dict[str, A
         return {"available": False, "reason": f"normflows not importable: {error}"}
     torch.manual_seed(args.seed)
     side = args.size + sum(pad_amounts(args.size, 8))
-    hidden = _peer_widths(args.preset)
+    hidden = glow_peer_widths(args.preset)
     with warnings.catch_warnings():  # normflows' LU init calls a deprecated torch.lu
         warnings.simplefilter("ignore", UserWarning)
-        model = _build_peer(args.classes, side, hidden).to(device)
+        model = build_glow_peer(args.classes, side, hidden).to(device)
     x = torch.rand(args.batch, 1, side, side, device=device)
     y = torch.arange(args.batch, device=device) % args.classes
     model.train()
