@@ -64,7 +64,7 @@ class TrainSettings:
     rotate_degrees: float = 3.0
     shift_pixels: float = 2.0
     noise_sigma: float = 0.01
-    probability: float = 1.0  # share of images augmented (the authors: 0.8 generation, 0.6 classification)
+    probability: float = 1.0  # share of images augmented (the authors: rotation/shift 0.8, noise 0.6, apart)
     clamp: bool = False  # clamp augmented images to [0, 1] (the authors clamp to their intensity range)
     max_bad_steps: int = 20  # consecutive non-finite losses before giving up
     loss: str = "dimension"  # "dimension": NLL per image dimension; "image": per-image NLL (the authors')
