@@ -166,7 +166,7 @@ class GlobalContext(nn.Module):
         b, c, h, w = x.shape
         weights = torch.softmax(self.key(x).view(b, 1, h * w), dim=-1)
         context = torch.bmm(x.view(b, c, h * w), weights.transpose(1, 2)).view(b, c)
-        return x + self.transform(context)[:, :, None, None]
+        return x + self.transform(context).view(b, c, 1, 1)
 
 
 class SqueezeExcite(nn.Module):
