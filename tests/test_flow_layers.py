@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from magicflow.flow.bench import OperationLog
 from magicflow.flow.coupling import DoubleAffineCoupling
 from magicflow.flow.layers import (
     ActNorm,
@@ -144,6 +145,18 @@ def test_lu_conv_inverse_cache_refreshes_after_update(fused: bool):
         torch.testing.assert_close(conv.inverse(conv(x)[0]), x, atol=1e-5, rtol=0)
 
 
+def test_a_loaded_mask_moves_the_sides_made_from_it():
+    """The coupling's per-call constants (the B side, the sides times the scale bound) follow a
+    state whose mask differs from the one it was built with (a step-0 application mask)."""
+    net = build_net("generation", 2, (4, 4, 4), 3, 4, 0.0)
+    built = DoubleAffineCoupling(checkerboard(2, 4, 4, 0), net, net, scale_bound=0.5)
+    other = DoubleAffineCoupling(checkerboard(2, 4, 4, 1), net, net, scale_bound=0.5)
+    built.load_state_dict(other.state_dict())
+    assert torch.equal(built.mask, other.mask)
+    for name in ("mask_b", "bound_a", "bound_b"):
+        assert torch.equal(getattr(built, name), getattr(other, name)), name
+
+
 @pytest.mark.parametrize("kind", ["generation", "classification"])
 @pytest.mark.parametrize("shared", [False, True])
 def test_double_coupling_logdet_matches_jacobian(kind: str, shared: bool):
@@ -165,45 +178,33 @@ def test_double_coupling_logdet_matches_jacobian(kind: str, shared: bool):
     torch.testing.assert_close(coupling.inverse(out, y), x, rtol=0, atol=1e-10)
 
 
-class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Names of the aten operators that run inside the block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func._overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def test_actnorm_stops_accumulating_once_initialised_and_after_a_load():
     norm = ActNorm(3, init_images=4).train()
     x = torch.randn(2, 3, 5, 5)
-    with OpCounter() as first:
+    with OperationLog() as first:
         norm(x)
     norm(x)  # 4 images seen: initialised
-    with OpCounter() as later:
+    with OperationLog() as later:
         norm(x)
     assert "einsum" in first.ops or "bmm" in first.ops or "mm" in first.ops
     assert len(later.ops) < len(first.ops) / 2 and "copy_" not in later.ops  # only the affine map
     loaded = ActNorm(3, init_images=4)
     loaded.load_state_dict(norm.state_dict())
     loaded.train()
-    with OpCounter() as after_load:
+    with OperationLog() as after_load:
         loaded(x)
     assert "copy_" not in after_load.ops and "_local_scalar_dense" in after_load.ops  # one read, then frozen
-    with OpCounter() as next_call:
+    with OperationLog() as next_call:
         loaded(x)
     assert next_call.ops == later.ops
 
 
 def test_lu_conv_training_forward_never_computes_the_inverse():
     conv = InvConv1x1(4).train()
-    with OpCounter() as counter:
+    with OperationLog() as counter:
         conv(torch.randn(2, 4, 3, 3))
     assert "linalg_solve_triangular" not in counter.ops
     conv.eval()
-    with torch.no_grad(), OpCounter() as counter:
+    with torch.no_grad(), OperationLog() as counter:
         conv.inverse(torch.randn(2, 4, 3, 3))
     assert "linalg_solve_triangular" in counter.ops

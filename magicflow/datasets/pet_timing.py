@@ -2,9 +2,8 @@
 manifest screens its images and again by the registration job.
 
 Plateau windows (minutes after injection) follow the ADNI acquisition protocols quoted in the
-MAGIC-Flow paper (Appendix B.1): FDG 30-60,
-florbetapir (AV45) 50-70, NAV-4694 50-70, florbetaben 90-110, MK-6240 90-110, flortaucipir
-(AV1451) 75-105, PI-2620 45-75. PiB 50-70 is not in the paper; it is the usual static window of
+MAGIC-Flow paper (Appendix B.1): FDG 30-60, florbetapir (AV45) 50-70, NAV-4694 50-70,
+florbetaben 90-110, MK-6240 90-110, flortaucipir (AV1451) 75-105, PI-2620 45-75. PiB 50-70 is not in the paper; it is the usual static window of
 PiB studies (an assumption, stated here). Tracers not listed get a warning, not an error.
 
 Frame timing comes from the image's sidecar (the one the manifest names, else the one beside

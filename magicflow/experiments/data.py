@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 
 from magicflow.datasets.tables import MISSING
-
 from magicflow.errors import InputError
 
 

@@ -30,7 +30,6 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from magicflow.errors import InputError
-
 from magicflow.experiments.train import TrainSettings, make_optimizer, resolve_precision, train_step
 
 if TYPE_CHECKING:
@@ -217,7 +216,7 @@ def plan_memory(model: MagicFlow, settings: TrainSettings, device: torch.device,
     device's free memory. On the CPU nothing is estimated: host memory is what the job's
     ``mem_mb`` reserves, and the estimate's fake-tensor pass costs seconds per job that CPU runs
     (the demo's) cannot spare; ``magicflow bench --memory`` gives it. Returns whether the
-    training set fits on the device beside the step (:func:`train_model`'s ``data_on_device``);
+    training set fits on the device beside the step (:func:`magicflow.experiments.train.train_model`'s ``data_on_device``);
     where it does not, it stays in host memory and moves per batch."""
     data_bytes = train.images.nbytes + train.labels.nbytes
     if device.type != "cuda":

@@ -186,25 +186,26 @@ def _peak_memory(device: torch.device, fn: Callable[[], Any]) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-class _OperationCount(TorchDispatchMode):
-    """Counts the ATen operations that reach the dispatcher below autograd: each is a kernel
-    launch or a tensor's metadata change, the work a GPU pays for per operation whatever its size."""
+class OperationLog(TorchDispatchMode):
+    """The names of the ATen operations that reach the dispatcher below autograd, in order: each
+    is a kernel launch or a tensor's metadata change, the work a GPU pays for per operation
+    whatever its size."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.counts: Counter[str] = Counter()
+        self.ops: list[str] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        self.counts[func.overloadpacket.__name__] += 1
+        self.ops.append(func.overloadpacket.__name__)
         return func(*args, **(kwargs or {}))
 
 
 def count_operations(fn: Callable[[], Any]) -> Counter[str]:
     """ATen operations per name over one call of ``fn`` (deterministic for a given model, batch
     and torch version: nothing here depends on timing or on the device)."""
-    with _OperationCount() as counter:
+    with OperationLog() as log:
         fn()
-    return counter.counts
+    return Counter(log.ops)
 
 
 def _train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:

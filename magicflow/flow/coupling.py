@@ -30,15 +30,20 @@ class DoubleAffineCoupling(nn.Module):
     def __init__(self, mask: torch.Tensor, net_b: CouplingNet, net_a: CouplingNet, scale_bound: float) -> None:
         super().__init__()
         self.register_buffer("mask", mask[None].clone())
-        # per-call constants, made once: the B side, and each side times the scale bound
-        self.register_buffer("mask_b", 1 - self.mask, persistent=False)
-        self.register_buffer("bound_a", scale_bound * self.mask, persistent=False)
-        self.register_buffer("bound_b", scale_bound * self.mask_b, persistent=False)
+        self.scale_bound = scale_bound
+        self._derive_sides()
+        self.register_load_state_dict_post_hook(lambda module, _: module._derive_sides())
         self.net_b = net_b
         self.net_a = net_a if net_a is not net_b else None
-        self.scale_bound = scale_bound
         self.bf16 = False
         self.checkpoint = False
+
+    def _derive_sides(self) -> None:
+        """Per-call constants made once from ``mask`` (and again when a state loads another):
+        the B side, and each side times the scale bound."""
+        self.register_buffer("mask_b", 1 - self.mask, persistent=False)
+        self.register_buffer("bound_a", self.scale_bound * self.mask, persistent=False)
+        self.register_buffer("bound_b", self.scale_bound * self.mask_b, persistent=False)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()

@@ -101,14 +101,10 @@ class CouplingNet(nn.Module):
         self._film_sizes = [size for _, m in films for size in (m.channels, m.channels)]
         for slot, (_, module) in enumerate(films):
             module.slot = slot
-        total = sum(self._film_sizes)
-        self.film_proj = nn.Linear(embed_dim, total) if films else None
-        offset = torch.zeros(total)
-        start = 0
-        for _, module in films:  # the "1 +" of each gamma, added once per coupling
-            offset[start : start + module.channels] = 1.0
-            start += 2 * module.channels
-        self.register_buffer("film_offset", offset, persistent=False)
+        self.film_proj = nn.Linear(embed_dim, sum(self._film_sizes)) if films else None
+        # the "1 +" of each gamma (the first of each pair of sizes), added once per coupling
+        offset = [torch.full((size,), float(i % 2 == 0)) for i, size in enumerate(self._film_sizes)]
+        self.register_buffer("film_offset", torch.cat(offset) if offset else torch.zeros(0), persistent=False)
         if self.film_proj is not None:
             nn.init.zeros_(self.film_proj.weight)
             nn.init.zeros_(self.film_proj.bias)
@@ -322,7 +318,7 @@ class ClassificationNet(CouplingNet):
         h = F.gelu(self.stem_film(self.stem(x), cond))
         h = self.block2(self.block1(self.cbam(h)))
         h = self.dropout(self.norm(h))
-        label = self.fuse_label(cond.emb).view(*cond.emb.shape[:1], -1, 1, 1).expand_as(h)
+        label = self.fuse_label(cond.emb).view(cond.emb.shape[0], -1, 1, 1).expand_as(h)
         h = F.gelu(self.fuse(torch.cat([h, label], dim=1)))
         return self.scale_head(h), self.shift_head(h)
 
@@ -482,7 +478,7 @@ class AuthorsClassificationNet(CouplingNet):
         if self.head == "dense":
             return self.scale_head(h, cond.emb), self.shift_head(h, cond.emb)
         h = F.interpolate(h, size=x.shape[2:], mode="bilinear", align_corners=False)
-        label = self.fuse_label(cond.emb).view(*cond.emb.shape[:1], -1, 1, 1).expand_as(h)
+        label = self.fuse_label(cond.emb).view(cond.emb.shape[0], -1, 1, 1).expand_as(h)
         h = F.gelu(self.fuse(torch.cat([h, label], dim=1)))
         return self.scale_head(h), self.shift_head(h)
 
