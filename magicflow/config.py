@@ -24,7 +24,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SCHEMA_PATH = SCHEMA_DIR / "config.schema.yaml"
 #: the flow library's presets (magicflow.flow.presets.PRESETS, which imports torch: too slow to load
 #: for validating a config at every Snakemake start); a test holds the two equal
-LIBRARY_PRESETS = ("paper", "lite", "small")
+LIBRARY_PRESETS = ("paper", "refined", "lite", "small")
 
 
 def _key(path) -> str:

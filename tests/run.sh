@@ -4,4 +4,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../workflow/scripts/setup-env.sh"
 cd "$MAGICFLOW_ROOT"
+# tests/test_authors_notebooks.py compares the paper preset with the authors' notebooks where a copy
+# of luca2245/MAGIC-Flow is at hand: a checkout or git directory named here, or where the tool
+# library's fetch leaves one; skipped otherwise
+fetched=/work/.mirror/luca2245+MAGIC-Flow/repo
+if [ -z "${MAGICFLOW_AUTHORS_NOTEBOOKS:-}" ] && [ -d "$fetched" ]; then
+    export MAGICFLOW_AUTHORS_NOTEBOOKS="$fetched"
+fi
 exec python -m pytest "$@"

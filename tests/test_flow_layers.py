@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from magicflow.errors import InputError
 from magicflow.flow.bench import OperationLog
 from magicflow.flow.coupling import DoubleAffineCoupling
 from magicflow.flow.layers import (
@@ -64,9 +65,16 @@ def test_fold_border_keeps_sum_and_interior():
 def test_masks_alternate_and_carry_application_mask():
     board = checkerboard(2, 4, 4, 0)
     assert torch.equal(board + checkerboard(2, 4, 4, 1), torch.ones(2, 4, 4))
-    alternating = checkerboard(3, 2, 2, 0, alternate=True)  # the authors' masks: phase flips per channel
+    alternating = checkerboard(3, 2, 2, 0, phase="alternating")  # the phase flips per channel
     assert torch.equal(alternating[0], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     assert torch.equal(alternating[1], 1 - alternating[0]) and torch.equal(alternating[2], alternating[0])
+    # the authors' masks (their create_mask): 1 where h + w + c + step is odd, the complement
+    for parity in (0, 1):
+        authors = checkerboard(3, 2, 2, parity, phase="authors")
+        assert torch.equal(authors, 1 - checkerboard(3, 2, 2, parity, phase="alternating"))
+    assert torch.equal(checkerboard(3, 2, 2, 0, phase="authors")[0], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    with pytest.raises(InputError, match="phase"):
+        checkerboard(2, 2, 2, 0, phase="odd")
     assert board[0, 0, 0] == 1 and board[0, 0, 1] == 0
     chan = channelwise(4, 2, 2, 0)
     assert chan[:2].eq(1).all() and chan[2:].eq(0).all()

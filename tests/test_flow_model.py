@@ -33,14 +33,19 @@ def tiny(
     return model.eval()
 
 
-#: the authors' networks (paper preset) with both heads, next to the compact ones
+#: the authors' networks as theirs (paper: dense classification heads) and refined (with both
+#: heads), next to the compact ones
 ARCHITECTURES = [
     ("generation", {}),
     ("classification", {}),
     ("generation", {"preset": "paper"}),
     ("classification", {"preset": "paper"}),
-    ("classification", {"preset": "paper", "head": "dense"}),
+    ("generation", {"preset": "refined"}),
+    ("classification", {"preset": "refined"}),
+    ("classification", {"preset": "refined", "head": "dense"}),
 ]
+#: the models whose couplings start as the identity (zero-initialised heads, the project's FiLM)
+IDENTITY_AT_START = [(kind, kw) for kind, kw in ARCHITECTURES if kw.get("preset") != "paper"]
 
 
 def blob_mask(size: int) -> torch.Tensor:
@@ -84,7 +89,7 @@ def test_round_trip(kind: str, kw: dict):
 @pytest.mark.parametrize("kind", ["generation", "classification"])
 def test_channels_last_convolutions_change_layout_not_results(kind: str):
     """The CPU speed switch: same log-likelihood and gradients, weights really in channels-last."""
-    from magicflow.flow.nets import SpatialConv2d
+    from magicflow.flow.blocks import SpatialConv2d
 
     x, y = torch.rand(2, 1, 32, 32), torch.tensor([0, 2])
     results = []
@@ -253,7 +258,7 @@ def test_bad_inputs_raise_input_error():
         assert words in str(info.value), (words, str(info.value))
 
 
-@pytest.mark.parametrize(("kind", "kw"), ARCHITECTURES)
+@pytest.mark.parametrize(("kind", "kw"), IDENTITY_AT_START)
 def test_every_step_starts_as_the_identity(kind: str, kw: dict):
     """Zero-initialised heads: before training each coupling leaves its input unchanged."""
     torch.manual_seed(0)
@@ -279,24 +284,56 @@ def test_every_step_starts_as_the_identity(kind: str, kw: dict):
     torch.testing.assert_close(logdet, torch.full((2,), conv), rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["generation", "classification"])
+def test_the_authors_couplings_do_not_start_as_the_identity(kind: str):
+    """The paper preset keeps the authors' default initialisation of heads and FiLM layers
+    (magicflow/flow/README.md: the refinements ``zero_heads`` and ``film_identity`` change it)."""
+    torch.manual_seed(0)
+    model = MagicFlow.from_preset("paper", 3, kind, image_size=16, widths=TINY_WIDTHS)
+    step = model.steps[1]
+    h = torch.randn(2, *step.coupling.mask.shape[1:])
+    out, logdet = step.coupling(h, torch.tensor([0, 2]))
+    assert not torch.allclose(out, h) and bool((logdet.abs() > 1e-3).all())
+
+
 def test_authors_block_structure_and_capacity():
     """The paper preset is the authors' networks: three stages with CBAM each, global feature
-    fusion then context blocks, full-width ASPP-SE per stage, FiLM residual blocks, a 5x5
-    weight-normalised stem, a 128-d embedding, one network per coupling."""
-    from magicflow.flow.nets import ASPPSE, CBAM, AuthorsGenerationNet, GlobalContext, GlobalFusion, ResBlock
+    fusion then context blocks, full-width ASPP-SE per stage, FiLM residual blocks with
+    BatchNorm, a 5x5 weight-normalised stem, a 128-d embedding, one network per coupling, dense
+    classification heads; ``refined`` swaps in the project's blocks (every refinement named)."""
+    from magicflow.flow.blocks import (
+        ASPPSE,
+        CBAM,
+        AuthorsASPP,
+        ChannelGate,
+        FlowBatchNorm,
+        GlobalContext,
+        GlobalFusion,
+        PooledFusion,
+        ResBlock,
+    )
+    from magicflow.flow.nets import REFINEMENTS, AuthorsGenerationNet
 
     config = MagicFlow.from_preset("paper", 7, image_size=16).config
     assert config["architecture"] == "authors" and config["embed_dim"] == 128 and config["shared_nets"]
-    net = AuthorsGenerationNet(4, (16, 32, 64), 7, 128)
-    kinds = [type(m) for m in net.modules()]
-    assert kinds.count(CBAM) == 3 and kinds.count(ASPPSE) == 3 and kinds.count(ResBlock) == 2
-    assert kinds.count(GlobalFusion) == 1 and kinds.count(GlobalContext) == 2
-    assert net.stage1.conv.kernel_size == (5, 5) and hasattr(net.stage1.conv.parametrizations, "weight")
-    assert net.embed.linear.in_features == 7 and net.embed.linear.out_features == 128
-    # full-width ASPP branches: 1x1 + three dilated 3x3 of cin -> cout, plus the pooled one
-    assert [b.out_channels for b in net.aspp3.branches] == [64] * 4 and net.aspp3.branches[3].dilation == (18, 18)
-    # the authors' heads: 3x3 scale, 1x1 shift
-    assert net.scale_head.kernel_size == (3, 3) and net.shift_head.kernel_size == (1, 1)
+    assert config["refinements"] == [] and config["head"] == "dense" and config["checker_phase"] == "authors"
+    refined = MagicFlow.from_preset("refined", 7, image_size=16).config
+    assert refined["refinements"] == sorted(REFINEMENTS) and refined["head"] == "conv"
+    for refinements, (aspp, fusion, context) in [
+        ((), (AuthorsASPP, PooledFusion, ChannelGate)),
+        (REFINEMENTS, (ASPPSE, GlobalFusion, GlobalContext)),
+    ]:
+        net = AuthorsGenerationNet(4, (16, 32, 64), 7, 128, refinements)
+        kinds = [type(m) for m in net.modules()]
+        assert kinds.count(CBAM) == 3 and kinds.count(aspp) == 3 and kinds.count(ResBlock) == 2
+        assert kinds.count(fusion) == 1 and kinds.count(context) == 2
+        assert (kinds.count(FlowBatchNorm) == 4) == (not refinements)  # BatchNorm in the authors' residual blocks
+        assert net.stage1.conv.kernel_size == (5, 5) and hasattr(net.stage1.conv.parametrizations, "weight")
+        assert net.embed.linear.in_features == 7 and net.embed.linear.out_features == 128
+        # full-width ASPP branches: 1x1 + three dilated 3x3 of cin -> cout
+        assert [b.out_channels for b in net.aspp3.branches] == [64] * 4 and net.aspp3.branches[3].dilation == (18, 18)
+        # the authors' heads: 3x3 scale, 1x1 shift
+        assert net.scale_head.kernel_size == (3, 3) and net.shift_head.kernel_size == (1, 1)
 
 
 def test_lite_preset_is_the_former_paper_preset():
@@ -523,14 +560,14 @@ def test_a_dilated_branch_that_sees_only_padding_is_its_centre_tap():
     which a map one pixel larger than the dilation still gets."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from magicflow.flow.nets import SpatialConv2d, _centre_only
+    from magicflow.flow.blocks import SpatialConv2d, centre_only
 
     torch.manual_seed(0)
     conv = SpatialConv2d(3, 2, 3, padding=6, dilation=6)
     for side, shortcut in ((6, True), (7, False)):
         x = torch.randn(2, 3, side, side, requires_grad=True)
         flops = []
-        for fn in (_centre_only, lambda c, v: c(v)):
+        for fn in (centre_only, lambda c, v: c(v)):
             with FlopCounterMode(display=False) as counter:
                 out = fn(conv, x)
             flops.append(counter.get_total_flops())

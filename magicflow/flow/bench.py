@@ -94,7 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-batch", type=int, default=64, help="batch for the generation figure")
     parser.add_argument("--steps", type=int, default=10, help="timed repetitions per figure")
     parser.add_argument("--classes", type=int, default=7)
-    parser.add_argument("--head", choices=HEADS, default="conv", help="head of the timed classification coupling")
+    parser.add_argument(
+        "--head", choices=HEADS, default=None, help="head of the timed classification coupling (default: the preset's)"
+    )
     parser.add_argument(
         "--flops-size", type=int, default=64, help="image side of the FLOP count (the authors quote 27 GFLOP at 64x64)"
     )
@@ -220,10 +222,14 @@ def _train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> 
     return step
 
 
+def _head(args: argparse.Namespace, coupling: str) -> dict[str, str]:
+    """The ``--head`` override of a classification coupling (none: the preset's own head)."""
+    return {"head": args.head} if args.head and coupling == "classification" else {}
+
+
 def _measure_ours(args: argparse.Namespace, coupling: str, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    head = args.head if coupling == "classification" else "conv"
-    model = MagicFlow.from_preset(args.preset, args.classes, coupling, image_size=args.size, head=head)
+    model = MagicFlow.from_preset(args.preset, args.classes, coupling, image_size=args.size, **_head(args, coupling))
     precision = "bf16" if args.bf16 else "fp32"
     estimate = estimate_training_memory(model, args.batch, precision, args.checkpointing) if args.memory else None
     model = model.to(device)
@@ -283,8 +289,7 @@ def memory_estimates(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict[s
     out: dict[str, dict[str, float]] = {}
     for kind in kinds:
         torch.manual_seed(args.seed)
-        head = args.head if kind == "classification" else "conv"
-        model = MagicFlow.from_preset(args.preset, args.classes, kind, image_size=args.size, head=head)
+        model = MagicFlow.from_preset(args.preset, args.classes, kind, image_size=args.size, **_head(args, kind))
         figures: dict[str, float] = {}
         for checkpointing in (False, True):
             estimate = estimate_training_memory(model, args.batch, precision, checkpointing)
@@ -407,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
             "bf16": args.bf16,
             "tf32": args.tf32 and use_cuda,
             "channels_last": args.channels_last,
-            "classification_head": args.head,
+            "classification_head": args.head or PRESETS[args.preset]["head"],
             "checkpointing": args.checkpointing,
         },
         "flops_size": args.flops_size,

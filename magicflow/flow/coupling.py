@@ -12,7 +12,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from magicflow.flow.nets import Conditioning, CouplingNet
+from magicflow.flow.blocks import Conditioning, recomputing
+from magicflow.flow.nets import CouplingNet
+
+
+def _recompute_contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """Activation checkpointing's (forward, recomputation) contexts."""
+    return contextlib.nullcontext(), recomputing()
 
 
 class DoubleAffineCoupling(nn.Module):
@@ -23,9 +29,10 @@ class DoubleAffineCoupling(nn.Module):
     paper's notation. With ``bf16`` set, the networks run under bfloat16 autocast while the
     affine update and log-dets stay in the input precision (fp32). With ``checkpoint`` set, a
     network's activations are not kept for the backward pass but recomputed there (activation
-    checkpointing): the same loss and gradients (dropout replays its masks; the networks keep no
-    running statistics to move twice) for one more forward pass of the networks, and the
-    networks' activations, most of a step's memory, are gone."""
+    checkpointing): the same loss and gradients (dropout replays its masks; BatchNorm normalises
+    with the same batch statistics and leaves its running ones alone while recomputing) for one
+    more forward pass of the networks, and the networks' activations, most of a step's memory,
+    are gone."""
 
     def __init__(self, mask: torch.Tensor, net_b: CouplingNet, net_a: CouplingNet, scale_bound: float) -> None:
         super().__init__()
@@ -61,7 +68,7 @@ class DoubleAffineCoupling(nn.Module):
         """Bounded scale and shift from ``net``, zeroed outside ``side`` (the half they act on;
         ``bound`` is ``side`` times the scale bound)."""
         if self.checkpoint and torch.is_grad_enabled():
-            raw, shift = checkpoint(self._run, net, h, cond, use_reentrant=False)
+            raw, shift = checkpoint(self._run, net, h, cond, use_reentrant=False, context_fn=_recompute_contexts)
         else:
             raw, shift = self._run(net, h, cond)
         return torch.tanh(raw.to(h.dtype)) * bound, shift.to(h.dtype) * side

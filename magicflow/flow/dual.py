@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from magicflow.errors import InputError
 from magicflow.flow.model import _LOG_2PI, MagicFlow, _normal_log_density, validate_model_config
-from magicflow.flow.nets import SpatialConv2d, _zero_conv, store_channels_last
+from magicflow.flow.blocks import SpatialConv2d, head_conv, store_channels_last
 
 #: |log sigma| of the conditional stays below this (soft, ``bound * tanh(raw / bound)``): sigma in
 #: [e^-5, e^5] = [0.0067, 148]. A paired target that is a deterministic function of the source
@@ -77,7 +77,7 @@ class RelationNet(nn.Module):
             nn.GELU(),
             SpatialConv2d(width, width, 3, padding=1),
             nn.GELU(),
-            _zero_conv(width, 2 * out_channels),
+            head_conv(width, 2 * out_channels),
         )
 
     def forward(self, z: torch.Tensor, side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

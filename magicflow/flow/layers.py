@@ -84,6 +84,53 @@ class ActNorm(nn.Module):
         return z * torch.exp(-self.log_scale) - self.bias
 
 
+class FirstBatchActNorm(nn.Module):
+    """The authors' ActNorm: ``scale * x + bias``, initialised from the first batch it ever sees
+    (in either direction and any mode) to ``scale = 1 / (std + 1e-6)``, ``bias = -mean`` with the
+    unbiased per-channel std. Unlike :class:`ActNorm` its output then has unit variance but not
+    zero mean (mean ``mean / std - mean``). The check runs on the host (a Python mirror of the
+    persistent ``initialized`` buffer, read once after a load), so only the first call waits."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(1, num_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready: bool | None = False  # mirror of ``initialized``; None: unknown (after a load)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = None
+
+    @torch.no_grad()
+    def _initialise(self, x: torch.Tensor) -> None:
+        if self._ready is None:
+            self._ready = bool(self.initialized)
+        if self._ready:
+            return
+        self.bias.copy_(-x.mean(dim=(0, 2, 3), keepdim=True))
+        self.scale.copy_(1.0 / (x.std(dim=(0, 2, 3), keepdim=True) + self.eps))
+        self.initialized.fill_(True)
+        self._ready = True
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, per_position: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._ready:
+            self._initialise(x)
+        out = torch.addcmul(self.bias, x, self.scale)
+        log_scale = torch.log(self.scale.abs())
+        if per_position:
+            return out, log_scale.expand_as(x)
+        return out, (log_scale.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+
+    def inverse(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if not self._ready:
+            self._initialise(z)
+        return (z - self.bias) / self.scale
+
+
 class InvConv1x1(nn.Module):
     """Invertible 1x1 convolution with the LU parameterisation of Glow.
 
@@ -164,6 +211,32 @@ class InvConv1x1(nn.Module):
         _, weight_inv = self.weights()
         channels = z.shape[1]
         return F.conv2d(z, weight_inv.view(channels, channels, 1, 1))
+
+
+class FullInvConv1x1(nn.Module):
+    """The authors' invertible 1x1 convolution: a full ``C x C`` weight (a random rotation at
+    first), its log-determinant from ``slogdet`` and its inverse from ``torch.linalg.inv`` on
+    every call (at most 16 x 16 in the flows here). :class:`InvConv1x1` is Glow's LU form of
+    the same map."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(num_channels, num_channels))
+        self.weight = nn.Parameter(q)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, per_position: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        channels = x.shape[1]
+        out = F.conv2d(x, self.weight.view(channels, channels, 1, 1))
+        log_det = torch.linalg.slogdet(self.weight)[1]
+        if per_position:
+            return out, (log_det / channels).expand_as(x)
+        return out, (log_det * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+
+    def inverse(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        channels = z.shape[1]
+        return F.conv2d(z, torch.linalg.inv(self.weight).view(channels, channels, 1, 1))
 
 
 def squeeze(x: torch.Tensor) -> torch.Tensor:

@@ -23,14 +23,22 @@ def _with_parity(mask: torch.Tensor, parity: int) -> torch.Tensor:
     return 1.0 - mask if parity % 2 else mask
 
 
-def checkerboard(channels: int, height: int, width: int, parity: int, alternate: bool = False) -> torch.Tensor:
-    """(C, H, W) mask alternating over pixels; identical in every channel, or with its phase
-    flipped from channel to channel when ``alternate`` (the authors' masks), so that after a
-    squeeze each position has channels on both sides of the coupling."""
+#: checkerboard phases: ``same`` (1 where h + w + step is even, in every channel),
+#: ``alternating`` (1 where h + w + c + step is even) and ``authors`` (their notebooks' masks: 1
+#: where h + w + c + step is odd, the complement of ``alternating``)
+CHECKER_PHASES = ("same", "alternating", "authors")
+
+
+def checkerboard(channels: int, height: int, width: int, parity: int, phase: str = "same") -> torch.Tensor:
+    """(C, H, W) mask alternating over pixels; identical in every channel (``same``), or with its
+    phase flipped from channel to channel (``alternating``, ``authors``), so that after a squeeze
+    each position has channels on both sides of the coupling (:data:`CHECKER_PHASES`)."""
+    if phase not in CHECKER_PHASES:
+        raise InputError(f"checkerboard phase must be one of {CHECKER_PHASES}, got {phase!r}")
     rows = torch.arange(height).view(1, -1, 1)
     cols = torch.arange(width).view(1, 1, -1)
-    chans = torch.arange(channels).view(-1, 1, 1) if alternate else torch.zeros(channels, 1, 1, dtype=torch.long)
-    board = ((rows + cols + chans) % 2 == 0).float()
+    chans = torch.arange(channels).view(-1, 1, 1) if phase != "same" else torch.zeros(channels, 1, 1, dtype=torch.long)
+    board = ((rows + cols + chans) % 2 == int(phase == "authors")).float()
     return _with_parity(board, parity)
 
 
@@ -74,13 +82,13 @@ def build_mask(
     application: torch.Tensor | None = None,
     in_channels: int = 1,
     ops: list[str] | None = None,
-    alternate: bool = False,
+    phase: str = "same",
 ) -> torch.Tensor:
     """Mask of ``kind`` for a step whose input has ``shape``; ``ops`` is the reshaping so far;
-    ``alternate`` flips the checkerboard phase per channel (see :func:`checkerboard`)."""
+    ``phase`` is the checkerboard's (see :func:`checkerboard`)."""
     channels, height, width = shape
     if kind == "checkerboard":
-        return checkerboard(channels, height, width, parity, alternate)
+        return checkerboard(channels, height, width, parity, phase)
     if kind == "channel":
         return channelwise(channels, height, width, parity)
     if kind == "application":

@@ -30,9 +30,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from magicflow.errors import InputError
+from magicflow.flow.blocks import store_channels_last
 from magicflow.flow.coupling import DoubleAffineCoupling
 from magicflow.flow.layers import (
     ActNorm,
+    FirstBatchActNorm,
+    FullInvConv1x1,
     InvConv1x1,
     crop_image,
     fold_border,
@@ -43,8 +46,8 @@ from magicflow.flow.layers import (
     squeeze,
     unsqueeze,
 )
-from magicflow.flow.masks import MASK_KINDS, build_mask, check_application_mask
-from magicflow.flow.nets import ARCHITECTURES, HEADS, build_net, store_channels_last
+from magicflow.flow.masks import CHECKER_PHASES, MASK_KINDS, build_mask, check_application_mask
+from magicflow.flow.nets import ARCHITECTURES, COMPACT_REFINEMENTS, HEADS, REFINEMENTS, build_net
 from magicflow.flow.presets import COUPLINGS, preset_config
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -67,6 +70,7 @@ _REQUIRED = {
     "architecture": str,
     "head": str,
     "checker_phase": str,
+    "refinements": list,
 }
 
 
@@ -98,10 +102,18 @@ def validate_model_config(config: dict[str, Any]) -> None:
             f"architecture must be one of {ARCHITECTURES} and head one of {HEADS}, "
             f"got {config['architecture']!r} and {config['head']!r}"
         )
-    if config["head"] == "dense" and (config["architecture"], config["coupling"]) != ("authors", "classification"):
-        raise InputError("head 'dense' exists only for the authors' classification coupling (architecture 'authors')")
-    if config["checker_phase"] not in ("same", "alternating"):
-        raise InputError(f"checker_phase must be 'same' or 'alternating', got {config['checker_phase']!r}")
+    if config["head"] == "dense" and config["architecture"] != "authors":
+        raise InputError("head 'dense' (the authors' classification heads) needs architecture 'authors'")
+    if config["checker_phase"] not in CHECKER_PHASES:
+        raise InputError(f"checker_phase must be one of {CHECKER_PHASES}, got {config['checker_phase']!r}")
+    refinements = config["refinements"]
+    if any(name not in REFINEMENTS for name in refinements) or len(set(refinements)) != len(refinements):
+        raise InputError(f"refinements must be distinct names from {sorted(REFINEMENTS)}, got {refinements}")
+    if config["architecture"] == "compact" and not COMPACT_REFINEMENTS <= set(refinements):
+        raise InputError(
+            f"compact networks are built from the project's blocks: refinements must include {sorted(COMPACT_REFINEMENTS)}, "
+            f"missing {sorted(COMPACT_REFINEMENTS - set(refinements))}"
+        )
     if config["coupling"] not in COUPLINGS:
         raise InputError(f"coupling must be one of {COUPLINGS}, got {config['coupling']!r}")
     if any(kind not in MASK_KINDS for kind in config["masks"]):
@@ -131,10 +143,12 @@ BIN_WIDTH = 1.0 / 256.0
 class FlowStep(nn.Module):
     """ActNorm -> invertible 1x1 convolution -> double affine coupling."""
 
-    def __init__(self, channels: int, coupling: DoubleAffineCoupling, init_images: int) -> None:
+    def __init__(
+        self, actnorm: ActNorm | FirstBatchActNorm, conv: InvConv1x1 | FullInvConv1x1, coupling: DoubleAffineCoupling
+    ) -> None:
         super().__init__()
-        self.actnorm = ActNorm(channels, init_images)
-        self.conv = InvConv1x1(channels)
+        self.actnorm = actnorm
+        self.conv = conv
         self.coupling = coupling
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, per_position: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,9 +200,7 @@ class MagicFlow(nn.Module):
                 kind = "checkerboard"  # documented fallback when no mask is given
             if kind == "channel" and channels < 2:
                 raise InputError(f"step {i} has a channel-wise mask but only {channels} channel(s)")
-            step_mask = build_mask(
-                kind, (channels, size, size), i % 2, application, self.in_channels, ops, c["checker_phase"] == "alternating"
-            )
+            step_mask = build_mask(kind, (channels, size, size), i % 2, application, self.in_channels, ops, c["checker_phase"])
             net_args = (
                 c["coupling"],
                 channels,
@@ -200,11 +212,16 @@ class MagicFlow(nn.Module):
                 c["architecture"],
                 size,
                 c["head"],
+                c["refinements"],
             )
             net_b = build_net(*net_args)
             net_a = net_b if c["shared_nets"] else build_net(*net_args)
             coupling = DoubleAffineCoupling(step_mask, net_b, net_a, c["scale_bound"])
-            steps.append(FlowStep(channels, coupling, c["actnorm_init_images"]))
+            actnorm = (
+                ActNorm(channels, c["actnorm_init_images"]) if "actnorm_glow" in c["refinements"] else FirstBatchActNorm(channels)
+            )
+            conv = InvConv1x1(channels) if "lu_1x1" in c["refinements"] else FullInvConv1x1(channels)
+            steps.append(FlowStep(actnorm, conv, coupling))
             if i in self.split_after:
                 if channels < 2:
                     raise InputError(f"cannot split {channels} channel(s) after step {i}")

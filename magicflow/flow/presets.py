@@ -1,10 +1,14 @@
 """Model configurations. A config is a plain JSON-able dict, stored in every checkpoint.
 
-``paper`` is the authors' model: their 24-step layout, per-step widths, coupling networks
-block by block (``architecture: authors``), one network per coupling and a 128-d label
-embedding. ``lite`` is the earlier, lighter ``paper`` preset: the same layout and widths with
-the compact networks (one CBAM, ASPP-SE and context block; 2.8x fewer FLOPs). ``small`` keeps
-the layout with narrow compact couplings so it trains on a laptop CPU."""
+``paper`` is the authors' model as their notebooks build it (luca2245/MAGIC-Flow): their
+24-step layout, per-step widths and checkerboard phases, their coupling networks block for
+block (``architecture: authors`` with no ``refinements``), one network per coupling, a 128-d
+label embedding, the dense classification heads and first-batch ActNorm
+(tests/test_authors_notebooks.py compares them with the notebooks' classes). ``refined`` is the
+same model with this project's changes (:data:`magicflow.flow.nets.REFINEMENTS`, each measured
+in magicflow/flow/README.md) and convolutional classification heads. ``lite`` keeps the layout
+and widths with the compact networks (one CBAM, ASPP-SE and context block; 2.8x fewer FLOPs).
+``small`` keeps the layout with narrow compact couplings so it trains on a laptop CPU."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import copy
 from typing import Any
 
 from magicflow.errors import InputError
+from magicflow.flow.nets import REFINEMENTS
 
 #: mask kind per step: 1 application, 4 checkerboard, 2 x (3 channel, 3 checkerboard), 3 channel, 4 checkerboard
 PAPER_MASKS: list[str] = (
@@ -51,14 +56,31 @@ _BASE: dict[str, Any] = {
     "actnorm_init_images": 64,
     "architecture": "compact",
     "head": "conv",
-    "checker_phase": "same",  # "alternating": checkerboard phase flips per channel (the authors')
+    "checker_phase": "same",  # "alternating" / "authors": checkerboard phase flips per channel (masks.py)
+    "refinements": sorted(REFINEMENTS),  # the project's changes to the authors' blocks (nets.REFINEMENTS)
 }
 
 #: keys added after checkpoints were first written, with the value those checkpoints used
-LEGACY_DEFAULTS: dict[str, Any] = {"architecture": "compact", "head": "conv", "checker_phase": "same"}
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "architecture": "compact",
+    "head": "conv",
+    "checker_phase": "same",
+    "refinements": sorted(REFINEMENTS),
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
+        **_BASE,
+        "widths": PAPER_WIDTHS,
+        "architecture": "authors",
+        "embed_dim": 128,
+        "shared_nets": True,
+        "dropout": 0.3,
+        "checker_phase": "authors",
+        "head": "dense",
+        "refinements": [],
+    },
+    "refined": {
         **_BASE,
         "widths": PAPER_WIDTHS,
         "architecture": "authors",
