@@ -158,8 +158,8 @@ def _rename(key: str) -> str:
         (r"\.atrous_block6\.", ".branches.1."),
         (r"\.atrous_block12\.", ".branches.2."),
         (r"\.atrous_block18\.", ".branches.3."),
-        (r"\.se\.1\.", ".se.mlp.0."),
-        (r"\.se\.3\.", ".se.mlp.2."),
+        (r"\.se\.1\.", ".se.gate.1."),
+        (r"\.se\.3\.", ".se.gate.3."),
         (r"\.output\.", ".out."),
         (r"^conv_s\.0\.", "scale_head."),
         (r"^conv_t\.", "shift_head."),
@@ -182,7 +182,7 @@ def load_their_net(ours_net: nn.Module, theirs_net: nn.Module) -> None:
     expected = ours_net.state_dict()
     for key, value in list(mapped.items()):
         if key in expected and expected[key].dim() != value.dim():
-            mapped[key] = value.reshape(expected[key].shape)  # their 1x1 convolutions on pooled maps: our linear layers
+            mapped[key] = value.reshape(expected[key].shape)  # their linear layers on pooled features: our 1x1 convolutions
     ours_net.load_state_dict(mapped, strict=True)
 
 

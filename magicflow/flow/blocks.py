@@ -7,8 +7,7 @@ Two families. The authors' blocks, as their notebooks build them (luca2245/MAGIC
 variants, which the ``paper`` preset's ``refinements`` swap in one by one: :class:`CBAM` and
 :class:`ResBlock` with their defaults, :class:`GlobalContext`, :class:`GlobalFusion`,
 :class:`ASPPSE`, :class:`LabelEmbedding` (magicflow/flow/README.md lists each difference and
-what it measured). Pooled features go through linear layers, not 1x1 convolutions on
-``(N, C, 1, 1)`` maps (the same values, a fraction of the operations)."""
+what it measured)."""
 
 from __future__ import annotations
 
@@ -128,6 +127,14 @@ def recomputing() -> Iterator[None]:
         FlowBatchNorm.recomputing = previous
 
 
+def _pooled_mlp(channels: int, hidden: int, activation: str, bias: bool = True, out: int | None = None) -> nn.Sequential:
+    """An MLP on pooled ``(N, C, 1, 1)`` features as two 1x1 convolutions: one operation each way,
+    where a linear layer on ``(N, C)`` costs a transpose, a matrix product and views (a training
+    step of ``small`` counted 1,100 more operations with linear layers here)."""
+    act = nn.GELU() if activation == "gelu" else nn.ReLU()
+    return nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=bias), act, nn.Conv2d(hidden, out or channels, 1, bias=bias))
+
+
 class CBAM(nn.Module):
     """Channel attention (shared MLP on average and max pooling) then spatial attention.
 
@@ -137,23 +144,13 @@ class CBAM(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4, kernel: int = 7, activation: str = "gelu", bias: bool = True) -> None:
         super().__init__()
-        hidden = max(channels // reduction, 1)
-        act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden, bias=bias), act, nn.Linear(hidden, channels, bias=bias))
+        self.mlp = _pooled_mlp(channels, max(channels // reduction, 1), activation, bias)
         self.spatial = SpatialConv2d(2, 1, kernel, padding=kernel // 2, bias=bias)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
-        # checkpoints written when the MLP was two 1x1 convolutions
-        for key in (f"{prefix}mlp.0.weight", f"{prefix}mlp.2.weight"):
-            if key in state_dict and state_dict[key].dim() == 4:
-                state_dict[key] = state_dict[key].flatten(1)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))])
+        pooled = torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)])
         avg, mx = self.mlp(pooled).chunk(2)
-        x = x * torch.sigmoid(avg + mx).view(b, c, 1, 1)
+        x = x * torch.sigmoid(avg + mx)
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return x * torch.sigmoid(self.spatial(pooled))
 
@@ -164,12 +161,10 @@ class ChannelGate(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        hidden = max(channels // reduction, 1)
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, channels, bias=False))
+        self.mlp = _pooled_mlp(channels, max(channels // reduction, 1), "relu", bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        return torch.addcmul(x, x, torch.sigmoid(self.mlp(x.mean(dim=(2, 3)))).view(b, c, 1, 1))
+        return torch.addcmul(x, x, torch.sigmoid(self.mlp(x.mean(dim=(2, 3), keepdim=True))))
 
 
 class GlobalContext(nn.Module):
@@ -194,11 +189,10 @@ class PooledFusion(nn.Module):
 
     def __init__(self, channels: int, hidden: int = 128) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
+        self.mlp = _pooled_mlp(channels, hidden, "gelu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        return x + self.mlp(x.mean(dim=(2, 3))).view(b, c, 1, 1)
+        return x + self.mlp(x.mean(dim=(2, 3), keepdim=True))
 
 
 class GlobalFusion(nn.Module):
@@ -221,22 +215,11 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4, activation: str = "gelu") -> None:
         super().__init__()
-        hidden = max(channels // reduction, 1)
-        act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden), act, nn.Linear(hidden, channels))
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
-        # checkpoints written when the gate was pooling and two 1x1 convolutions
-        for old, new in (("gate.1", "mlp.0"), ("gate.3", "mlp.2")):
-            for kind in ("weight", "bias"):
-                if f"{prefix}{old}.{kind}" in state_dict:
-                    value = state_dict.pop(f"{prefix}{old}.{kind}")
-                    state_dict[f"{prefix}{new}.{kind}"] = value.flatten(1) if kind == "weight" else value
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        mlp = _pooled_mlp(channels, max(channels // reduction, 1), activation)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), *mlp, nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        return x * torch.sigmoid(self.mlp(x.mean(dim=(2, 3)))).view(b, c, 1, 1)
+        return x * self.gate(x)
 
 
 def centre_only(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
