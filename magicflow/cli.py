@@ -109,7 +109,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "report": _stage("magicflow.report.experiment", "the self-contained HTML report of one experiment"),
     "translation-report": _stage("magicflow.report.translation", "the self-contained HTML report of one translation experiment"),
-    "bench": _stage("magicflow.flow.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
+    "bench": _stage("magicflow.experiments.bench", "benchmark the flow (and a normflows Glow peer) on CPU or GPU"),
     "gpu-slot": Command(
         "run a command on a GPU of its own (a local run's GPU jobs; see magicflow/gpu_slots.py)",
         "magicflow.gpu_slots:add_arguments",

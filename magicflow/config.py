@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 
 from magicflow.errors import InputError
-from magicflow.experiments.view import crop_setting
+from magicflow.view import crop_setting
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: the JSON schemas of the config and the manifest, shipped inside the package (package data) so that

@@ -41,44 +41,6 @@ def coronal_slice(volume: np.ndarray, offset: int = 0) -> np.ndarray:
     return np.ascontiguousarray(plane.T[::-1])[None].astype(np.float32)
 
 
-def resize_slices(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, C, 182, 182) slices area-averaged to (N, C, size, size): each output pixel is the mean
-    of the input pixels it covers, so shrinking never aliases and mean intensity is kept.
-    Larger sizes are refused: the slices hold no detail beyond the 1 mm grid."""
-    import torch
-    import torch.nn.functional as F
-
-    x = np.asarray(images, dtype=np.float32)
-    if x.ndim != 4:
-        raise InputError(f"slices: expected (N, C, H, W), got shape {x.shape}")
-    if size == x.shape[-1] and size == x.shape[-2]:
-        return x
-    if not 1 <= size <= min(x.shape[-2:]):
-        raise InputError(f"image_size {size}: must lie between 1 and the slices' side {min(x.shape[-2:])}")
-    if len(x) == 0:
-        return np.zeros((0, x.shape[1], size, size), np.float32)
-    return F.interpolate(torch.from_numpy(np.ascontiguousarray(x)), size=(size, size), mode="area").numpy()
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A (C, H, W) 0/1 mask at ``size``: a pixel is inside when at least half the area it covers is."""
-    coverage = resize_slices(np.asarray(mask, dtype=np.float32)[None], size)[0]
-    return (coverage >= 0.5).astype(np.uint8)
-
-
-def upsample_plane(plane: np.ndarray, side: int = SLICE_SIDE) -> np.ndarray:
-    """A (h, w) plane bilinearly enlarged to (side, side), for display on the 1 mm grid."""
-    import torch
-    import torch.nn.functional as F
-
-    x = np.asarray(plane, dtype=np.float32)
-    if x.shape == (side, side):
-        return x
-    return F.interpolate(
-        torch.from_numpy(np.ascontiguousarray(x))[None, None], size=(side, side), mode="bilinear", align_corners=False
-    )[0, 0].numpy()
-
-
 def normalise_volume(volume: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """Scale to [0, 1] between the given percentiles of the in-mask voxels, clipped."""
     inside = volume[mask > 0]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from magicflow.errors import InputError
-from magicflow.flow import bench
+from magicflow.experiments import bench
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

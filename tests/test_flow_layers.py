@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from magicflow.errors import InputError
-from magicflow.flow.bench import OperationLog
+from magicflow.experiments.bench import OperationLog
 from magicflow.flow.coupling import DoubleAffineCoupling
 from magicflow.flow.layers import (
     ActNorm,

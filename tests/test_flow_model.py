@@ -529,7 +529,7 @@ def test_checkpoints_with_a_projection_per_film_layer_load_unchanged(kind: str, 
 def test_label_path_runs_once_per_network_and_pass(shared: bool):
     """A coupling derives its networks' label conditioning once per pass: one embedding lookup
     and one projection for all FiLM layers per network, however often a shared network runs."""
-    from magicflow.flow.bench import count_operations
+    from magicflow.experiments.bench import count_operations
 
     model = tiny(size=16, shared_nets=shared)
     x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 2])
@@ -542,7 +542,7 @@ def test_channels_last_runs_without_layout_copies_around_convolutions():
     """Channels-last comes from the weights' layout, so the network converts nothing: the
     copies into and out of channels-last around every spatial convolution (two per
     convolution, hundreds per pass) are gone; a few reshapes of the flow's state remain."""
-    from magicflow.flow.bench import count_operations
+    from magicflow.experiments.bench import count_operations
 
     x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 2])
     copies = []

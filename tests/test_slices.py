@@ -16,10 +16,8 @@ from magicflow.slices import (
     mask_slice,
     normalise_volume,
     parse_offsets,
-    resize_mask,
-    resize_slices,
-    upsample_plane,
 )
+from magicflow.view import resize_mask, resize_slices, upsample_plane
 
 
 def _world_to_index(x: float, y: float, z: float) -> tuple[int, int, int]:

@@ -19,9 +19,10 @@ import pytest
 from magicflow.config import experiment_settings, validate_config
 from magicflow.errors import InputError
 from magicflow.experiments.commands import application_mask
-from magicflow.experiments.view import View, describe, mm_to_pixel, pixel_to_mm, resolve_view
+from magicflow.view import View, describe, mm_to_pixel, pixel_to_mm, resolve_view
 from magicflow.preprocess.template import GRID_1MM_AFFINE
-from magicflow.slices import coronal_slice, resize_mask, resize_slices
+from magicflow.slices import coronal_slice
+from magicflow.view import resize_mask, resize_slices
 
 from attribution_fixtures import planted_outputs
 
@@ -252,7 +253,7 @@ def test_a_crop_experiment_trains_samples_classifies_and_explains_on_its_box(tmp
 
 
 def test_the_report_says_how_the_images_were_cut_and_draws_the_box(tmp_path: Path):
-    from magicflow.experiments.view import crop_png
+    from magicflow.view import crop_png
     from magicflow.report.experiment import overview
 
     from test_report import metrics_record

@@ -139,7 +139,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from magicflow.experiments.commands import read_experiment_settings
     from magicflow.experiments.infer import write_samples
     from magicflow.experiments.train import resolve_device
-    from magicflow.experiments.view import View
+    from magicflow.view import View
 
     settings = read_experiment_settings(args.experiment)
     baseline = _baseline(args.baseline)

@@ -8,7 +8,7 @@ validation loss), last.pt (resumable state) and training.tsv/.png are written ex
 discriminative baselines.
 
 - ``glow``: normflows' multiscale Glow as ``magicflow bench`` builds it
-  (:func:`magicflow.flow.bench.build_glow_peer`: 3 levels x 8 blocks, the flow's depth, hidden widths
+  (:func:`magicflow.experiments.bench.build_glow_peer`: 3 levels x 8 blocks, the flow's depth, hidden widths
   from the experiment's preset), class-conditional base. Images in [0, 1] are dequantised with
   uniform noise of one 8-bit level, shifted to [-0.5, 0.5] and zero-padded to a multiple of 8; the
   loss is the negative log-likelihood in bits per dimension. Samples use ``samples.temperature``.
@@ -52,7 +52,7 @@ class GlowBaseline(nn.Module):
 
     def __init__(self, num_classes: int, image_size: int, preset: str):
         super().__init__()
-        from magicflow.flow.bench import build_glow_peer, glow_peer_widths
+        from magicflow.experiments.bench import build_glow_peer, glow_peer_widths
 
         self.image_size = image_size
         self.pad = pad_amounts(image_size, 8)

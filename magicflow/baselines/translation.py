@@ -364,7 +364,7 @@ def translate_with_baseline(
 
     from magicflow.baselines.discriminative import load_baseline
     from magicflow.experiments.translation import held_out_conditions, side_dim, write_translations
-    from magicflow.experiments.view import View
+    from magicflow.view import View
 
     model, payload = load_baseline(
         model_path, device, build=lambda s, k: build_translator({**s, "side_dim": side_dim(settings, classes)}, k)

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from magicflow.evaluate.inputs import FOLD_FILES, generation_sets, load_experiment
     from magicflow.experiments.commands import load_inputs, parse_pairs
     from magicflow.experiments.data import experiment_images
-    from magicflow.experiments.view import View, crop_png, read_mask
+    from magicflow.view import View, crop_png, read_mask
 
     started = time.perf_counter()
     baselines = baseline_inputs(args)  # read first: a wrong option fails before minutes of work

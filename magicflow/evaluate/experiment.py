@@ -31,7 +31,7 @@ from magicflow.evaluate import classification as cls
 from magicflow.evaluate import figures
 from magicflow.evaluate import generation as gen
 from magicflow.evaluate.inputs import ExperimentOutputs, ImageScores, image_scores, slice_scores
-from magicflow.experiments.view import View
+from magicflow.view import View
 
 #: figure file names inside the evaluation folder, in the order the report shows them
 FIGURES = {

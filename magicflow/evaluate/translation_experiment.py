@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from magicflow.errors import InputError
-from magicflow.experiments.view import View
+from magicflow.view import View
 from magicflow.io import atomic_dir, atomic_path, write_json
 
 METRICS = ("mae", "correlation", "psnr", "ssim")

@@ -53,10 +53,10 @@ def add_experiment_inputs(parser: argparse.ArgumentParser, arrays: bool = True) 
 
 def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
     """Settings, the experiment's slice rows, each dataset's slice array and the brain mask,
-    all as the experiment's :class:`~magicflow.experiments.view.View` sees them (area-resized
+    all as the experiment's :class:`~magicflow.view.View` sees them (area-resized
     to ``image_size`` or cropped, here after slicing, so one ``slices.npz`` serves every view).
     ``settings["view"]`` records the resolved view (a crop's box) for the stage's outputs."""
-    from magicflow.experiments.view import read_mask, resolve_view
+    from magicflow.view import read_mask, resolve_view
 
     settings = read_experiment_settings(args.experiment)
     slices = exp_data.experiment_slices(parse_pairs(args.slices, "slices"), settings)
@@ -235,7 +235,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_sample(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import draw_samples, write_samples
-    from magicflow.experiments.view import View
+    from magicflow.view import View
 
     settings = read_experiment_settings(args.experiment)
     model, extra, device = _model(args.model, settings["training"]["device"])
@@ -284,7 +284,7 @@ def add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_attribution(args: argparse.Namespace) -> int:
     from magicflow.experiments.infer import attribution_maps, overlay_png
-    from magicflow.experiments.view import View
+    from magicflow.view import View
 
     settings, slices, arrays, mask = load_inputs(args)
     view = View.from_record(settings["view"])

@@ -24,7 +24,7 @@ from magicflow.experiments.posterior import (
     posteriors,
     sum_by_image,
 )
-from magicflow.experiments.view import View
+from magicflow.view import View
 from magicflow.flow import MagicFlow
 from magicflow.io import atomic_path
 from magicflow.plotting import pyplot

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from magicflow.errors import InputError
 from magicflow.experiments.commands import application_mask
 from magicflow.experiments.data import SliceSet
-from magicflow.experiments.view import View
+from magicflow.view import View
 from magicflow.experiments.train import TrainSettings
 from magicflow.io import atomic_path
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from magicflow import __version__
 from magicflow.errors import InputError
-from magicflow.experiments.view import describe
+from magicflow.view import describe
 from magicflow.io import atomic_path
 from magicflow.report import html as h
 

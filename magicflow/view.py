@@ -23,7 +23,7 @@ import numpy as np
 
 from magicflow.errors import InputError
 
-SIDE = 182  # magicflow.slices.SLICE_SIDE (not imported: config validation must stay light)
+SIDE = 182  # magicflow.slices.SLICE_SIDE (not imported: the view sits below the slices)
 #: pixel of MNI (x, z) = (0, 0) mm on the coronal slice: FSL's 1 mm grid, rows superior first
 ORIGIN_ROW, ORIGIN_COL = 109, 90
 
@@ -54,6 +54,44 @@ def crop_box(size: int, centre: tuple[float, float], what: str) -> tuple[int, in
     return top, left
 
 
+def resize_slices(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, C, 182, 182) slices area-averaged to (N, C, size, size): each output pixel is the mean
+    of the input pixels it covers, so shrinking never aliases and mean intensity is kept.
+    Larger sizes are refused: the slices hold no detail beyond the 1 mm grid."""
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim != 4:
+        raise InputError(f"slices: expected (N, C, H, W), got shape {x.shape}")
+    if size == x.shape[-1] and size == x.shape[-2]:
+        return x
+    if not 1 <= size <= min(x.shape[-2:]):
+        raise InputError(f"image_size {size}: must lie between 1 and the slices' side {min(x.shape[-2:])}")
+    if len(x) == 0:
+        return np.zeros((0, x.shape[1], size, size), np.float32)
+    return F.interpolate(torch.from_numpy(np.ascontiguousarray(x)), size=(size, size), mode="area").numpy()
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A (C, H, W) 0/1 mask at ``size``: a pixel is inside when at least half the area it covers is."""
+    coverage = resize_slices(np.asarray(mask, dtype=np.float32)[None], size)[0]
+    return (coverage >= 0.5).astype(np.uint8)
+
+
+def upsample_plane(plane: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """A (h, w) plane bilinearly enlarged to (side, side), for display on the 1 mm grid."""
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(plane, dtype=np.float32)
+    if x.shape == (side, side):
+        return x
+    return F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(x))[None, None], size=(side, side), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+
+
 @dataclass(frozen=True)
 class View:
     """The experiment's image geometry: ``size`` (the side the model sees) and, for a crop, the
@@ -70,7 +108,6 @@ class View:
 
     def images(self, x: np.ndarray) -> np.ndarray:
         """(N, C, 182, 182) slices as the model sees them: (N, C, size, size) float32."""
-        from magicflow.slices import resize_slices
 
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[-2:] != (SIDE, SIDE):
@@ -87,15 +124,12 @@ class View:
         if self.is_crop:
             out = self.images(flat) >= 0.5
         else:
-            from magicflow.slices import resize_mask
-
             out = np.stack([resize_mask(plane, self.size) for plane in flat]) if len(flat) else self.images(flat) > 0
         return out.reshape(*m.shape[:-2], self.size, self.size).astype(np.uint8)
 
     def on_grid(self, plane: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """A (size, size) plane put back on the (182, 182) slice, for NIfTI files on the MNI grid:
         a crop at its box (``fill`` elsewhere), a resized plane enlarged bilinearly."""
-        from magicflow.slices import upsample_plane
 
         p = np.asarray(plane, dtype=np.float32)
         if not self.is_crop:
@@ -107,7 +141,6 @@ class View:
     def for_display(self, plane: np.ndarray) -> np.ndarray:
         """A plane as overlays show it: resized planes enlarged to the 1 mm grid so every report
         looks alike; a crop is already at 1 mm and is shown as it is."""
-        from magicflow.slices import upsample_plane
 
         return np.asarray(plane, dtype=np.float32) if self.is_crop else upsample_plane(plane)
 
