@@ -14,6 +14,7 @@ from magicflow.config import REPO_ROOT, experiment_settings, load_config, valida
 from magicflow.errors import InputError
 from magicflow.evaluate import ablation
 from magicflow.flow.nets import REFINEMENTS
+from magicflow.flow.presets import PRESETS
 
 CONFIG = REPO_ROOT / "config" / "ablation.yaml"
 
@@ -40,6 +41,8 @@ def test_each_row_adds_one_refinement_to_the_authors_model(layered):
                 assert refinements == [row], name
             elif row == "all":
                 assert sorted(refinements) == sorted(REFINEMENTS), name
+            elif row == "refined":  # the rows kept: the refined preset's
+                assert refinements == PRESETS["refined"]["refinements"], name
             # every row trains on the same data with the same settings as the authors' row
             assert (s["offsets"], s["training"], s["modalities"]) == (base["offsets"], base["training"], base["modalities"])
     assert "demo_modality_generation" in layered["experiments"]  # layered over the demo, not replacing it

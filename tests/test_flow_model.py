@@ -10,6 +10,7 @@ import torch
 from magicflow.errors import InputError
 from magicflow.flow import MagicFlow
 from magicflow.flow.model import _normal_log_density
+from magicflow.flow.nets import REFINEMENTS
 
 TINY_WIDTHS = [[4, 4, 4]] * 11 + [[8, 8, 8]] * 13
 
@@ -42,10 +43,14 @@ ARCHITECTURES = [
     ("classification", {"preset": "paper"}),
     ("generation", {"preset": "refined"}),
     ("classification", {"preset": "refined"}),
-    ("classification", {"preset": "refined", "head": "dense"}),
+    ("classification", {"preset": "refined", "head": "conv"}),
 ]
-#: the models whose couplings start as the identity (zero-initialised heads, the project's FiLM)
-IDENTITY_AT_START = [(kind, kw) for kind, kw in ARCHITECTURES if kw.get("preset") != "paper"]
+#: the models whose couplings start as the identity: the compact ones (zero-initialised heads, the
+#: project's FiLM) and the refined ones given every refinement
+IDENTITY_AT_START = [(kind, kw) for kind, kw in ARCHITECTURES if "preset" not in kw] + [
+    ("generation", {"preset": "refined", "refinements": sorted(REFINEMENTS)}),
+    ("classification", {"preset": "refined", "refinements": sorted(REFINEMENTS), "head": "conv"}),
+]
 
 
 def blob_mask(size: int) -> torch.Tensor:
@@ -312,13 +317,14 @@ def test_authors_block_structure_and_capacity():
         PooledFusion,
         ResBlock,
     )
-    from magicflow.flow.nets import REFINEMENTS, AuthorsGenerationNet
+    from magicflow.flow.nets import AuthorsGenerationNet
+    from magicflow.flow.presets import REFINED
 
     config = MagicFlow.from_preset("paper", 7, image_size=16).config
     assert config["architecture"] == "authors" and config["embed_dim"] == 128 and config["shared_nets"]
     assert config["refinements"] == [] and config["head"] == "dense" and config["checker_phase"] == "authors"
     refined = MagicFlow.from_preset("refined", 7, image_size=16).config
-    assert refined["refinements"] == sorted(REFINEMENTS) and refined["head"] == "conv"
+    assert refined["refinements"] == REFINED and set(REFINED) < set(REFINEMENTS) and refined["head"] == "dense"
     for refinements, (aspp, fusion, context) in [
         ((), (AuthorsASPP, PooledFusion, ChannelGate)),
         (REFINEMENTS, (ASPPSE, GlobalFusion, GlobalContext)),
