@@ -72,29 +72,21 @@ LEGACY_DEFAULTS: dict[str, Any] = {
 #: applies to, averaged over two seeds; magicflow/flow/README.md, "Refinements"; config/ablation.yaml)
 REFINED: list[str] = ["cbam_wide", "film_identity", "label_mlp", "lu_1x1", "resblock_groupnorm"]
 
+_PAPER: dict[str, Any] = {
+    **_BASE,
+    "widths": PAPER_WIDTHS,
+    "architecture": "authors",
+    "embed_dim": 128,
+    "shared_nets": True,
+    "dropout": 0.3,
+    "checker_phase": "authors",
+    "head": "dense",
+    "refinements": [],
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {
-        **_BASE,
-        "widths": PAPER_WIDTHS,
-        "architecture": "authors",
-        "embed_dim": 128,
-        "shared_nets": True,
-        "dropout": 0.3,
-        "checker_phase": "authors",
-        "head": "dense",
-        "refinements": [],
-    },
-    "refined": {
-        **_BASE,
-        "widths": PAPER_WIDTHS,
-        "architecture": "authors",
-        "embed_dim": 128,
-        "shared_nets": True,
-        "dropout": 0.3,
-        "checker_phase": "authors",
-        "head": "dense",
-        "refinements": REFINED,
-    },
+    "paper": _PAPER,
+    "refined": {**_PAPER, "refinements": REFINED},
     "lite": {**_BASE, "widths": PAPER_WIDTHS},
     "small": {**_BASE, "widths": SMALL_WIDTHS, "embed_dim": 16, "shared_nets": True, "lite_steps": list(range(11))},
 }
