@@ -127,12 +127,12 @@ def recomputing() -> Iterator[None]:
         FlowBatchNorm.recomputing = previous
 
 
-def _pooled_mlp(channels: int, hidden: int, activation: str, bias: bool = True, out: int | None = None) -> nn.Sequential:
+def _pooled_mlp(channels: int, hidden: int, activation: str, bias: bool = True) -> nn.Sequential:
     """An MLP on pooled ``(N, C, 1, 1)`` features as two 1x1 convolutions: one operation each way,
     where a linear layer on ``(N, C)`` costs a transpose, a matrix product and views (a training
     step of ``small`` counted 1,100 more operations with linear layers here)."""
     act = nn.GELU() if activation == "gelu" else nn.ReLU()
-    return nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=bias), act, nn.Conv2d(hidden, out or channels, 1, bias=bias))
+    return nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=bias), act, nn.Conv2d(hidden, channels, 1, bias=bias))
 
 
 class CBAM(nn.Module):
@@ -278,18 +278,22 @@ class ASPPSE(nn.Module):
 
 class ResBlock(nn.Module):
     """Two 3x3 convolutions, each normalised and (with ``embed_dim``) FiLM-modulated, and a skip
-    (projected when the widths differ). The project's: GroupNorm, default initialisation. The
-    authors': ``norm="batch"`` in generation (:class:`FlowBatchNorm`), their GroupNorm in
-    classification, and ``kaiming`` (He normal, fan-out) on both convolutions."""
+    (projected when the widths differ). The project's (``authors=None``): GroupNorm, default
+    initialisation. The authors' (``authors`` their norm): ``"batch"`` in generation
+    (:class:`FlowBatchNorm`), ``"group"`` (their group rule) in classification, and He-normal
+    (fan-out) initialisation of both convolutions."""
 
-    def __init__(self, cin: int, cout: int, embed_dim: int | None, norm: str = "group", kaiming: bool = False) -> None:
+    def __init__(self, cin: int, cout: int, embed_dim: int | None, authors: str | None = None) -> None:
         super().__init__()
-        groups = norm_groups(cout, authors=kaiming)
+
+        def norm() -> nn.Module:
+            return FlowBatchNorm(cout) if authors == "batch" else nn.GroupNorm(norm_groups(cout, authors is not None), cout)
+
         self.conv1 = SpatialConv2d(cin, cout, 3, padding=1)
-        self.norm1 = FlowBatchNorm(cout) if norm == "batch" else nn.GroupNorm(groups, cout)
+        self.norm1 = norm()
         self.conv2 = SpatialConv2d(cout, cout, 3, padding=1)
-        self.norm2 = FlowBatchNorm(cout) if norm == "batch" else nn.GroupNorm(groups, cout)
-        if kaiming:
+        self.norm2 = norm()
+        if authors is not None:
             for conv in (self.conv1, self.conv2):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         self.film1 = FiLM(cout) if embed_dim else None

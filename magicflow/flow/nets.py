@@ -207,7 +207,7 @@ def _cbam(channels: int, refinements: Collection[str]) -> CBAM:
 def _resblock(channels: int, embed_dim: int, refinements: Collection[str], authors_norm: str) -> ResBlock:
     if "resblock_groupnorm" in refinements:
         return ResBlock(channels, channels, embed_dim)
-    return ResBlock(channels, channels, embed_dim, norm=authors_norm, kaiming=True)
+    return ResBlock(channels, channels, embed_dim, authors=authors_norm)
 
 
 class AuthorsGenerationNet(CouplingNet):
