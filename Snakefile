@@ -25,6 +25,7 @@ include: "workflow/rules/experiments.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/translation.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/use.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -41,3 +42,4 @@ rule all:
         rules.baselines.input,
         rules.translate.input,
         rules.report.input,
+        rules.predict.input,

@@ -103,6 +103,22 @@ COMMANDS: dict[str, Command] = {
         "magicflow.experiments.translation:add_translate_arguments",
         "magicflow.experiments.translation:run_translate",
     ),
+    "export-model": _stage(
+        "magicflow.experiments.portable",
+        "one folder that travels: every fold's weights, calibration, the training data's bits/dim and a model card",
+    ),
+    "synthesise": _stage(
+        "magicflow.evaluate.synthesis",
+        "a labelled synthetic dataset from a generation experiment, samples near a training slice withheld",
+    ),
+    "synthetic-worth": _stage(
+        "magicflow.evaluate.synthetic_worth",
+        "classifiers trained on real, synthetic and mixed slices, tested on real test subjects",
+    ),
+    "predict": _stage(
+        "magicflow.evaluate.predict",
+        "apply an exported model to new scans: posteriors per fold and ensemble, attribution maps, refusals, report",
+    ),
     "evaluate": _stage("magicflow.evaluate.commands", "metrics (JSON, TSV) and figures of one experiment"),
     "translation-evaluate": _stage(
         "magicflow.evaluate.translation_experiment", "metrics (JSON, TSV) and figures of one translation experiment"

@@ -212,6 +212,25 @@ def check_config(config: dict[str, Any]) -> None:
                     raise InputError(f"config key 'experiments.{name}.{field}': only for model: translation")
         crop_setting(experiment, f"config key 'experiments.{name}")
         baseline_entries(name, experiment)
+    for name, entry in config.get("predict", {}).items():
+        check_predict(config, name, entry)
+
+
+def check_predict(config: dict[str, Any], name: str, entry: dict[str, Any]) -> None:
+    """A ``predict`` entry names one model (a MAGIC-Flow experiment of this config or an exported
+    folder, whose existence is checked in the job: it may be on the compute nodes only) and a
+    configured dataset."""
+    key = f"config key 'predict.{name}"
+    if ("experiment" in entry) == ("model" in entry):
+        raise InputError(f"{key}': give exactly one of experiment (trained here) or model (an exported folder)")
+    if entry["dataset"] not in config["datasets"]:
+        raise InputError(f"{key}.dataset': {entry['dataset']!r} is not a configured dataset {sorted(config['datasets'])}")
+    experiment = entry.get("experiment")
+    if experiment is not None:
+        if experiment not in config["experiments"]:
+            raise InputError(f"{key}.experiment': {experiment!r} is not a configured experiment {sorted(config['experiments'])}")
+        if config["experiments"][experiment]["model"] == "translation":
+            raise InputError(f"{key}.experiment': {experiment!r} is a translation experiment; predict classifies")
 
 
 def model_image_size(experiment: dict[str, Any]) -> int:

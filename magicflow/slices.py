@@ -94,8 +94,9 @@ def extract_slices(
 ) -> pd.DataFrame:
     """Slice every included manifest row's MNI image into one compressed array + ``slices.tsv``.
 
-    ``slices.npz`` holds ``slices`` (N, 1, 182, 182) float32 in [0, 1] and ``mask`` (1, 182, 182)
-    per offset as ``mask_<offset>``; row ``index`` of the TSV is the position in ``slices``. All
+    ``slices.npz`` holds ``slices`` (N, 1, 182, 182) float32 in [0, 1], the normalisation's
+    ``percentiles`` (so a trained model can refuse slices scaled otherwise) and ``mask``
+    (1, 182, 182) per offset as ``mask_<offset>``; row ``index`` of the TSV is the position in ``slices``. All
     manifest columns except ``path`` are carried (labels such as diagnosis or scanner)."""
     from magicflow.preprocess.naming import mni_image_path
     from magicflow.preprocess.template import load_template
@@ -128,7 +129,11 @@ def extract_slices(
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(
-                handle, slices=np.stack(arrays), offsets=np.array(offsets), **{f"mask_{o}": mask_slice(mask, o) for o in offsets}
+                handle,
+                slices=np.stack(arrays),
+                offsets=np.array(offsets),
+                percentiles=np.array(PERCENTILES),
+                **{f"mask_{o}": mask_slice(mask, o) for o in offsets},
             )
     with atomic_path(out_tsv) as tmp:
         index.to_csv(tmp, sep="\t", index=False)

@@ -150,6 +150,10 @@ def tiny_experiment(config: dict) -> None:
         },
     }
     config["evaluation"] = {"features": {"kind": "in_domain", "epochs": 1}, "bootstrap": 20, "ms_ssim_pairs": 20}
+    # the trained classifier exported and applied to a dataset (here its own, labelled) as a user would a new one
+    config["predict"] = {"tiny_on_demo": {"experiment": "tiny", "dataset": "demo", "attribution_max": 2}}
+    # tiny_gen's report shows what its synthetic slices are worth (synthetic_worth defaults to true)
+    config["synthesis"] = {"per_class": 4, "worth": {"epochs": 1, "bootstrap": 100}}
 
 
 @pytest.mark.slow
@@ -204,6 +208,20 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     page = (results / "tiny_trans" / "report.html").read_text()
     table1 = page.split('id="table1"', 1)[1].split("</section>", 1)[0]
     assert all(label in table1 for label in ("DUAL-GLOW", "U-Net (L1)", "Training mean")) and "figure missing" not in page
+    # the exported model folder and its predictions on the dataset, with metrics (the label is there)
+    exported = json.loads((results / "tiny" / "model" / "model.json").read_text())
+    assert [f["weights"] for f in exported["folds"]] == ["fold-0.pt", "fold-1.pt", "fold-2.pt"]
+    assert "## Performance" in (results / "tiny" / "model" / "MODEL_CARD.md").read_text()
+    predicted = read_manifest(results / "predictions" / "tiny_on_demo" / "predictions.tsv")
+    assert len(predicted) == 6 and set(predicted["predicted"]) <= {"AD", "CN"}  # the 6 T1w images; the T2w, FLAIR refused
+    assert json.loads((results / "predictions" / "tiny_on_demo" / "metrics.json").read_text())["labelled"]
+    assert len(list((results / "predictions" / "tiny_on_demo" / "attribution").glob("*.nii.gz"))) == 2
+    synthetic = read_manifest(results / "tiny_gen" / "synthetic" / "synthetic.tsv")
+    assert len(synthetic) == 8 and set(synthetic["class"]) == {"AD", "CN"}
+    worth = json.loads((results / "tiny_gen" / "synthetic_worth.json").read_text())
+    assert {r["classifier"] for r in worth["rows"]} == {"flow", "resnet18"} and len(worth["rows"]) == 10
+    assert 'id="synthetic-worth"' in (results / "tiny_gen" / "report.html").read_text()
+    assert 'id="synthetic-worth"' not in (results / "tiny" / "report.html").read_text()
     # Snakemake's own report gathers the experiment report, evaluation figures and training curves
     snapshot = snakemake(work, "--report", "results/snakemake-report.html")
     assert snapshot.returncode == 0, snapshot.stderr[-2000:]
@@ -217,7 +235,8 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     plan = snakemake(work, "-n", "--cores", "2", "--forcerun", "train_fold")
     jobs = plan.stdout + plan.stderr
     assert plan.returncode == 0 and jobs.count("rule train_fold:") == 3 + 1, jobs[-3000:]  # tiny's 3 folds, tiny_gen's 1
-    for downstream in ("sample_fold", "classify_fold", "attribution_fold", "evaluate_experiment", "report_experiment"):
+    downstream_rules = ("sample_fold", "classify_fold", "attribution_fold", "evaluate_experiment", "report_experiment")
+    for downstream in (*downstream_rules, "export_model", "predict_dataset"):
         assert f"rule {downstream}:" in jobs, downstream
     for upstream in ("preprocess_t1", "preprocess_coregister", "dataset_slices", "demo_cohort", "split"):
         assert f"rule {upstream}:" not in jobs and f"localrule {upstream}:" not in jobs, upstream

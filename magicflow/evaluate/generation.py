@@ -479,7 +479,7 @@ def ms_ssim_kernel(side: int, largest: int = 11) -> int:
     return fits[-1]
 
 
-def _nearest(query: np.ndarray, rows: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_rows(query: np.ndarray, rows: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index of and float64 distance to each query's nearest row; ``exclude`` (n_query, n_rows)
     marks rows a query may not use. The search is sklearn's; the distances are recomputed
     directly, so an exact copy reads exactly 0."""
@@ -526,7 +526,7 @@ def memorisation(
     if len(set(widths.values())) != 1:
         raise InputError(f"fake, train and heldout rows differ in size: {widths}")
     query, held = sets["fake"], sets["heldout"]
-    nearest_train, d_train = _nearest(query, sets["train"])
+    nearest_train, d_train = nearest_rows(query, sets["train"])
     exclude = None
     if heldout_groups is not None:
         groups = _groups("heldout groups", heldout_groups, len(held))
@@ -535,12 +535,12 @@ def memorisation(
         rng = np.random.default_rng(seed)
         left_out = groups[rng.integers(0, len(held), len(query))]
         exclude = left_out[:, None] == groups[None, :]
-    _, d_held = _nearest(query, held, exclude)
+    _, d_held = nearest_rows(query, held, exclude)
     with np.errstate(divide="ignore", invalid="ignore"):
         result = {"d_train": d_train, "d_heldout": d_held, "ratio": d_train / d_held, "nearest_train": nearest_train}
         if heldout_groups is not None:
-            _, null_train = _nearest(held, sets["train"])
-            _, null_held = _nearest(held, held, groups[:, None] == groups[None, :])
+            _, null_train = nearest_rows(held, sets["train"])
+            _, null_held = nearest_rows(held, held, groups[:, None] == groups[None, :])
             result["null_ratio"] = null_train / null_held
     return result
 

@@ -168,15 +168,12 @@ def application_mask(mask: np.ndarray) -> torch.Tensor | None:
     return torch.from_numpy(mask.astype(np.float32))
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from magicflow.experiments.memory import plan_memory
-    from magicflow.experiments.train import TrainSettings, resolve_device, train_model
-    from magicflow.flow import MagicFlow
+def train_settings_of(settings: dict):
+    """The flow's TrainSettings from an experiment's resolved ``training`` section."""
+    from magicflow.experiments.train import TrainSettings
 
-    settings, slices, arrays, mask = load_inputs(args)
-    classes, sets = fold_sets(args, settings, slices, arrays)
     t = settings["training"]
-    train_settings = TrainSettings(
+    return TrainSettings(
         epochs=t["epochs"],
         patience=t.get("patience"),
         batch_size=t["batch_size"],
@@ -189,6 +186,17 @@ def run_train(args: argparse.Namespace) -> int:
         checkpointing=t.get("checkpointing", False),
         **t.get("augment", {}),
     )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from magicflow.experiments.memory import plan_memory
+    from magicflow.experiments.train import resolve_device, train_model
+    from magicflow.flow import MagicFlow
+
+    settings, slices, arrays, mask = load_inputs(args)
+    classes, sets = fold_sets(args, settings, slices, arrays)
+    t = settings["training"]
+    train_settings = train_settings_of(settings)
     torch.manual_seed(t["seed"])
     model = MagicFlow.from_preset(
         settings["preset_base"],

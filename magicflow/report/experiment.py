@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--excluded", action="append", default=[], metavar="DATASET=TSV", help="a dataset's manifest_excluded.tsv"
     )
     parser.add_argument("--template", type=Path, help="results/template/template.json (which template space was used)")
+    parser.add_argument(
+        "--synthetic-worth", type=Path, help="results/<experiment>/synthetic_worth.json (generation experiments; optional)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/report.html")
 
 
@@ -739,14 +742,42 @@ def _comparison_sections(metrics: dict, evaluation: Path) -> list[tuple[str, str
     return sections
 
 
+def synthetic_worth(worth: dict) -> str:
+    """Classifiers trained on real, synthetic and mixed slices, tested on the real test subjects."""
+    rows = [
+        {
+            "fold": r["fold"],
+            "classifier": r["classifier"],
+            "training set": r["training_set"],
+            "real / synthetic slices": f"{r['real_slices']} / {r['synthetic_slices']}",
+            "balanced accuracy [95 % interval]": f"{h.fmt(r['balanced_accuracy'])} {h.fmt(r['interval'])}",
+            "vs real only [95 % interval]": f"{r['difference_vs_real']:+.3f} {h.fmt(r['difference_interval'])}",
+            f"recall of {r['smallest_class']}": r["smallest_class_recall"],
+        }
+        for r in worth["rows"]
+    ]
+    smallest = [r for r in rows if r["training set"] in ("real", "real + synthetic smallest class")]
+    return (
+        "<p class=\"note\">Each classifier (the flow's classification model at the experiment's preset, and ResNet-18, both "
+        "from scratch with the experiment's training settings) is trained on the fold's real training slices, on the "
+        "generator's synthetic slices only (train on synthetic, test on real), on real plus synthetic slices at ratios "
+        f"{', '.join(f'{r:g}' for r in worth['ratios'])} of the real count, and on real plus synthetic slices of the smallest "
+        "class, selected on real validation slices and tested on the fold's real test subjects, whom the generator never "
+        "saw. Intervals: 2.5th-97.5th percentiles over resampled test subjects; differences are paired (the same "
+        "resamples).</p>" + h.table(rows) + "<h3>Augmenting the smallest class</h3>" + h.table(smallest)
+    )
+
+
 def build_report(
     metrics: dict,
     folds: dict[str, dict[str, Path]],
     evaluation: Path,
     excluded: dict[str, pd.DataFrame],
     template_space: str = "",
+    worth: dict | None = None,
 ) -> str:
-    """The page; ``folds`` maps each :data:`FOLD_FILES` name to ``{fold name: path}``."""
+    """The page; ``folds`` maps each :data:`FOLD_FILES` name to ``{fold name: path}``; ``worth``
+    is synthetic_worth.json, where a generation experiment has one."""
     folds = {name: folds.get(name, {}) for name in FOLD_FILES}
     sections = [
         ("overview", "Overview", overview(metrics, evaluation)),
@@ -757,6 +788,8 @@ def build_report(
         ("attribution", "Attribution", attribution(metrics, folds, evaluation)),
         ("efficiency", "Training and efficiency", efficiency(metrics, folds)),
     ]
+    if worth is not None:
+        sections.insert(3, ("synthetic-worth", "What the synthetic slices are worth", synthetic_worth(worth)))
     for dataset in metrics["datasets"]:
         sections.append((f"dataset-{dataset}", f"Dataset: {dataset}", per_dataset(metrics, dataset, excluded)))
     space = f", template {template_space}" if template_space else ""
@@ -777,7 +810,13 @@ def run(args: argparse.Namespace) -> int:
     }
     space = json.loads(args.template.read_text()).get("space", "") if args.template and args.template.exists() else ""
     folds = {name: parse_pairs(getattr(args, name), name) for name in FOLD_FILES}
-    page = build_report(metrics, folds, args.evaluation, excluded, space)
+    worth = None
+    if args.synthetic_worth:
+        try:
+            worth = json.loads(args.synthetic_worth.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"cannot read {args.synthetic_worth}: {error}; rerun synthetic_worth") from None
+    page = build_report(metrics, folds, args.evaluation, excluded, space, worth)
     with atomic_path(args.out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     print(f"{metrics['experiment']}: report ({len(page) / 1e6:.1f} MB) -> {args.out}")

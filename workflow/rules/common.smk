@@ -274,6 +274,10 @@ def dataset_offsets(dataset):
         if dataset in experiment["datasets"]:
             o = experiment["offsets"]
             offsets |= set(o["train"]) | set(o["eval"]) | {v for extra in o.get("augment", {}).values() for v in extra}
+    for entry in config["predict"].values():  # a trained model scores the new dataset at its evaluation offsets
+        if entry["dataset"] == dataset:
+            scored = EXPERIMENTS[entry["experiment"]]["offsets"]["eval"] if entry.get("experiment") in EXPERIMENTS else [0]
+            offsets |= set(entry.get("offsets", scored))
     return ",".join(str(v) for v in sorted(offsets))
 
 
@@ -302,8 +306,11 @@ def groundtruth_options(wc, input):
 # --------------------------------------------------------------------------- experiments (experiments.smk)
 def gpu_request(wc):
     """GPUs a job of this experiment asks the scheduler for: none when its own training.device
-    (the experiment's, else the top-level one) is cpu, else one (auto runs on the CPU without one)."""
-    return 0 if EXPERIMENT_SETTINGS[wc.experiment]["training"]["device"] == "cpu" else 1
+    (the experiment's, else the top-level one) is cpu, else one (auto runs on the CPU without one).
+    A prediction (no experiment wildcard) follows the top-level training.device."""
+    experiment = getattr(wc, "experiment", None)
+    device = EXPERIMENT_SETTINGS[experiment]["training"]["device"] if experiment else config["training"]["device"]
+    return 0 if device == "cpu" else 1
 
 
 def gpu_job_only(value):

@@ -77,6 +77,8 @@ rule report_experiment:
         figures=rules.evaluate_experiment.output.figures,
         excluded=lambda wc: [f"{RESULTS}/{d}/manifest_excluded.tsv" for d in EXPERIMENT_SETTINGS[wc.experiment]["datasets"]],
         template=TEMPLATE,
+        # generation experiments with synthetic_worth (use.smk): what their synthetic slices are worth
+        worth=lambda wc: [f"{RESULTS}/{wc.experiment}/synthetic_worth.json"] if wc.experiment in WORTH_EXPERIMENTS else [],
     output:
         report(
             f"{RESULTS}/{{experiment}}/report.html",
@@ -101,10 +103,11 @@ rule report_experiment:
             f"--excluded {d}={p}" for d, p in zip(EXPERIMENT_SETTINGS[wc.experiment]["datasets"], input.excluded)
         ),
         folds=lambda wc, input: fold_args(wc, input, REPORT_READS),
+        worth=lambda wc, input: " ".join(f"--synthetic-worth {path}" for path in input.worth),
     shell:
         magicflow_command(
             "report --metrics {input.metrics} --evaluation {input.figures} {params.folds}"
-            " {params.excluded} --template {input.template}/template.json --out {output}"
+            " {params.excluded} --template {input.template}/template.json {params.worth} --out {output}"
         )
 
 
