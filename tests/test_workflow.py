@@ -201,13 +201,15 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
         assert all(str(a).endswith("_T2w") for a in archive["image"]) and all(
             str(a).endswith("_T1w") for a in archive["source_image"]
         )
-    assert list(translated.glob("*.png")) and list(translated.glob("*_desc-translated.nii.gz"))
+    assert list(translated.glob("*_desc-translated.nii.gz"))
+    assert len(list((results / "tiny_trans" / "evaluation").glob("triptych_fold-0_*_offset0.png"))) == 1  # triptychs: 1
     trans = json.loads((results / "tiny_trans" / "metrics.json").read_text())
     assert [m["id"] for m in trans["models"]] == ["dual-glow", "unet", "mean"]
     assert all(0 <= m["metrics"]["ssim"]["mean"] <= 1 and m["metrics"]["mae"]["n"] >= 1 for m in trans["models"])
     page = (results / "tiny_trans" / "report.html").read_text()
     table1 = page.split('id="table1"', 1)[1].split("</section>", 1)[0]
     assert all(label in table1 for label in ("DUAL-GLOW", "U-Net (L1)", "Training mean")) and "figure missing" not in page
+    assert "no triptychs" not in page
     # the exported model folder and its predictions on the dataset, with metrics (the label is there)
     exported = json.loads((results / "tiny" / "model" / "model.json").read_text())
     assert [f["weights"] for f in exported["folds"]] == ["fold-0.pt", "fold-1.pt", "fold-2.pt"]

@@ -386,9 +386,6 @@ def translate_with_baseline(
         mode,
         None,
         seconds,
-        baseline.get("label", baseline["name"]),
-        settings["translation"]["triptychs"],
-        mask,
         recorded,
         View.from_record(settings.get("view"), int(mask.shape[-1])),
     )

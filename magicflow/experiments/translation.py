@@ -19,8 +19,8 @@ Outputs of a fold (``translations.npz``, the one layout the flow and the transla
 write and evaluation reads): ``source``, ``real``, ``mode`` (the translation at temperature 0)
 and, for the flow, ``std`` (the voxel-wise standard deviation of ``samples`` translations at
 ``temperature``), all (N, 1, S, S) in [0, 1]; the test slices' identity columns; ``seconds``.
-Beside it: a PNG triptych per drawn slice (T1 / real / generated / uncertainty) and a NIfTI of
-each test image's translated slices on the MNI 1 mm grid."""
+Beside it: a NIfTI of each test image's translated slices on the MNI 1 mm grid (evaluation
+draws the triptychs)."""
 
 from __future__ import annotations
 
@@ -220,16 +220,11 @@ def write_translations(
     mode: np.ndarray,
     std: np.ndarray | None,
     seconds: float,
-    model_label: str,
-    triptychs: int,
-    mask: np.ndarray,
     extra: dict[str, np.ndarray] | None = None,
     view: View | None = None,
 ) -> None:
-    """translations.npz, triptych PNGs of the first ``triptychs`` slices (their metrics inside the
-    brain ``mask``, as evaluation scores them) and a NIfTI per test image, placed on the MNI grid
-    by the experiment's ``view`` (None: resized)."""
-    from magicflow.evaluate.translation import image_metrics, triptych_png
+    """translations.npz and a NIfTI per test image, placed on the MNI grid by the experiment's
+    ``view`` (None: resized). The triptychs are drawn by evaluation, which scores them."""
     from magicflow.experiments.infer import slice_to_nifti
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -241,18 +236,6 @@ def write_translations(
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays, **test_meta(test), seconds=np.float64(seconds), **(extra or {}))
     meta = test.meta.reset_index(drop=True)
-    for i in range(min(triptychs, len(test))):
-        metrics = {k: float(v[0]) for k, v in image_metrics(real[i : i + 1], mode[i : i + 1], mask).items()}
-        name = f"{meta['image'][i]}_offset{meta['offset'][i]}"
-        triptych_png(
-            out_dir / f"{name}.png",
-            source[i, 0],
-            real[i, 0],
-            mode[i, 0],
-            None if std is None else std[i, 0],
-            f"{model_label}: {meta['image'][i]} (offset {meta['offset'][i]}, {meta['label'][i]})",
-            metrics,
-        )
     for image, rows in meta.groupby("image", sort=True):
         rows = rows.sort_values("offset")
         offsets = rows["offset"].astype(int).to_numpy()
@@ -395,9 +378,6 @@ def run_translate(args: argparse.Namespace) -> int:
         mode,
         std,
         seconds,
-        "DUAL-GLOW",
-        t["triptychs"],
-        mask,
         {**sweep, **recorded},
         View.from_record(settings["view"]),
     )

@@ -21,7 +21,7 @@ from magicflow.view import describe
 from magicflow.io import atomic_path
 from magicflow.report import html as h
 
-#: triptychs shown per fold (the rest stay in results/<experiment>/translation/outputs/)
+#: triptychs shown per fold (the rest stay in results/<experiment>/evaluation/)
 TRIPTYCHS_PER_FOLD = 2
 METRIC_HEADERS = {"mae": "MAE", "correlation": "CorCoef", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 #: DUAL-GLOW's Table 1 (ADNI FDG, 10 folds), for scale: (CorCoef, PSNR, SSIM)
@@ -31,7 +31,6 @@ DUAL_GLOW_TABLE1 = {"correlation": "0.975", "psnr": "29.56 ± 2.66", "ssim": "0.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="results/<experiment>/metrics.json")
     parser.add_argument("--evaluation", required=True, type=Path, help="results/<experiment>/evaluation (figures)")
-    parser.add_argument("--translations", action="append", default=[], metavar="FOLD=DIR", help="a fold's translations folder")
     parser.add_argument("--curves", action="append", default=[], metavar="FOLD=PNG", help="a fold's training.png")
     parser.add_argument(
         "--excluded", action="append", default=[], metavar="DATASET=TSV", help="a dataset's manifest_excluded.tsv"
@@ -153,11 +152,14 @@ def uptake(m: dict, evaluation: Path) -> str:
     return figures + "".join(parts)
 
 
-def triptychs(translations: dict[str, Path]) -> str:
+def triptychs(m: dict, evaluation: Path) -> str:
+    """The triptychs evaluation drew (metrics.json lists them), at most TRIPTYCHS_PER_FOLD per fold."""
+    shown: dict[str, int] = {}
     parts = []
-    for fold, folder in sorted(translations.items()):
-        for png in sorted(Path(folder).glob("*.png"))[:TRIPTYCHS_PER_FOLD]:
-            parts.append(h.image(png, f"{fold}: {png.stem}", 720))
+    for t in m.get("triptychs", []):
+        shown[t["fold"]] = shown.get(t["fold"], 0) + 1
+        if shown[t["fold"]] <= TRIPTYCHS_PER_FOLD:
+            parts.append(h.image(evaluation / t["file"], f"{t['fold']}: {t['image']} (offset {t['offset']})", 720))
     return "".join(parts) or '<p class="note">no triptychs</p>'
 
 
@@ -177,7 +179,7 @@ def excluded_section(excluded: dict[str, pd.DataFrame]) -> str:
     return h.table(rows) if rows else '<p class="note">The manifests left nothing out.</p>'
 
 
-def build_report(m: dict, translations: dict[str, Path], curves: dict[str, Path], evaluation: Path, excluded: dict) -> str:
+def build_report(m: dict, curves: dict[str, Path], evaluation: Path, excluded: dict) -> str:
     flow = m["models"][0]["metrics"]
     overview = h.cards(
         [
@@ -194,7 +196,7 @@ def build_report(m: dict, translations: dict[str, Path], curves: dict[str, Path]
         ("overview", "Overview", overview),
         ("table1", "Translation against the real target (Table 1)", table1(m)),
         ("table2", "Diagnosis from real and generated images (Table 2)", table2(m)),
-        ("triptychs", "Source, real, generated, uncertainty", triptychs(translations)),
+        ("triptychs", "Source, real, generated, uncertainty", triptychs(m, evaluation)),
         ("uptake", "Regional uptake", uptake(m, evaluation)),
         ("age", "Age sweep", age_sweep(m, evaluation)),
         ("cost", "Cost (Table 5)", h.table(m["cost"])),
@@ -218,9 +220,7 @@ def run(args: argparse.Namespace) -> int:
         name: pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         for name, path in parse_pairs(args.excluded, "excluded").items()
     }
-    page = build_report(
-        metrics, parse_pairs(args.translations, "translations"), parse_pairs(args.curves, "curves"), args.evaluation, excluded
-    )
+    page = build_report(metrics, parse_pairs(args.curves, "curves"), args.evaluation, excluded)
     with atomic_path(args.out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     print(f"{metrics['experiment']}: translation report ({len(page) / 1e6:.1f} MB) -> {args.out}")

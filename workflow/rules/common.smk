@@ -508,3 +508,10 @@ def translation_args(wc, input):
     demo = [d for d in datasets if d in DEMO_DATASETS]
     words += [f"--groundtruth {d}={Path(p) / 'derivatives' / 'groundtruth'}" for d, p in zip(demo, input.groundtruth)]
     return " ".join(words)
+
+
+# --------------------------------------------------------------------------- using trained models (use.smk)
+def predict_model(wc):
+    """A predict entry's model folder: an exported one it names, else its experiment's export."""
+    entry = PREDICT[wc.prediction]
+    return entry["model"] if "model" in entry else rules.export_model.output[0].format(experiment=entry["experiment"])

@@ -54,7 +54,7 @@ rule translate_fold:
         folds=f"{RESULTS}/{{experiment}}/splits/folds",
         model=rules.translate_train.output.model,
     output:
-        directory(f"{RESULTS}/{{experiment}}/translation/outputs/{{fold}}"),  # translations.npz, triptychs, NIfTI
+        directory(f"{RESULTS}/{{experiment}}/translation/outputs/{{fold}}"),  # translations.npz, NIfTI
     log:
         log_path("translate", "{experiment}_{fold}"),
     benchmark:
@@ -152,8 +152,7 @@ rule translation_evaluate:
 rule translation_report:
     input:
         metrics=rules.translation_evaluate.output.json,
-        figures=rules.translation_evaluate.output.figures,
-        translations=lambda wc: translation_inputs(wc)["translations"],
+        figures=rules.translation_evaluate.output.figures,  # evaluation figures, the triptychs among them
         curves=lambda wc: [
             rules.translate_train.output.plot.format(experiment=wc.experiment, fold=f) for f in folds_of(wc.experiment)
         ],
@@ -178,10 +177,7 @@ rule translation_report:
         mem_mb=1000,
         runtime=10,
     params:
-        folds=lambda wc, input: " ".join(
-            f"--translations {f}={t} --curves {f}={c}"
-            for f, t, c in zip(folds_of(wc.experiment), input.translations, input.curves)
-        ),
+        folds=lambda wc, input: " ".join(f"--curves {f}={c}" for f, c in zip(folds_of(wc.experiment), input.curves)),
         excluded=lambda wc, input: " ".join(
             f"--excluded {d}={p}" for d, p in zip(EXPERIMENT_SETTINGS[wc.experiment]["datasets"], input.excluded)
         ),

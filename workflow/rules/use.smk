@@ -59,11 +59,6 @@ rule export_model:
         )
 
 
-def predict_model(wc):
-    entry = PREDICT[wc.prediction]
-    return entry["model"] if "model" in entry else rules.export_model.output[0].format(experiment=entry["experiment"])
-
-
 rule predict_dataset:
     input:
         model=predict_model,
