@@ -178,6 +178,7 @@ def _outputs_with_lesions(tmp_path: Path, size: int = 26) -> tuple[ExperimentOut
     return outputs, np.ones((size, size)), truth
 
 
+@pytest.mark.slow
 def test_attribution_section_scores_the_model_beside_the_image(tmp_path: Path):
     outputs, brain, groundtruth = _outputs_with_lesions(tmp_path)
     section = attribution_section(outputs, brain, groundtruth, {"seed": 0}, tmp_path)

@@ -108,6 +108,7 @@ def _train_mode_loss(model, data: SliceSet) -> float:
         return float(F.cross_entropy(model(data.images), data.labels))
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_lower_the_loss_and_write_the_model_folder(tmp_path: Path):
     train, val = toy(16, 0), toy(8, 1)
     torch.manual_seed(0)
@@ -124,6 +125,7 @@ def test_a_few_training_steps_lower_the_loss_and_write_the_model_folder(tmp_path
     assert payload["extra"]["classes"] == CLASSES and payload["baseline"]["name"] == "resnet18"
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path):
     train, val = toy(12, 0), toy(6, 1)
 
@@ -146,6 +148,7 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_training_set_left_in_host_memory_moves_per_batch_and_trains_the_same_weights(tmp_path: Path, monkeypatch):
     """Issue 32: a baseline's training set stays on a CUDA device only where it takes at most half
     of the usable free memory; otherwise it stays in host memory and each batch moves. Both paths
@@ -200,6 +203,7 @@ def test_predictions_have_the_flows_columns_and_the_shared_metrics_apply():
 
 
 # --------------------------------------------------------------------------- weights
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "vit_b32", "swin_tiny"])
 def test_weights_saved_from_a_model_load_strictly_and_give_identical_outputs(tmp_path: Path, name: str):
     size = max(32, DISCRIMINATIVE[name].min_size)
@@ -375,6 +379,7 @@ def test_the_report_has_table_3_with_every_model_and_none_without_baselines(tmp_
 
 
 # --------------------------------------------------------------------------- the commands, end to end
+@pytest.mark.slow
 def test_baseline_commands_train_and_classify_a_fold_of_the_flows_split(tmp_path: Path):
     from magicflow.cli import main
     from magicflow.config import experiment_settings
@@ -512,6 +517,7 @@ def _balanced_accuracy_of(model: torch.nn.Module, data: SliceSet) -> float:
     return balanced_accuracy(data.labels.numpy(), predicted)
 
 
+@pytest.mark.slow
 def test_weighted_training_keeps_the_threshold_where_the_image_priors_put_it(tmp_path: Path):
     from dataclasses import replace
 

@@ -53,6 +53,7 @@ def settings(name: str, size: int = 16, epochs: int = 3) -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(GENERATIVE))
 def test_each_baseline_trains_lowers_its_loss_and_samples_in_the_flows_layout(tmp_path: Path, name: str):
     if name == "ddpm":

@@ -23,6 +23,7 @@ def images(root: Path, pattern: str) -> list[Path]:
     return sorted(root.glob(f"sub-*/ses-01/*/{pattern}"))
 
 
+@pytest.mark.slow
 def test_every_image_opens_and_subjects_live_in_different_native_spaces(demo_bids: Path):
     t1s = images(demo_bids, "*_T1w.nii.gz")
     assert len(t1s) == 4
@@ -37,6 +38,7 @@ def test_every_image_opens_and_subjects_live_in_different_native_spaces(demo_bid
         assert np.isfinite(data).all() and data.max() > 0, path
 
 
+@pytest.mark.slow
 def test_thick_slice_series_and_intensity_contrasts(demo_bids: Path):
     t2 = nib.load(images(demo_bids, "*_T2w.nii.gz")[0])
     flair = nib.load(images(demo_bids, "*_FLAIR.nii.gz")[0])
@@ -44,6 +46,7 @@ def test_thick_slice_series_and_intensity_contrasts(demo_bids: Path):
     assert flair.header.get_zooms()[2] == pytest.approx(3.0)
 
 
+@pytest.mark.slow
 def test_pet_frames_drift_and_only_the_restless_subject_moves_far(demo_bids: Path):
     """Frames drift by about a millimetre (under the QC's motion limits), as in real plateau
     scans; only the restless subject has a frame moved far, which the median rejects."""
@@ -105,6 +108,7 @@ def test_frame_realignment_finds_the_planted_motion_and_qc_flags_only_the_restle
     assert "frame motion" in table.loc[table["flagged"], "flag_reason"].iloc[0]
 
 
+@pytest.mark.slow
 def test_sidecars_carry_their_fields(demo_bids: Path):
     for path in images(demo_bids, "*.json"):
         sidecar = json.loads(path.read_text())
@@ -130,6 +134,7 @@ def test_labels_balanced_as_asked_and_not_confounded_with_scanner(subjects, frac
             assert {p.diagnosis for p in plans if p.scanner == scanner} == {"AD", "CN"}
 
 
+@pytest.mark.slow
 def test_t1w_only_volunteers_follow_and_leave_the_full_cohort_unchanged(tmp_path: Path):
     full = plan_cohort(12, seed=0)
     plans = plan_cohort(12, seed=0, t1w_only=8)
@@ -154,6 +159,7 @@ def test_t1w_only_volunteers_follow_and_leave_the_full_cohort_unchanged(tmp_path
     assert participants["participant_id"].tolist() == ["sub-demo01", "sub-demo02", "sub-demo03"]
 
 
+@pytest.mark.slow
 def test_ground_truth_points_land_on_the_same_anatomy(demo_bids: Path):
     """Sampling a subject's T1w at the saved MNI -> T1w points must reproduce the template."""
     anatomy = load_template_anatomy()
@@ -179,6 +185,7 @@ def test_ground_truth_points_land_on_the_same_anatomy(demo_bids: Path):
     assert np.corrcoef(shifted[brain], template[brain])[0, 1] < r - 0.2
 
 
+@pytest.mark.slow
 def test_ad_mask_only_for_ad_subjects(demo_bids: Path):
     participants = pd.read_csv(demo_bids / "participants.tsv", sep="\t", dtype=str)
     for _, row in participants.iterrows():
@@ -196,6 +203,7 @@ def _digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path):
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         write_demo_cohort(tmp_path / name, subjects=2, seed=seed, tracers=("FDG",), workers=1, progress=False)
@@ -263,6 +271,7 @@ def test_planted_tau_is_modest_and_the_image_alone_does_not_find_it():
     assert np.mean(flat_aucs) > np.mean(aucs) + 0.1
 
 
+@pytest.mark.slow
 def test_groundtruth_mask_is_the_added_tau_above_the_documented_threshold(demo_bids: Path):
     from magicflow.demo.cohort import TAU_MASK_THRESHOLD, _unpad, pet_uptake
 

@@ -285,6 +285,7 @@ def test_radimagenet_resnet50_gives_the_original_networks_features(resnet_file: 
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_swav_checkpoint_with_heads_and_sequential_layout_load_the_same_weights(
     resnet_file: dict, tmp_path: Path, two_slices: torch.Tensor
 ):
@@ -305,6 +306,7 @@ def test_swav_checkpoint_with_heads_and_sequential_layout_load_the_same_weights(
     assert rad.checksum == swav_extractor.checksum == load_external("radimagenet_resnet50", resnet_file["path"]).checksum
 
 
+@pytest.mark.slow
 def test_keras_layout_radimagenet_resnet50_matches_a_keras_style_network(tmp_path: Path, two_slices: torch.Tensor):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
@@ -336,6 +338,7 @@ def test_densenet121_from_torchvision_names_gives_the_original_features(tmp_path
     np.testing.assert_allclose(extractor.features(two_slices), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_weights_that_do_not_fit_name_the_file_kind_and_keys(resnet_file: dict, tmp_path: Path):
     state = dict(resnet_file["state"])
     del state["layer3.2.bn2.running_var"]

@@ -664,6 +664,7 @@ def test_mask_auc_is_one_for_a_map_exactly_low_inside_the_mask():
         att.mask_auc(maps, truth[:, :, :5], brain)
 
 
+@pytest.mark.slow
 def test_documented_interval_coverage_of_the_true_fid():
     """The figure quoted in bootstrap_interval's docstring and the report: 100 pairs of 40-row,
     4-d Gaussian sets with true FID 4 x 0.5^2 = 1; the bias-corrected interval holds 1 in 68,

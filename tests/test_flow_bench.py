@@ -20,6 +20,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@pytest.mark.slow
 def test_bench_tiny_cpu_json(capsys):
     args = parse(
         [
@@ -78,6 +79,7 @@ def test_bench_rejects_bad_options():
         bench.run(parse(["--device", "cpu", "--size", "4"]))
 
 
+@pytest.mark.slow
 def test_paper_capacity_matches_the_authors_within_tolerance():
     """The issue's bar: parameters within 10 % of the authors' at 7 classes (generation 36.2 M,
     classification with dense heads 151.6 M at 182x182) and forward FLOPs within 15 % of their
@@ -150,6 +152,7 @@ def test_gpu_check_script_reports_every_variant_on_its_own_line():
     assert last["magicflow"] == {} and "generation" in last["capacity"] and last["targets"]["train_step_ms"] == 250.0
 
 
+@pytest.mark.slow
 def test_bench_compiled_variant_reports_its_first_step_apart(capsys):
     """--compile (eager backend on CPU): the first, compiling step is reported apart from the step time."""
     args = parse(
@@ -165,6 +168,7 @@ def test_bench_compiled_variant_reports_its_first_step_apart(capsys):
     assert set(report["magicflow"]) == {"generation"} and report["magicflow"]["generation"]["first_step_s"] > 0
 
 
+@pytest.mark.slow
 def test_bench_memory_estimates_each_kind_with_and_without_checkpointing(capsys):
     """``--memory`` estimates without running a step (``--coupling none``): checkpointing keeps
     less, the weights and Adam state are the same either way."""

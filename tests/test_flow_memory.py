@@ -54,6 +54,7 @@ def test_estimate_matches_the_measured_cpu_peak(architecture, coupling, precisio
     assert estimate.peak_bytes == pytest.approx(measured, rel=0.05), (estimate.peak_bytes, measured)
 
 
+@pytest.mark.slow
 def test_estimate_follows_batch_checkpointing_and_precision():
     """Activations grow with the batch and shrink with checkpointing and bf16; the state does not
     move. The model itself is left as it was."""
@@ -194,6 +195,7 @@ def test_a_training_set_kept_on_the_host_trains_the_same_weights(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_on_a_gpu_a_step_that_does_not_fit_stops_before_training(monkeypatch):
     """The plan on a CUDA device, whose free memory is all this machine lacks: the device's
     answer is replaced, the estimates are real. Between the checkpointed and the plain step's

@@ -113,6 +113,7 @@ def test_channels_last_convolutions_change_layout_not_results(kind: str):
     assert torch.allclose(flat0, flat1, rtol=1e-3, atol=1e-4 * float(flat0.abs().max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["generation", "classification"])
 def test_whole_model_logdet_matches_jacobian(kind: str):
     # two images: the Jacobian is block-diagonal and its log|det| is the sum of both log-dets
@@ -129,6 +130,7 @@ def test_whole_model_logdet_matches_jacobian(kind: str):
     torch.testing.assert_close(model(x, y)[1].sum(), expected, rtol=1e-6, atol=0)
 
 
+@pytest.mark.slow
 def test_whole_model_jacobian_with_application_mask_padding_and_separate_nets():
     """Padded 6 -> 8 with an application mask at step 0 and two networks per coupling: the
     log-det of the padded map the flow computes equals the brute-force Jacobian's."""
@@ -374,6 +376,7 @@ def test_bf16_keeps_predictions_and_round_trip(kind: str):
     assert torch.equal(scores.argmax(1)[decided], reference.argmax(1)[decided])
 
 
+@pytest.mark.slow
 def test_compiled_networks_keep_outputs_and_checkpoint_names(tmp_path):
     """torch.compile in place: outputs as eager, parameter names (and so checkpoints) unchanged.
     The aot_eager backend traces the networks like inductor without a C++ toolchain."""
@@ -517,6 +520,7 @@ def _legacy_state(model: MagicFlow) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,kw", ARCHITECTURES)
 def test_checkpoints_with_a_projection_per_film_layer_load_unchanged(kind: str, kw: dict):
     """Every FiLM projection of a network is now one linear layer; a state written with one

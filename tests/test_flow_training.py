@@ -24,6 +24,7 @@ def toy_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
+@pytest.mark.slow
 def test_training_lowers_nll_and_classifies():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)

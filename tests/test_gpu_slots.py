@@ -102,6 +102,7 @@ def test_eight_jobs_on_four_slots_never_share_a_device(tmp_path: Path):
         assert sorted(s["device"] for s in wave) == ["0", "1", "2", "3"], seen
 
 
+@pytest.mark.slow
 def test_a_killed_holder_frees_its_slot(tmp_path: Path):
     command = [*SLOT, "--gpus", "1", "--devices", "5", "--lock-dir", str(tmp_path / "locks"), "--"]
     started, second = tmp_path / "started", tmp_path / "second"
@@ -157,6 +158,7 @@ def test_without_devices_the_command_runs_as_it_is(tmp_path: Path):
     assert not (tmp_path / "locks").exists()
 
 
+@pytest.mark.slow
 def test_a_local_run_runs_no_more_gpu_jobs_than_gpus(tmp_path: Path):
     """workflow/rules/common.smk as the Snakefile includes it, in a real Snakemake run with 8
     cores and MAGICFLOW_GPUS=2: 6 jobs through magicflow_command(gpu=True), each a probe holding

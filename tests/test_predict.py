@@ -128,6 +128,7 @@ def _predict(model: Path, data: Path, out: Path, *extra: str) -> int:
     )
 
 
+@pytest.mark.slow
 def test_the_exported_folder_holds_weights_calibration_reference_and_card(trained):
     model = PortableModel.read(trained["model"])
     info = model.info
@@ -144,6 +145,7 @@ def test_the_exported_folder_holds_weights_calibration_reference_and_card(traine
     assert "| A | " in card and "No metrics.json was given" in card and "synthetic demo cohort" in card
 
 
+@pytest.mark.slow
 def test_each_fold_gives_its_classify_posterior_and_the_ensemble_is_their_mean(trained, tmp_path: Path):
     out = tmp_path / "out"
     assert _predict(trained["model"], trained["data"], out) == 0
@@ -173,6 +175,7 @@ def test_each_fold_gives_its_classify_posterior_and_the_ensemble_is_their_mean(t
     assert 'id="metrics"' in page and "figure missing" not in page and page.count("<img") == 12
 
 
+@pytest.mark.slow
 def test_attribution_sums_to_the_folds_mean_log_likelihood_on_the_mni_grid(trained, tmp_path: Path):
     out = tmp_path / "out"
     assert _predict(trained["model"], trained["data"], out, "--attribution-max", "3") == 0
@@ -193,6 +196,7 @@ def test_attribution_sums_to_the_folds_mean_log_likelihood_on_the_mni_grid(train
         assert row["sum"] == pytest.approx(np.mean(lls), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_new_data_refused_image_by_image_with_reasons(trained, tmp_path: Path):
     rng = np.random.default_rng(1)
     rows: list[dict] = []
@@ -223,6 +227,7 @@ def test_new_data_refused_image_by_image_with_reasons(trained, tmp_path: Path):
     )
 
 
+@pytest.mark.slow
 def test_an_image_unlike_the_training_data_is_flagged(trained, tmp_path: Path):
     rng = np.random.default_rng(2)
     rows: list[dict] = []
@@ -240,6 +245,7 @@ def test_an_image_unlike_the_training_data_is_flagged(trained, tmp_path: Path):
     assert table.loc[62, "bits_per_dim"] > table.loc[[60, 61], "bits_per_dim"].max()
 
 
+@pytest.mark.slow
 def test_whole_inputs_unlike_the_training_slices_are_refused(trained, tmp_path: Path, capsys):
     data = tmp_path / "data"
     shutil.copytree(trained["data"], data)

@@ -208,6 +208,7 @@ def test_fsl_backend_refuses_a_nilearn_template(tmp_path, monkeypatch):
         preprocess_t1(tmp_path / "t1.nii.gz", tmp_path, out, backend="fsl")
 
 
+@pytest.mark.slow
 def test_fsl_template_uses_fsls_own_2mm_files(tmp_path, monkeypatch):
     """Where FSL runs, the template is FSL's MNI152 at both resolutions (2 mm not resampled)."""
     from magicflow.preprocess.template import build_template, load_template, space_for_backend

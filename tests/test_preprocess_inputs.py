@@ -110,6 +110,7 @@ def test_backend_selection():
     assert thread_environment(4)["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "4"
 
 
+@pytest.mark.slow
 def test_template_grid(tmp_path):
     from magicflow.preprocess.template import build_template, load_template
 

@@ -223,6 +223,7 @@ CPU_ENV, CUDA_ENV, FSL_ENV = "envs/magicflow-cpu.yaml", "envs/magicflow-cuda.yam
         ("ants", {CPU_ENV, CUDA_ENV}),
     ],
 )
+@pytest.mark.slow
 def test_the_backend_is_decided_in_the_job_and_its_environment(tmp_path: Path, backend: str, environments: set[str]):
     """No backend is resolved while the rules are read: `fsl` plans here, where FSL is missing,
     and the template job gets the backend to resolve where it runs, in the registration env."""
@@ -234,6 +235,7 @@ def test_the_backend_is_decided_in_the_job_and_its_environment(tmp_path: Path, b
     assert conda_environments(tmp_path / "template", edit, "results/template") == registration
 
 
+@pytest.mark.slow
 def test_use_conda_plans_cuda_only_for_gpu_rules_and_only_when_asked(tmp_path: Path):
     """Rules that need no GPU never pull the CUDA environment; `conda.torch: cpu`, or experiments
     kept on the CPU, keep every job in the CPU one."""
@@ -335,6 +337,7 @@ def test_training_is_retried_with_a_longer_limit_per_attempt():
             assert [rule.resources["runtime"](None, attempt=a) for a in (1, 2, 4)] == [90, 180, 360], name
 
 
+@pytest.mark.slow
 def test_gpu_jobs_take_the_slurm_settings_of_the_config(tmp_path: Path):
     def edit(config):
         config["slurm"] = {"gpu_partition": "gpu-a100", "gpu_account": "lab-gpu", "cpus_per_gpu": 6}

@@ -97,6 +97,7 @@ def _fake_template(root):
     (root / "template.json").write_text(json.dumps({"space": "MNI152NLin2009aSym", "resolutions": {"1": {"files": names}}}))
 
 
+@pytest.mark.slow
 def test_extract_slices_table_and_arrays(tmp_path):
     _fake_template(tmp_path / "tpl")
     rows = [

@@ -144,6 +144,7 @@ def test_a_classification_experiment_is_refused(experiment, tmp_path: Path, caps
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_synthetic_worth_trains_on_each_set_and_tests_on_real_subjects(experiment, tmp_path: Path):
     from magicflow.report.experiment import synthetic_worth
 

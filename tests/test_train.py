@@ -48,6 +48,7 @@ def model() -> MagicFlow:
 SETTINGS = TrainSettings(epochs=4, batch_size=8, lr=2e-3, seed=1)
 
 
+@pytest.mark.slow
 def test_toy_training_lowers_nll_and_beats_chance(tmp_path: Path):
     settings = replace(SETTINGS, epochs=12)  # 48 optimiser steps, as the flow library's own toy test
     history = train_model(
@@ -61,6 +62,7 @@ def test_toy_training_lowers_nll_and_beats_chance(tmp_path: Path):
     assert extra["selected_by"] == "val_balanced_accuracy, then val_nll" and 1 <= extra["epoch"] <= 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [SETTINGS, replace(SETTINGS, ema=0.9)], ids=["plain", "weight-average"])
 def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path, settings: TrainSettings):
     train_model(model(), toy(24, 0), toy(8, 1), tmp_path / "straight", settings, torch.device("cpu"), True, progress=False)
@@ -105,6 +107,7 @@ def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path, sett
             assert torch.equal(a["state"][key][name], b["state"][key][name]), (key, name)
 
 
+@pytest.mark.slow
 def test_completed_run_is_retrained_not_resumed(tmp_path: Path):
     short = replace(SETTINGS, epochs=1)
     train_model(model(), toy(16, 0), toy(8, 1), tmp_path, short, torch.device("cpu"), True, progress=False)
@@ -130,6 +133,7 @@ class NaNAfter:
         return out
 
 
+@pytest.mark.slow
 def test_non_finite_losses_are_skipped_not_stepped(tmp_path: Path):
     """Two bad steps out of 8: training goes on, they are counted, and Adam never saw them
     (its step count is the number of finite steps; the weights stay finite)."""
@@ -143,6 +147,7 @@ def test_non_finite_losses_are_skipped_not_stepped(tmp_path: Path):
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
 
+@pytest.mark.slow
 def test_consecutive_non_finite_losses_stop_with_a_clear_error(tmp_path: Path):
     """NaN from the second step on, 4 steps per epoch, the loss read every 2 steps: epoch 1 ends
     with 3 bad steps in a row (below the limit of 4), epoch 2 reaches 4 and stops at its read."""
@@ -230,6 +235,7 @@ def formula_rate(step: int, total: int, s: TrainSettings) -> float:
     return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+@pytest.mark.slow
 def test_every_step_trains_at_the_formula_rate_resume_included(tmp_path: Path, monkeypatch):
     """The scheduler gives each optimiser step exactly (==, not approx) the rate of the formula,
     through a kill after epoch 2 and the resume: 3 steps per epoch, 12 in all, warm-up 3."""
@@ -359,6 +365,7 @@ def test_patience_stops_once_validation_nll_stops_improving():
     assert not should_stop(rows + [{"val_nll": 7.9}], 2)
 
 
+@pytest.mark.slow
 def test_early_stopped_run_is_complete_and_keeps_its_best_model(tmp_path: Path):
     # lr at the floor: validation NLL barely moves, so patience 1 stops the run long before 30 epochs
     settings = replace(SETTINGS, epochs=30, patience=1, lr=1e-9, min_lr=1e-9)

@@ -45,6 +45,7 @@ def _attempt(out: Path, done: dict[str, int], stop_after: int | None) -> None:
         (out / "best.pt").unlink()  # what Snakemake does to a failed job's declared outputs
 
 
+@pytest.mark.slow
 def test_run_interrupted_twice_selects_the_uninterrupted_runs_best_epoch(tmp_path: Path, monkeypatch):
     done = {"epochs": 0}
     _scripted_validation(monkeypatch, done)
@@ -64,6 +65,7 @@ def test_run_interrupted_twice_selects_the_uninterrupted_runs_best_epoch(tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_fresh_run_forgets_an_earlier_runs_best(tmp_path: Path, monkeypatch):
     """Another run's twin in the folder (a different setting) must not stand for this run's best."""
     done = {"epochs": 0}

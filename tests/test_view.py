@@ -141,6 +141,7 @@ def _lesion_outputs(tmp_path: Path, size: int = 32):
     return planted_outputs(tmp_path, "crop_diagnosis", size, (slice(2, 30), slice(2, 30)), seed=5)
 
 
+@pytest.mark.slow
 def test_the_planted_ground_truth_is_cut_by_the_crop(tmp_path: Path):
     from magicflow.evaluate.experiment import attribution_section
 
@@ -157,6 +158,7 @@ def test_the_planted_ground_truth_is_cut_by_the_crop(tmp_path: Path):
     assert resized["scores"]["intensity_high"]["mean"] < 1.0
 
 
+@pytest.mark.slow
 def test_a_crop_experiment_trains_samples_classifies_and_explains_on_its_box(tmp_path: Path):
     from magicflow.cli import main
     from magicflow.flow import load_checkpoint
