@@ -398,6 +398,16 @@ def experiment_settings(config: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
+#: what an experiment's data check and split read of its settings (written to splits/settings.json,
+#: so that a training or evaluation setting reruns neither)
+SPLIT_KEYS = ("name", "datasets", "label", "classes", "modalities", "source", "target", "folds", "run_folds", "seed")
+
+
+def split_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of :func:`experiment_settings` the data check and the split read."""
+    return {key: settings[key] for key in SPLIT_KEYS if key in settings}
+
+
 def check_experiment_manifests(experiment: dict[str, Any], manifests: dict[str, Any]) -> dict[str, dict[str, int]]:
     """What an experiment needs of its datasets' manifests, checked as soon as they exist (before
     any registration): the label column is there, every value of ``classes`` occurs among the

@@ -250,7 +250,7 @@ def test_one_tiny_experiment_through_every_stage(tmp_path: Path):
     plan = snakemake(work, "-n", "--cores", "2")
     jobs = plan.stdout + plan.stderr
     assert "train_fold" in jobs and "attribution_fold" in jobs and "report_experiment" in jobs
-    for upstream in ("preprocess_t1", "preprocess_coregister", "dataset_slices", "demo_cohort"):
+    for upstream in ("preprocess_t1", "preprocess_coregister", "dataset_slices", "demo_cohort", "check_data", "split"):
         assert f"rule {upstream}:" not in jobs and f"localrule {upstream}:" not in jobs, upstream
 
     # a changed evaluation setting redoes evaluation and the report only

@@ -75,7 +75,9 @@ def load_inputs(args: argparse.Namespace) -> tuple[dict, pd.DataFrame, dict[str,
 
 # --------------------------------------------------------------------------- check-data
 def add_check_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True, type=Path, help="results/<experiment>/experiment.json")
+    parser.add_argument(
+        "--experiment", required=True, type=Path, help="results/<experiment>/splits/settings.json (or experiment.json)"
+    )
     parser.add_argument(
         "--manifest", action="append", default=[], metavar="DATASET=TSV", help="a dataset's manifest.tsv (repeat per dataset)"
     )
@@ -103,7 +105,7 @@ def run_check_data(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- split
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    add_experiment_inputs(parser, arrays=False)
+    add_experiment_inputs(parser, arrays=False)  # --experiment: splits/settings.json, the part of experiment.json it reads
     parser.add_argument("--out", required=True, type=Path, help="results/<experiment>/splits/folds (replaced only when complete)")
     parser.add_argument("--info", type=Path, help="also write split.json here (results/<experiment>/splits/split.json)")
 

@@ -1,10 +1,11 @@
 # Experiments: settings -> subject-level splits -> per fold: train, sample, classify, attribution.
-# Everything an experiment's stages read from the config goes through experiment.json, so a
-# changed training setting reruns these stages and nothing upstream (registration, slices).
+# Everything an experiment's stages read from the config goes through experiment.json (the data
+# check and the split through splits/settings.json, its part they read), so a changed training
+# setting reruns the learning stages and nothing upstream (registration, slices, the split).
 
 import json
 
-from magicflow.config import experiment_settings
+from magicflow.config import experiment_settings, split_settings
 
 EXPERIMENT_SETTINGS = {name: parse_time(experiment_settings, config, name) for name in EXPERIMENTS}
 # MAGIC-Flow experiments (generation, classification: this file's rules) and translation ones (translation.smk)
@@ -19,6 +20,7 @@ wildcard_constraints:
 
 localrules:
     experiment_settings,
+    split_settings,
 
 
 rule experiment_settings:
@@ -34,12 +36,27 @@ rule experiment_settings:
         write_logged(output[0], f"{params.settings}\n", log[0])
 
 
+# What the data check and the split read of the settings, in a file of their own: a training setting
+# changes experiment.json, never this, so it retrains without re-splitting.
+rule split_settings:
+    output:
+        f"{RESULTS}/{{experiment}}/splits/settings.json",
+    log:
+        log_path("split_settings", "{experiment}"),
+    benchmark:
+        benchmark_path("split_settings", "{experiment}")
+    params:
+        settings=lambda wc: json.dumps(split_settings(EXPERIMENT_SETTINGS[wc.experiment]), indent=2, sort_keys=True),
+    run:
+        write_logged(output[0], f"{params.settings}\n", log[0])
+
+
 # The experiment against its datasets' manifests as soon as they exist: a label, class or fold
 # count the data cannot give fails here, minutes in, not at split after registration and slicing.
 rule check_data:
     input:
         manifests=lambda wc: [f"{RESULTS}/{d}/manifest.tsv" for d in EXPERIMENT_SETTINGS[wc.experiment]["datasets"]],
-        settings=f"{RESULTS}/{{experiment}}/experiment.json",
+        settings=rules.split_settings.output[0],
     output:
         f"{RESULTS}/{{experiment}}/data_check.json",
     log:
@@ -64,7 +81,7 @@ rule check_data:
 rule split:
     input:
         unpack(slices_inputs),
-        settings=f"{RESULTS}/{{experiment}}/experiment.json",
+        settings=rules.split_settings.output[0],
         checked=f"{RESULTS}/{{experiment}}/data_check.json",
     output:
         info=f"{RESULTS}/{{experiment}}/splits/split.json",
