@@ -139,7 +139,7 @@ def test_the_exported_folder_holds_weights_calibration_reference_and_card(traine
         assert fold["temperature"] == pytest.approx(float(table["temperature"].iloc[0]), rel=1e-12)
         assert fold["log_prior"] == pytest.approx([float(table[f"logprior_{c}"].iloc[0]) for c in ("A", "B")])
         q = fold["bpd_quantiles"]
-        assert q["0.01"] <= q["0.5"] <= q["0.99"] and fold["reference_slices"] > 0
+        assert q["0.01"] <= q["0.5"] <= q["0.99"] and fold["reference_images"] == 8  # 4 validation + 4 test images
         assert sum(fold["counts"]["train"].values()) > 0
     card = (trained["model"] / MODEL_CARD).read_text()
     assert "| A | " in card and "No metrics.json was given" in card and "synthetic demo cohort" in card
@@ -241,7 +241,7 @@ def test_an_image_unlike_the_training_data_is_flagged(trained, tmp_path: Path):
     out = tmp_path / "out"
     assert _predict(trained["model"], data, out) == 0
     table = pd.read_csv(out / "predictions.tsv", sep="\t").set_index("subject")
-    assert bool(table.loc[62, "out_of_distribution"])
+    assert bool(table.loc[62, "out_of_distribution"]) and not table.loc[[60, 61], "out_of_distribution"].any()
     assert table.loc[62, "bits_per_dim"] > table.loc[[60, 61], "bits_per_dim"].max()
 
 
@@ -264,7 +264,7 @@ def test_whole_inputs_unlike_the_training_slices_are_refused(trained, tmp_path: 
     (broken / "fold-1.pt").unlink()
     assert _predict(broken, trained["data"], tmp_path / "c") == 2
     assert "fold-1.pt named by model.json is missing" in capsys.readouterr().err
-    assert not any((tmp_path / name).exists() for name in "abc")  # nothing half-written
+    assert not any((tmp_path / name).exists() for name in "abc")  # refused before anything is written
 
 
 def test_rejection_positions_and_fold_intervals_by_hand():

@@ -122,6 +122,19 @@ def test_every_sample_is_listed_measured_and_withheld_by_the_rule(experiment, tm
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "magicflow"
 
 
+def test_withheld_samples_are_listed_and_never_written(experiment, tmp_path: Path, monkeypatch):
+    import magicflow.evaluate.synthesis as synthesis
+
+    monkeypatch.setattr(synthesis, "withhold_threshold", lambda train, heldout, quantile: float("inf"))  # every sample too near
+    out = tmp_path / "synthetic"
+    assert _synthesise(experiment, out, "--per-class", "2") == 0
+    table = pd.read_csv(out / "synthetic.tsv", sep="\t")
+    assert len(table) == 4 and table["withheld"].all()
+    assert not list((out / "slices").glob("*.nii.gz"))
+    with np.load(out / "synthetic.npz") as archive:
+        assert len(archive["samples"]) == 0 and len(archive["labels"]) == 0
+
+
 def test_the_threshold_is_the_held_out_quantile_by_hand():
     train = np.array([[0.0], [10.0]])
     heldout = np.array([[1.0], [2.0], [7.0]])  # nearest distances 1, 2, 3
@@ -175,7 +188,11 @@ def test_synthetic_worth_trains_on_each_set_and_tests_on_real_subjects(experimen
 def test_balanced_accuracy_and_paired_resamples_by_hand():
     from magicflow.evaluate.synthetic_worth import balanced_accuracy, paired_bootstrap
 
-    true = np.array([0, 0, 0, 1])
-    assert balanced_accuracy(true, np.array([0, 0, 1, 1]), 2) == pytest.approx((2 / 3 + 1) / 2)
-    same = paired_bootstrap(true, {"a": true, "b": true}, np.array(["s1", "s2", "s3", "s4"]), 2, n=50)
-    assert np.array_equal(same["a"], same["b"])  # the same resamples for every prediction set
+    true = np.array([0, 0, 0, 1, 1, 1])
+    worse = np.array([0, 0, 1, 1, 1, 0])  # one error per class
+    assert balanced_accuracy(true, worse, 2) == pytest.approx(2 / 3)
+    subjects = np.array(["s1", "s2", "s3", "s4", "s5", "s6"])
+    resampled = paired_bootstrap(true, {"perfect": true, "worse": worse}, subjects, 2, n=200)
+    # the same resamples for both sets: the perfect one never scores below the other on any resample
+    # (independent resamples would let a lucky draw of "worse" beat an unlucky one of "perfect")
+    assert (resampled["perfect"] >= resampled["worse"]).all() and (resampled["perfect"] > resampled["worse"]).any()

@@ -10,8 +10,8 @@ mean of the folds'. Written into ``--out``:
 - ``predictions.tsv``: per image the ensemble posterior, predicted class, its confidence, the
   accuracy-rejection position ``reject_at`` (the rejection rate, least confident first, at
   which the image is set aside), each fold's posterior, the bits per dimension of its marginal
-  density and ``out_of_distribution`` (above the 99th percentile of the training slices' bits
-  per dimension in more than half of the folds);
+  density and ``out_of_distribution`` (above the 99th percentile of the bits per dimension of
+  the fold's held-out images, scored the same way, in more than half of the folds);
 - ``refused.tsv``: images left out and why (another modality, a known label that is not a
   trained class, missing slices);
 - ``metrics.json``: with the label present, the experiment report's metrics of the ensemble and
@@ -38,7 +38,7 @@ import torch
 from magicflow.datasets.tables import MISSING
 from magicflow.errors import InputError
 from magicflow.experiments.data import SliceSet, image_kind
-from magicflow.experiments.portable import PortableModel, bits_per_dim
+from magicflow.experiments.portable import PortableModel, image_bits_per_dim
 from magicflow.experiments.posterior import posteriors, sum_by_image
 from magicflow.io import atomic_dir, write_json
 from magicflow.view import SIDE, View
@@ -96,21 +96,24 @@ def load_arrays(paths: dict[str, Path], info: dict[str, Any]) -> dict[str, np.nd
     for name, path in paths.items():
         try:
             archive = np.load(path)
-        except OSError as error:
+            files = archive.files
+            slices = archive["slices"] if "slices" in files else None
+            percentiles = archive["percentiles"] if "percentiles" in files else None
+        except Exception as error:  # missing, truncated or not an npz: name the file
             raise InputError(f"{path}: unreadable slices archive: {error}") from None
         with archive:
-            if "slices" not in archive.files:
+            if slices is None:
                 raise InputError(f"{path}: no 'slices' array; write it with magicflow slices")
-            slices = archive["slices"]
             if slices.ndim != 4 or slices.shape[1:] != (1, SIDE, SIDE):
                 raise InputError(
                     f"{path}: slices of shape {slices.shape[1:]}, the model was trained on (1, {SIDE}, {SIDE}) "
                     "coronal slices of FSL's MNI 1 mm grid"
                 )
-            if "percentiles" in archive.files and not np.allclose(archive["percentiles"], expected):
+            if percentiles is None:
+                print(f"{path}: no record of its intensity percentiles (written before they were recorded); taken as {expected}")
+            elif not np.allclose(percentiles, expected):
                 raise InputError(
-                    f"{path}: intensities scaled between the {archive['percentiles'].tolist()} percentiles; "
-                    f"the model was trained on {expected}"
+                    f"{path}: intensities scaled between the {percentiles.tolist()} percentiles; the model was trained on {expected}"
                 )
             out[name] = slices
     return out
@@ -131,13 +134,12 @@ def score_folds(
     from magicflow.experiments.infer import class_log_likelihoods
 
     post, bpd, above = [], [], []
-    counts = np.bincount(index)
     for fold in model_dir.info["folds"]:
         model = model_dir.load(fold, device)
         ll = class_log_likelihoods(model, data, device)
         prior = np.asarray(fold["log_prior"], np.float64)
         post.append(posteriors(sum_by_image(ll, index), prior, fold["temperature"]))
-        per_image = sum_by_image(bits_per_dim(ll, prior, model.image_dims)[:, None], index)[:, 0] / counts
+        per_image = image_bits_per_dim(ll, prior, model.image_dims, index)
         bpd.append(per_image)
         above.append(per_image > fold["bpd_quantiles"]["0.99"])
     return post, bpd, above
@@ -317,7 +319,7 @@ def report_html(
             "Summary",
             html.cards(head) + f'<p class="note">Model {html.esc(info["experiment"])} ({len(info["folds"])} '
             f"fold models, classes {html.esc(', '.join(classes))}); out of distribution: bits per dimension above the 99th "
-            "percentile of a fold's training slices in more than half of the folds.</p>",
+            "percentile of a fold's held-out images in more than half of the folds.</p>",
         ),
         ("metrics", "Metrics", body),
         ("predictions", "Predictions", html.table(table[shown + [f"posterior_{c}" for c in classes]].to_dict(orient="records"))),
@@ -346,6 +348,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from magicflow.evaluate.experiment import to_json
     from magicflow.experiments.commands import parse_pairs
     from magicflow.experiments.train import resolve_device
     from magicflow.view import read_mask
@@ -366,7 +369,9 @@ def run(args: argparse.Namespace) -> int:
             pd.DataFrame(maps).to_csv(tmp / "attribution" / "maps.tsv", sep="\t", index=False)
         table.to_csv(tmp / "predictions.tsv", sep="\t", index=False)
         refused.to_csv(tmp / "refused.tsv", sep="\t", index=False)
-        write_json(tmp / "metrics.json", {"experiment": model_dir.info["experiment"], "refused": len(refused), **metrics})
+        write_json(
+            tmp / "metrics.json", to_json({"experiment": model_dir.info["experiment"], "refused": len(refused), **metrics})
+        )
         (tmp / "report.html").write_text(report_html(model_dir.info, table, refused, metrics, tmp, maps))
     summary = f", balanced accuracy {metrics['ensemble']['balanced_accuracy']:.3f}" if metrics["labelled"] else " (unlabelled)"
     print(

@@ -8,9 +8,10 @@ the largest class: the paper's use, augmenting an underrepresented condition). E
 selected on the fold's real validation slices and tested on its real test subjects, whom the
 generator never saw. Per fold, classifier and training set: balanced accuracy with a 95 %
 interval (test subjects resampled), the smallest class's recall, and the paired difference from
-real-only on the same test subjects (paired bootstrap). The classifiers are the flow's
-classification model (the experiment's preset) and ResNet-18, trained from scratch with the
-experiment's training settings."""
+real-only on the same test subjects (paired bootstrap). The unit is the image, as everywhere in
+the pipeline: its slices' scores summed, the flow's prior (the real training images') added
+once. The classifiers are the flow's classification model (the experiment's preset and
+application mask) and ResNet-18, trained from scratch with the experiment's training settings."""
 
 from __future__ import annotations
 
@@ -51,15 +52,25 @@ def synthetic_set(samples: np.ndarray, labels: np.ndarray, classes: list[str], f
     return SliceSet(torch.from_numpy(np.asarray(samples, np.float32)), torch.tensor([classes.index(c) for c in labels]), meta)
 
 
+def smallest_class(real: SliceSet, num_classes: int) -> tuple[int, np.ndarray]:
+    """The class with the fewest real training images (not slices: augment offsets add slices to
+    one class only) and the image count of every class."""
+    counts = np.bincount(real.image_labels().numpy(), minlength=num_classes)
+    return int(counts.argmin()), counts
+
+
 def training_sets(real: SliceSet, synthetic: SliceSet, ratios: list[float], num_classes: int, seed: int) -> dict[str, SliceSet]:
-    """The training sets compared, by name; synthetic slices are taken in one seeded order."""
+    """The training sets compared, by name; synthetic slices are taken in one seeded order. A
+    ratio asking for more synthetic slices than there are takes them all (the rows record how
+    many each set holds)."""
     order = np.random.default_rng(seed).permutation(len(synthetic))
     out = {REAL: real, SYNTHETIC: synthetic}
     for ratio in ratios:
-        take = order[: min(len(order), round(ratio * len(real)))]
-        out[mixed(ratio)] = concat(real, _subset(synthetic, take))
-    counts = np.bincount(real.labels.numpy(), minlength=num_classes)
-    smallest = int(counts.argmin())
+        wanted = round(ratio * len(real))
+        if wanted > len(order):
+            print(f"ratio {ratio:g} asks for {wanted} synthetic slices; the fold has {len(order)}: all are used")
+        out[mixed(ratio)] = concat(real, _subset(synthetic, order[:wanted]))
+    smallest, counts = smallest_class(real, num_classes)
     chosen = [i for i in order if int(synthetic.labels[i]) == smallest][: int(counts.max() - counts[smallest])]
     out[SMALLEST] = concat(real, _subset(synthetic, np.asarray(chosen, dtype=int)))
     return out
@@ -100,10 +111,16 @@ def fit_and_predict(
     classes: list[str],
     settings: dict[str, Any],
     device: torch.device,
+    log_prior: np.ndarray,
+    mask: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Train ``classifier`` on ``train`` (selected on ``val``) and return its label per test slice."""
+    """Train ``classifier`` on ``train`` (selected on ``val``) and return its label per test image:
+    the flow's log-likelihoods (ResNet-18's log-softmax) summed over the image's slices, the flow's
+    ``log_prior`` (the real training images', whatever synthetic slices were added) added once."""
+    from scipy.special import log_softmax
+
     from magicflow.experiments.infer import class_log_likelihoods
-    from magicflow.experiments.posterior import log_priors
+    from magicflow.experiments.posterior import image_index, sum_by_image
 
     training = settings["training"]
     size = int(test.images.shape[-1])
@@ -118,11 +135,12 @@ def fit_and_predict(
                 settings["preset_base"],
                 len(classes),
                 coupling="classification",
+                mask=mask,
                 **{**settings["preset_overrides"], "image_size": size},
             )
             train_model(model, train, val, Path(work), train_settings_of(settings), device, classification=True, progress=False)
             model, _ = load_checkpoint(Path(work) / "best.pt", map_location=device)
-            scores = class_log_likelihoods(model, test, device) + log_priors(train.image_labels().numpy(), len(classes))
+            scores = sum_by_image(class_log_likelihoods(model, test, device), image_index(test.meta, len(test))) + log_prior
         elif classifier == "resnet18":
             from magicflow.baselines.discriminative import build_model, load_baseline, logits_of, train_baseline
 
@@ -130,7 +148,8 @@ def fit_and_predict(
             baseline |= {"weights": None, "training": training}
             train_baseline(build_model("resnet18", len(classes), size), train, val, Path(work), baseline, device, len(classes))
             model, _ = load_baseline(Path(work) / "best.pt", device)
-            scores = logits_of(model, test, device).numpy()
+            logits = logits_of(model, test, device).numpy()
+            scores = sum_by_image(log_softmax(logits, axis=1), image_index(test.meta, len(test)))
         else:
             raise InputError(f"unknown classifier {classifier!r}; known: {', '.join(CLASSIFIERS)}")
     return np.asarray(scores).argmax(1)
@@ -146,21 +165,29 @@ def fold_rows(
     ratios: list[float],
     device: torch.device,
     bootstrap: int,
+    mask: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per classifier and training set of this fold."""
+    """One row per classifier and training set of this fold, scored per test image."""
+    from magicflow.experiments.posterior import image_index, labels_by_image, log_priors
+
     k = len(classes)
     train_sets = training_sets(sets["train"], synthetic, ratios, k, settings["seed"])
+    prior = log_priors(sets["train"].image_labels().numpy(), k)
     test = sets["test"]
-    true = test.labels.numpy()
-    subjects = test.meta["subject"].astype(str).to_numpy() if "subject" in test.meta else np.arange(len(test))
-    counts = np.bincount(sets["train"].labels.numpy(), minlength=k)
-    smallest = int(counts.argmin())
+    true = labels_by_image(test.labels.numpy(), image_index(test.meta, len(test)), f"{fold} test slices")
+    keys = [c for c in ("dataset", "image") if c in test.meta]
+    first = test.meta.drop_duplicates(keys) if len(keys) == 2 else test.meta
+    if {"dataset", "subject"} <= set(first.columns):
+        subjects = (first["dataset"].astype(str) + "/" + first["subject"].astype(str)).to_numpy()
+    else:
+        subjects = np.arange(len(true))
+    smallest, _ = smallest_class(sets["train"], k)
     rows = []
     for classifier in classifiers:
         predicted = {}
         for name, train in train_sets.items():
             print(f"{fold} {classifier}: training on {name} ({len(train)} slices)", flush=True)
-            predicted[name] = fit_and_predict(classifier, train, sets["val"], test, classes, settings, device)
+            predicted[name] = fit_and_predict(classifier, train, sets["val"], test, classes, settings, device, prior, mask)
         resampled = paired_bootstrap(true, predicted, subjects, k, bootstrap, settings["seed"])
         for name, p in predicted.items():
             n_synthetic = int((train_sets[name].meta["dataset"] == "synthetic").sum())
@@ -181,6 +208,7 @@ def fold_rows(
                     "difference_vs_real": balanced_accuracy(true, p, k) - balanced_accuracy(true, predicted[REAL], k),
                     "difference_interval": interval(difference) if name != REAL else [0.0, 0.0],
                     "test_images": int(len(true)),
+                    "test_subjects": int(len(np.unique(subjects))),
                 }
             )
     return rows
@@ -210,7 +238,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from magicflow.experiments.commands import fold_sets, load_inputs
+    from magicflow.evaluate.experiment import to_json
+    from magicflow.experiments.commands import application_mask, fold_sets, load_inputs
     from magicflow.experiments.train import resolve_device
 
     classifiers = [c.strip() for c in args.classifiers.split(",") if c.strip()]
@@ -223,13 +252,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--ratios {args.ratios!r}: expected numbers such as 0.5,1") from None
     if any(r <= 0 for r in ratios):
         raise InputError(f"--ratios {args.ratios!r}: ratios must be positive")
-    settings, slices, arrays, _ = load_inputs(args)
+    settings, slices, arrays, brain = load_inputs(args)
     if settings["model"] != "generation":
         raise InputError(f"{args.experiment}: synthetic-worth needs a generation experiment, not {settings['model']!r}")
     if args.epochs is not None:
         settings["training"] = {**settings["training"], "epochs": args.epochs}
-    with np.load(args.synthetic) as archive:
-        samples, labels, folds = archive["samples"], archive["labels"].astype(str), archive["folds"].astype(str)
+    try:
+        with np.load(args.synthetic) as archive:
+            samples, labels, folds = archive["samples"], archive["labels"].astype(str), archive["folds"].astype(str)
+    except Exception as error:  # missing, truncated, or without those arrays: name the file
+        raise InputError(f"{args.synthetic}: not a synthetic.npz of magicflow synthesise ({error})") from None
+    mask = application_mask(brain)
     device = resolve_device(settings["training"]["device"])
     rows = []
     for fold in sorted(set(folds)):
@@ -241,13 +274,17 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.synthetic}: samples of size {samples.shape[-1]}, the experiment's images are {sets['test'].images.shape[-1]}"
             )
         synthetic = synthetic_set(samples[mine], labels[mine], classes, fold)
-        rows += fold_rows(fold, sets, synthetic, classes, settings, classifiers, ratios, device, args.bootstrap)
+        rows += fold_rows(fold, sets, synthetic, classes, settings, classifiers, ratios, device, args.bootstrap, mask)
     if not rows:
         raise InputError(f"{args.synthetic}: no synthetic slices to train on")
-    write_json(
-        args.out,
-        {"experiment": settings["name"], "classifiers": classifiers, "ratios": ratios, "rows": rows, "summary": summary(rows)},
-    )
+    result = {
+        "experiment": settings["name"],
+        "classifiers": classifiers,
+        "ratios": ratios,
+        "rows": rows,
+        "summary": summary(rows),
+    }
+    write_json(args.out, to_json(result))
     for r in summary(rows):
         print(
             f"{r['classifier']:>9} {r['training_set']:<32} balanced accuracy {r['balanced_accuracy']:.3f} ({r['difference_vs_real']:+.3f})"

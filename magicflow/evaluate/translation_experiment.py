@@ -64,7 +64,7 @@ def read_translations(folder: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: translations missing; rerun the fold's translate job")
     with np.load(path, allow_pickle=False) as archive:
         data = {k: archive[k] for k in archive.files}
-    for key in ("real", "mode", "image", "offset"):
+    for key in ("source", "real", "mode", "image", "offset", "label"):
         if key not in data:
             raise InputError(f"{path}: no {key!r} array; it was not written by magicflow translate")
     return data

@@ -7,7 +7,8 @@ training results tree:
 - ``model.json``: the experiment's label, classes, modalities, evaluation offsets, view (image
   size or crop box), intensity normalisation and slice grid, and per fold its calibration
   temperature and log priors (as its ``classify`` stage fitted them) and the bits-per-dimension
-  quantiles of its training slices (the reference ``predict`` flags new images against);
+  quantiles of its held-out images (validation and test subjects, at the evaluation offsets,
+  averaged per image exactly as ``predict`` scores a new one: the reference it flags against);
 - ``MODEL_CARD.md``: data counts per class, metrics with intervals, intended use and limits.
 
 Nothing is recomputed that the experiment already fixed: temperatures and priors are read
@@ -37,10 +38,8 @@ from magicflow.slices import PERCENTILES
 MODEL_JSON = "model.json"
 MODEL_CARD = "MODEL_CARD.md"
 FORMAT = "magicflow-portable-model-1"
-#: quantiles of the training slices' bits per dimension kept as the out-of-distribution reference
+#: quantiles of the held-out images' bits per dimension kept as the out-of-distribution reference
 BPD_QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
-#: training slices scored per fold for that reference (evenly spaced when there are more)
-REFERENCE_SLICES = 512
 
 
 @dataclass(frozen=True)
@@ -81,6 +80,13 @@ class PortableModel:
         return model.eval()
 
 
+def concat_sets(a: Any, b: Any) -> Any:
+    """Two SliceSets as one (images, labels and identity rows in order)."""
+    return type(a)(
+        torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), pd.concat([a.meta, b.meta], ignore_index=True)
+    )
+
+
 def fold_calibration(predictions: pd.DataFrame, classes: list[str], where: str) -> tuple[float, list[float]]:
     """(temperature, log priors) that a fold's classify stage fitted, from its predictions.tsv."""
     columns = [f"logprior_{c}" for c in classes]
@@ -99,9 +105,18 @@ def bits_per_dim(class_ll: np.ndarray, log_prior: np.ndarray, dims: int) -> np.n
     return -logsumexp(np.asarray(class_ll, np.float64) + np.asarray(log_prior), axis=1) / (dims * math.log(2))
 
 
-def reference_rows(n: int, limit: int = REFERENCE_SLICES) -> np.ndarray:
-    """Evenly spaced row numbers, at most ``limit`` of ``n`` (deterministic)."""
-    return np.arange(n) if n <= limit else np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+def image_bits_per_dim(class_ll: np.ndarray, log_prior: np.ndarray, dims: int, index: np.ndarray) -> np.ndarray:
+    """Per image (``index``: each slice's image number), the mean of its slices' bits per
+    dimension: the one scale the reference and ``predict`` share, whatever the offsets."""
+    per_slice = bits_per_dim(class_ll, log_prior, dims)
+    return np.bincount(index, weights=per_slice) / np.bincount(index)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read {what} {path}: {error}") from None
 
 
 def t_interval(values: list[float], level: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
@@ -189,7 +204,7 @@ def model_card(info: dict[str, Any], metrics: dict[str, Any] | None) -> str:
         "- An image of a class not listed above cannot be classified correctly: `predict` refuses images whose "
         "known label is not a trained class, and images of other modalities.",
         f"- Scans unlike the training data (other scanners, protocols, populations) get unreliable posteriors. "
-        f"`predict` flags an image whose bits per dimension exceed the 99th percentile of a fold's training slices "
+        f"`predict` flags an image whose bits per dimension exceed the 99th percentile of a fold's held-out images "
         f"({info['folds'][0]['fold']}: {reference['0.99']:.3f}; median {reference['0.5']:.3f}) in most folds.",
         f"- Trained on {sum(sum(f['counts'].get('train', {}).values()) for f in info['folds'][:1])} images per fold: "
         "intervals are wide on small cohorts; the folds share training subjects, so the spread over folds "
@@ -228,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     tables = parse_pairs(args.predictions, "predictions")
     if not models or set(models) != set(tables):
         raise InputError(f"--model and --predictions must name the same folds; got {sorted(models)} and {sorted(tables)}")
-    split = json.loads(args.split.read_text())
+    split = read_json(args.split, "split")
     device = resolve_device(settings["training"]["device"])
     folds, parameters = [], 0
     for fold in sorted(models):
@@ -236,14 +251,18 @@ def run(args: argparse.Namespace) -> int:
         classes = list(extra["classes"])
         if classes != list(split["classes"]):
             raise InputError(f"{models[fold]}: classes {classes} differ from {args.split}'s {split['classes']}")
-        predictions = pd.read_csv(tables[fold], sep="\t", keep_default_na=False)
+        try:
+            predictions = pd.read_csv(tables[fold], sep="\t", keep_default_na=False)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise InputError(f"cannot read predictions {tables[fold]}: {error}") from None
         temperature, log_prior = fold_calibration(predictions, classes, str(tables[fold]))
         args.fold_dir = args.folds / fold
         _, sets = fold_sets(args, settings, slices, arrays)
-        train = sets["train"]
-        rows = reference_rows(len(train))
-        subset = type(train)(train.images[rows], train.labels[rows], train.meta.iloc[rows])
-        bpd = bits_per_dim(class_log_likelihoods(model, subset, device), np.asarray(log_prior), model.image_dims)
+        held_out = concat_sets(sets["val"], sets["test"])
+        if len(held_out) == 0:
+            raise InputError(f"{args.folds / fold}: no validation or test images for the bits/dim reference")
+        ll = class_log_likelihoods(model, held_out, device)
+        bpd = image_bits_per_dim(ll, np.asarray(log_prior), model.image_dims, held_out.image_ids())
         parameters = sum(p.numel() for p in model.parameters())
         folds.append(
             {
@@ -252,11 +271,11 @@ def run(args: argparse.Namespace) -> int:
                 "temperature": temperature,
                 "log_prior": log_prior,
                 "bpd_quantiles": {str(q): float(np.quantile(bpd, q)) for q in BPD_QUANTILES},
-                "reference_slices": int(len(rows)),
+                "reference_images": int(len(bpd)),
                 "counts": split.get("counts", {}).get(fold, {}),
             }
         )
-        print(f"{fold}: temperature {temperature:.3g}, training bits/dim median {np.median(bpd):.3f} on {len(rows)} slices")
+        print(f"{fold}: temperature {temperature:.3g}, held-out bits/dim median {np.median(bpd):.3f} on {len(bpd)} images")
     view = settings["view"]
     info = {
         "format": FORMAT,
@@ -277,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         "intensity": {"percentiles": [float(p) for p in PERCENTILES], "grid": "FSL MNI152 1 mm, 182 x 218 x 182"},
         "folds": folds,
     }
-    metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+    metrics = read_json(args.metrics, "metrics") if args.metrics else None
     with atomic_dir(args.out) as tmp:
         for fold in folds:
             shutil.copyfile(models[fold["fold"]], tmp / fold["weights"])

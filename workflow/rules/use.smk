@@ -156,7 +156,11 @@ rule synthetic_worth:
     resources:
         **GPU_RESOURCES,
         mem_mb=lambda wc, input: 5000 + 3 * int(input.size_mb),
-        runtime=lambda wc: config["training"]["runtime_minutes"],
+        # one training's limit per classifier it trains (folds x classifiers x the 3 + ratios training sets)
+        runtime=lambda wc: config["training"]["runtime_minutes"]
+        * len(folds_of(wc.experiment))
+        * len(config["synthesis"]["worth"]["classifiers"])
+        * (3 + len(config["synthesis"]["worth"]["ratios"])),
         gpu=gpu_request,
     params:
         slices=slices_args,
