@@ -117,12 +117,13 @@ def test_the_demo_plans_every_stage_with_its_resources(tmp_path: Path):
     # registration jobs come once the manifest and template checkpoints have run: not planned yet
     assert "preprocess_t1" not in counts
     for job in jobs:
-        if job.shell != "None":  # the jobs that run a command (not all, nor the two settings writers)
+        if job.shell != "None":  # the jobs that run a command (not all, nor the settings writers)
             assert {"mem_mb", "runtime"} <= set(job.resources), job.rule
             assert job.shell.startswith('bash "$MAGICFLOW_LOGGED" results/logs/'), job.shell
     assert {j.rule for j in jobs if j.shell == "None"} == {
         "all",
         "experiment_settings",
+        "split_settings",
         "evaluation_settings",
         "baseline_settings",
     }
