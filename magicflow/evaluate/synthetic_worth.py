@@ -36,12 +36,6 @@ def mixed(ratio: float) -> str:
     return f"real + synthetic x{ratio:g}"
 
 
-def concat(a: SliceSet, b: SliceSet) -> SliceSet:
-    return SliceSet(
-        torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), pd.concat([a.meta, b.meta], ignore_index=True)
-    )
-
-
 def synthetic_set(samples: np.ndarray, labels: np.ndarray, classes: list[str], fold: str) -> SliceSet:
     """The fold's synthetic slices as a set of one-slice images (so priors count each once)."""
     unknown = sorted(set(labels) - set(classes))
@@ -69,16 +63,11 @@ def training_sets(real: SliceSet, synthetic: SliceSet, ratios: list[float], num_
         wanted = round(ratio * len(real))
         if wanted > len(order):
             print(f"ratio {ratio:g} asks for {wanted} synthetic slices; the fold has {len(order)}: all are used")
-        out[mixed(ratio)] = concat(real, _subset(synthetic, order[:wanted]))
+        out[mixed(ratio)] = real.joined(synthetic.take(order[:wanted]))
     smallest, counts = smallest_class(real, num_classes)
     chosen = [i for i in order if int(synthetic.labels[i]) == smallest][: int(counts.max() - counts[smallest])]
-    out[SMALLEST] = concat(real, _subset(synthetic, np.asarray(chosen, dtype=int)))
+    out[SMALLEST] = real.joined(synthetic.take(np.asarray(chosen, dtype=int)))
     return out
-
-
-def _subset(data: SliceSet, rows: np.ndarray) -> SliceSet:
-    rows = np.asarray(rows, dtype=int)
-    return SliceSet(data.images[rows], data.labels[rows], data.meta.iloc[rows].reset_index(drop=True))
 
 
 def balanced_accuracy(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:

@@ -34,6 +34,19 @@ class SliceSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def take(self, rows: np.ndarray) -> SliceSet:
+        """The slices at ``rows``, in that order (identity rows renumbered)."""
+        rows = np.asarray(rows, dtype=int)
+        return SliceSet(self.images[rows], self.labels[rows], self.meta.iloc[rows].reset_index(drop=True))
+
+    def joined(self, other: SliceSet) -> SliceSet:
+        """This set's slices, then ``other``'s."""
+        return SliceSet(
+            torch.cat([self.images, other.images]),
+            torch.cat([self.labels, other.labels]),
+            pd.concat([self.meta, other.meta], ignore_index=True),
+        )
+
     def image_labels(self) -> torch.Tensor:
         """One label per image, however many neighbour slices it contributes: what class priors
         count. With the diagnosis task's +/-4 offsets for AD only, an AD image gives 9 training

@@ -80,13 +80,6 @@ class PortableModel:
         return model.eval()
 
 
-def concat_sets(a: Any, b: Any) -> Any:
-    """Two SliceSets as one (images, labels and identity rows in order)."""
-    return type(a)(
-        torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), pd.concat([a.meta, b.meta], ignore_index=True)
-    )
-
-
 def fold_calibration(predictions: pd.DataFrame, classes: list[str], where: str) -> tuple[float, list[float]]:
     """(temperature, log priors) that a fold's classify stage fitted, from its predictions.tsv."""
     columns = [f"logprior_{c}" for c in classes]
@@ -258,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         temperature, log_prior = fold_calibration(predictions, classes, str(tables[fold]))
         args.fold_dir = args.folds / fold
         _, sets = fold_sets(args, settings, slices, arrays)
-        held_out = concat_sets(sets["val"], sets["test"])
+        held_out = sets["val"].joined(sets["test"])
         if len(held_out) == 0:
             raise InputError(f"{args.folds / fold}: no validation or test images for the bits/dim reference")
         ll = class_log_likelihoods(model, held_out, device)
